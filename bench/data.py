@@ -1,0 +1,276 @@
+"""CIFAR-10 as uint8 tensors, nested stratified label fractions, batched augmentation.
+
+Why this shape: the whole dataset is 180 MB of uint8, so it lives on the training
+device and every batch is an index into it; augmentation (the article's random crop
+with 4 px padding and horizontal flip) is a handful of tensor ops on the batch, with no
+per-image PIL and no DataLoader workers on the hot path.
+
+    python ../shared/data/make_cifar10.py data     # the shared real copy, offline
+    python cli.py run --data-dir data ...          # or let torchvision download it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.registry import UserError
+
+FOLDER = "cifar-10-batches-py"
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+# The official per-file md5 sums (the same ones torchvision checks).
+FILE_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Admits only what a CIFAR batch needs: numpy arrays and dtypes, nothing callable."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # Python 2 pickles store byte strings this way
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of the CIFAR-10 format")
+
+
+def safe_unpickle(data: bytes) -> object:
+    return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+def _key(d: dict, name: str) -> object:
+    return d[name] if name in d else d[name.encode()]
+
+
+@dataclass
+class Cifar10:
+    """Train and test images as uint8 [N, 3, 32, 32] with int64 labels.
+
+    Test labels are read through `test()` only, which counts its callers, so a test
+    can prove that hyperparameter search never touched them.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    _test_x: torch.Tensor
+    _test_y: torch.Tensor
+    classes: tuple[str, ...] = CLASSES
+    fingerprint: str = ""
+    official: bool = True
+    test_reads: int = field(default=0)
+
+    def test(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.test_reads += 1
+        return self._test_x, self._test_y
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(root: Path) -> None:
+    """Fetch the official archive through torchvision (md5-verified), or fail in one line."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(URL, str(root), filename="cifar-10-python.tar.gz", md5=ARCHIVE_MD5)
+    except Exception as exc:  # URLError, socket errors, HTTP errors: all mean "no data"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"CIFAR-10 is not in {root / FOLDER} and could not be downloaded ({reason}); "
+            f"put the standard cifar-10-batches-py folder there (offline: "
+            f"python ../shared/data/make_cifar10.py {root}) or connect to the internet"
+        ) from None
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    d = safe_unpickle(path.read_bytes())
+    if not isinstance(d, dict):
+        raise UserError(f"{path} is not a CIFAR-10 batch (a dict was expected); re-create the folder")
+    x = np.asarray(_key(d, "data"))
+    y = np.asarray(_key(d, "labels"), dtype=np.int64)
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x):
+        raise UserError(f"{path} has data of shape {x.shape} and dtype {x.dtype}, not N x 3072 uint8; re-create the folder")
+    return x.reshape(-1, 3, 32, 32), y
+
+
+def load_cifar10(data_dir: str | Path, download_missing: bool = True) -> Cifar10:
+    root = Path(data_dir)
+    folder = root / FOLDER
+    missing = [f for f in FILE_MD5 if not (folder / f).is_file()]
+    if missing:
+        if not download_missing:
+            raise UserError(f"CIFAR-10 is not in {folder} (missing {missing[0]}); run with download enabled or make it")
+        download(root)
+    sums = {f: _md5(folder / f) for f in FILE_MD5}
+    official = sums == FILE_MD5
+    parts = [_read_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    train_x = np.concatenate([p[0] for p in parts])
+    train_y = np.concatenate([p[1] for p in parts])
+    test_x, test_y = _read_batch(folder / "test_batch")
+    meta = safe_unpickle((folder / "batches.meta").read_bytes())
+    names = tuple(str(n.decode() if isinstance(n, bytes) else n) for n in _key(meta, "label_names"))
+    if not official:
+        # A local copy (like the shared JPEG-derived one): accept it only if it has
+        # the structure of the real thing.
+        problems = []
+        if train_x.shape[1:] != (3, 32, 32) or test_x.shape[1:] != (3, 32, 32):
+            problems.append(f"image shapes {train_x.shape[1:]} / {test_x.shape[1:]}")
+        for name, y in (("train", train_y), ("test", test_y)):
+            counts = np.bincount(y, minlength=10) if len(y) and y.min() >= 0 else None
+            if counts is None or y.max() > 9:
+                problems.append(f"{name} labels outside 0..9")
+            elif counts.min() != counts.max() or counts.min() == 0:
+                problems.append(f"{name} class counts {counts.tolist()} (CIFAR-10 has equal counts per class)")
+        if names != CLASSES:
+            problems.append(f"class names {names}")
+        if problems:
+            raise UserError(f"{folder} is not a valid CIFAR-10 copy: {'; '.join(problems)}; re-create it")
+        warnings.warn(
+            f"{folder}: md5 sums differ from the official files; loading it as a local copy "
+            "after a structural check (shapes, dtype, labels, class counts)",
+            stacklevel=2,
+        )
+    fingerprint = hashlib.sha256("".join(sums[f] for f in sorted(sums)).encode()).hexdigest()[:16]
+    return Cifar10(
+        torch.from_numpy(train_x),
+        torch.from_numpy(train_y),
+        torch.from_numpy(test_x),
+        torch.from_numpy(test_y),
+        classes=names,
+        fingerprint=fingerprint,
+        official=official,
+    )
+
+
+# ---------------------------------------------------------------- label fractions
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into the training set: the labelled subset, and its train/validation halves."""
+
+    labelled: torch.Tensor
+    train: torch.Tensor
+    val: torch.Tensor
+
+
+def check_fraction(fraction: float) -> None:
+    if not (0.0 < fraction <= 1.0):
+        raise UserError(f"label fraction {fraction} is outside (0, 1]; use e.g. 0.01 for 1% of the labels")
+
+
+def label_split(labels: torch.Tensor, fraction: float, seed: int, val_fraction: float = 0.2) -> Split:
+    """Stratified, nested, deterministic.
+
+    Class c is shuffled once per seed (the order does not depend on the fraction), and
+    fraction p keeps the first round(p * n_c) images of that order, so for one seed
+    1% is inside 10% is inside 100%. The validation images are the last
+    max(1, round(val_fraction * k)) of each class's k kept images.
+    """
+    check_fraction(fraction)
+    if not (0.0 < val_fraction < 1.0):
+        raise UserError(f"validation fraction {val_fraction} is outside (0, 1)")
+    labels = labels.cpu()
+    gen = torch.Generator().manual_seed(int(seed))
+    labelled, train, val = [], [], []
+    for c in range(int(labels.max()) + 1):
+        idx = torch.nonzero(labels == c).flatten()
+        order = idx[torch.randperm(len(idx), generator=gen)]
+        k = int(round(fraction * len(idx)))
+        if k < 2:
+            raise UserError(
+                f"label fraction {fraction} keeps {k} image(s) of class {c}; at least 2 per class are needed "
+                "(one to train, one to validate): use a larger fraction"
+            )
+        kept = order[:k]
+        n_val = max(1, int(round(val_fraction * k)))
+        labelled.append(kept)
+        train.append(kept[: k - n_val])
+        val.append(kept[k - n_val :])
+    cat = lambda parts: torch.sort(torch.cat(parts)).values  # noqa: E731
+    return Split(cat(labelled), cat(train), cat(val))
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding plus horizontal flip, for a whole uint8 batch at once."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dev = x.device
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=gen.device).to(dev)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=gen.device).to(dev)
+    rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+    out = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+    flip = (torch.rand(b, generator=gen, device=gen.device) < 0.5).to(dev)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def synthetic_cifar(root: str | Path, n_train_per_class: int = 60, n_test_per_class: int = 20, seed: int = 0) -> Path:
+    """Write a small CIFAR-format folder with learnable class patterns (for tests and demos).
+
+    Class c is a coloured bar at a class-specific position plus noise, so a tiny CNN
+    learns it well above chance in seconds while augmentation still matters.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def make(n_per: int) -> tuple[np.ndarray, list[int]]:
+        ys = np.repeat(np.arange(10), n_per)
+        rng.shuffle(ys)
+        xs = rng.integers(0, 90, size=(len(ys), 3, 32, 32), dtype=np.uint8)
+        for i, y in enumerate(ys):
+            r0 = 3 * y
+            xs[i, y % 3, r0 : r0 + 4, 4:28] = 230
+            xs[i, (y + 1) % 3, 4:28, r0 : r0 + 2] = 160
+        return xs.reshape(len(ys), -1), ys.tolist()
+
+    def dump(name: str, xs: np.ndarray, ys: list[int]) -> None:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"batch_label": name, "labels": ys, "data": xs}, f, protocol=4)
+
+    xs, ys = make(n_train_per_class * 5)
+    for i in range(5):
+        sl = slice(i * len(ys) // 5, (i + 1) * len(ys) // 5)
+        dump(f"data_batch_{i + 1}", xs[sl], ys[sl])
+    tx, ty = make(n_test_per_class)
+    dump("test_batch", tx, ty)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(CLASSES), "num_cases_per_batch": len(ys) // 5, "num_vis": 3072}, f, protocol=4)
+    return Path(root)

@@ -1,0 +1,259 @@
+"""The one training loop every method uses, top to bottom.
+
+    fit(net, spec, hp, x, y, ...)      # uint8 images and labels, already on the device
+      1. sft / lp_ft: fit the head as a linear probe on cached frozen features
+      2. backbone frozen (linear_probe, sft with multiplier 0): train head (+ branch)
+         on features computed once; otherwise train end to end on augmented batches
+      3. every epoch: validation accuracy -> on_epoch (Optuna reports and prunes here)
+
+Precision: bf16 autocast where asked (`precision="bf16"`), fp32 otherwise; channels_last
+memory format always for conv nets (it is faster on CPU and on CUDA here).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.data import augment
+from bench.methods import HParams, MethodSpec, Net
+
+EVAL_BATCH = 1024
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the sweep prunes such a trial and records why."""
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    feature_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        """Training images per second, the one-off feature pass of frozen phases included."""
+        seconds = self.train_seconds + self.feature_seconds
+        return self.images_seen / seconds if seconds > 0 else 0.0
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def encode_all(net: Net, x: torch.Tensor, precision: str, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Backbone features for every image, in eval mode, as fp32."""
+    was = net.training
+    net.eval()
+    with autocast(x.device, precision):
+        out = torch.cat([net.encode(x[i : i + batch]).float() for i in range(0, len(x), batch)])
+    net.train(was)
+    return out
+
+
+@torch.inference_mode()
+def predict(
+    net: Net, x: torch.Tensor, precision: str, batch: int = EVAL_BATCH, feats: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Class probabilities for every image (fp32), in eval mode with large batches."""
+    was = net.training
+    net.eval()
+    outs = []
+    with autocast(x.device, precision):
+        for i in range(0, len(x), batch):
+            xb = x[i : i + batch]
+            logits = net(xb) if feats is None else net.from_features(feats[i : i + batch], xb)
+            outs.append(logits.float().softmax(1))
+    net.train(was)
+    return torch.cat(outs)
+
+
+def _optimizer(groups: list[dict], hp: HParams) -> torch.optim.Optimizer:
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def _scheduler(opt: torch.optim.Optimizer, hp: HParams, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if hp.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(total_steps, 2)
+        )
+    if hp.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def _freeze(module: nn.Module, frozen: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
+
+
+def train_epochs(
+    net: Net,
+    groups: list[dict],
+    hp: HParams,
+    n: int,
+    forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    y: torch.Tensor,
+    gen: torch.Generator,
+    precision: str,
+    frozen_backbone: bool,
+    result: FitResult,
+    phase: str,
+    evaluate: Callable[[], float] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    epochs: int | None = None,
+) -> None:
+    """Shuffled minibatches for `epochs`; `forward(idx, gen)` gives the logits of a batch."""
+    epochs = epochs or hp.epochs
+    device = y.device
+    steps_per_epoch = math.ceil(n / hp.batch_size)
+    opt = _optimizer(groups, hp)
+    sched = _scheduler(opt, hp, epochs * steps_per_epoch)
+    params = [p for g in groups for p in g["params"]]
+    for epoch in range(1, epochs + 1):
+        net.train()
+        if frozen_backbone:
+            net.backbone.eval()  # keep BatchNorm statistics of a frozen backbone
+        _sync(device)
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for i in range(0, n, hp.batch_size):
+            idx = perm[i : i + hp.batch_size]
+            with autocast(device, precision):
+                logits = forward(idx, gen)
+                loss = F.cross_entropy(logits.float(), y[idx], label_smoothing=hp.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if hp.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, hp.grad_clip)
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == y[idx]).sum()
+        _sync(device)
+        result.train_seconds += time.perf_counter() - t0
+        result.images_seen += n
+        loss_value = float(loss_sum) / n
+        if not math.isfinite(loss_value):
+            raise Diverged(f"{phase} loss became {loss_value} in epoch {epoch} (lr {hp.lr:g})")
+        row = {"phase": phase, "epoch": epoch, "epochs": epochs, "loss": loss_value, "train_accuracy": float(correct) / n}
+        if evaluate is not None:
+            row["val_accuracy"] = evaluate()
+        result.history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+
+
+def fit(
+    net: Net,
+    spec: MethodSpec,
+    hp: HParams,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int,
+    precision: str = "fp32",
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Train `net` on uint8 images `x` with labels `y` (both on the training device)."""
+    device = x.device
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    result = FitResult()
+    n = len(x)
+    train_backbone = spec.train_backbone(hp)
+    needs_features = spec.probe_init or not train_backbone
+    feats = val_feats = None
+    if needs_features:
+        t0 = time.perf_counter()
+        feats = encode_all(net, x, precision)
+        if val is not None and not train_backbone:
+            val_feats = encode_all(net, val[0], precision)
+        result.feature_seconds = time.perf_counter() - t0
+
+    def head_forward(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        xb = x[idx] if net.branch_on_image else None
+        if xb is not None and hp.augment:
+            xb = augment(xb, g)
+        return net.from_features(feats[idx], xb)
+
+    if spec.probe_init:
+        # H_f starts as the linear-probe solution on frozen features; the branch is
+        # not part of this phase (it is zero at its output anyway).
+        probe_hp = hp.update(
+            optimizer="adamw", lr=hp.probe_lr, weight_decay=1e-4, schedule="cosine", label_smoothing=0.0, grad_clip=0.0
+        )
+        _freeze(net, True)
+        _freeze(net.head, False)
+        train_epochs(
+            net,
+            [{"params": list(net.head.parameters())}],
+            probe_hp,
+            n,
+            lambda idx, g: net.head(feats[idx]),
+            y,
+            gen,
+            precision,
+            True,
+            result,
+            "probe",
+            epochs=hp.probe_epochs,
+        )
+
+    evaluate = None
+    if val is not None:
+        vx, vy = val
+
+        def evaluate() -> float:
+            probs = predict(net, vx, precision, feats=val_feats)
+            return float((probs.argmax(1) == vy).float().mean())
+
+    _freeze(net, False)
+    _freeze(net.backbone, not train_backbone)
+    head_params = [p for name, p in net.named_parameters() if not name.startswith("backbone.")]
+    groups = [{"params": head_params}]
+    if train_backbone:
+        groups.append({"params": list(net.backbone.parameters()), "lr": hp.lr * hp.backbone_lr_mult})
+        forward = lambda idx, g: net(augment(x[idx], g) if hp.augment else x[idx])  # noqa: E731
+    else:
+        forward = head_forward
+    train_epochs(
+        net, groups, hp, n, forward, y, gen, precision, not train_backbone, result, "train", evaluate=evaluate, on_epoch=on_epoch
+    )
+    return result
+
+
+def classification_metrics(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+    pred = probs.argmax(1).cpu()
+    y = y.cpu()
+    conf = torch.bincount(y * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes).double()
+    tp = conf.diag()
+    support = conf.sum(1)
+    predicted = conf.sum(0)
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(tp))
+    return {
+        "test_accuracy": float(tp.sum() / conf.sum()),
+        "macro_f1": float(f1.mean()),
+        "per_class_accuracy": recall.tolist(),
+    }

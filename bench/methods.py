@@ -1,0 +1,300 @@
+"""The compared methods (see ../shared/docs/methods.md), one registry entry each.
+
+Every method builds the same `Net`: an input adapter (uint8 -> float, resize to the
+run's resolution, the backbone's normalisation), the backbone's features, and a head
+on top; `sft` adds the supervision branch g whose output is summed with the head's.
+Each entry also declares its own Optuna search space, next to its definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.registry import Registry, UserError
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Everything about training that can change a result (part of the run id)."""
+
+    optimizer: str = "adamw"  # sgd | adamw
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    epochs: int = 10
+    batch_size: int = 128
+    schedule: str = "cosine"  # cosine | onecycle | constant
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # 0 = off
+    augment: bool = True
+    backbone_lr_mult: float = 1.0  # sft / lp_ft: lr of the backbone relative to lr; 0 = frozen
+    branch_width: int = 256  # sft-mlp hidden units, sft-side channels
+    probe_epochs: int = 30  # the linear probe that initialises sft's H_f and lp_ft's head
+    probe_lr: float = 3e-3
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise UserError(f"optimizer '{self.optimizer}' is not one of: sgd, adamw")
+        if self.schedule not in ("cosine", "onecycle", "constant"):
+            raise UserError(f"schedule '{self.schedule}' is not one of: cosine, onecycle, constant")
+        for name in ("lr", "epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.backbone_lr_mult < 0:
+            raise UserError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+
+    def update(self, **changes: Any) -> HParams:
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise UserError(f"unknown hyperparameter(s) {sorted(unknown)}; valid: {sorted(known)}")
+        return replace(self, **changes)
+
+
+# The article's example (../shared/seed/): batch 100, SGD lr 0.001 momentum 0.9,
+# cross-entropy, 10 epochs, flip + crop(32, pad 4), constant learning rate.
+SEED_RECIPE = HParams(
+    optimizer="sgd",
+    lr=0.001,
+    momentum=0.9,
+    weight_decay=0.0,
+    epochs=10,
+    batch_size=100,
+    schedule="constant",
+    label_smoothing=0.0,
+    grad_clip=0.0,
+    augment=True,
+)
+SEED_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+class InputAdapter(nn.Module):
+    """uint8 [B,3,32,32] -> normalised float at the run's resolution, inside the model."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], resolution: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)), persistent=False)
+        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if x.shape[-1] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+        # channels_last: measured faster for these conv nets on CPU and CUDA (docs/benchmarks.md)
+        return (x * self.scale - self.shift).contiguous(memory_format=torch.channels_last)
+
+
+class SideBranch(nn.Module):
+    """A small CNN on the raw image (side-tuning's g), its last layer zero-initialised."""
+
+    def __init__(self, width: int, num_classes: int) -> None:
+        super().__init__()
+        w = max(8, width // 8)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.out = nn.Linear(2 * w, num_classes)
+        zero_(self.out)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(image))
+
+
+def zero_(layer: nn.Linear) -> nn.Linear:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class Net(nn.Module):
+    """y = head(B(x)) [+ branch(B(x) or x)]."""
+
+    def __init__(
+        self,
+        adapter: InputAdapter,
+        backbone: nn.Module,
+        head: nn.Module,
+        branch: nn.Module | None = None,
+        branch_on_image: bool = False,
+    ) -> None:
+        super().__init__()
+        self.adapter, self.backbone, self.head, self.branch = adapter, backbone, head, branch
+        self.branch_on_image = branch_on_image
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.adapter(x))
+
+    def from_features(self, feats: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.head(feats)
+        if self.branch is not None:
+            if self.branch_on_image:
+                assert x is not None, "the side branch needs the image"
+                y = y + self.branch(self.adapter(x)).to(y.dtype)
+            else:
+                y = y + self.branch(feats).to(y.dtype)
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.from_features(self.encode(x), x)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    build_head: Callable[[int, int, nn.Module, HParams], tuple[nn.Module, nn.Module | None, bool]]
+    train_backbone: Callable[[HParams], bool]
+    probe_init: bool  # fit a linear probe on frozen features first (sft, lp_ft)
+    search_space: Callable[[Any], dict[str, Any]]  # optuna.Trial -> hyperparameter changes
+    defaults: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+METHODS: Registry[MethodSpec] = Registry("method")
+
+
+def register_method(name: str, **kw: Any) -> Callable:
+    def deco(build_head: Callable) -> Callable:
+        METHODS.register(name)(MethodSpec(name, build_head, **kw))
+        return build_head
+
+    return deco
+
+
+def _common_space(trial: Any) -> dict[str, Any]:
+    return {
+        "optimizer": trial.suggest_categorical("optimizer", ["sgd", "adamw"]),
+        "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.1]),
+    }
+
+
+def _head_space(trial: Any) -> dict[str, Any]:
+    return {
+        "optimizer": "adamw",
+        "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.1]),
+    }
+
+
+@register_method(
+    "finetune",
+    train_backbone=lambda hp: hp.backbone_lr_mult > 0,
+    probe_init=False,
+    search_space=_common_space,
+    summary="new head on B(x); everything trained",
+)
+def _finetune(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, None, bool]:
+    return nn.Linear(d, c), None, False
+
+
+@register_method(
+    "linear_probe",
+    train_backbone=lambda hp: False,
+    probe_init=False,
+    search_space=_head_space,
+    defaults={"epochs": 30, "optimizer": "adamw", "lr": 3e-3, "augment": False},
+    summary="new head on frozen B(x)",
+)
+def _linear_probe(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, None, bool]:
+    return nn.Linear(d, c), None, False
+
+
+@register_method(
+    "lp_ft",
+    train_backbone=lambda hp: hp.backbone_lr_mult > 0,
+    probe_init=True,
+    search_space=_common_space,
+    summary="head fitted as a linear probe, then everything trained",
+)
+def _lp_ft(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, None, bool]:
+    return nn.Linear(d, c), None, False
+
+
+@register_method(
+    "seed_sft",
+    train_backbone=lambda hp: hp.backbone_lr_mult > 0,
+    probe_init=False,
+    search_space=_common_space,
+    summary="the article's model: full pretrained classifier (K logits) -> Linear(K, C)",
+)
+def _seed_sft(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, None, bool]:
+    k = pretrained_head.out_features if isinstance(pretrained_head, nn.Linear) else _out_features(pretrained_head)
+    return nn.Sequential(pretrained_head, nn.Linear(k, c)), None, False
+
+
+def _out_features(module: nn.Module) -> int:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+
+def _sft_space(trial: Any) -> dict[str, Any]:
+    space = _common_space(trial)
+    space["backbone_lr_mult"] = trial.suggest_categorical("backbone_lr_mult", [0.0, 0.01, 0.1, 1.0])
+    return space
+
+
+def _sft_width_space(trial: Any) -> dict[str, Any]:
+    space = _sft_space(trial)
+    space["branch_width"] = trial.suggest_categorical("branch_width", [64, 256, 1024])
+    return space
+
+
+_SFT = dict(train_backbone=lambda hp: hp.backbone_lr_mult > 0, probe_init=True)
+
+
+@register_method("sft", search_space=_sft_space, summary="f + g, g = V B(x) + c (linear, zero-init)", **_SFT)
+def _sft_linear(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, nn.Module, bool]:
+    return nn.Linear(d, c), zero_(nn.Linear(d, c)), False
+
+
+@register_method("sft-mlp", search_space=_sft_width_space, summary="f + g, g = one-hidden-layer MLP on B(x)", **_SFT)
+def _sft_mlp(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, nn.Module, bool]:
+    branch = nn.Sequential(nn.Linear(d, hp.branch_width), nn.ReLU(), zero_(nn.Linear(hp.branch_width, c)))
+    return nn.Linear(d, c), branch, False
+
+
+@register_method("sft-side", search_space=_sft_width_space, summary="f + g, g = small CNN on the image", **_SFT)
+def _sft_side(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, nn.Module, bool]:
+    return nn.Linear(d, c), SideBranch(hp.branch_width, c), True
+
+
+def method_name(method: str, branch: str | None) -> str:
+    """`--method sft --branch mlp` is the registry entry `sft-mlp`."""
+    if branch in (None, "", "linear"):
+        return method
+    if method != "sft":
+        raise UserError(f"--branch applies to sft only, not '{method}'")
+    if branch not in ("mlp", "side"):
+        raise UserError(f"branch '{branch}' is not one of: linear, mlp, side")
+    return f"sft-{branch}"
+
+
+def build_net(
+    method: str,
+    feats: nn.Module,
+    pretrained_head: nn.Module,
+    feature_dim: int,
+    num_classes: int,
+    hp: HParams,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    resolution: int,
+) -> Net:
+    spec = METHODS.get(method)
+    head, branch, on_image = spec.build_head(feature_dim, num_classes, pretrained_head, hp)
+    return Net(InputAdapter(mean, std, resolution), feats, head, branch, on_image)

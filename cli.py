@@ -1,0 +1,241 @@
+"""sft-bench command line: one command per verb; the work is done in `bench`.
+
+python cli.py backbones
+python cli.py run --backbone efficientnet_lite0 --method sft --fraction 0.1 --resolution 64
+python cli.py sweep --config experiments/quick.toml
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bench.registry import UserError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Benchmark supervised fine-tuning (SFT) against fine-tuning with few labels."
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line, no traceback, exit code 2: the contract for every bad input."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def backbones() -> None:
+    """List the backbones, where their weights come from and whether they are available now."""
+    from bench.backbones import BACKBONES, get_backbone
+
+    table = Table(title="backbones")
+    for col in ("name", "features", "input px", "weights", "available now"):
+        table.add_column(col)
+    for name in BACKBONES:
+        spec = get_backbone(name)
+        ok, why = spec.available()
+        table.add_row(
+            name,
+            str(spec.feature_dim),
+            str(spec.input_size),
+            spec.weights,
+            f"[green]yes[/] ({why})" if ok else f"[red]no[/] ({why})",
+        )
+    table.add_row("timm:<name>", "model's", "model's", "timm / Hugging Face hub", "per model (needs the internet unless cached)")
+    console.print(table)
+
+
+@app.command()
+def methods() -> None:
+    """List the methods."""
+    from bench.methods import METHODS
+
+    table = Table(title="methods")
+    table.add_column("name")
+    table.add_column("model")
+    for name in METHODS:
+        table.add_row(name, METHODS.get(name).summary)
+    console.print(table)
+
+
+def _parse_set(values: list[str] | None) -> dict:
+    out = {}
+    for item in values or []:
+        if "=" not in item:
+            raise UserError(f"--set expects NAME=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+@app.command()
+def run(
+    backbone: Annotated[str, typer.Option(help="Registry name or timm:<name> (see `backbones`).")] = "efficientnet_lite0",
+    method: Annotated[str, typer.Option(help="finetune, linear_probe, sft, lp_ft, seed_sft (see `methods`).")] = "sft",
+    branch: Annotated[str | None, typer.Option(help="sft's branch: linear, mlp or side.")] = None,
+    fraction: Annotated[float, typer.Option(help="Label fraction in (0, 1], per class.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Data and training seed.")] = 0,
+    recipe: Annotated[str, typer.Option(help="tuned (hyperparameters from flags) or seed (the article's).")] = "tuned",
+    data_dir: Annotated[Path, typer.Option(help="Folder holding cifar-10-batches-py.")] = Path("data"),
+    results_dir: Annotated[Path, typer.Option(help="Where the record goes by default.")] = Path("results"),
+    resolution: Annotated[int | None, typer.Option(help="Input pixels (default: the backbone's; 32 for --recipe seed).")] = None,
+    scratch: Annotated[bool, typer.Option("--scratch", help="Random initialisation instead of pretrained weights.")] = False,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd or adamw.")] = None,
+    weight_decay: Annotated[float | None, typer.Option()] = None,
+    schedule: Annotated[str | None, typer.Option(help="cosine, onecycle or constant.")] = None,
+    label_smoothing: Annotated[float | None, typer.Option()] = None,
+    backbone_lr_mult: Annotated[float | None, typer.Option(help="Backbone lr multiplier; 0 = frozen.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any other hyperparameter, NAME=VALUE.")] = None,
+    stage: Annotated[str, typer.Option(help="final (train on all labels, test once) or trial (validation only).")] = "final",
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    record: Annotated[Path | None, typer.Option(help="JSON record path (default: RESULTS_DIR/runs/RUN_ID.json).")] = None,
+    save_predictions: Annotated[Path | None, typer.Option(help="CSV of test predictions and probabilities.")] = None,
+    save_model: Annotated[Path | None, typer.Option(help="Checkpoint (loads with weights_only=True).")] = None,
+) -> None:
+    """Train and evaluate one (backbone, method, fraction, seed) run."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bench.methods import method_name
+    from bench.run import execute, get_data, make_config, write_record
+
+    try:
+        overrides = {
+            k: v
+            for k, v in dict(
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                weight_decay=weight_decay,
+                schedule=schedule,
+                label_smoothing=label_smoothing,
+                backbone_lr_mult=backbone_lr_mult,
+            ).items()
+            if v is not None
+        }
+        overrides.update(_parse_set(set_))
+        dev = _device(device)
+        name = method_name(method, branch)
+        from bench.backbones import get_backbone
+
+        bspec = get_backbone(backbone)
+        if not scratch:
+            ok, why = bspec.available()
+            if not ok:
+                raise UserError(f"pretrained weights for backbone '{backbone}' are not available: {why}; or pass --scratch")
+        _check_writable(results_dir if record is None else record.parent)
+        data = get_data(data_dir)
+        cfg = make_config(
+            backbone,
+            name,
+            fraction,
+            seed,
+            recipe=recipe,
+            resolution=resolution,
+            pretrained=not scratch,
+            overrides=overrides,
+            stage=stage,
+            precision=precision,
+            device=dev,
+            data=data,
+        )
+    except UserError as exc:
+        fail(str(exc))
+    console.print(
+        f"run [bold]{cfg.run_id}[/]: {cfg.backbone} / {cfg.method} / {cfg.recipe}, fraction {cfg.fraction:g}, "
+        f"seed {cfg.seed}, {cfg.resolution} px, {cfg.precision} on {dev}",
+        highlight=False,
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_epoch(row: dict) -> None:
+            phase = row["phase"]
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=row["epochs"], info="")
+            info = f"loss {row['loss']:.3f}  train acc {row['train_accuracy']:.3f}"
+            if "val_accuracy" in row:
+                info += f"  val acc {row['val_accuracy']:.3f}"
+            bar.update(tasks[phase], completed=row["epoch"], info=info)
+
+        try:
+            rec = execute(cfg, data, dev, on_epoch=on_epoch, save_predictions=save_predictions, save_model=save_model)
+        except UserError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing written")
+            raise typer.Exit(130) from None
+    path = record or results_dir / "runs" / f"{cfg.run_id}.json"
+    write_record(path, rec)
+    key = "test_accuracy" if cfg.stage == "final" else "val_accuracy"
+    table = Table(title=f"run {cfg.run_id}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row(key, f"{rec[key]:.4f}")
+    if "macro_f1" in rec:
+        table.add_row("macro_f1", f"{rec['macro_f1']:.4f}")
+    table.add_row("trainable params", f"{rec['trainable_params']:,}")
+    table.add_row("train images/s", f"{rec['images_per_second']:.0f}")
+    table.add_row("wall seconds", f"{rec['wall_seconds']:.1f}")
+    table.add_row("peak memory MB", f"{rec['peak_memory_mb']:.0f}")
+    console.print(table)
+    console.print(f"record: {path}", highlight=False)
+
+
+def _device(name: str) -> object:
+    from bench.provenance import resolve_device
+
+    return resolve_device(name)
+
+
+def _check_writable(folder: Path) -> None:
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    import os
+
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UserError(f"cannot write to {folder}: {probe} is not a writable folder; choose another --results-dir")
+
+
+# The other verbs live beside their library code; each module adds its commands to `app`.
+for _module in ("bench.cli_sweep", "bench.cli_report", "bench.cli_perf"):
+    __import__(_module, fromlist=["register"]).register(app)
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", message=".*md5 sums differ.*")  # printed once by the loader below
+    try:
+        app()
+    except UserError as exc:  # any bad input that escaped a command
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
