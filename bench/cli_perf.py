@@ -1,9 +1,137 @@
-"""CLI commands for the perf verb (registered on cli.app)."""
+"""CLI command for the perf verb (registered on cli.app).
+
+python cli.py perf                          # resnet18@32, efficientnet_lite0@32 and @64 (about 10 min on 2 cores)
+python cli.py perf --quick --cases tiny@32  # a smoke run
+python cli.py perf --project experiments/paper.toml --sweep results/quick
+"""
 
 from __future__ import annotations
 
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from bench.registry import UserError
+
+DEFAULT_CASES = "resnet18@32,efficientnet_lite0@32,efficientnet_lite0@64"
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _wait_for_quiet(threshold: float, max_wait: float, log: Callable[[str], None]) -> None:
+    """Shared machines: wait (up to max_wait s) for the 1-minute load to drop below threshold."""
+    from bench.perf import loadavg
+
+    t0 = time.monotonic()
+    while loadavg() >= threshold and time.monotonic() - t0 < max_wait:
+        log(f"load {loadavg():.2f} >= {threshold}; waiting ({time.monotonic() - t0:.0f}/{max_wait:.0f} s)")
+        time.sleep(15)
+
+
+def perf(
+    cases: Annotated[str, typer.Option(help="Comma-separated BACKBONE@PIXELS.")] = DEFAULT_CASES,
+    quick: Annotated[bool, typer.Option("--quick", help="Few steps per measurement: a smoke run, rough ratios.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Batch of (a) and (b); (c) uses the article's 100.")] = 256,
+    steps: Annotated[int | None, typer.Option(help="Timed training steps per measurement (at most).")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Time limit per measurement after warm-up.")] = None,
+    precision: Annotated[str, typer.Option(help="Suite precision in (b), (d), (e): auto, fp32, bf16.")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="Run (b) through torch.compile.")] = False,
+    workers: Annotated[int, typer.Option(help="DataLoader workers of the article's pipeline (c).")] = 2,
+    data_dir: Annotated[Path, typer.Option(help="Folder holding cifar-10-batches-py.")] = Path("data"),
+    out: Annotated[Path, typer.Option(help="Where perf.csv, perf_summary.csv, perf.md and perf.json go.")] = Path("results/perf"),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    project: Annotated[Path | None, typer.Option(help="Project this grid's cost (e.g. experiments/paper.toml).")] = None,
+    throughputs: Annotated[
+        Path | None, typer.Option(help="With --project and no measurement: a perf.csv to project from (skips measuring).")
+    ] = None,
+    sweep: Annotated[Path | None, typer.Option(help="Summarise a finished sweep folder (runs.csv, optuna.journal).")] = None,
+    wait_load: Annotated[float, typer.Option(help="Wait until the 1-minute load average is below this (0: don't).")] = 0.0,
+    wait_max: Annotated[float, typer.Option(help="Longest wait for --wait-load, seconds.")] = 600.0,
+) -> None:
+    """Measure training, evaluation and frozen-trial speed against the ceiling and the article's pipeline."""
+    from rich.console import Console
+
+    from bench import perf as P
+    from bench.provenance import resolve_device
+
+    console = Console()
+    log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
+    command = "python cli.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        if precision not in ("auto", "fp32", "bf16"):
+            raise UserError(f"precision '{precision}' is not one of: auto, fp32, bf16")
+        if workers < 0:
+            raise UserError(f"--workers must be >= 0, got {workers}")
+        if project is not None and not project.is_file():
+            raise UserError(f"grid {project} does not exist (write it, or leave out --project)")
+        if throughputs is not None and not throughputs.is_file():
+            raise UserError(f"throughput table {throughputs} does not exist (run `python cli.py perf` first)")
+        if sweep is not None and not sweep.is_dir():
+            raise UserError(f"sweep folder {sweep} does not exist (run `python cli.py sweep --config ...` first)")
+        P.check_writable(out)
+        # Report-only modes: nothing is measured.
+        if throughputs is not None or (sweep is not None and project is None):
+            text = []
+            if sweep is not None:
+                text.append(P.sweep_markdown(P.sweep_cost(sweep)))
+            if project is not None:
+                rows = P.read_rows(throughputs) if throughputs is not None else []
+                text.append(P.projection_markdown(P.project_grid(project, rows)))
+            console.print("\n\n".join(text), highlight=False, markup=False)
+            return
+        selected = P.parse_cases(cases)
+        kw = dict(batch_size=batch_size, precision=precision, compile=compile, workers=workers)
+        kw.update({k: v for k, v in dict(steps=steps, max_seconds=max_seconds).items() if v is not None})
+        settings = P.PerfSettings.quick(**kw) if quick else P.PerfSettings(**kw)
+        dev = resolve_device(device)
+        from bench.run import get_data
+
+        data = get_data(data_dir)
+    except UserError as exc:
+        _fail(str(exc))
+    if wait_load > 0:
+        _wait_for_quiet(wait_load, wait_max, log)
+
+    def projection(rows: list[dict]) -> str:
+        parts = []
+        if sweep is not None:
+            parts.append(P.sweep_markdown(P.sweep_cost(sweep)))
+        if project is not None:
+            parts.append(P.projection_markdown(P.project_grid(project, rows)))
+        return "\n\n".join(parts)
+
+    try:
+        info, rows, summary, files = P.run_perf(
+            selected, data, dev, settings, out, log=log, projection=projection, command=command
+        )
+    except UserError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        log("interrupted; nothing written")
+        raise typer.Exit(130) from None
+    from rich.table import Table
+
+    table = Table(title=f"perf on {info['device']} (load {info['loadavg_start']:.2f} -> {info['loadavg_end']:.2f})")
+    for col in ("case", "metric", "value", "target", "met", "detail"):
+        table.add_column(col, justify="right" if col in ("value", "target") else "left")
+    for r in summary:
+        met = {"yes": "[green]yes[/]", "no": "[red]no[/]"}.get(r["met"], "")
+        target = "" if r["target"] is None else f">= {r['target']:g}"
+        table.add_row(r["case"], r["metric"], f"{r['value']:.2f}", target, met, r["detail"])
+    console.print(table)
+    for f in files:
+        log(f"wrote {f}")
 
 
 def register(app: typer.Typer) -> None:
-    """Placeholder until the perf issue lands; registers nothing."""
+    app.command("perf")(perf)

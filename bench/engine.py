@@ -8,14 +8,28 @@
 
 Precision: bf16 autocast where asked (`precision="bf16"`), fp32 otherwise; channels_last
 memory format always for conv nets (it is faster on CPU and on CUDA here).
+
+Speed (measured in docs/benchmarks.md, `python cli.py perf`):
+- frozen-backbone features come from `FEATURES`, a per-process cache keyed by the
+  content of the weights, the input adapter, the precision and the images, so the
+  trials of one sweep cell encode their images once, not once per trial or epoch
+  (`feature_cache="trial"` recomputes per fit, `"off"` on every batch: the baselines);
+- the optimiser is the fused (one kernel) implementation where torch has one;
+- per-epoch loss and accuracy are summed on the device: one host sync per epoch;
+- `compile=True` (or a backend name) runs the end-to-end forward/backward through
+  `torch.compile`; it changes speed, not results, so it is not part of a run's id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +39,7 @@ from bench.data import augment
 from bench.methods import HParams, MethodSpec, Net
 
 EVAL_BATCH = 1024
+FEATURE_CACHE_MODES = ("shared", "trial", "off")
 
 
 class Diverged(RuntimeError):
@@ -37,6 +52,8 @@ class FitResult:
     train_seconds: float = 0.0
     images_seen: int = 0
     feature_seconds: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)  # one per history row: steady-state speed
+    feature_cache_hits: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -65,6 +82,70 @@ def encode_all(net: Net, x: torch.Tensor, precision: str, batch: int = EVAL_BATC
     return out
 
 
+def _fingerprint(h: Any, t: torch.Tensor) -> None:
+    t = t.detach()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+
+class FeatureCache:
+    """Frozen-backbone features shared by every fit in the process, least recently used out.
+
+    Why: a sweep trains hundreds of heads on the same frozen backbone and the same
+    images (every linear_probe and sft-with-multiplier-0 trial, and the probe phase of
+    every sft / lp_ft trial); only the head's hyperparameters change. The key is a hash
+    of what the features depend on (backbone weights and BatchNorm statistics, input
+    adapter, precision, device, images), never of names, so a hit returns exactly what
+    `encode_all` would: a scratch backbone with another seed, or a backbone that has
+    been trained, is another key. Hashing costs about a millisecond per MB.
+    """
+
+    def __init__(self, max_mb: float | None = None) -> None:
+        if max_mb is None:
+            max_mb = float(os.environ.get("SFT_BENCH_FEATURE_CACHE_MB", 1024))
+        self.max_bytes = int(max_mb * 2**20)
+        self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(net: Net, x: torch.Tensor, precision: str) -> str:
+        h = hashlib.sha1(usedforsecurity=False)
+        h.update(f"{precision}|{x.device}|{type(net.backbone).__name__}|{getattr(net.adapter, 'resolution', '')}".encode())
+        for t in net.backbone.state_dict().values():
+            _fingerprint(h, t)
+        for t in net.adapter.buffers():
+            _fingerprint(h, t)
+        _fingerprint(h, x)
+        return h.hexdigest()
+
+    def encode(self, net: Net, x: torch.Tensor, precision: str) -> tuple[torch.Tensor, bool]:
+        """(features, whether they came from the cache). Callers must not modify them."""
+        k = self.key(net, x, precision)
+        if k in self._store:
+            self._store.move_to_end(k)
+            self.hits += 1
+            return self._store[k], True
+        self.misses += 1
+        feats = encode_all(net, x, precision)
+        size = feats.numel() * feats.element_size()
+        if size <= self.max_bytes:
+            self._store[k] = feats
+            while sum(v.numel() * v.element_size() for v in self._store.values()) > self.max_bytes:
+                self._store.popitem(last=False)
+        return feats, False
+
+    def clear(self) -> None:
+        self._store.clear()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+FEATURES = FeatureCache()
+
+
 @torch.inference_mode()
 def predict(
     net: Net, x: torch.Tensor, precision: str, batch: int = EVAL_BATCH, feats: torch.Tensor | None = None
@@ -82,10 +163,19 @@ def predict(
     return torch.cat(outs)
 
 
+def _fusable(groups: list[dict]) -> bool:
+    """torch's fused optimisers take floating-point tensors on CPU or CUDA only."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
+
 def _optimizer(groups: list[dict], hp: HParams) -> torch.optim.Optimizer:
+    # fused: one kernel over all parameters instead of a Python loop of small ops per
+    # tensor (see docs/benchmarks.md for what it is worth).
+    fused = _fusable(groups)
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-    return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, fused=fused)
+    return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
 
 
 def _scheduler(opt: torch.optim.Optimizer, hp: HParams, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -149,7 +239,9 @@ def train_epochs(
             loss_sum += loss.detach() * len(idx)
             correct += (logits.detach().argmax(1) == y[idx]).sum()
         _sync(device)
-        result.train_seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        result.train_seconds += seconds
+        result.epoch_seconds.append(seconds)
         result.images_seen += n
         loss_value = float(loss_sum) / n
         if not math.isfinite(loss_value):
@@ -173,8 +265,19 @@ def fit(
     precision: str = "fp32",
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    feature_cache: str = "shared",
+    compile: bool | str = False,
 ) -> FitResult:
-    """Train `net` on uint8 images `x` with labels `y` (both on the training device)."""
+    """Train `net` on uint8 images `x` with labels `y` (both on the training device).
+
+    `feature_cache`: where frozen-backbone features come from: "shared" (the process-wide
+    `FEATURES` cache), "trial" (computed once in this fit) or "off" (the backbone is run
+    again on every batch of every epoch, as a naive loop would). All three give the same
+    model; only the time differs. `compile`: True (inductor) or a torch.compile backend
+    name for the end-to-end phase; speed only.
+    """
+    if feature_cache not in FEATURE_CACHE_MODES:
+        raise ValueError(f"feature_cache '{feature_cache}' is not one of: {', '.join(FEATURE_CACHE_MODES)}")
     device = x.device
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -183,18 +286,32 @@ def fit(
     train_backbone = spec.train_backbone(hp)
     needs_features = spec.probe_init or not train_backbone
     feats = val_feats = None
-    if needs_features:
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        if feature_cache == "shared":
+            out, hit = FEATURES.encode(net, images, precision)
+            result.feature_cache_hits += int(hit)
+            return out
+        return encode_all(net, images, precision)
+
+    if needs_features and feature_cache != "off":
         t0 = time.perf_counter()
-        feats = encode_all(net, x, precision)
+        feats = encode(x)
         if val is not None and not train_backbone:
-            val_feats = encode_all(net, val[0], precision)
+            val_feats = encode(val[0])
         result.feature_seconds = time.perf_counter() - t0
+
+    def features(idx: torch.Tensor) -> torch.Tensor:
+        if feats is not None:
+            return feats[idx]
+        with torch.no_grad():  # feature_cache="off": the frozen backbone again, as encode_all runs it
+            return net.encode(x[idx]).float()
 
     def head_forward(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         xb = x[idx] if net.branch_on_image else None
         if xb is not None and hp.augment:
             xb = augment(xb, g)
-        return net.from_features(feats[idx], xb)
+        return net.from_features(features(idx), xb)
 
     if spec.probe_init:
         # H_f starts as the linear-probe solution on frozen features; the branch is
@@ -209,7 +326,7 @@ def fit(
             [{"params": list(net.head.parameters())}],
             probe_hp,
             n,
-            lambda idx, g: net.head(feats[idx]),
+            lambda idx, g: net.head(features(idx)),
             y,
             gen,
             precision,
@@ -233,13 +350,26 @@ def fit(
     groups = [{"params": head_params}]
     if train_backbone:
         groups.append({"params": list(net.backbone.parameters()), "lr": hp.lr * hp.backbone_lr_mult})
-        forward = lambda idx, g: net(augment(x[idx], g) if hp.augment else x[idx])  # noqa: E731
+        model = compiled(net, compile)
+        forward = lambda idx, g: model(augment(x[idx], g) if hp.augment else x[idx])  # noqa: E731
     else:
         forward = head_forward
     train_epochs(
         net, groups, hp, n, forward, y, gen, precision, not train_backbone, result, "train", evaluate=evaluate, on_epoch=on_epoch
     )
     return result
+
+
+def compiled(net: nn.Module, compile: bool | str) -> nn.Module:
+    """`net` through torch.compile (shares its parameters), or `net` itself when not asked.
+
+    Static shapes: the last, smaller batch of an epoch compiles once more instead of
+    turning every batch into a dynamic-shape graph.
+    """
+    if not compile:
+        return net
+    backend = compile if isinstance(compile, str) else "inductor"
+    return torch.compile(net, backend=backend, dynamic=False)
 
 
 def classification_metrics(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:

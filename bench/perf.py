@@ -1,0 +1,882 @@
+"""How fast is one training, and where does the time go? (`python cli.py perf`)
+
+A grid is hundreds of trainings, so the cost of one training decides which questions
+a user can afford. For each case (backbone at a resolution) this measures, in one
+process, on the same model and machine:
+
+    a  ceiling    forward + backward + optimiser step on synthetic float tensors already
+                  in memory, for every memory format x precision; and forward only
+    b  suite      `engine.fit` (finetune) on real CIFAR-10: indexing, augmentation, the
+                  input adapter, loss and accuracy bookkeeping included
+    c  article    the article's pipeline: torchvision transforms on PIL images,
+                  DataLoader(num_workers=2), batch 100, fp32, default memory format
+    d  frozen     one frozen-backbone trial (linear_probe, sft with multiplier 0) with
+                  the feature cache (cold: first trial; warm: any later trial of the
+                  cell) against the same trial recomputing the backbone every epoch
+    e  eval       `engine.predict` on the test images, against (a)'s forward-only rate
+
+Figures are ratios first (these machines are shared and noisy), with the load average
+at measurement time beside them. Every measurement warms up first (oneDNN and cuDNN
+pick and build kernels on the first calls) and then times whole steps between device
+syncs, stopping after `steps` steps or `max_seconds`, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.backbones import build_backbone, get_backbone
+from bench.data import Cifar10, label_split
+from bench.engine import EVAL_BATCH, FEATURES, _optimizer, _sync, autocast, fit, predict
+from bench.methods import METHODS, HParams
+from bench.provenance import cpu_model, git_commit, provenance
+from bench.registry import UserError
+from bench.run import atomic_write, build_model, make_config
+
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+PRECISIONS = ("fp32", "bf16")
+# The article's example (../shared/seed): batch 100, SGD lr 0.001 momentum 0.9, two workers.
+ARTICLE_BATCH = 100
+ARTICLE_WORKERS = 2
+# Targets of the speed issue (ratios, so that a noisy shared machine can still judge them).
+TARGETS = {"b/a": 0.9, "b/c cpu": 1.5, "b/c cuda": 3.0, "d": 10.0, "e/a": 0.9}
+COLUMNS = (
+    "case",
+    "backbone",
+    "resolution",
+    "weights",
+    "path",
+    "precision",
+    "memory_format",
+    "batch_size",
+    "images",
+    "seconds",
+    "images_per_second",
+    "loadavg_1m",
+    "note",
+)
+SUMMARY_COLUMNS = ("case", "metric", "value", "target", "met", "detail")
+
+
+@dataclass(frozen=True)
+class PerfCase:
+    backbone: str
+    resolution: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}@{self.resolution}"
+
+
+DEFAULT_CASES = (PerfCase("resnet18", 32), PerfCase("efficientnet_lite0", 32), PerfCase("efficientnet_lite0", 64))
+
+
+def parse_cases(text: str) -> list[PerfCase]:
+    """'resnet18@32,efficientnet_lite0@64' -> cases; the backbone names are checked now."""
+    cases = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, _, res = item.partition("@")
+        if not res.isdigit() or not 8 <= int(res) <= 1024:
+            raise UserError(f"case '{item}' is not BACKBONE@PIXELS (e.g. resnet18@32, pixels in 8..1024)")
+        get_backbone(name)  # UserError with suggestions for an unknown name
+        cases.append(PerfCase(name, int(res)))
+    if not cases:
+        raise UserError("no case given; e.g. --cases resnet18@32,efficientnet_lite0@64")
+    return cases
+
+
+@dataclass
+class PerfSettings:
+    """How long each measurement runs. `quick` is a smoke run: the ratios are rough."""
+
+    batch_size: int = 256
+    steps: int = 12  # timed training steps at most
+    warmup: int = 3
+    max_seconds: float = 12.0  # per timed measurement, after warm-up (at least 2 steps)
+    article_steps: int = 20
+    frozen_fraction: float = 0.01
+    frozen_epochs: int = 5
+    eval_images: int | None = None  # None: the whole test set
+    precision: str = "auto"  # the suite's precision for (b), (d), (e); auto = the run default
+    compile: bool | str = False
+    workers: int = ARTICLE_WORKERS
+    ceiling_precisions: tuple[str, ...] = PRECISIONS
+    ceiling_formats: tuple[str, ...] = tuple(FORMATS)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2 or self.steps < 2 or self.warmup < 1 or self.article_steps < 2:
+            raise UserError("perf needs --batch-size >= 2, --steps >= 2 (warm-up >= 1)")
+        if not 0 < self.frozen_fraction <= 1 or self.frozen_epochs < 1:
+            raise UserError("frozen-trial fraction must be in (0, 1] and epochs >= 1")
+
+    @classmethod
+    def quick(cls, **kw: Any) -> PerfSettings:
+        return cls(
+            **{"steps": 3, "warmup": 1, "max_seconds": 3.0, "article_steps": 3, "frozen_epochs": 5, "eval_images": 2048, **kw}
+        )
+
+
+# ---------------------------------------------------------------- machine
+
+
+def loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def machine(device: torch.device, command: str = "") -> dict:
+    flags = cpu_flags()
+    prov = provenance(device)
+    return {
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none",
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (not measured on GPU)",
+        "device": str(device),
+        "python": prov["python"],
+        "versions": prov["versions"],
+        "onednn": torch.backends.mkldnn.is_available(),
+        "git_commit": git_commit(),
+        "hostname": platform.node(),
+        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_start": loadavg(),
+    }
+
+
+# ---------------------------------------------------------------- timing
+
+
+def timed(step: Callable[[], None], device: torch.device, warmup: int, steps: int, max_seconds: float) -> tuple[int, float]:
+    """(timed steps, seconds): `warmup` untimed calls, then up to `steps` calls or `max_seconds`."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    done = 0
+    while done < steps:
+        step()
+        done += 1
+        if done >= 2 and time.perf_counter() - t0 > max_seconds:
+            break
+    _sync(device)
+    return done, time.perf_counter() - t0
+
+
+def _row(
+    case: PerfCase, weights: str, path: str, precision: str, fmt: str, batch: int, images: int, seconds: float, note: str = ""
+) -> dict:
+    return {
+        "case": case.name,
+        "backbone": case.backbone,
+        "resolution": case.resolution,
+        "weights": weights,
+        "path": path,
+        "precision": precision,
+        "memory_format": fmt,
+        "batch_size": batch,
+        "images": images,
+        "seconds": round(seconds, 4),
+        "images_per_second": round(images / seconds, 2) if seconds > 0 else 0.0,
+        "loadavg_1m": loadavg(),
+        "note": note,
+    }
+
+
+# ---------------------------------------------------------------- the measurements
+
+
+class Bench:
+    """All measurements of one case; builds every model the same way the suite does."""
+
+    def __init__(self, case: PerfCase, data: Cifar10, device: torch.device, settings: PerfSettings) -> None:
+        self.case, self.data, self.device, self.s = case, data, device, settings
+        spec = get_backbone(case.backbone)
+        ok, _ = spec.available()
+        # Speed does not depend on the weights' values, so a backbone without offline
+        # weights is measured from a random initialisation, and the table says so.
+        self.pretrained = ok
+        self.weights = "pretrained" if ok else "scratch (random init; same speed)"
+        self.suite_precision = make_config(
+            case.backbone, "finetune", 1.0, 0, device=device, data=data, pretrained=ok, precision=settings.precision
+        ).precision
+
+    def config(
+        self, method: str, overrides: dict, precision: str | None = None, stage: str = "final", fraction: float = 1.0
+    ) -> Any:
+        return make_config(
+            self.case.backbone,
+            method,
+            fraction,
+            0,
+            resolution=self.case.resolution,
+            pretrained=self.pretrained,
+            overrides=overrides,
+            stage=stage,
+            precision=precision or self.suite_precision,
+            device=self.device,
+            data=self.data,
+        )
+
+    def net(self, cfg: Any, fmt: str = "channels_last") -> nn.Module:
+        torch.manual_seed(0)
+        return build_model(cfg, self.data.num_classes).to(self.device).to(memory_format=FORMATS[fmt])
+
+    # a: the ceiling
+    def ceiling(self) -> list[dict]:
+        s, dev, res = self.s, self.device, self.case.resolution
+        hp = HParams().update(**METHODS.get("finetune").defaults, batch_size=s.batch_size)
+        cfg = self.config("finetune", {"batch_size": s.batch_size})
+        rows = []
+        gen = torch.Generator().manual_seed(0)
+        for precision in s.ceiling_precisions:
+            for fmt in s.ceiling_formats:
+                net = self.net(cfg, fmt).train()
+                x = torch.randn(s.batch_size, 3, res, res, generator=gen).to(dev).contiguous(memory_format=FORMATS[fmt])
+                y = torch.randint(0, 10, (s.batch_size,), generator=gen).to(dev)
+                opt = _optimizer([{"params": list(net.parameters())}], hp)
+
+                def step(
+                    net: nn.Module = net, x: torch.Tensor = x, y: torch.Tensor = y, opt: Any = opt, p: str = precision
+                ) -> None:
+                    with autocast(dev, p):
+                        loss = F.cross_entropy(net.head(net.backbone(x)).float(), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+
+                n, sec = timed(step, dev, s.warmup, s.steps, s.max_seconds)
+                rows.append(_row(self.case, self.weights, "a_train", precision, fmt, s.batch_size, n * s.batch_size, sec))
+                del net, opt
+                # forward only, eval mode, the evaluation batch
+                net = self.net(cfg, fmt).eval()
+                xe = torch.randn(EVAL_BATCH, 3, res, res, generator=gen).to(dev).contiguous(memory_format=FORMATS[fmt])
+
+                @torch.inference_mode()
+                def fwd(net: nn.Module = net, xe: torch.Tensor = xe, p: str = precision) -> None:
+                    with autocast(dev, p):
+                        net.head(net.backbone(xe))
+
+                n, sec = timed(fwd, dev, 1, max(2, s.steps // 3), s.max_seconds)
+                rows.append(_row(self.case, self.weights, "a_forward", precision, fmt, EVAL_BATCH, n * EVAL_BATCH, sec))
+                del net
+        return rows
+
+    def ceiling_article_config(self) -> dict:
+        """(a) in the article's configuration (fp32, default layout, batch 100, SGD): what its loader feeds."""
+        s, dev, res = self.s, self.device, self.case.resolution
+        cfg = self.config("finetune", {})
+        net = self.net(cfg, "contiguous").train()
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(ARTICLE_BATCH, 3, res, res, generator=gen).to(dev)
+        y = torch.randint(0, 10, (ARTICLE_BATCH,), generator=gen).to(dev)
+        opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+
+        def step() -> None:
+            loss = F.cross_entropy(net.head(net.backbone(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        n, sec = timed(step, dev, s.warmup, s.steps, s.max_seconds)
+        return _row(
+            self.case, self.weights, "a_train", "fp32", "contiguous", ARTICLE_BATCH, n * ARTICLE_BATCH, sec, "article config"
+        )
+
+    # b: the suite's loop
+    def suite(self, precision: str | None = None) -> dict:
+        s, dev = self.s, self.device
+        precision = precision or self.suite_precision
+        steps = s.steps
+        n = s.batch_size * steps
+        cfg = self.config("finetune", {"batch_size": s.batch_size, "epochs": 2}, precision=precision)
+        net = self.net(cfg)
+        x = self.data.train_x[:n].to(dev)
+        y = self.data.train_y[:n].to(dev)
+        # Epoch 1 warms up (kernel selection); epoch 2 is timed by the engine itself.
+        r = fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision, compile=s.compile)
+        note = "finetune, augmentation on, epoch 2 of 2" + (f", compile={s.compile}" if s.compile else "")
+        return _row(
+            self.case, self.weights, "b_suite_train", precision, "channels_last", s.batch_size, n, r.epoch_seconds[-1], note
+        )
+
+    # c: the article's pipeline
+    def article(self) -> dict:
+        from PIL import Image
+        from torchvision import transforms
+
+        s, dev, res = self.s, self.device, self.case.resolution
+
+        class ArticleCifar(torch.utils.data.Dataset):
+            """torchvision.datasets.CIFAR10.__getitem__ on the suite's arrays (HWC uint8 -> PIL -> transform)."""
+
+            def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable) -> None:
+                self.data = x.permute(0, 2, 3, 1).contiguous().numpy()
+                self.targets = y.tolist()
+                self.transform = transform
+
+            def __len__(self) -> int:
+                return len(self.data)
+
+            def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+                return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+        resize = [transforms.Resize(res)] if res != 32 else []  # the same model input as (a) and (b)
+        transform = transforms.Compose(
+            [
+                transforms.RandomHorizontalFlip(),
+                transforms.RandomCrop(32, padding=4),
+                *resize,
+                transforms.ToTensor(),
+                transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+            ]
+        )
+        total = ARTICLE_BATCH * (s.warmup + s.article_steps + 4)
+        ds = ArticleCifar(self.data.train_x[:total], self.data.train_y[:total], transform)
+        torch.manual_seed(0)
+        feats, _ = build_backbone(get_backbone(self.case.backbone), self.pretrained)
+        model = nn.Sequential(feats, nn.Linear(get_backbone(self.case.backbone).feature_dim, 10)).to(dev)
+        criterion = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+        loader = torch.utils.data.DataLoader(ds, batch_size=ARTICLE_BATCH, shuffle=True, num_workers=s.workers)
+        running_loss = 0.0
+        t0 = None
+        done = 0
+        for i, (inputs, labels) in enumerate(loader):
+            if i == s.warmup:
+                _sync(dev)
+                t0 = time.perf_counter()
+            inputs, labels = inputs.to(dev), labels.to(dev)
+            optimizer.zero_grad()
+            outputs = model(inputs)
+            loss = criterion(outputs, labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+            if t0 is not None:
+                done += 1
+                if done >= s.article_steps or (done >= 2 and time.perf_counter() - t0 > s.max_seconds):
+                    break
+        _sync(dev)
+        sec = time.perf_counter() - t0 if t0 is not None else 0.0
+        note = f"PIL transforms, DataLoader(num_workers={s.workers}), SGD, loss.item() per step" + (
+            ", Resize on PIL" if resize else ""
+        )
+        return _row(
+            self.case, self.weights, "c_article_train", "fp32", "contiguous", ARTICLE_BATCH, done * ARTICLE_BATCH, sec, note
+        )
+
+    # d: frozen-backbone trials
+    def frozen(self) -> list[dict]:
+        s, dev = self.s, self.device
+        split = label_split(self.data.train_y, s.frozen_fraction, 0)
+        x, y = self.data.train_x[split.train].to(dev), self.data.train_y[split.train].to(dev)
+        val = (self.data.train_x[split.val].to(dev), self.data.train_y[split.val].to(dev))
+        rows = []
+        trials = {
+            "linear_probe": {"epochs": s.frozen_epochs},
+            "sft": {"epochs": s.frozen_epochs, "probe_epochs": s.frozen_epochs, "backbone_lr_mult": 0.0},
+        }
+        for method, overrides in trials.items():
+            spec = METHODS.get(method)
+            for label, mode, lr_scale in (
+                ("recompute", "off", 1.0),
+                ("cached_cold", "shared", 1.0),
+                ("cached_warm", "shared", 0.5),
+            ):
+                if label == "cached_cold":
+                    FEATURES.clear()
+                cfg = self.config(method, overrides, stage="trial", fraction=s.frozen_fraction)
+                hp = cfg.hp.update(lr=cfg.hp.lr * lr_scale)  # the warm trial is another trial of the same cell
+                net = self.net(cfg)
+                _sync(dev)
+                t0 = time.perf_counter()
+                r = fit(net, spec, hp, x, y, seed=0, precision=self.suite_precision, val=val, feature_cache=mode)
+                _sync(dev)
+                sec = time.perf_counter() - t0
+                epochs = len(r.history)
+                note = f"{method}{' multiplier 0' if method == 'sft' else ''}, {epochs} epochs, {len(x)}+{len(val[0])} images"
+                if mode == "shared":
+                    note += f", cache hits {r.feature_cache_hits}"
+                rows.append(
+                    _row(
+                        self.case,
+                        self.weights,
+                        f"d_{method}_{label}",
+                        self.suite_precision,
+                        "channels_last",
+                        hp.batch_size,
+                        len(x) * epochs,
+                        sec,
+                        note,
+                    )
+                )
+        FEATURES.clear()
+        return rows
+
+    # e: evaluation
+    def evaluation(self) -> dict:
+        s, dev = self.s, self.device
+        cfg = self.config("finetune", {})
+        net = self.net(cfg)
+        ex, _ = self.data.test()
+        if s.eval_images:
+            ex = ex[: s.eval_images]
+        ex = ex.to(dev)
+        predict(net, ex[:EVAL_BATCH], self.suite_precision)  # warm-up
+        _sync(dev)
+        t0 = time.perf_counter()
+        predict(net, ex, self.suite_precision)
+        _sync(dev)
+        sec = time.perf_counter() - t0
+        return _row(
+            self.case,
+            self.weights,
+            "e_suite_eval",
+            self.suite_precision,
+            "channels_last",
+            EVAL_BATCH,
+            len(ex),
+            sec,
+            "engine.predict: uint8 -> probabilities",
+        )
+
+
+def measure_case(
+    case: PerfCase, data: Cifar10, device: torch.device, settings: PerfSettings, log: Callable[[str], None]
+) -> list[dict]:
+    b = Bench(case, data, device, settings)
+    rows: list[dict] = []
+
+    def add(new: dict | list[dict]) -> None:
+        for r in new if isinstance(new, list) else [new]:
+            rows.append(r)
+            log(f"{r['case']:<22} {r['path']:<30} {_cfg(r):>42}  (load {r['loadavg_1m']:.2f})")
+
+    add(b.ceiling())
+    add(b.ceiling_article_config())
+    add(b.suite())
+    best = max((r for r in rows if r["path"] == "a_train" and r["note"] != "article config"), key=_ips)
+    if best["precision"] != b.suite_precision:
+        add(replace_note(b.suite(best["precision"]), f"at the ceiling's precision ({best['precision']})"))
+    add(b.article())
+    add(b.frozen())
+    add(b.evaluation())
+    return rows
+
+
+def replace_note(row: dict, extra: str) -> dict:
+    return {**row, "path": row["path"] + "_alt", "note": f"{row['note']}; {extra}"}
+
+
+# ---------------------------------------------------------------- ratios
+
+
+def _ips(r: dict) -> float:
+    return r["images_per_second"]
+
+
+def _cfg(r: dict) -> str:
+    return f"{r['precision']} {r['memory_format']} bs {r['batch_size']}: {_ips(r):.0f} img/s"
+
+
+def _ratio(case: str, metric: str, value: float | None, target: float | None, detail: str) -> dict:
+    met = "" if target is None or value is None else ("yes" if value >= target else "no")
+    return {
+        "case": case,
+        "metric": metric,
+        "value": None if value is None else round(value, 3),
+        "target": target,
+        "met": met,
+        "detail": detail,
+    }
+
+
+def summarise_case(case: str, rows: list[dict], device_type: str) -> list[dict]:
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["path"], []).append(r)
+    first = lambda path: by.get(path, [None])[0]  # noqa: E731
+    a_train = [r for r in by.get("a_train", []) if r["note"] != "article config"]
+    a_best = max(a_train, key=_ips, default=None)
+    a_fwd_best = max(by.get("a_forward", []), key=_ips, default=None)
+    b, c, e = first("b_suite_train"), first("c_article_train"), first("e_suite_eval")
+    out = []
+    if a_best and b:
+        out.append(_ratio(case, "b/a", _ips(b) / _ips(a_best), TARGETS["b/a"], f"suite {_cfg(b)}; ceiling {_cfg(a_best)}"))
+        same = [r for r in a_train if (r["precision"], r["memory_format"]) == (b["precision"], b["memory_format"])]
+        if same:
+            detail = f"ceiling {_cfg(same[0])}: the loop's own overhead"
+            out.append(_ratio(case, "b/a same config", _ips(b) / _ips(same[0]), None, detail))
+    b_alt = first("b_suite_train_alt")
+    if a_best and b_alt:
+        out.append(_ratio(case, "b/a at ceiling precision", _ips(b_alt) / _ips(a_best), None, f"suite {_cfg(b_alt)}"))
+    if b and c:
+        target = TARGETS["b/c cuda" if device_type == "cuda" else "b/c cpu"]
+        out.append(_ratio(case, "b/c", _ips(b) / _ips(c), target, f"suite {_cfg(b)}; article {_cfg(c)}"))
+    art = [r for r in by.get("a_train", []) if r["note"] == "article config"]
+    if art and c:
+        out.append(
+            _ratio(
+                case, "c/a article config", _ips(c) / _ips(art[0]), None, f"the article's loop over its ceiling {_cfg(art[0])}"
+            )
+        )
+    for method in ("linear_probe", "sft"):
+        off = first(f"d_{method}_recompute")
+        for label in ("cached_warm", "cached_cold"):
+            cached = first(f"d_{method}_{label}")
+            if off and cached and cached["seconds"] > 0:
+                target = TARGETS["d"] if label == "cached_warm" else None
+                detail = f"trial {off['seconds']:.2f} s recomputing vs {cached['seconds']:.3f} s cached ({off['note']})"
+                out.append(_ratio(case, f"d {method} {label.split('_')[1]}", off["seconds"] / cached["seconds"], target, detail))
+    if e and a_fwd_best:
+        out.append(
+            _ratio(case, "e/a", _ips(e) / _ips(a_fwd_best), TARGETS["e/a"], f"eval {_cfg(e)}; forward ceiling {_cfg(a_fwd_best)}")
+        )
+        same = [
+            r for r in by.get("a_forward", []) if (r["precision"], r["memory_format"]) == (e["precision"], e["memory_format"])
+        ]
+        if same:
+            out.append(_ratio(case, "e/a same config", _ips(e) / _ips(same[0]), None, f"forward ceiling {_cfg(same[0])}"))
+    return out
+
+
+def summarise(rows: list[dict], device_type: str) -> list[dict]:
+    """The ratios the issue sets targets for, per case."""
+    out = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        out += summarise_case(case, [r for r in rows if r["case"] == case], device_type)
+    return out
+
+
+# ---------------------------------------------------------------- output
+
+
+def to_csv(rows: list[dict], columns: tuple[str, ...]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def md_table(rows: list[dict], columns: tuple[str, ...]) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 10 else f"{v:.0f}"
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(info: dict, rows: list[dict], summary: list[dict], projection: str = "") -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    parts = [
+        "# sft-bench perf",
+        "",
+        f"- command: `{info['command']}`",
+        f"- machine: {info['cpu']} ({info['cpu_cores']} cores, {info['torch_threads']} torch threads; "
+        f"bf16 ISA: {info['cpu_bf16']}); "
+        f"GPU: {info['gpu']}; device: {info['device']}",
+        f"- versions: Python {info['python']}, {versions}; git {info['git_commit']}",
+        f"- started {info['started_at']}; 1-minute load average {info['loadavg_start']:.2f} at start, "
+        f"{info.get('loadavg_end', float('nan')):.2f} at end (per row below: `loadavg_1m`)",
+        "",
+        "## Ratios and targets",
+        "",
+        md_table(summary, SUMMARY_COLUMNS),
+        "",
+        "## Measurements",
+        "",
+        md_table(rows, COLUMNS),
+        "",
+    ]
+    if projection:
+        parts += [projection, ""]
+    return "\n".join(parts)
+
+
+def write_outputs(out: Path, info: dict, rows: list[dict], summary: list[dict], projection: str = "") -> list[Path]:
+    """perf.csv (every measurement), perf_summary.csv (ratios), perf.md, perf.json; each written whole or not at all."""
+    out = Path(out)
+    files = {
+        out / "perf.csv": to_csv(rows, COLUMNS),
+        out / "perf_summary.csv": to_csv(summary, SUMMARY_COLUMNS),
+        out / "perf.md": markdown(info, rows, summary, projection),
+        out / "perf.json": json.dumps({"machine": info, "rows": rows, "summary": summary}, indent=2, default=str),
+    }
+    for path, text in files.items():
+        atomic_write(path, lambda f, text=text: f.write(text), mode="w")
+    return list(files)
+
+
+def check_writable(folder: Path) -> None:
+    probe = Path(folder)
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UserError(f"cannot write to {folder}: {probe} is not a writable folder; choose another --out")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """A perf.csv back into rows (numbers as numbers)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"case", "path", "images_per_second"} - set(rows[0] if rows else {})
+    if not rows or missing:
+        raise UserError(f"{path} is not a perf.csv (no rows, or no column {sorted(missing)})")
+    for r in rows:
+        for k in ("resolution", "batch_size", "images"):
+            r[k] = int(float(r[k] or 0))
+        for k in ("seconds", "images_per_second", "loadavg_1m"):
+            r[k] = float(r[k] or "nan")
+    return rows
+
+
+def run_perf(
+    cases: list[PerfCase],
+    data: Cifar10,
+    device: torch.device,
+    settings: PerfSettings,
+    out: Path,
+    log: Callable[[str], None] = print,
+    projection: Callable[[list[dict]], str] | None = None,
+    command: str = "",
+) -> tuple[dict, list[dict], list[dict], list[Path]]:
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    info = machine(device, command)
+    info["settings"] = {k: v for k, v in asdict(settings).items()}
+    rows: list[dict] = []
+    for case in cases:
+        log(f"-- {case.name} (load {loadavg():.2f})")
+        rows += measure_case(case, data, device, settings, log)
+    info["loadavg_end"] = loadavg()
+    summary = summarise(rows, device.type)
+    text = projection(rows) if projection else ""
+    files = write_outputs(out, info, rows, summary, text)
+    return info, rows, summary, files
+
+
+# ---------------------------------------------------------------- sweep-level cost
+
+
+def sweep_cost(folder: Path) -> dict:
+    """Wall time, trial states and final runs of a finished sweep folder (runs.csv, optuna.journal).
+
+    The wall time is from the first trial's start to the last final run's finish (or the
+    last trial's end when there is no runs.csv): the time a user waits, not a sum over
+    runs. The fraction pruned counts every finished trial of every study in the journal.
+    """
+    folder = Path(folder)
+    out: dict[str, Any] = {"folder": str(folder), "trials": 0, "states": {}, "studies": 0}
+    starts, ends, trial_seconds = [], [], []
+    journal = folder / "optuna.journal"
+    if journal.is_file():
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        studies = storage.get_all_studies()
+        out["studies"] = len(studies)
+        for st in studies:
+            for t in storage.get_all_trials(st._study_id, deepcopy=False):
+                out["trials"] += 1
+                out["states"][t.state.name] = out["states"].get(t.state.name, 0) + 1
+                if t.datetime_start:
+                    starts.append(t.datetime_start.astimezone(timezone.utc))
+                if t.datetime_complete:
+                    ends.append(t.datetime_complete.astimezone(timezone.utc))
+                    if t.datetime_start:
+                        trial_seconds.append((t.datetime_complete - t.datetime_start).total_seconds())
+    finished = sum(out["states"].get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+    out["pruned_fraction"] = out["states"].get("PRUNED", 0) / finished if finished else None
+    out["trial_seconds"] = sum(trial_seconds)
+    runs = folder / "runs.csv"
+    out["final_runs"] = 0
+    out["final_run_seconds"] = 0.0
+    if runs.is_file():
+        with open(runs, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        out["final_runs"] = len(rows)
+        out["final_run_seconds"] = sum(float(r.get("wall_seconds") or 0) for r in rows)
+        for r in rows:
+            if r.get("finished_at"):
+                end = datetime.fromisoformat(r["finished_at"].replace("Z", "+00:00"))
+                ends.append(end if end.tzinfo else end.replace(tzinfo=timezone.utc))
+                starts.append(ends[-1] - timedelta(seconds=float(r.get("wall_seconds") or 0)))
+    out["wall_seconds"] = (max(ends) - min(starts)).total_seconds() if starts and ends else None
+    out["first_start"] = min(starts).isoformat(timespec="seconds") if starts else None
+    out["last_end"] = max(ends).isoformat(timespec="seconds") if ends else None
+    return out
+
+
+def sweep_markdown(cost: dict) -> str:
+    states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(cost["states"].items())) or "no journal"
+    wall = cost["wall_seconds"]
+    pruned = cost["pruned_fraction"]
+    lines = [
+        f"## Sweep-level cost: `{cost['folder']}`",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| wall time (first trial start to last final run end) | {'n/a' if wall is None else f'{wall / 60:.1f} min'} |",
+        f"| studies (cells searched) | {cost['studies']} |",
+        f"| trials | {cost['trials']} ({states}) |",
+        f"| fraction of finished trials pruned | {'n/a' if pruned is None else f'{pruned:.1%}'} |",
+        f"| trial time, summed | {cost['trial_seconds'] / 60:.1f} min |",
+        f"| final runs (runs.csv) | {cost['final_runs']}, {cost['final_run_seconds'] / 60:.1f} min summed |",
+        f"| from | {cost['first_start']} to {cost['last_end']} |",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- projection of a grid
+
+
+def _grid_table(grid: dict) -> dict:
+    for key in ("grid", "experiment", "sweep"):
+        if isinstance(grid.get(key), dict) and ("backbones" in grid[key] or "methods" in grid[key]):
+            return {**grid, **grid[key]}
+    return grid
+
+
+def _labelled_counts(fraction: float, val_fraction: float = 0.2, per_class: int = 5000, classes: int = 10) -> tuple[int, int]:
+    """(train, val) images of a trial at this label fraction, as `label_split` draws them."""
+    k = int(round(fraction * per_class))
+    n_val = max(1, int(round(val_fraction * k)))
+    return (k - n_val) * classes, n_val * classes
+
+
+def project_grid(path: Path, rows: list[dict], pruned_fraction: float | None = None) -> dict:
+    """Cost of a grid from measured throughputs (rows of a perf run); assumptions in `notes`."""
+    import tomllib
+
+    try:
+        grid = _grid_table(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read grid {path}: {exc}") from None
+    backbones = grid.get("backbones") or []
+    methods = grid.get("methods") or []
+    fractions = grid.get("fractions") or []
+    seeds = grid.get("seeds", 1)
+    n_seeds = len(seeds) if isinstance(seeds, list) else int(seeds)
+    trials = int(grid.get("trials", grid.get("n_trials", 0)))
+    default_res = grid.get("resolution")
+    if not (backbones and methods and fractions):
+        raise UserError(f"{path} has no backbones / methods / fractions lists to project")
+    speed = {}
+    for r in rows:
+        key = (r["backbone"], int(r["resolution"]))
+        if r["path"] in ("b_suite_train", "e_suite_eval"):
+            speed.setdefault(key, {})[r["path"]] = r["images_per_second"]
+    p = pruned_fraction or 0.0
+    cells = []
+    for b in backbones:
+        name, res = (b.get("name"), b.get("resolution")) if isinstance(b, dict) else (b, None)
+        res = int(res or default_res or get_backbone(name).input_size)
+        t = speed.get((name, res), {})
+        t_train, t_eval = t.get("b_suite_train"), t.get("e_suite_eval")
+        for method in methods:
+            mname = method.get("name") if isinstance(method, dict) else method
+            spec = METHODS.get(mname)
+            hp = HParams().update(**spec.defaults)
+            frozen_share = 1.0 if not spec.train_backbone(hp) else (0.25 if mname.startswith("sft") else 0.0)
+            for f in fractions:
+                n_train, n_val = _labelled_counts(float(f))
+                trial_imgs = trials * hp.epochs * n_train * (1 - frozen_share) * (1 - p / 2)
+                train_imgs = trial_imgs + n_seeds * hp.epochs * (n_train + n_val)
+                eval_imgs = trials * hp.epochs * n_val + (n_train + n_val) + n_seeds * 10_000
+                hours = None
+                if t_train and t_eval:
+                    hours = (train_imgs / t_train + eval_imgs / t_eval) / 3600
+                cells.append(
+                    {
+                        "backbone": name,
+                        "resolution": res,
+                        "method": mname,
+                        "fraction": float(f),
+                        "trials": trials,
+                        "final_runs": n_seeds,
+                        "train_images": int(train_imgs),
+                        "eval_images": int(eval_imgs),
+                        "train_ips": t_train,
+                        "eval_ips": t_eval,
+                        "hours": hours,
+                    }
+                )
+    notes = [
+        f"grid {path}: {len(backbones)} backbone(s) x {len(methods)} method(s) x {len(fractions)} fraction(s), "
+        f"{trials} trial(s) per cell, {n_seeds} final seed(s)",
+        "each method at its default epochs; trials on the train part of the labelled subset, validated every epoch",
+        "frozen-backbone trials (linear_probe; sft with multiplier 0, a quarter of sft trials if Optuna samples "
+        "the multiplier uniformly) cost one feature pass per cell thanks to the shared feature cache; head time is ignored",
+        f"pruned trials: fraction {p:.0%} (measured on the quick sweep when given, else 0), assumed to stop halfway",
+        "throughputs: the suite's training (b) and evaluation (e) rates measured by `perf` on the device that wrote them",
+    ]
+    total = sum(c["hours"] for c in cells if c["hours"] is not None)
+    missing = sorted({f"{c['backbone']}@{c['resolution']}" for c in cells if c["hours"] is None})
+    return {"cells": cells, "notes": notes, "hours": total, "missing": missing}
+
+
+def projection_markdown(proj: dict) -> str:
+    by: dict[tuple, dict] = {}
+    for c in proj["cells"]:
+        k = (c["backbone"], c["resolution"])
+        agg = by.setdefault(k, {"cells": 0, "train_images": 0, "eval_images": 0, "hours": 0.0, "ips": c["train_ips"]})
+        agg["cells"] += 1
+        agg["train_images"] += c["train_images"]
+        agg["eval_images"] += c["eval_images"]
+        agg["hours"] = None if c["hours"] is None or agg["hours"] is None else agg["hours"] + c["hours"]
+    lines = [
+        "## Projected cost of the grid",
+        "",
+        "| backbone @ px | cells | training images (M) | evaluation images (M) | measured train img/s | hours at that rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (b, res), a in by.items():
+        hours = "not measured" if a["hours"] is None else f"{a['hours']:.1f}"
+        ips = "not measured" if not a["ips"] else f"{a['ips']:.0f}"
+        millions = f"{a['train_images'] / 1e6:.1f} | {a['eval_images'] / 1e6:.2f}"
+        lines.append(f"| {b} @ {res} | {a['cells']} | {millions} | {ips} | {hours} |")
+    total_train = sum(a["train_images"] for a in by.values())
+    lines += ["", f"Total: {total_train / 1e6:.1f} M training images; {proj['hours']:.1f} h at the measured rates."]
+    if proj["missing"]:
+        lines.append(f"Not measured (run `perf --cases` with them): {', '.join(proj['missing'])}.")
+    lines += ["", "Assumptions:", *[f"- {n}" for n in proj["notes"]]]
+    return "\n".join(lines)
