@@ -107,6 +107,9 @@ def run(
     record: Annotated[Path | None, typer.Option(help="JSON record path (default: RESULTS_DIR/runs/RUN_ID.json).")] = None,
     save_predictions: Annotated[Path | None, typer.Option(help="CSV of test predictions and probabilities.")] = None,
     save_model: Annotated[Path | None, typer.Option(help="Checkpoint (loads with weights_only=True).")] = None,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the training step (speed only; not part of the run id).")
+    ] = False,
 ) -> None:
     """Train and evaluate one (backbone, method, fraction, seed) run."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -183,7 +186,9 @@ def run(
             bar.update(tasks[phase], completed=row["epoch"], info=info)
 
         try:
-            rec = execute(cfg, data, dev, on_epoch=on_epoch, save_predictions=save_predictions, save_model=save_model)
+            rec = execute(
+                cfg, data, dev, on_epoch=on_epoch, save_predictions=save_predictions, save_model=save_model, compile=compile_
+            )
         except UserError as exc:
             fail(str(exc))
         except KeyboardInterrupt:

@@ -151,8 +151,13 @@ def execute(
     on_epoch: Callable[[dict], None] | None = None,
     save_predictions: Path | None = None,
     save_model: Path | None = None,
+    compile: bool | str = False,
 ) -> dict:
-    """Train and evaluate one run; return its record (a plain dict, JSON-ready)."""
+    """Train and evaluate one run; return its record (a plain dict, JSON-ready).
+
+    `compile` (torch.compile for the end-to-end phase) changes speed, not the result, so
+    it is not part of the RunConfig or its run id.
+    """
     wall0 = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -167,7 +172,7 @@ def execute(
     val = None
     if cfg.stage == "trial":
         val = (data.train_x[split.val].to(device), data.train_y[split.val].to(device))
-    result = fit(net, spec, cfg.hp, x, y, seed=cfg.seed, precision=cfg.precision, val=val, on_epoch=on_epoch)
+    result = fit(net, spec, cfg.hp, x, y, seed=cfg.seed, precision=cfg.precision, val=val, on_epoch=on_epoch, compile=compile)
     t_eval = time.perf_counter()
     if cfg.stage == "final":
         ex, ey = data.test()
