@@ -8,7 +8,6 @@ python cli.py perf --project experiments/paper.toml --sweep results/quick
 from __future__ import annotations
 
 import shlex
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +37,23 @@ def _wait_for_quiet(threshold: float, max_wait: float, log: Callable[[str], None
         time.sleep(15)
 
 
+def _command(ctx: typer.Context) -> str:
+    """The command line that reproduces this run: every option that differs from its default."""
+    parts = ["python", "cli.py", ctx.info_name or "perf"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value == param.default or param.name is None:
+            continue
+        flag = param.opts[0]
+        if isinstance(value, bool):
+            parts.append(flag if value else (param.secondary_opts or [flag])[0])
+        else:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def perf(
+    ctx: typer.Context,
     cases: Annotated[str, typer.Option(help="Comma-separated BACKBONE@PIXELS.")] = DEFAULT_CASES,
     quick: Annotated[bool, typer.Option("--quick", help="Few steps per measurement: a smoke run, rough ratios.")] = False,
     batch_size: Annotated[int, typer.Option(help="Batch of (a) and (b); (c) uses the article's 100.")] = 256,
@@ -66,7 +81,7 @@ def perf(
 
     console = Console()
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
-    command = "python cli.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command(ctx)
     try:
         if precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"precision '{precision}' is not one of: auto, fp32, bf16")

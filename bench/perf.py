@@ -400,7 +400,10 @@ class Bench:
     # d: frozen-backbone trials
     def frozen(self) -> list[dict]:
         s, dev = self.s, self.device
-        split = label_split(self.data.train_y, s.frozen_fraction, 0)
+        # At least 5 images per class (a small test set), else the 1% cell.
+        per_class = int(torch.bincount(self.data.train_y).min())
+        fraction = min(1.0, max(s.frozen_fraction, 5 / per_class))
+        split = label_split(self.data.train_y, fraction, 0)
         x, y = self.data.train_x[split.train].to(dev), self.data.train_y[split.train].to(dev)
         val = (self.data.train_x[split.val].to(dev), self.data.train_y[split.val].to(dev))
         rows = []
@@ -417,7 +420,7 @@ class Bench:
             ):
                 if label == "cached_cold":
                     FEATURES.clear()
-                cfg = self.config(method, overrides, stage="trial", fraction=s.frozen_fraction)
+                cfg = self.config(method, overrides, stage="trial", fraction=fraction)
                 hp = cfg.hp.update(lr=cfg.hp.lr * lr_scale)  # the warm trial is another trial of the same cell
                 net = self.net(cfg)
                 _sync(dev)

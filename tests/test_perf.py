@@ -1,0 +1,273 @@
+"""perf: the benchmark runs end to end and writes its tables; the engine's speed paths
+(feature cache, compile, bf16, channels_last, fused optimisers) give the results of
+the plain path. No timing is asserted anywhere: figures come from `cli.py perf`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bench import engine, perf
+from bench.data import label_split, load_cifar10, synthetic_cifar
+from bench.methods import METHODS
+from bench.run import build_model, execute, make_config
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_cifar(tmp_path_factory.mktemp("syn"), n_train_per_class=8, n_test_per_class=6)
+
+
+@pytest.fixture(scope="module")
+def data(syn: Path) -> object:
+    return load_cifar10(syn)
+
+
+def _app() -> object:
+    import cli
+
+    return cli.app
+
+
+# ---------------------------------------------------------------- the perf verb
+
+
+def test_perf_cli_writes_tables(syn: Path, tmp_path: Path) -> None:
+    out = tmp_path / "perf"
+    args = ["perf", "--quick", "--cases", "tiny@32", "--data-dir", str(syn), "--out", str(out)]
+    args += ["--batch-size", "16", "--steps", "2", "--max-seconds", "0.2"]
+    res = CliRunner().invoke(_app(), args)
+    assert res.exit_code == 0, res.output
+    with open(out / "perf.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == perf.COLUMNS
+    paths = {r["path"] for r in rows}
+    expected = {"a_train", "a_forward", "b_suite_train", "c_article_train", "e_suite_eval"}
+    expected |= {f"d_{m}_{k}" for m in ("linear_probe", "sft") for k in ("recompute", "cached_cold", "cached_warm")}
+    assert expected <= paths, expected - paths
+    # every precision x memory format of the ceiling, plus the article's own configuration
+    ceiling = {(r["precision"], r["memory_format"], r["batch_size"]) for r in rows if r["path"] == "a_train"}
+    assert ceiling == {(p, m, "16") for p in ("fp32", "bf16") for m in ("contiguous", "channels_last")} | {
+        ("fp32", "contiguous", "100")
+    }
+    assert all(float(r["images_per_second"]) > 0 for r in rows)
+    assert {r["weights"] for r in rows} == {"pretrained"}
+    with open(out / "perf_summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert tuple(summary[0]) == perf.SUMMARY_COLUMNS
+    metrics = {r["metric"] for r in summary}
+    assert {"b/a", "b/c", "d linear_probe warm", "d sft warm", "e/a"} <= metrics
+    md = (out / "perf.md").read_text()
+    for needle in (
+        "command: `python cli.py perf --cases tiny@32 --quick --batch-size 16",
+        "machine:",
+        "load average",
+        "| b/a |",
+        "torch ",
+    ):
+        assert needle in md
+    info = json.loads((out / "perf.json").read_text())["machine"]
+    assert info["cpu_cores"] and info["versions"]["torch"] and "not measured on GPU" in info["gpu"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cases", "resnet18"], "BACKBONE@PIXELS"),
+        (["--cases", "resnet81@32"], "resnet18"),
+        (["--precision", "fp16"], "precision 'fp16'"),
+        (["--project", "no/such.toml"], "does not exist"),
+    ],
+)
+def test_perf_bad_input_is_one_line_and_writes_nothing(syn: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "perf"
+    res = CliRunner().invoke(_app(), ["perf", "--data-dir", str(syn), "--out", str(out), *args])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_summary_ratios_and_targets() -> None:
+    case = perf.PerfCase("m", 32)
+
+    def row(path: str, ips: float, precision: str = "fp32", fmt: str = "channels_last", note: str = "", sec: float = 1.0) -> dict:
+        return {**perf._row(case, "scratch", path, precision, fmt, 100, int(ips * sec), sec, note), "images_per_second": ips}
+
+    rows = [
+        row("a_train", 1000, "bf16"),
+        row("a_train", 800),
+        row("a_train", 400, fmt="contiguous", note="article config"),
+        row("a_forward", 4000),
+        row("b_suite_train", 760),
+        row("c_article_train", 380, fmt="contiguous"),
+        row("d_sft_recompute", 1, sec=20.0),
+        row("d_sft_cached_warm", 1, sec=0.5),
+        row("e_suite_eval", 3800),
+    ]
+    got = {r["metric"]: r for r in perf.summarise(rows, "cpu")}
+    assert got["b/a"]["value"] == pytest.approx(0.76) and got["b/a"]["met"] == "no"  # against the fastest (bf16) ceiling
+    assert got["b/a same config"]["value"] == pytest.approx(0.95)
+    assert got["b/c"]["value"] == pytest.approx(2.0) and got["b/c"]["target"] == 1.5 and got["b/c"]["met"] == "yes"
+    assert got["c/a article config"]["value"] == pytest.approx(0.95)
+    assert got["d sft warm"]["value"] == pytest.approx(40.0) and got["d sft warm"]["met"] == "yes"
+    assert got["e/a"]["value"] == pytest.approx(0.95) and got["e/a"]["met"] == "yes"
+    assert {r["metric"]: r for r in perf.summarise(rows, "cuda")}["b/c"]["target"] == 3.0
+
+
+# ---------------------------------------------------------------- engine speed paths give the same model
+
+
+def _fit(data: object, method: str, overrides: dict, **kw: object) -> tuple[engine.FitResult, torch.nn.Module]:
+    cfg = make_config("tiny", method, 0.5, 0, overrides=overrides, stage="trial", device=CPU, data=data)
+    torch.manual_seed(0)
+    net = build_model(cfg, 10).to(memory_format=torch.channels_last)
+    split = label_split(data.train_y, 0.5, 0)
+    val = (data.train_x[split.val], data.train_y[split.val])
+    precision = kw.pop("precision", "fp32")
+    x, y = data.train_x[split.train], data.train_y[split.train]
+    r = engine.fit(net, METHODS.get(method), cfg.hp, x, y, seed=0, precision=precision, val=val, **kw)
+    return r, net
+
+
+@pytest.mark.parametrize(
+    "method, overrides",
+    [("linear_probe", {"epochs": 2}), ("sft", {"epochs": 2, "probe_epochs": 2, "backbone_lr_mult": 0.0})],
+)
+def test_feature_cache_modes_train_the_same_model(data: object, method: str, overrides: dict) -> None:
+    engine.FEATURES.clear()
+    runs = {mode: _fit(data, method, overrides, feature_cache=mode) for mode in ("off", "trial", "shared")}
+    again, _ = _fit(data, method, {**overrides, "lr": 0.01}, feature_cache="shared")  # another trial of the cell
+    losses = {mode: [h["loss"] for h in r.history] for mode, (r, _) in runs.items()}
+    assert losses["off"] == pytest.approx(losses["trial"], rel=1e-5) and losses["trial"] == losses["shared"]
+    vals = {mode: [h.get("val_accuracy") for h in r.history] for mode, (r, _) in runs.items()}
+    assert vals["off"] == vals["trial"] == vals["shared"]
+    assert runs["shared"][0].feature_cache_hits == 0 and again.feature_cache_hits == 2  # train and val features
+    assert len(runs["off"][0].epoch_seconds) == len(runs["off"][0].history)
+    engine.FEATURES.clear()
+
+
+def test_feature_cache_keys_on_content(data: object) -> None:
+    cache = engine.FeatureCache(max_mb=64)
+    cfg = make_config("tiny", "linear_probe", 1.0, 0, device=CPU, data=data)
+    net = build_model(cfg, 10)
+    x = data.train_x[:32]
+    first, hit = cache.encode(net, x, "fp32")
+    assert not hit and torch.equal(first, engine.encode_all(net, x, "fp32"))
+    assert cache.encode(net, x.clone(), "fp32")[1]  # same content, another tensor: a hit
+    assert not cache.encode(net, x, "bf16")[1]  # another precision
+    assert not cache.encode(net, x[:16], "fp32")[1]  # other images
+    with torch.no_grad():
+        next(net.backbone.parameters()).add_(0.01)  # trained or other weights: another key
+    changed, hit = cache.encode(net, x, "fp32")
+    assert not hit and not torch.equal(changed, first)
+    net.backbone.net[1].running_mean.add_(1.0)  # BatchNorm statistics count too
+    assert not cache.encode(net, x, "fp32")[1]
+    tiny = engine.FeatureCache(max_mb=0.001)  # an entry larger than the budget is not kept
+    tiny.encode(net, x, "fp32")
+    assert len(tiny) == 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_precision_and_memory_format_train_and_predict(data: object, precision: str, fmt: torch.memory_format) -> None:
+    overrides = {"epochs": 1, "batch_size": 32}
+    cfg = make_config("tiny", "finetune", 0.5, 0, overrides=overrides, precision=precision, device=CPU, data=data)
+    torch.manual_seed(0)
+    net = build_model(cfg, 10).to(memory_format=fmt)
+    x, y = data.train_x[:96], data.train_y[:96]
+    r = engine.fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in r.history)
+    probs = engine.predict(net, data.train_x[:40], precision, batch=16)
+    assert probs.shape == (40, 10) and probs.dtype == torch.float32
+    assert torch.allclose(probs.sum(1), torch.ones(40), atol=1e-3)
+
+
+def test_memory_format_does_not_change_the_model(data: object) -> None:
+    outs = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        cfg = make_config("tiny", "finetune", 0.5, 0, overrides={"epochs": 1, "batch_size": 32}, device=CPU, data=data)
+        torch.manual_seed(0)
+        net = build_model(cfg, 10).to(memory_format=fmt)
+        engine.fit(net, METHODS.get("finetune"), cfg.hp, data.train_x[:64], data.train_y[:64], seed=0)
+        outs.append(engine.predict(net, data.train_x[:32], "fp32"))
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+def test_compile_path_matches_eager(data: object) -> None:
+    """`compile` goes through torch.compile (the eager backend here: the CPU stand-in for inductor on CUDA)."""
+    overrides = {"epochs": 2, "batch_size": 32}
+    plain, net_a = _fit(data, "finetune", overrides)
+    torch._dynamo.reset()
+    compiled, net_b = _fit(data, "finetune", overrides, compile="eager")
+    assert [h["loss"] for h in compiled.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-4)
+    x = data.train_x[:16]
+    assert torch.allclose(engine.predict(net_a, x, "fp32"), engine.predict(net_b, x, "fp32"), atol=1e-4)
+    torch._dynamo.reset()
+
+
+def test_execute_passes_compile_and_keeps_the_run_id(data: object) -> None:
+    cfg = make_config("tiny", "linear_probe", 0.5, 0, overrides={"epochs": 1}, device=CPU, data=data)
+    rec = execute(cfg, data, CPU, compile="eager")
+    assert rec["run_id"] == cfg.run_id and "compile" not in json.dumps(rec["config"])
+    torch._dynamo.reset()
+
+
+def test_fused_optimisers_on_cpu() -> None:
+    p = torch.nn.Parameter(torch.zeros(3))
+    for name in ("sgd", "adamw"):
+        opt = engine._optimizer([{"params": [p]}], engine.HParams(optimizer=name))
+        assert opt.defaults["fused"] is True
+
+
+# ---------------------------------------------------------------- sweep-level cost and projection
+
+
+def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal")))
+    study = optuna.create_study(study_name="q/tiny/sft/tuned/0.1", storage=storage, direction="maximize")
+    for i, state in enumerate(["complete", "pruned", "complete", "pruned"]):
+        trial = study.ask()
+        trial.report(0.1 * i, 1)
+        if state == "pruned":
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, 0.5)
+    end = datetime.now(timezone.utc) + timedelta(seconds=90)
+    with open(tmp_path / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["run_id", "wall_seconds", "finished_at"])
+        w.writeheader()
+        w.writerow({"run_id": "a", "wall_seconds": 30.0, "finished_at": end.isoformat()})
+    cost = perf.sweep_cost(tmp_path)
+    assert cost["trials"] == 4 and cost["states"] == {"COMPLETE": 2, "PRUNED": 2}
+    assert cost["pruned_fraction"] == 0.5 and cost["final_runs"] == 1
+    assert 85 <= cost["wall_seconds"] <= 200
+    assert "50.0%" in perf.sweep_markdown(cost)
+
+
+def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
+    grid = tmp_path / "g.toml"
+    grid.write_text('backbones = ["tiny", "resnet18"]\nmethods = ["finetune"]\nfractions = [0.1]\nseeds = 2\ntrials = 3\n')
+    case = perf.PerfCase("tiny", 32)
+    rows = [
+        {**perf._row(case, "x", "b_suite_train", "fp32", "channels_last", 8, 1000, 1.0), "images_per_second": 1000.0},
+        {**perf._row(case, "x", "e_suite_eval", "fp32", "channels_last", 8, 4000, 1.0), "images_per_second": 4000.0},
+    ]
+    proj = perf.project_grid(grid, rows)
+    tiny = [c for c in proj["cells"] if c["backbone"] == "tiny"][0]
+    n_train, n_val = 4000, 1000  # 10% of 5000 per class, a fifth of it for validation
+    epochs = 10
+    assert tiny["train_images"] == 3 * epochs * n_train + 2 * epochs * (n_train + n_val)
+    assert tiny["eval_images"] == 3 * epochs * n_val + (n_train + n_val) + 2 * 10_000
+    assert tiny["hours"] == pytest.approx((tiny["train_images"] / 1000 + tiny["eval_images"] / 4000) / 3600)
+    assert proj["missing"] == ["resnet18@224"]
+    assert "not measured" in perf.projection_markdown(proj)
