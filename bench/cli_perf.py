@@ -11,7 +11,7 @@ import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +35,19 @@ def _wait_for_quiet(threshold: float, max_wait: float, log: Callable[[str], None
     while loadavg() >= threshold and time.monotonic() - t0 < max_wait:
         log(f"load {loadavg():.2f} >= {threshold}; waiting ({time.monotonic() - t0:.0f}/{max_wait:.0f} s)")
         time.sleep(15)
+
+
+def _reports(P: Any, rows: list[dict], sweep: Path | None, project: Path | None) -> str:
+    """The sweep-level cost of a finished sweep and the projection of a grid, as Markdown."""
+    parts = []
+    pruned = None
+    if sweep is not None:
+        cost = P.sweep_cost(sweep)
+        pruned = cost["pruned_fraction"]
+        parts.append(P.sweep_markdown(cost))
+    if project is not None:
+        parts.append(P.projection_markdown(P.project_grid(project, rows, pruned_fraction=pruned)))
+    return "\n\n".join(parts)
 
 
 def _command(ctx: typer.Context) -> str:
@@ -96,13 +109,8 @@ def perf(
         P.check_writable(out)
         # Report-only modes: nothing is measured.
         if throughputs is not None or (sweep is not None and project is None):
-            text = []
-            if sweep is not None:
-                text.append(P.sweep_markdown(P.sweep_cost(sweep)))
-            if project is not None:
-                rows = P.read_rows(throughputs) if throughputs is not None else []
-                text.append(P.projection_markdown(P.project_grid(project, rows)))
-            console.print("\n\n".join(text), highlight=False, markup=False)
+            rows = P.read_rows(throughputs) if throughputs is not None else []
+            console.print(_reports(P, rows, sweep, project), highlight=False, markup=False)
             return
         selected = P.parse_cases(cases)
         kw = dict(batch_size=batch_size, precision=precision, compile=compile, workers=workers)
@@ -117,18 +125,11 @@ def perf(
     if wait_load > 0:
         _wait_for_quiet(wait_load, wait_max, log)
 
-    def projection(rows: list[dict]) -> str:
-        parts = []
-        if sweep is not None:
-            parts.append(P.sweep_markdown(P.sweep_cost(sweep)))
-        if project is not None:
-            parts.append(P.projection_markdown(P.project_grid(project, rows)))
-        return "\n\n".join(parts)
+    def reports(rows: list[dict]) -> str:
+        return _reports(P, rows, sweep, project)
 
     try:
-        info, rows, summary, files = P.run_perf(
-            selected, data, dev, settings, out, log=log, projection=projection, command=command
-        )
+        info, rows, summary, files = P.run_perf(selected, data, dev, settings, out, log=log, projection=reports, command=command)
     except UserError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

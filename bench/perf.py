@@ -772,11 +772,58 @@ def sweep_markdown(cost: dict) -> str:
 # ---------------------------------------------------------------- projection of a grid
 
 
-def _grid_table(grid: dict) -> dict:
-    for key in ("grid", "experiment", "sweep"):
-        if isinstance(grid.get(key), dict) and ("backbones" in grid[key] or "methods" in grid[key]):
-            return {**grid, **grid[key]}
-    return grid
+@dataclass(frozen=True)
+class GridRun:
+    """What one cell of a grid costs to run: its searched trials and its final runs."""
+
+    backbone: str
+    method: str
+    recipe: str
+    fraction: float
+    resolution: int
+    trials: int
+    final_runs: int
+    epochs: int
+    frozen_share: float  # share of its trials whose backbone is frozen (features from the cache)
+
+
+def _frozen_share(method: str, fixed: dict) -> float:
+    spec = METHODS.get(method)
+    hp = HParams().update(**spec.defaults, **{k: v for k, v in fixed.items() if k in HParams.__dataclass_fields__})
+    if not spec.train_backbone(hp):
+        return 1.0
+    if "backbone_lr_mult" in fixed:
+        return 0.0
+    return 0.25 if method.startswith("sft") else 0.0  # sft searches the multiplier in {0, 0.01, 0.1, 1}
+
+
+def grid_runs(path: Path) -> tuple[list[GridRun], float]:
+    """The cells of an experiment file as the sweep reads it (bench.experiment), and its val fraction."""
+    from bench.experiment import read_toml, resolve
+    from bench.methods import SEED_RECIPE
+
+    exp = resolve(read_toml(Path(path)), str(path))
+    out = []
+    for cell in exp.cells():
+        seed = cell.recipe == "seed"
+        res = exp.resolution_for(cell.backbone) or (32 if seed else get_backbone(cell.backbone).input_size)
+        epochs = SEED_RECIPE.epochs if seed else exp.max_epochs
+        if exp.search.epochs and not seed:
+            epochs = (exp.min_epochs() + exp.max_epochs) / 2  # searched uniformly between the two
+        out.append(
+            GridRun(
+                cell.backbone,
+                cell.method,
+                cell.recipe,
+                cell.fraction,
+                int(res),
+                0 if seed else exp.trials,
+                len(exp.seeds),
+                epochs,
+                0.0 if seed else _frozen_share(cell.method, exp.fixed_hparams(cell.method)),
+            )
+        )
+    return out, exp.val_fraction
 
 
 def _labelled_counts(fraction: float, val_fraction: float = 0.2, per_class: int = 5000, classes: int = 10) -> tuple[int, int]:
@@ -787,70 +834,48 @@ def _labelled_counts(fraction: float, val_fraction: float = 0.2, per_class: int 
 
 
 def project_grid(path: Path, rows: list[dict], pruned_fraction: float | None = None) -> dict:
-    """Cost of a grid from measured throughputs (rows of a perf run); assumptions in `notes`."""
-    import tomllib
+    """Cost of a grid from measured throughputs (rows of a perf run); assumptions in `notes`.
 
-    try:
-        grid = _grid_table(tomllib.loads(Path(path).read_text(encoding="utf-8")))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"cannot read grid {path}: {exc}") from None
-    backbones = grid.get("backbones") or []
-    methods = grid.get("methods") or []
-    fractions = grid.get("fractions") or []
-    seeds = grid.get("seeds", 1)
-    n_seeds = len(seeds) if isinstance(seeds, list) else int(seeds)
-    trials = int(grid.get("trials", grid.get("n_trials", 0)))
-    default_res = grid.get("resolution")
-    if not (backbones and methods and fractions):
-        raise UserError(f"{path} has no backbones / methods / fractions lists to project")
-    speed = {}
+    Per cell: trials x epochs x train images through the suite's training rate (b) (frozen
+    trials: none, their features come from the cache), validation every epoch and the
+    cell's one feature pass through the evaluation rate (e); then one final run per seed
+    on the whole labelled subset and 10,000 test images. Pruned trials stop halfway.
+    """
+    runs, val_fraction = grid_runs(path)
+    speed: dict[tuple[str, int], dict[str, float]] = {}
     for r in rows:
-        key = (r["backbone"], int(r["resolution"]))
         if r["path"] in ("b_suite_train", "e_suite_eval"):
-            speed.setdefault(key, {})[r["path"]] = r["images_per_second"]
+            speed.setdefault((r["backbone"], int(r["resolution"])), {})[r["path"]] = float(r["images_per_second"])
     p = pruned_fraction or 0.0
     cells = []
-    for b in backbones:
-        name, res = (b.get("name"), b.get("resolution")) if isinstance(b, dict) else (b, None)
-        res = int(res or default_res or get_backbone(name).input_size)
-        t = speed.get((name, res), {})
+    for g in runs:
+        t = speed.get((g.backbone, g.resolution), {})
         t_train, t_eval = t.get("b_suite_train"), t.get("e_suite_eval")
-        for method in methods:
-            mname = method.get("name") if isinstance(method, dict) else method
-            spec = METHODS.get(mname)
-            hp = HParams().update(**spec.defaults)
-            frozen_share = 1.0 if not spec.train_backbone(hp) else (0.25 if mname.startswith("sft") else 0.0)
-            for f in fractions:
-                n_train, n_val = _labelled_counts(float(f))
-                trial_imgs = trials * hp.epochs * n_train * (1 - frozen_share) * (1 - p / 2)
-                train_imgs = trial_imgs + n_seeds * hp.epochs * (n_train + n_val)
-                eval_imgs = trials * hp.epochs * n_val + (n_train + n_val) + n_seeds * 10_000
-                hours = None
-                if t_train and t_eval:
-                    hours = (train_imgs / t_train + eval_imgs / t_eval) / 3600
-                cells.append(
-                    {
-                        "backbone": name,
-                        "resolution": res,
-                        "method": mname,
-                        "fraction": float(f),
-                        "trials": trials,
-                        "final_runs": n_seeds,
-                        "train_images": int(train_imgs),
-                        "eval_images": int(eval_imgs),
-                        "train_ips": t_train,
-                        "eval_ips": t_eval,
-                        "hours": hours,
-                    }
-                )
+        n_train, n_val = _labelled_counts(g.fraction, val_fraction)
+        search = g.trials * g.epochs * (1 - p / 2)
+        train_imgs = search * n_train * (1 - g.frozen_share) + g.final_runs * g.epochs * (n_train + n_val)
+        eval_imgs = search * n_val + (n_train + n_val if g.trials else 0) + g.final_runs * 10_000
+        hours = (train_imgs / t_train + eval_imgs / t_eval) / 3600 if t_train and t_eval else None
+        cells.append(
+            {
+                **asdict(g),
+                "train_images": int(train_imgs),
+                "eval_images": int(eval_imgs),
+                "train_ips": t_train,
+                "eval_ips": t_eval,
+                "hours": hours,
+            }
+        )
+    trials = sorted({g.trials for g in runs})
     notes = [
-        f"grid {path}: {len(backbones)} backbone(s) x {len(methods)} method(s) x {len(fractions)} fraction(s), "
-        f"{trials} trial(s) per cell, {n_seeds} final seed(s)",
-        "each method at its default epochs; trials on the train part of the labelled subset, validated every epoch",
-        "frozen-backbone trials (linear_probe; sft with multiplier 0, a quarter of sft trials if Optuna samples "
-        "the multiplier uniformly) cost one feature pass per cell thanks to the shared feature cache; head time is ignored",
-        f"pruned trials: fraction {p:.0%} (measured on the quick sweep when given, else 0), assumed to stop halfway",
-        "throughputs: the suite's training (b) and evaluation (e) rates measured by `perf` on the device that wrote them",
+        f"grid {path}: {len(runs)} cells, {'/'.join(map(str, trials))} trial(s) per cell, "
+        f"{runs[0].final_runs if runs else 0} final run(s) per cell",
+        "epochs: the grid's max_epochs for tuned runs (the mean of min and max when epochs are searched), 10 for the seed recipe",
+        "frozen-backbone trials (linear_probe; sft with multiplier 0: a quarter of sft trials if Optuna samples its four "
+        "values evenly) cost one feature pass per cell, thanks to the shared feature cache; head training time is ignored",
+        f"pruned trials: {p:.0%} of trials (measured on the quick sweep when given, else 0), assumed to stop halfway",
+        "rates: the suite's training (b) and evaluation (e) images/s measured by `perf` on the device that wrote them, "
+        "at batch 256; start-up, model building and Optuna overheads are not counted",
     ]
     total = sum(c["hours"] for c in cells if c["hours"] is not None)
     missing = sorted({f"{c['backbone']}@{c['resolution']}" for c in cells if c["hours"] is None})

@@ -256,18 +256,25 @@ def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
 
 def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
     grid = tmp_path / "g.toml"
-    grid.write_text('backbones = ["tiny", "resnet18"]\nmethods = ["finetune"]\nfractions = [0.1]\nseeds = 2\ntrials = 3\n')
+    grid.write_text(
+        'backbones = ["tiny", "resnet18"]\nmethods = ["finetune", "linear_probe"]\nfractions = [0.1]\n'
+        "seeds = 2\ntrials = 3\nmax_epochs = 4\nresolution = 32\n"
+    )
     case = perf.PerfCase("tiny", 32)
     rows = [
         {**perf._row(case, "x", "b_suite_train", "fp32", "channels_last", 8, 1000, 1.0), "images_per_second": 1000.0},
         {**perf._row(case, "x", "e_suite_eval", "fp32", "channels_last", 8, 4000, 1.0), "images_per_second": 4000.0},
     ]
-    proj = perf.project_grid(grid, rows)
-    tiny = [c for c in proj["cells"] if c["backbone"] == "tiny"][0]
+    proj = perf.project_grid(grid, rows, pruned_fraction=0.5)
+    cells = {(c["backbone"], c["method"]): c for c in proj["cells"]}
     n_train, n_val = 4000, 1000  # 10% of 5000 per class, a fifth of it for validation
-    epochs = 10
-    assert tiny["train_images"] == 3 * epochs * n_train + 2 * epochs * (n_train + n_val)
-    assert tiny["eval_images"] == 3 * epochs * n_val + (n_train + n_val) + 2 * 10_000
-    assert tiny["hours"] == pytest.approx((tiny["train_images"] / 1000 + tiny["eval_images"] / 4000) / 3600)
-    assert proj["missing"] == ["resnet18@224"]
-    assert "not measured" in perf.projection_markdown(proj)
+    ft = cells[("tiny", "finetune")]
+    search = 3 * 4 * (1 - 0.25)  # 3 trials of 4 epochs, half of them pruned halfway
+    assert ft["train_images"] == search * n_train + 2 * 4 * (n_train + n_val)
+    assert ft["eval_images"] == search * n_val + (n_train + n_val) + 2 * 10_000
+    assert ft["hours"] == pytest.approx((ft["train_images"] / 1000 + ft["eval_images"] / 4000) / 3600)
+    lp = cells[("tiny", "linear_probe")]
+    assert lp["frozen_share"] == 1.0 and lp["train_images"] == 2 * 4 * (n_train + n_val)  # trials train heads on cached features
+    assert proj["missing"] == ["resnet18@32"] and cells[("resnet18", "finetune")]["hours"] is None
+    text = perf.projection_markdown(proj)
+    assert "not measured" in text and "resnet18 @ 32" in text
