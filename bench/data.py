@@ -104,9 +104,20 @@ def download(root: Path) -> None:
     """Fetch the official archive through torchvision (md5-verified), or fail in one line."""
     from torchvision.datasets.utils import download_and_extract_archive
 
+    archive = root / "cifar-10-python.tar.gz"
+    created = [p for p in (root, *root.parents) if not p.exists()]  # what a failure must remove again
+    had_archive = archive.exists()
     try:
-        download_and_extract_archive(URL, str(root), filename="cifar-10-python.tar.gz", md5=ARCHIVE_MD5)
+        download_and_extract_archive(URL, str(root), filename=archive.name, md5=ARCHIVE_MD5)
     except Exception as exc:  # URLError, socket errors, HTTP errors: all mean "no data"
+        # Bad input leaves nothing behind: no partial archive, no folders made for it.
+        if not had_archive:
+            archive.unlink(missing_ok=True)
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or not ours): keep it and what is above it
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
             f"CIFAR-10 is not in {root / FOLDER} and could not be downloaded ({reason}); "
@@ -115,12 +126,27 @@ def download(root: Path) -> None:
         ) from None
 
 
+def _unpickle_file(path: Path) -> object:
+    """A refused or damaged pickle is bad input: one line naming the file, not a traceback."""
+    try:
+        return safe_unpickle(path.read_bytes())
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{path} is not a CIFAR-10 batch ({exc}); re-create the folder") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError) as exc:
+        raise UserError(f"{path} is damaged ({type(exc).__name__}: {exc}); re-create the folder") from None
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    d = safe_unpickle(path.read_bytes())
+    d = _unpickle_file(path)
     if not isinstance(d, dict):
         raise UserError(f"{path} is not a CIFAR-10 batch (a dict was expected); re-create the folder")
-    x = np.asarray(_key(d, "data"))
-    y = np.asarray(_key(d, "labels"), dtype=np.int64)
+    try:
+        x = np.asarray(_key(d, "data"))
+        y = np.asarray(_key(d, "labels"), dtype=np.int64)
+    except KeyError as exc:
+        raise UserError(f"{path} has no {exc} entry, so it is not a CIFAR-10 batch; re-create the folder") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{path} has labels that are not integers ({exc}); re-create the folder") from None
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(y) != len(x):
         raise UserError(f"{path} has data of shape {x.shape} and dtype {x.dtype}, not N x 3072 uint8; re-create the folder")
     return x.reshape(-1, 3, 32, 32), y
@@ -140,8 +166,11 @@ def load_cifar10(data_dir: str | Path, download_missing: bool = True) -> Cifar10
     train_x = np.concatenate([p[0] for p in parts])
     train_y = np.concatenate([p[1] for p in parts])
     test_x, test_y = _read_batch(folder / "test_batch")
-    meta = safe_unpickle((folder / "batches.meta").read_bytes())
-    names = tuple(str(n.decode() if isinstance(n, bytes) else n) for n in _key(meta, "label_names"))
+    meta = _unpickle_file(folder / "batches.meta")
+    try:
+        names = tuple(str(n.decode() if isinstance(n, bytes) else n) for n in _key(meta, "label_names"))
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{folder / 'batches.meta'} has no list of label_names ({exc}); re-create the folder") from None
     if not official:
         # A local copy (like the shared JPEG-derived one): accept it only if it has
         # the structure of the real thing.
@@ -198,7 +227,8 @@ def label_split(labels: torch.Tensor, fraction: float, seed: int, val_fraction: 
     Class c is shuffled once per seed (the order does not depend on the fraction), and
     fraction p keeps the first round(p * n_c) images of that order, so for one seed
     1% is inside 10% is inside 100%. The validation images are the last
-    max(1, round(val_fraction * k)) of each class's k kept images.
+    max(1, round(val_fraction * k)) of each class's k kept images (never all k: at
+    least one image of every class is left to train on).
     """
     check_fraction(fraction)
     if not (0.0 < val_fraction < 1.0):
@@ -216,7 +246,7 @@ def label_split(labels: torch.Tensor, fraction: float, seed: int, val_fraction: 
                 "(one to train, one to validate): use a larger fraction"
             )
         kept = order[:k]
-        n_val = max(1, int(round(val_fraction * k)))
+        n_val = min(k - 1, max(1, int(round(val_fraction * k))))  # at least one image on each side
         labelled.append(kept)
         train.append(kept[: k - n_val])
         val.append(kept[k - n_val :])
