@@ -1,9 +1,569 @@
-"""CLI commands for the sweep verb (registered on cli.app)."""
+"""`python cli.py sweep`: validate the whole grid, then search and retrain (bench/sweep.py).
+
+    python cli.py sweep                                   # experiments/default.toml
+    python cli.py sweep --experiment quick                # experiments/quick.toml
+    python cli.py sweep --config my.toml --fractions 0.01,0.1 --seeds 5 --parallel 2
+    python cli.py sweep --experiment paper --storage postgresql://u:p@db/sft   # one per machine
+
+Everything the grid could fail on is checked before anything is written; each problem
+is one line on stderr and exit code 2. Ctrl-C stops cleanly (exit code 130): the run in
+progress is given back to the storage and the same command resumes.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as Bar
+from rich.table import Table
+from rich.text import Text
+
+from bench.registry import UserError
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _count(value: str | None, flag: str, minimum: int = 1) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise UserError(f"{flag} must be an integer, got '{value}'") from None
+    if n < minimum:
+        raise UserError(f"{flag} must be {'positive' if minimum == 1 else f'at least {minimum}'}, got {n}")
+    return n
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "measuring…"
+    seconds = int(seconds)
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return (f"{d}d " if d else "") + f"{h}:{m:02d}:{s:02d}"
+
+
+# ---------------------------------------------------------------- displays
+
+
+def _status_line(name: str, status: Any, started: float) -> str:
+    from bench.sweep import GridStatus
+
+    assert isinstance(status, GridStatus)
+    cd, ct = status.cells_done
+    td, tt = status.trials
+    rd, rt = status.runs
+    return (
+        f"{name}: cells {cd}/{ct} · search trials {td}/{tt} · final runs {rd}/{rt} · "
+        f"elapsed {_hms(time.time() - started)} · ETA {_hms(status.eta_seconds) if not status.complete else '0:00:00'}"
+    )
+
+
+def summary_table(status: Any, title: str, limit: int | None = None) -> Table:
+    from bench.sweep import hparams_brief, summary_rows
+
+    table = Table(title=title, title_justify="left")
+    for col, just in (
+        ("backbone", "left"),
+        ("method", "left"),
+        ("recipe", "left"),
+        ("fraction", "right"),
+        ("n", "right"),
+        ("test acc (mean ± std)", "right"),
+        ("best val", "right"),
+        ("trials", "right"),
+        ("pruned / diverged", "right"),
+        ("hyperparameters", "left"),
+    ):
+        table.add_column(col, justify=just, overflow="fold")
+    rows = summary_rows(status)
+    if limit is not None and len(rows) > limit:
+        rows = sorted(rows, key=lambda r: (r["mean"] is None, -(r["mean"] or 0)))[:limit]
+    best: dict[tuple, float] = {}
+    for r in rows:
+        key = (r["cell"].backbone, r["cell"].fraction)
+        if r["mean"] is not None:
+            best[key] = max(best.get(key, -1.0), r["mean"])
+    for r in rows:
+        c = r["cell"]
+        acc = "" if r["mean"] is None else f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"
+        if r["mean"] is not None and r["mean"] == best.get((c.backbone, c.fraction)):
+            acc = f"[bold]{acc}[/]"
+        table.add_row(
+            c.backbone,
+            c.method,
+            c.recipe,
+            f"{c.fraction:g}",
+            str(r["n"]),
+            acc if not r["failed"] else f"[red]{r['failed']}[/]",
+            "" if r["best_val"] is None else f"{100 * r['best_val']:.2f}",
+            r["trials"],
+            f"{r['pruned']} / {r['diverged']}",
+            hparams_brief(r["hparams"]),
+        )
+    return table
+
+
+class RichDisplay:
+    """The live view: the grid's progress and ETA, the current trial or run with its epoch bar,
+    and the best results so far."""
+
+    def __init__(self, console: Console, name: str) -> None:
+        self.console, self.name = console, name
+        self.started = time.time()
+        self.status_obj: Any = None
+        self.item: Any = None
+        self.item_started = 0.0
+        self.bar = Bar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task: Any = None
+        self.phase = ""
+        self.live = Live(self, console=console, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> RichDisplay:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.__exit__(*exc)
+
+    def __rich__(self) -> Group:
+        parts: list[Any] = []
+        if self.status_obj is not None:
+            parts.append(Text(_status_line(self.name, self.status_obj, self.started), style="bold"))
+            for r in self.status_obj.running[:8]:
+                parts.append(Text(f"  {r['worker']}: {r['item']} {r['progress']}", style="dim"))
+        if self.item is not None:
+            parts.append(Text(f"▶ {self.item.label}", style="cyan"))
+            parts.append(self.bar)
+        if self.status_obj is not None:
+            parts.append(summary_table(self.status_obj, "best results so far", limit=12))
+        return Group(*parts)
+
+    def status(self, status: Any) -> None:
+        self.status_obj = status
+
+    def item_start(self, item: Any) -> None:
+        self.item, self.item_started, self.phase = item, time.time(), ""
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+
+    def epoch(self, row: dict) -> None:
+        if row["phase"] != self.phase or self.task is None:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.phase = row["phase"]
+            self.task = self.bar.add_task(row["phase"], total=row["epochs"], info="")
+        info = f"loss {row['loss']:.3f}  train acc {row['train_accuracy']:.3f}"
+        if "val_accuracy" in row:
+            info += f"  val acc {row['val_accuracy']:.3f}"
+        self.bar.update(self.task, completed=row["epoch"], info=info)
+
+    def item_end(self, item: Any, outcome: str) -> None:
+        self.console.print(
+            f"{time.strftime('%H:%M:%S')} {item.label}: {outcome} ({time.time() - self.item_started:.1f} s)", highlight=False
+        )
+        self.item = None
+
+    def log(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+
+class PlainDisplay:
+    """`--quiet`: plain, timestamped log lines (for log files and schedulers)."""
+
+    def __init__(self, console: Console, name: str) -> None:
+        self.console, self.name = console, name
+        self.started = time.time()
+        self.last = ""
+        self.item_started = 0.0
+
+    def __enter__(self) -> PlainDisplay:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def _print(self, msg: str) -> None:
+        self.console.print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}", highlight=False, markup=False, soft_wrap=True)
+
+    def status(self, status: Any) -> None:
+        line = _status_line(self.name, status, self.started)
+        key = line.split(" · elapsed")[0]
+        if key != self.last:
+            self.last = key
+            self._print(line)
+
+    def item_start(self, item: Any) -> None:
+        self.item_started = time.time()
+        self._print(f"start {item.label}")
+
+    def epoch(self, row: dict) -> None:
+        info = f"  {row['phase']} {row['epoch']}/{row['epochs']} loss {row['loss']:.4f} train acc {row['train_accuracy']:.4f}"
+        if "val_accuracy" in row:
+            info += f" val acc {row['val_accuracy']:.4f}"
+        self._print(info)
+
+    def item_end(self, item: Any, outcome: str) -> None:
+        self._print(f"done  {item.label}: {outcome} ({time.time() - self.item_started:.1f} s)")
+
+    def log(self, message: str) -> None:
+        self._print(message)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def load(
+    config: Path | None,
+    experiment: str | None,
+    *,
+    name: str | None = None,
+    fractions: str | None = None,
+    backbones: str | None = None,
+    methods: str | None = None,
+    recipes: str | None = None,
+    seeds: str | None = None,
+    trials: str | None = None,
+    max_epochs: str | None = None,
+    resolution: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    compile_: bool | None = None,
+    data_dir: Path | None = None,
+    results_dir: Path | None = None,
+    storage: str | None = None,
+) -> Any:
+    """The experiment file with the flags merged in, validated (no I/O besides reading it)."""
+    from bench.experiment import find_config, parse_fractions, parse_names, read_toml, resolve
+
+    path = find_config(config, experiment)
+    raw = read_toml(path)
+    grid = {
+        "fractions": parse_fractions(fractions) if fractions is not None else None,
+        "backbones": parse_names(backbones, "--backbones") if backbones is not None else None,
+        "methods": parse_names(methods, "--methods") if methods is not None else None,
+        "recipes": parse_names(recipes, "--recipes") if recipes is not None else None,
+    }
+    for key, values in grid.items():
+        if values is None:
+            continue
+        raw[key] = values
+        # A flag narrows the [[include]] blocks to its values too (and drops emptied ones).
+        kept = []
+        for block in raw.get("include", []) if isinstance(raw.get("include"), list) else []:
+            if isinstance(block, dict) and key in block:
+                vals = block[key] if isinstance(block[key], list) else [block[key]]
+                vals = [v for v in vals if v in values]
+                if not vals:
+                    continue
+                block = {**block, key: vals}
+            kept.append(block)
+        if "include" in raw:
+            raw["include"] = kept
+    for key, value, flag in (
+        ("seeds", seeds, "--seeds"),
+        ("trials", trials, "--trials"),
+        ("max_epochs", max_epochs, "--max-epochs"),
+        ("resolution", resolution, "--resolution"),
+    ):
+        n = _count(value, flag)
+        if n is not None:
+            raw[key] = n
+    for key, value in (
+        ("name", name),
+        ("device", device),
+        ("precision", precision),
+        ("storage", storage),
+        ("data_dir", None if data_dir is None else str(data_dir)),
+        ("results_dir", None if results_dir is None else str(results_dir)),
+    ):
+        if value is not None:
+            raw[key] = value
+    if compile_:
+        raw["compile"] = True
+    return resolve(raw, source=str(path))
+
+
+def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list[str]]:
+    """Everything that could fail later, checked now: device, weights, results folder, storage,
+    data, fractions against the data, and settings of an existing experiment. Writes nothing."""
+    from bench.backbones import get_backbone
+    from bench.data import label_split, load_cifar10
+    from bench.experiment import check_writable
+    from bench.provenance import resolve_device
+    from bench.run import _DATA, get_data
+    from bench.sweep import check_settings, check_storage, open_storage, storage_exists
+
+    warnings = []
+    device = resolve_device(exp.device)
+    if exp.precision == "bf16" and device.type == "cpu":
+        warnings.append("bf16 on CPU is usually slower than fp32 there")
+    backbones = {c.backbone for c in exp.cells()}
+    if exp.pretrained:
+        for b in sorted(backbones):
+            ok, why = get_backbone(b).available()
+            if not ok:
+                raise UserError(f"pretrained weights for backbone '{b}' are not available: {why}")
+    check_writable(exp.out_dir)
+    warn = check_storage(exp)
+    if warn and parallel > 1:
+        warnings.append(warn)
+    if not download:
+        key = str(Path(exp.data_dir).resolve())
+        data = _DATA.get(key) or load_cifar10(exp.data_dir, download_missing=False)
+        _DATA[key] = data
+    else:
+        data = get_data(exp.data_dir)
+    for f in sorted({c.fraction for c in exp.cells()}):
+        label_split(data.train_y, f, exp.data_seed, exp.val_fraction)
+    if storage_exists(exp):
+        check_settings(exp, open_storage(exp))
+    return data, device, warnings
+
+
+def write_report(out: Path, console: Console) -> None:
+    """Call bench.report.write_report if that module exists; a failing report never loses the sweep."""
+    try:
+        import importlib
+
+        report = importlib.import_module("bench.report")
+        fn = getattr(report, "write_report", None)
+    except Exception as exc:  # not written yet, or broken: the sweep's results stand on their own
+        console.print(f"report: skipped (bench.report could not be imported: {type(exc).__name__}: {exc})", highlight=False)
+        return
+    if fn is None:
+        console.print("report: skipped (bench.report has no write_report yet)", highlight=False)
+        return
+    try:
+        where = fn(out)
+        console.print(f"report: {where if where is not None else out}", highlight=False)
+    except Exception as exc:
+        console.print(
+            f"[yellow]report: not written ({type(exc).__name__}: {exc}); the results in {out} are intact[/]", highlight=False
+        )
 
 
 def register(app: typer.Typer) -> None:
-    """Placeholder until the sweep issue lands; registers nothing."""
+    app.command("sweep")(sweep)
+
+
+class _Stop(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping us): stop like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Stop()
+
+
+def sweep(
+    config: Annotated[Path | None, typer.Option("--config", help="Experiment TOML file.")] = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", help="NAME: experiments/NAME.toml.")] = None,
+    name: Annotated[str | None, typer.Option(help="Experiment name (default: the file's `name`, or its stem).")] = None,
+    fractions: Annotated[str | None, typer.Option(help="Label fractions, e.g. 0.01,0.1,1.0.")] = None,
+    backbones: Annotated[str | None, typer.Option(help="Comma-separated backbone names.")] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated method names (sft-mlp, sft-side for branches).")] = None,
+    recipes: Annotated[str | None, typer.Option(help="tuned and/or seed.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Number of seeds (0..N-1).")] = None,
+    trials: Annotated[str | None, typer.Option(help="Optuna trials per tuned cell.")] = None,
+    max_epochs: Annotated[str | None, typer.Option("--max-epochs", help="Epoch cap (the epochs of tuned runs).")] = None,
+    resolution: Annotated[str | None, typer.Option(help="Input pixels for every backbone.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N].")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = None,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the end-to-end phase (speed only; not part of the run ids).")
+    ] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding cifar-10-batches-py.")] = None,
+    results_dir: Annotated[Path | None, typer.Option(help="Results root; the experiment writes RESULTS_DIR/NAME.")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage: SQLAlchemy URL or journal file (default RESULTS_DIR/NAME/optuna.journal).")
+    ] = None,
+    parallel: Annotated[str, typer.Option(help="Worker processes sharing the device.")] = "1",
+    threads: Annotated[
+        str | None, typer.Option(help="torch CPU threads per worker (default: all, divided by --parallel).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of the live view.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and print the grid; train nothing, write nothing.")
+    ] = False,
+    download: Annotated[bool, typer.Option("--download/--no-download", help="Download CIFAR-10 when it is missing.")] = True,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report at the end.")] = True,
+    worker: Annotated[bool, typer.Option("--worker", hidden=True, help="Internal: a child of --parallel.")] = False,
+) -> None:
+    """Run an experiment grid: validate it, search every cell on validation data, retrain per seed, test once."""
+    from bench.experiment import to_toml
+    from bench.run import atomic_write
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)  # log files: keep the tables' rows on one line
+    try:
+        n_parallel = _count(parallel, "--parallel")
+        n_threads = _count(threads, "--threads")
+        exp = load(
+            config,
+            experiment,
+            name=name,
+            fractions=fractions,
+            backbones=backbones,
+            methods=methods,
+            recipes=recipes,
+            seeds=seeds,
+            trials=trials,
+            max_epochs=max_epochs,
+            resolution=resolution,
+            device=device,
+            precision=precision,
+            compile_=compile_,
+            data_dir=data_dir,
+            results_dir=results_dir,
+            storage=storage,
+        )
+        data, dev, warnings = validate(exp, download=download, parallel=n_parallel or 1)
+    except UserError as exc:
+        _fail(str(exc))
+    assert n_parallel is not None
+    cells = exp.cells()
+    n_trials = sum(exp.trials for c in cells if c.recipe == "tuned")
+    n_runs = len(cells) * len(exp.seeds)
+    if not worker:
+        for w in warnings:
+            Console(stderr=True).print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(
+            f"experiment [bold]{exp.name}[/]: {len(cells)} cells ({len(exp.backbones)} backbone(s) × methods × recipes × "
+            f"{len(exp.fractions)} fraction(s)), {n_trials} search trials, {n_runs} final runs "
+            f"({len(exp.seeds)} seeds) on {dev}, results in {exp.out_dir}",
+            highlight=False,
+        )
+    if dry_run:
+        for c in cells:
+            console.print(f"  {c.label}", highlight=False)
+        console.print("dry run: nothing trained, nothing written", highlight=False)
+        return
+
+    if n_threads is None and dev.type == "cpu" and n_parallel > 1:
+        n_threads = max(1, (os.cpu_count() or 1) // n_parallel)
+    if n_threads is not None:
+        import torch
+
+        torch.set_num_threads(n_threads)
+    out = exp.out_dir
+    if not worker:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "config.toml", lambda f: f.write(to_toml(exp)), mode="w")
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        if n_parallel > 1 and not worker:
+            status, code = _run_parallel(exp, data, dev, n_parallel, n_threads, quiet, console)
+        else:
+            status, code = _run_here(exp, data, dev, quiet or worker, console)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    if worker:
+        raise typer.Exit(code)
+    console.print(summary_table(status, f"{exp.name}: test accuracy (%) over seeds, per cell"))
+    console.print(f"runs: {out / 'runs.csv'} ({status.runs[0]} of {status.runs[1]} final runs)", highlight=False)
+    if code == 0 and report:
+        write_report(out, console)
+    raise typer.Exit(code)
+
+
+def _run_here(exp: Any, data: Any, dev: Any, quiet: bool, console: Console) -> tuple[Any, int]:
+    from bench.sweep import Sweep, export_runs
+
+    display = PlainDisplay(console, exp.name) if quiet else RichDisplay(console, exp.name)
+    sweep = Sweep(exp, data, dev, progress=display)
+    code = 0
+    try:
+        with display:
+            status = sweep.run()
+    except KeyboardInterrupt as exc:
+        code = 143 if isinstance(exc, _Stop) else 130
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+        try:
+            export_runs(sweep)
+            status = sweep.survey()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        console.print(
+            f"interrupted: {status.runs[0]}/{status.runs[1]} final runs and {status.trials[0]}/{status.trials[1]} "
+            "trials are done and kept; the same command resumes",
+            highlight=False,
+        )
+        return status, code
+    export_runs(sweep)
+    status = sweep.survey()
+    if not status.complete:
+        code = 1
+    return status, code
+
+
+def _run_parallel(exp: Any, data: Any, dev: Any, k: int, threads: int | None, quiet: bool, console: Console) -> tuple[Any, int]:
+    """K independent workers on the same storage (exactly what several machines do), watched from here."""
+    from bench.sweep import Sweep, export_runs
+
+    out = exp.out_dir
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cli_path = Path(__file__).resolve().parent.parent / "cli.py"
+    cmd = [sys.executable, str(cli_path), "sweep", "--config", str(out / "config.toml"), "--worker", "--no-report"]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    procs = []
+    for i in range(k):
+        log = open(logs / f"worker-{i}.log", "a")
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+    monitor = Sweep(exp, data, dev, read_only=True)
+    display = PlainDisplay(console, exp.name) if quiet else RichDisplay(console, exp.name)
+    code = 0
+    try:
+        with display:
+            while any(p.poll() is None for p, _ in procs):
+                display.status(monitor.survey())
+                time.sleep(2)
+    except KeyboardInterrupt as exc:
+        code = 143 if isinstance(exc, _Stop) else 130
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for p, _ in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.time() + 60
+        for p, _ in procs:
+            try:
+                p.wait(timeout=max(1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    for i, (p, log) in enumerate(procs):
+        log.close()
+        if p.returncode not in (0, 130, 143) and code == 0:
+            console.print(f"[red]worker {i} exited with code {p.returncode}; see {logs / f'worker-{i}.log'}[/]", highlight=False)
+            code = 1
+    writer = Sweep(exp, data, dev)
+    export_runs(writer)
+    status = writer.survey()
+    if code == 0 and not status.complete:
+        code = 1
+    return status, code

@@ -1,0 +1,1055 @@
+"""The sweep: search every cell with Optuna, then retrain the best per seed and test once.
+
+    python cli.py sweep --config experiments/quick.toml
+    python cli.py sweep --experiment paper --storage postgresql://user@db/sft   # on every machine
+
+State lives in the Optuna storage, never in one process's memory, so any number of
+`sweep` processes (one machine or several) can share one grid, and a process killed at
+any moment loses only the trial or run it was in the middle of:
+
+- Per cell (backbone, method, recipe, fraction) a *search study* (the contract's name
+  "{experiment}/{backbone}/{method}/{recipe}/{fraction:g}"): a process takes a slot by
+  creating a RUNNING trial; COMPLETE, PRUNED and live RUNNING trials count toward the
+  budget (trial ids break ties), so killed trials are redone and the budget is never
+  exceeded. Each slot's TPE sampler is seeded from (cell, slot number), so a resumed
+  search asks exactly what the uninterrupted one would have.
+- Per cell a *finals study* ("{experiment}:final/..."): one trial per final run, named
+  by the run id (user_attr run_id). A process claims a run by creating a RUNNING trial
+  carrying its run id in one atomic write; the lowest live claim wins, the others step
+  back. The finished record (JSON) lives on the trial, so `runs.csv`, `records/` and the
+  summary can always be rebuilt from the storage.
+- Liveness: every claim carries its owner (host, boot id, pid, process start time) and a
+  heartbeat user_attr refreshed by a background thread. A RUNNING trial whose owner is a
+  dead process on this machine is free at once (Ctrl-C, SIGKILL, crash); one from another
+  machine after `stale_after_seconds` without a heartbeat. Optuna 5's JournalStorage has
+  no heartbeat of its own (only RDBStorage does), hence this one, the same on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import gzip
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+import torch
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from bench.data import Cifar10
+from bench.engine import Diverged
+from bench.experiment import Cell, Experiment, check_writable
+from bench.methods import METHODS, HParams
+from bench.registry import UserError
+from bench.run import RunConfig, atomic_write, execute, make_config
+
+JOURNAL = "optuna.journal"
+RUNS_CSV = "runs.csv"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HP_FIELDS = [f.name for f in fields(HParams)]
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class LostClaim(RuntimeError):
+    """Another process declared our trial stale and took it over; drop our result."""
+
+
+# ---------------------------------------------------------------- storage
+
+
+def storage_location(exp: Experiment) -> str:
+    """What `--storage` means: "" = the journal file in the results folder, a URL = RDB, else a journal path."""
+    if not exp.storage:
+        return str(exp.out_dir / JOURNAL)
+    return exp.storage
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def open_storage(exp: Experiment) -> optuna.storages.BaseStorage:
+    location = storage_location(exp)
+    if not is_url(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(location))
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if location.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 60}
+    return optuna.storages.RDBStorage(location, engine_kwargs=kwargs)
+
+
+def check_storage(exp: Experiment) -> str | None:
+    """Validate the storage without writing to it; return a warning line or None."""
+    location = storage_location(exp)
+    if not is_url(location):
+        path = Path(location)
+        if path.exists() and not path.is_file():
+            raise UserError(f"storage {path} exists and is not a file")
+        check_writable(path.parent)
+        return None
+    import sqlalchemy
+
+    try:
+        url = sqlalchemy.engine.make_url(location)
+    except Exception:
+        raise UserError(f"--storage '{location}' is not an SQLAlchemy URL (e.g. postgresql://user:pass@host/db)") from None
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            check_writable(Path(url.database).resolve().parent)
+        return (
+            'SQLite storage is unsafe with several writers ("database is locked"); for processes on one machine '
+            "use the default journal file, for several machines PostgreSQL"
+        )
+    try:
+        engine = sqlalchemy.create_engine(url, pool_pre_ping=True)
+    except ImportError as exc:
+        raise UserError(
+            f"the driver for {url.get_backend_name()} is not installed ({exc.name}); "
+            "for PostgreSQL: pip install 'sft-bench[postgres]'"
+        ) from None
+    except Exception as exc:
+        raise UserError(f"--storage '{url.render_as_string(hide_password=True)}': {str(exc).splitlines()[0]}") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        raise UserError(
+            f"cannot connect to storage {url.render_as_string(hide_password=True)}: {str(exc).splitlines()[0]}"
+        ) from None
+    finally:
+        engine.dispose()
+    return None
+
+
+def storage_exists(exp: Experiment) -> bool:
+    location = storage_location(exp)
+    if not is_url(location):
+        return Path(location).is_file()
+    if location.startswith("sqlite"):
+        import sqlalchemy
+
+        db = sqlalchemy.engine.make_url(location).database
+        if not db or not Path(db).is_file():
+            return False
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(location)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
+
+
+def check_settings(exp: Experiment, storage: optuna.storages.BaseStorage) -> None:
+    """Refuse to mix an existing experiment's studies with a search under other settings."""
+    studies = {s.study_name: s for s in storage.get_all_studies()}
+    for cell in exp.cells():
+        s = studies.get(cell.study_name(exp.name))
+        if s is None or "settings" not in s.user_attrs:
+            continue
+        old, new = s.user_attrs["settings"], json.loads(json.dumps(exp.search_settings(cell)))
+        if old != new:
+            key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            raise UserError(
+                f"experiment '{exp.name}' already has a search for {cell.label} with other settings "
+                f"({key}: {json.dumps(old.get(key))} there, {json.dumps(new.get(key))} now); "
+                "use another experiment name (--name) or results folder, or restore the settings"
+            )
+
+
+# ---------------------------------------------------------------- liveness
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str:
+    stat = _read(f"/proc/{pid}/stat")
+    # Field 22 (start time in clock ticks); the command name (field 2) may contain spaces.
+    return stat.rsplit(")", 1)[-1].split()[19] if stat else ""
+
+
+BOOT_ID = _read("/proc/sys/kernel/random/boot_id")
+HOST = socket.gethostname()
+
+
+def owner_id() -> str:
+    pid = os.getpid()
+    return f"{HOST}|{BOOT_ID}|{pid}|{_process_start(pid)}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """True/False when the owner ran on this machine (since its last boot); None when unknown."""
+    try:
+        host, boot, pid, start = owner.split("|")
+    except ValueError:
+        return None
+    if host != HOST or boot != BOOT_ID or not boot:
+        return None
+    if not start:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _process_start(int(pid)) == start
+
+
+def heartbeat_time(t: FrozenTrial) -> float:
+    hb = t.user_attrs.get("heartbeat")
+    if isinstance(hb, dict) and "time" in hb:
+        return float(hb["time"])
+    return t.datetime_start.timestamp() if t.datetime_start else 0.0
+
+
+def is_live(t: FrozenTrial, stale_after: float, now: float | None = None) -> bool:
+    if t.state != TrialState.RUNNING:
+        return False
+    alive = owner_alive(t.user_attrs.get("owner", ""))
+    if alive is not None:
+        return alive
+    return (now or time.time()) - heartbeat_time(t) < stale_after
+
+
+class Heartbeat:
+    """A daemon thread that refreshes the heartbeat of the one trial this process works on."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, interval: float) -> None:
+        self.storage, self.interval = storage, interval
+        self.lock = threading.Lock()
+        self.trial_id: int | None = None
+        self.lost = False
+        self.progress = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sweep-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def attach(self, trial_id: int) -> None:
+        with self.lock:
+            self.trial_id, self.lost, self.progress = trial_id, False, ""
+
+    def detach(self) -> None:
+        with self.lock:
+            self.trial_id = None
+
+    def beat(self) -> None:
+        with self.lock:
+            if self.trial_id is None:
+                return
+            try:
+                self.storage.set_trial_user_attr(self.trial_id, "heartbeat", {"time": time.time(), "progress": self.progress})
+            except UpdateFinishedTrialError:
+                self.lost = True
+            except Exception:  # a flaky database connection: the next beat retries
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+
+def new_claim(storage: optuna.storages.BaseStorage, study_id: int, attrs: dict) -> int:
+    """A RUNNING trial with owner, heartbeat and `attrs`, created in one write (atomic claim)."""
+    now = time.time()
+    template = FrozenTrial(
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=dt.datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={"owner": owner_id(), "worker": f"{HOST}:{os.getpid()}", "heartbeat": {"time": now, "progress": ""}, **attrs},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=-1,
+    )
+    return storage.create_new_trial(study_id, template_trial=template)
+
+
+def finish(
+    storage: optuna.storages.BaseStorage, trial_id: int, state: TrialState, reason: str = "", value: float | None = None
+) -> None:
+    """Best effort: a trial someone else already finished stays as it is."""
+    with contextlib.suppress(UpdateFinishedTrialError, KeyError):
+        if reason:
+            storage.set_trial_user_attr(trial_id, "fail_reason" if state == TrialState.FAIL else "reason", reason)
+        storage.set_trial_state_values(trial_id, state, None if value is None else [value])
+
+
+def recover(storage: optuna.storages.BaseStorage, trials: list[FrozenTrial], stale_after: float) -> bool:
+    """Free the RUNNING trials of dead processes; adopt those that had finished their work."""
+    changed = False
+    now = time.time()
+    for t in trials:
+        if t.state != TrialState.RUNNING or is_live(t, stale_after, now):
+            continue
+        if "result_value" in t.user_attrs:  # killed between saving the result and marking it done
+            finish(storage, t._trial_id, TrialState.COMPLETE, value=float(t.user_attrs["result_value"]))
+        else:
+            who = t.user_attrs.get("worker", "?")
+            finish(
+                storage,
+                t._trial_id,
+                TrialState.FAIL,
+                f"stale: worker {who} stopped (no heartbeat since {time.ctime(heartbeat_time(t))})",
+            )
+        changed = True
+    return changed
+
+
+# ---------------------------------------------------------------- search spaces
+
+
+class SpaceTrial:
+    """What a method's `search_space(trial)` sees: the Optuna trial, with the experiment's
+    fixed hyperparameters answered without asking and its [space] distributions swapped in."""
+
+    def __init__(self, trial: Any, fixed: dict, space: dict) -> None:
+        self.trial, self.fixed, self.space = trial, fixed, space
+        self.asked: set[str] = set()
+
+    def _route(self, name: str, ask: Callable[[], Any]) -> Any:
+        self.asked.add(name)
+        if name in self.fixed:
+            return self.fixed[name]
+        if name in self.space:
+            return self.suggest(name, self.space[name])
+        return ask()
+
+    def suggest(self, name: str, dist: dict) -> Any:
+        self.asked.add(name)
+        if "choices" in dist:
+            return self.trial.suggest_categorical(name, list(dist["choices"]))
+        lo, hi, log = dist["low"], dist["high"], bool(dist.get("log", False))
+        if isinstance(lo, int) and isinstance(hi, int):
+            return self.trial.suggest_int(name, lo, hi, step=int(dist.get("step", 1)), log=log)
+        return self.trial.suggest_float(name, float(lo), float(hi), step=dist.get("step"), log=log)
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> Any:
+        return self._route(name, lambda: self.trial.suggest_float(name, low, high, step=step, log=log))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> Any:
+        return self._route(name, lambda: self.trial.suggest_int(name, low, high, step=step, log=log))
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._route(name, lambda: self.trial.suggest_categorical(name, choices))
+
+
+def sample_hparams(trial: Any, exp: Experiment, method: str) -> dict[str, Any]:
+    """The hyperparameter changes of one trial: the method's own space (next to its
+    definition in bench/methods.py), the experiment's [space] and [hparams], and epochs."""
+    fixed = exp.fixed_hparams(method)
+    space = exp.space_for(method)
+    proxy = SpaceTrial(trial, fixed, space)
+    changes = dict(METHODS.get(method).search_space(proxy))
+    for name, dist in space.items():
+        if name not in proxy.asked and name not in fixed:
+            changes[name] = proxy.suggest(name, dist)
+    if "epochs" not in changes:
+        if "epochs" in fixed:
+            changes["epochs"] = fixed["epochs"]
+        elif exp.search.epochs:
+            changes["epochs"] = trial.suggest_int("epochs", exp.min_epochs(), exp.max_epochs)
+        else:
+            # Every tuned run trains for the experiment's epoch budget: the same for every method.
+            changes["epochs"] = exp.max_epochs
+    changes.update(fixed)
+    return changes
+
+
+def slot_seed(study_name: str, data_seed: int, slot: int) -> int:
+    return int(hashlib.sha256(f"{study_name}|{data_seed}|{slot}".encode()).hexdigest()[:8], 16)
+
+
+# ---------------------------------------------------------------- progress
+
+
+class Progress(Protocol):
+    """What the sweep tells its display (bench/cli_sweep.py has a rich one and a plain one)."""
+
+    def status(self, status: GridStatus) -> None: ...
+    def item_start(self, item: WorkItem) -> None: ...
+    def epoch(self, row: dict) -> None: ...
+    def item_end(self, item: WorkItem, outcome: str) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+class NullProgress:
+    def status(self, status: GridStatus) -> None:
+        pass
+
+    def item_start(self, item: WorkItem) -> None:
+        pass
+
+    def epoch(self, row: dict) -> None:
+        pass
+
+    def item_end(self, item: WorkItem, outcome: str) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- grid status
+
+
+@dataclass
+class WorkItem:
+    kind: str  # "trial" or "final"
+    cell: Cell
+    study_id: int
+    slot: int = 0  # trial: the slot number; final: the seed
+    cfg: RunConfig | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "trial":
+            return f"trial {self.slot + 1} · {self.cell.label}"
+        return f"final seed {self.slot} · {self.cell.label}"
+
+
+@dataclass
+class CellStatus:
+    cell: Cell
+    trials_budget: int
+    trials_done: int = 0
+    trials_pruned: int = 0
+    trials_diverged: int = 0
+    best_value: float | None = None
+    best_hparams: dict | None = None
+    search_done: bool = False
+    finals_total: int = 0
+    finals: dict[int, dict] = field(default_factory=dict)  # seed -> record
+    diverged: dict[int, str] = field(default_factory=dict)  # seed -> reason
+    failed: str = ""  # why this cell cannot produce final runs
+    run_ids: dict[int, str] = field(default_factory=dict)
+    trial_seconds: list[float] = field(default_factory=list)
+    can_ask: bool = False
+    free_finals: list[tuple[int, RunConfig]] = field(default_factory=list)
+
+    @property
+    def finals_done(self) -> int:
+        return len(self.finals) + len(self.diverged)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.failed) or (self.search_done and self.finals_done >= self.finals_total)
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [r["test_accuracy"] for r in self.finals.values()]
+
+
+@dataclass
+class GridStatus:
+    cells: list[CellStatus]
+    running: list[dict]  # live claims: worker, item, progress
+    eta_seconds: float | None = None
+
+    @property
+    def complete(self) -> bool:
+        return all(c.done for c in self.cells)
+
+    @property
+    def trials(self) -> tuple[int, int]:
+        return sum(min(c.trials_done, c.trials_budget) for c in self.cells), sum(c.trials_budget for c in self.cells)
+
+    @property
+    def runs(self) -> tuple[int, int]:
+        return sum(c.finals_done for c in self.cells), sum(c.finals_total for c in self.cells)
+
+    @property
+    def cells_done(self) -> tuple[int, int]:
+        return sum(c.done for c in self.cells), len(self.cells)
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+class Sweep:
+    """One worker process on an experiment's storage; `run()` works until the grid is done."""
+
+    def __init__(
+        self,
+        exp: Experiment,
+        data: Cifar10,
+        device: torch.device,
+        *,
+        storage: optuna.storages.BaseStorage | None = None,
+        progress: Progress | None = None,
+        poll_seconds: float = 2.0,
+        read_only: bool = False,
+    ) -> None:
+        self.exp, self.data, self.device = exp, data, device
+        self.storage = storage or open_storage(exp)
+        self.progress = progress or NullProgress()
+        self.poll_seconds = poll_seconds
+        self.read_only = read_only
+        self.out = exp.out_dir
+        self.cells = exp.cells()
+        self._study_ids: dict[str, int] = {}
+        self._resolution: dict[str, int | None] = {}
+        self.heartbeat = Heartbeat(self.storage, exp.workers.heartbeat_seconds)
+        self.executed: list[WorkItem] = []  # what this process trained (tests, summary)
+
+    # ------------------------------------------------ studies
+
+    def study_id(self, name: str, attrs: dict) -> int | None:
+        if name in self._study_ids:
+            return self._study_ids[name]
+        try:
+            sid = self.storage.get_study_id_from_name(name)
+        except KeyError:
+            if self.read_only:
+                return None
+            study = optuna.create_study(study_name=name, storage=self.storage, direction="maximize", load_if_exists=True)
+            sid = study._study_id
+            for k, v in attrs.items():
+                self.storage.set_study_user_attr(sid, k, v)
+        self._study_ids[name] = sid
+        return sid
+
+    def search_study(self, cell: Cell) -> int | None:
+        attrs = {
+            "experiment": self.exp.name,
+            "backbone": cell.backbone,
+            "method": cell.method,
+            "recipe": cell.recipe,
+            "fraction": cell.fraction,
+            "kind": "search",
+            "settings": json.loads(json.dumps(self.exp.search_settings(cell))),
+        }
+        return self.study_id(cell.study_name(self.exp.name), attrs)
+
+    def finals_study(self, cell: Cell) -> int | None:
+        attrs = {
+            "experiment": self.exp.name,
+            "backbone": cell.backbone,
+            "method": cell.method,
+            "recipe": cell.recipe,
+            "fraction": cell.fraction,
+            "kind": "final",
+        }
+        return self.study_id(cell.finals_name(self.exp.name), attrs)
+
+    def trials(self, study_id: int | None) -> list[FrozenTrial]:
+        if study_id is None:
+            return []
+        trials = self.storage.get_all_trials(study_id, deepcopy=False)
+        if not self.read_only and recover(self.storage, trials, self.exp.workers.stale_after_seconds):
+            trials = self.storage.get_all_trials(study_id, deepcopy=False)
+        return trials
+
+    def resolution(self, cell: Cell) -> int | None:
+        if cell.recipe == "seed":
+            return None  # the article's recipe exactly: 32 px (make_config's default for it)
+        if cell.backbone not in self._resolution:
+            from bench.backbones import get_backbone
+
+            self._resolution[cell.backbone] = self.exp.resolution_for(cell.backbone) or get_backbone(cell.backbone).input_size
+        return self._resolution[cell.backbone]
+
+    def config(self, cell: Cell, seed: int, overrides: dict | None, stage: str) -> RunConfig:
+        return make_config(
+            cell.backbone,
+            cell.method,
+            cell.fraction,
+            seed,
+            recipe=cell.recipe,
+            resolution=self.resolution(cell),
+            pretrained=self.exp.pretrained,
+            overrides=overrides if cell.recipe == "tuned" else None,
+            stage=stage,
+            precision=self.exp.precision,
+            device=self.device,
+            data=self.data,
+            val_fraction=self.exp.val_fraction,
+        )
+
+    # ------------------------------------------------ survey
+
+    def survey(self) -> GridStatus:
+        """Read the whole grid's state from the storage (and free dead processes' claims)."""
+        stale_after = self.exp.workers.stale_after_seconds
+        now = time.time()
+        cells, running = [], []
+        for cell in self.cells:
+            tuned = cell.recipe == "tuned"
+            cs = CellStatus(cell, self.exp.trials if tuned else 0, finals_total=len(self.exp.seeds))
+            if tuned:
+                trials = self.trials(self.search_study(cell))
+                finished = sorted((t for t in trials if t.state in FINISHED), key=lambda t: t._trial_id)
+                live = [t for t in trials if is_live(t, stale_after, now)]
+                cs.trials_done = len(finished)
+                cs.trials_pruned = sum(t.state == TrialState.PRUNED for t in finished[: cs.trials_budget])
+                cs.trials_diverged = sum("pruned_reason" in t.user_attrs for t in finished[: cs.trials_budget])
+                cs.trial_seconds = [
+                    (t.datetime_complete - t.datetime_start).total_seconds()
+                    for t in finished
+                    if t.datetime_complete and t.datetime_start
+                ]
+                cs.search_done = len(finished) >= cs.trials_budget
+                cs.can_ask = not cs.search_done and len(finished) + len(live) < cs.trials_budget
+                running += [self._running(t, "trial", cell) for t in live]
+                complete = [t for t in finished[: cs.trials_budget] if t.state == TrialState.COMPLETE]
+                if complete:
+                    best = max(complete, key=lambda t: (t.value, -t._trial_id))
+                    cs.best_value, cs.best_hparams = best.value, best.user_attrs.get("hparams")
+                elif cs.search_done:
+                    cs.failed = f"all {cs.trials_budget} trials were pruned or diverged; no hyperparameters to retrain with"
+            else:
+                cs.search_done = True
+            if cs.search_done and not cs.failed:
+                self._survey_finals(cs, now, running)
+            cells.append(cs)
+        status = GridStatus(cells, running)
+        status.eta_seconds = self._eta(status)
+        return status
+
+    def _survey_finals(self, cs: CellStatus, now: float, running: list[dict]) -> None:
+        stale_after = self.exp.workers.stale_after_seconds
+        trials = self.trials(self.finals_study(cs.cell))
+        by_run: dict[str, list[FrozenTrial]] = {}
+        for t in trials:
+            by_run.setdefault(t.user_attrs.get("run_id", ""), []).append(t)
+        for seed in self.exp.seeds:
+            cfg = self.config(cs.cell, seed, cs.best_hparams, "final")
+            cs.run_ids[seed] = cfg.run_id
+            claims = sorted(by_run.get(cfg.run_id, []), key=lambda t: t._trial_id)
+            done = [t for t in claims if t.state == TrialState.COMPLETE]
+            diverged = [t for t in claims if t.state == TrialState.FAIL and "diverged" in t.user_attrs]
+            live = [t for t in claims if is_live(t, stale_after, now)]
+            if done:
+                cs.finals[seed] = json.loads(done[0].user_attrs["record"])
+            elif diverged:
+                cs.diverged[seed] = diverged[0].user_attrs["diverged"]
+            elif live:
+                running.append(self._running(live[0], "final", cs.cell))
+            else:
+                cs.free_finals.append((seed, cfg))
+
+    def _running(self, t: FrozenTrial, kind: str, cell: Cell) -> dict:
+        hb = t.user_attrs.get("heartbeat") or {}
+        what = f"trial {t.number + 1}" if kind == "trial" else f"final seed {t.user_attrs.get('seed')}"
+        return {"worker": t.user_attrs.get("worker", "?"), "item": f"{what} · {cell.label}", "progress": hb.get("progress", "")}
+
+    def _eta(self, status: GridStatus) -> float | None:
+        """Remaining seconds from measured times: per (backbone, method, kind), seconds per unit of fraction."""
+        rates: dict[tuple, list[float]] = {}
+        for cs in status.cells:
+            c = cs.cell
+            for s in cs.trial_seconds:
+                for key in ((c.backbone, c.method, "trial"), ("trial",)):
+                    rates.setdefault(key, []).append(s / c.fraction)
+            for r in cs.finals.values():
+                for key in ((c.backbone, c.method, "final"), ("final",)):
+                    rates.setdefault(key, []).append(r["wall_seconds"] / c.fraction)
+        if ("trial",) in rates and ("final",) not in rates:
+            rates[("final",)] = [x * 1.25 for x in rates[("trial",)]]  # all labels instead of 80%, plus the test set
+        if ("final",) in rates and ("trial",) not in rates:
+            rates[("trial",)] = [x * 0.8 for x in rates[("final",)]]
+
+        def rate(c: Cell, kind: str) -> float | None:
+            xs = rates.get((c.backbone, c.method, kind)) or rates.get((kind,))
+            return sum(xs) / len(xs) if xs else None
+
+        total = 0.0
+        for cs in status.cells:
+            if cs.done:
+                continue
+            c = cs.cell
+            left_trials = max(0, cs.trials_budget - cs.trials_done)
+            left_finals = cs.finals_total - cs.finals_done
+            for kind, n in (("trial", left_trials), ("final", left_finals)):
+                if n:
+                    r = rate(c, kind)
+                    if r is None:
+                        return None
+                    total += n * r * c.fraction
+        workers = max(1, len({r["worker"] for r in status.running}))
+        return total / workers
+
+    # ------------------------------------------------ the work loop
+
+    def run(self) -> GridStatus:
+        """Work until every cell is done (waiting while other processes hold the last items)."""
+        if self.read_only:
+            raise RuntimeError("a read-only sweep cannot run")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.heartbeat.start()
+        try:
+            while True:
+                status = self.survey()
+                self.progress.status(status)
+                item = self._next(status)
+                if item is None:
+                    if status.complete or not status.running:
+                        return status
+                    time.sleep(self.poll_seconds)
+                    continue
+                if item.kind == "trial":
+                    self._trial(item)
+                else:
+                    self._final(item)
+        finally:
+            self.heartbeat.stop()
+
+    def _next(self, status: GridStatus) -> WorkItem | None:
+        for cs in status.cells:
+            if cs.free_finals:
+                seed, cfg = cs.free_finals[0]
+                return WorkItem("final", cs.cell, self.finals_study(cs.cell), seed, cfg)
+            if cs.can_ask:
+                return WorkItem("trial", cs.cell, self.search_study(cs.cell), cs.trials_done)
+        return None
+
+    def _on_epoch(self, row: dict) -> None:
+        self.heartbeat.progress = f"{row['phase']} {row['epoch']}/{row['epochs']}"
+        self.progress.epoch(row)
+        if self.heartbeat.lost:
+            raise LostClaim("another process declared this trial stale and took it over")
+
+    # ------------------------------------------------ one search trial
+
+    def _trial(self, item: WorkItem) -> None:
+        exp, cell, storage = self.exp, item.cell, self.storage
+        tid = new_claim(storage, item.study_id, {"kind": "trial"})
+        self.heartbeat.attach(tid)
+        try:
+            # Rank among the trials that count (finished, or running and live): the slot.
+            trials = storage.get_all_trials(item.study_id, deepcopy=False)
+            now = time.time()
+            counted = sorted(
+                t._trial_id
+                for t in trials
+                if t.state in FINISHED or (t.state == TrialState.RUNNING and is_live(t, exp.workers.stale_after_seconds, now))
+            )
+            if tid not in counted or counted.index(tid) >= exp.trials:
+                finish(storage, tid, TrialState.FAIL, "over budget: another process took the last slot")
+                return
+            item.slot = counted.index(tid)
+            name = cell.study_name(exp.name)
+            sampler = optuna.samplers.TPESampler(
+                seed=slot_seed(name, exp.data_seed, item.slot), n_startup_trials=exp.startup_trials()
+            )
+            pruner: optuna.pruners.BasePruner = (
+                optuna.pruners.MedianPruner(
+                    n_startup_trials=exp.pruner_startup_trials(), n_warmup_steps=exp.search.pruner_warmup_epochs + 1
+                )
+                if exp.search.pruner == "median"
+                else optuna.pruners.NopPruner()
+            )
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+            trial = optuna.Trial(study, tid)
+            changes = sample_hparams(trial, exp, cell.method)
+            cfg = self.config(cell, exp.data_seed, changes, "trial")
+            trial.set_user_attr("hparams", json.loads(json.dumps(changes)))
+            trial.set_user_attr("run_id", cfg.run_id)
+            trial.set_user_attr("slot", item.slot)
+            self.progress.item_start(item)
+            self.executed.append(item)
+
+            def on_epoch(row: dict) -> None:
+                self._on_epoch(row)
+                if row["phase"] == "train" and "val_accuracy" in row:
+                    trial.report(row["val_accuracy"], row["epoch"])
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"median at epoch {row['epoch']} (val acc {row['val_accuracy']:.4f})")
+
+            try:
+                rec = execute(cfg, self.data, self.device, on_epoch=on_epoch, compile=self.exp.compile)
+            except optuna.TrialPruned as exc:
+                self.heartbeat.detach()
+                with contextlib.suppress(UpdateFinishedTrialError):
+                    trial.set_user_attr("pruned_by", str(exc))
+                    study.tell(trial, state=TrialState.PRUNED)
+                self.progress.item_end(item, f"pruned ({exc})")
+                return
+            except Diverged as exc:
+                self.heartbeat.detach()
+                with contextlib.suppress(UpdateFinishedTrialError):
+                    trial.set_user_attr("pruned_reason", f"diverged: {exc}")
+                    study.tell(trial, state=TrialState.PRUNED)
+                self.progress.item_end(item, f"pruned: diverged ({exc})")
+                return
+            value = rec["val_accuracy"]
+            with contextlib.suppress(UpdateFinishedTrialError):
+                trial.set_user_attr("wall_seconds", rec["wall_seconds"])
+                trial.set_user_attr("result_value", value)
+                self.heartbeat.detach()
+                study.tell(trial, value)
+            self.progress.item_end(item, f"val acc {value:.4f}")
+        except LostClaim as exc:
+            self.progress.log(f"{item.label}: {exc}; dropped")
+        except BaseException as exc:
+            self.heartbeat.detach()
+            finish(storage, tid, TrialState.FAIL, _reason(exc))
+            raise
+        finally:
+            self.heartbeat.detach()
+
+    # ------------------------------------------------ one final run
+
+    def _final(self, item: WorkItem) -> None:
+        storage, cfg = self.storage, item.cfg
+        assert cfg is not None
+        run_id = cfg.run_id
+        tid = new_claim(storage, item.study_id, {"kind": "final", "run_id": run_id, "seed": item.slot})
+        self.heartbeat.attach(tid)
+        try:
+            if not self._won(item.study_id, tid, run_id):
+                finish(storage, tid, TrialState.FAIL, "lost claim: another process runs it")
+                return
+            self.progress.item_start(item)
+            self.executed.append(item)
+            preds_dir = self.out / "predictions"
+            preds_dir.mkdir(parents=True, exist_ok=True)
+            tmp = preds_dir / f".{run_id}.{os.getpid()}.csv"
+            try:
+                rec = execute(
+                    cfg, self.data, self.device, on_epoch=self._on_epoch, save_predictions=tmp, compile=self.exp.compile
+                )
+                pred_path = preds_dir / f"{run_id}.csv.gz"
+                atomic_write(pred_path, lambda f: _gzip_into(tmp, f))
+            except Diverged as exc:
+                self.heartbeat.detach()
+                with contextlib.suppress(UpdateFinishedTrialError):
+                    storage.set_trial_user_attr(tid, "diverged", str(exc))
+                    storage.set_trial_state_values(tid, TrialState.FAIL)
+                self.progress.item_end(item, f"diverged ({exc})")
+                return
+            finally:
+                tmp.unlink(missing_ok=True)
+            cell = item.cell
+            rec["experiment"] = self.exp.name
+            rec["study"] = cell.study_name(self.exp.name) if cell.recipe == "tuned" else ""
+            rec["predictions"] = f"predictions/{run_id}.csv.gz"
+            rec["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            from bench.run import write_record
+
+            write_record(self.out / "records" / f"{run_id}.json", rec)
+            self.heartbeat.detach()
+            try:
+                storage.set_trial_user_attr(tid, "record", json.dumps(rec))
+                storage.set_trial_user_attr(tid, "result_value", rec["test_accuracy"])
+                storage.set_trial_state_values(tid, TrialState.COMPLETE, [rec["test_accuracy"]])
+            except UpdateFinishedTrialError:
+                raise LostClaim("another process declared this run stale") from None
+            self.progress.item_end(item, f"test acc {rec['test_accuracy']:.4f}")
+            export_runs(self)
+        except LostClaim as exc:
+            self.progress.log(f"{item.label}: {exc}; dropped")
+        except BaseException as exc:
+            self.heartbeat.detach()
+            finish(storage, tid, TrialState.FAIL, _reason(exc))
+            raise
+        finally:
+            self.heartbeat.detach()
+
+    def _won(self, study_id: int, tid: int, run_id: str) -> bool:
+        """The lowest live claim (or a finished run) wins. With a database, commits can land out of
+        id order, so look twice, a moment apart; the journal file is totally ordered already."""
+        for attempt in range(1 if not is_url(storage_location(self.exp)) else 2):
+            if attempt:
+                time.sleep(0.5)
+            now = time.time()
+            for t in sorted(self.storage.get_all_trials(study_id, deepcopy=False), key=lambda t: t._trial_id):
+                if t.user_attrs.get("run_id") != run_id or t._trial_id == tid:
+                    continue
+                if t.state == TrialState.COMPLETE or "diverged" in t.user_attrs:
+                    return False
+                if t._trial_id < tid and is_live(t, self.exp.workers.stale_after_seconds, now):
+                    return False
+        return True
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+
+
+def _gzip_into(src: Path, f: Any) -> None:
+    with open(src, "rb") as s, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as g:
+        shutil.copyfileobj(s, g)
+
+
+# ---------------------------------------------------------------- the tidy table
+
+
+def runs_columns(classes: tuple[str, ...]) -> list[str]:
+    return [
+        "experiment",
+        "backbone",
+        "method",
+        "recipe",
+        "fraction",
+        "seed",
+        "run_id",
+        "resolution",
+        "pretrained",
+        "precision",
+        "device_type",
+        "test_accuracy",
+        "macro_f1",
+        *[f"acc_{c}" for c in classes],
+        "trainable_params",
+        "train_seconds",
+        "wall_seconds",
+        "images_per_second",
+        "peak_memory_mb",
+        "n_train",
+        "hparams",
+        *[f"hp_{f}" for f in HP_FIELDS],
+        "study",
+        "predictions",
+        "git_commit",
+        "device",
+        "torch_version",
+        "finished_at",
+    ]
+
+
+def record_row(rec: dict) -> dict[str, Any]:
+    prov = rec.get("provenance", {})
+    row = {k: rec.get(k) for k in ("experiment", "backbone", "method", "recipe", "fraction", "seed", "run_id", "resolution")}
+    row.update(
+        pretrained=rec["pretrained"],
+        precision=rec["precision"],
+        device_type=rec["device_type"],
+        test_accuracy=rec["test_accuracy"],
+        macro_f1=rec["macro_f1"],
+        **{f"acc_{c}": a for c, a in zip(rec["classes"], rec["per_class_accuracy"], strict=True)},
+        trainable_params=rec["trainable_params"],
+        train_seconds=rec["train_seconds"],
+        wall_seconds=rec["wall_seconds"],
+        images_per_second=rec["images_per_second"],
+        peak_memory_mb=rec["peak_memory_mb"],
+        n_train=rec["n_train"],
+        hparams=json.dumps(rec["hparams"], sort_keys=True),
+        **{f"hp_{f}": rec["hparams"].get(f) for f in HP_FIELDS},
+        study=rec.get("study", ""),
+        predictions=rec.get("predictions", ""),
+        git_commit=prov.get("git_commit", ""),
+        device=prov.get("device", ""),
+        torch_version=(prov.get("versions") or {}).get("torch", ""),
+        finished_at=rec.get("finished_at", ""),
+    )
+    return row
+
+
+def collect_rows(sweep: Sweep, status: GridStatus | None = None) -> list[dict]:
+    status = status or sweep.survey()
+    rows = []
+    for cs in status.cells:
+        for seed in sorted(cs.finals):
+            rows.append(record_row(cs.finals[seed]))
+    return rows
+
+
+def export_runs(sweep: Sweep) -> Path:
+    """Rewrite R/E/runs.csv from the storage (under a file lock, so the last writer has the latest
+    view), and restore any record file missing here (runs finished on another machine)."""
+    import fcntl
+
+    out = sweep.out
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RUNS_CSV
+    with open(out / ".runs.csv.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            status = sweep.survey()  # inside the lock: the latest state, whatever the caller saw
+            rows = collect_rows(sweep, status)
+            cols = runs_columns(sweep.data.classes)
+
+            def write(f: Any) -> None:
+                w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+                w.writeheader()
+                for r in rows:
+                    w.writerow({k: _csv_value(v) for k, v in r.items()})
+
+            atomic_write(path, write, mode="w")
+            for cs in status.cells:
+                for rec in cs.finals.values():
+                    p = out / "records" / f"{rec['run_id']}.json"
+                    if not p.exists():
+                        from bench.run import write_record
+
+                        write_record(p, rec)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return path
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    return v
+
+
+def summary_rows(status: GridStatus) -> list[dict]:
+    """One row per cell: what the terminal summary and the live table show."""
+    out = []
+    for cs in status.cells:
+        accs = cs.accuracies
+        n = len(accs)
+        mean = sum(accs) / n if n else None
+        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (n - 1)) if n > 1 else (0.0 if n == 1 else None)
+        out.append(
+            {
+                "cell": cs.cell,
+                "n": n,
+                "mean": mean,
+                "std": std,
+                "best_val": cs.best_value,
+                "trials": f"{min(cs.trials_done, cs.trials_budget)}/{cs.trials_budget}" if cs.trials_budget else "-",
+                "pruned": cs.trials_pruned,
+                "diverged": cs.trials_diverged + len(cs.diverged),
+                "failed": cs.failed,
+                "hparams": cs.best_hparams,
+            }
+        )
+    return out
+
+
+def hparams_brief(hp: dict | None) -> str:
+    if not hp:
+        return ""
+    keys = ("optimizer", "lr", "weight_decay", "label_smoothing", "backbone_lr_mult", "branch_width", "epochs")
+    parts = []
+    for k in keys:
+        if k in hp:
+            v = hp[k]
+            parts.append(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
