@@ -8,6 +8,8 @@ Each entry also declares its own Optuna search space, next to its definition.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -39,6 +41,11 @@ class HParams:
     probe_lr: float = 3e-3
 
     def __post_init__(self) -> None:
+        self._check_types()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{f.name} must be a finite number, got {value}")
         if self.optimizer not in ("sgd", "adamw"):
             raise UserError(f"optimizer '{self.optimizer}' is not one of: sgd, adamw")
         if self.schedule not in ("cosine", "onecycle", "constant"):
@@ -50,6 +57,39 @@ class HParams:
             raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.backbone_lr_mult < 0:
             raise UserError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        for name in ("probe_lr", "probe_epochs", "branch_width"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise UserError(f"momentum must be in [0, 1), got {self.momentum}")
+
+    def _check_types(self) -> None:
+        """Values from --set, TOML or JSON arrive untyped: "abc" for lr, 2.5 for epochs.
+
+        Refuse them as bad input here (instead of a TypeError deep in training), and store
+        ints given for float fields as floats, so `lr=1` and `lr=1.0` are one run id.
+        """
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if kind == "bool":
+                ok = isinstance(value, bool)
+            elif kind == "int":
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                if not ok and isinstance(value, float) and value.is_integer():
+                    ok, value = True, int(value)
+            elif kind == "float":
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+                value = float(value) if ok else value
+            else:
+                ok = isinstance(value, str)
+            if not ok:
+                raise UserError(f"hyperparameter {f.name} must be of type {kind}, got {value!r}")
+            if kind == "int":
+                value = int(value)
+            object.__setattr__(self, f.name, value)
 
     def update(self, **changes: Any) -> HParams:
         known = {f.name for f in fields(self)}
