@@ -60,3 +60,22 @@ def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if proc.returncode != 0:
         pytest.fail(f"{MAKE_CIFAR10} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_net():  # noqa: ANN201 (a factory)
+    """`tiny_net(method, hp=None, seed=0)`: the method's Net on the `tiny` backbone, 10 classes, 32 px.
+
+    The same construction as a run (bench.run.build_model) without a RunConfig, so tests
+    can train it with bench.engine.fit directly. The seed fixes the new layers' init.
+    """
+    from bench.backbones import build_backbone, get_backbone
+    from bench.methods import HParams, build_net
+
+    def make(method: str, hp: HParams | None = None, seed: int = 0):  # noqa: ANN202
+        spec = get_backbone("tiny")
+        torch.manual_seed(seed)
+        feats, head = build_backbone(spec, True)
+        return build_net(method, feats, head, spec.feature_dim, 10, hp or HParams(), spec.mean, spec.std, 32)
+
+    return make

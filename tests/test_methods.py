@@ -18,7 +18,7 @@ from torch import nn
 
 from bench.backbones import build_backbone, get_backbone
 from bench.engine import fit
-from bench.methods import METHODS, SEED_RECIPE, HParams, Net, build_net, method_name
+from bench.methods import METHODS, SEED_RECIPE, HParams, build_net, method_name
 from bench.registry import UserError
 from bench.run import RunConfig, trainable_parameters
 
@@ -48,13 +48,6 @@ HAND_COUNT = {
 }
 
 
-def tiny_net(method: str, hp: HParams | None = None, seed: int = 0, num_classes: int = 10) -> Net:
-    spec = get_backbone("tiny")
-    torch.manual_seed(seed)
-    feats, head = build_backbone(spec, True)
-    return build_net(method, feats, head, spec.feature_dim, num_classes, hp or HParams(), spec.mean, spec.std, 32)
-
-
 @pytest.fixture(scope="module")
 def batch(synthetic_data) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
     """120 training images (12 per class) of the synthetic set."""
@@ -71,7 +64,7 @@ def test_every_method_is_counted_by_hand() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS.names())
-def test_every_method_maps_images_to_class_logits(method: str, batch: tuple) -> None:
+def test_every_method_maps_images_to_class_logits(method: str, batch: tuple, tiny_net) -> None:
     net = tiny_net(method).eval()
     with torch.no_grad():
         out = net(batch[0][:5])
@@ -79,7 +72,7 @@ def test_every_method_maps_images_to_class_logits(method: str, batch: tuple) -> 
 
 
 @pytest.mark.parametrize("method", SFT_VARIANTS)
-def test_sft_starts_exactly_at_the_heads_output(method: str, batch: tuple) -> None:
+def test_sft_starts_exactly_at_the_heads_output(method: str, batch: tuple, tiny_net) -> None:
     """g's last layer is zero, so f + g == f before the first step, bit for bit."""
     net = tiny_net(method).eval()
     x = batch[0]
@@ -91,7 +84,7 @@ def test_sft_starts_exactly_at_the_heads_output(method: str, batch: tuple) -> No
 
 
 @pytest.mark.parametrize("method", SFT_VARIANTS)
-def test_sft_branch_is_trained(method: str, batch: tuple) -> None:
+def test_sft_branch_is_trained(method: str, batch: tuple, tiny_net) -> None:
     net = tiny_net(method)
     hp = HParams(epochs=2, batch_size=32, probe_epochs=1, backbone_lr_mult=0.0)
     fit(net, METHODS.get(method), hp, *batch, seed=0)
@@ -103,7 +96,7 @@ def test_sft_branch_is_trained(method: str, batch: tuple) -> None:
 
 
 @pytest.mark.parametrize("method", sorted(PROBE_METHODS))
-def test_head_starts_as_the_linear_probe_solution(method: str, batch: tuple) -> None:
+def test_head_starts_as_the_linear_probe_solution(method: str, batch: tuple, tiny_net) -> None:
     """The probe phase is a linear probe: the same head a `linear_probe` run with the probe's
     settings reaches. A learning rate of 1e-20 in the main phase leaves the head where the
     probe left it (an AdamW step moves a weight by about lr), so the two heads must agree."""
@@ -134,7 +127,7 @@ def test_head_starts_as_the_linear_probe_solution(method: str, batch: tuple) -> 
 
 
 @pytest.mark.parametrize("method", sorted(set(METHODS.names()) - PROBE_METHODS))
-def test_methods_without_probe_have_no_probe_phase(method: str, batch: tuple) -> None:
+def test_methods_without_probe_have_no_probe_phase(method: str, batch: tuple, tiny_net) -> None:
     result = fit(tiny_net(method), METHODS.get(method), HParams(epochs=1, batch_size=64), *batch, seed=0)
     assert [row["phase"] for row in result.history] == ["train"]
 
@@ -150,7 +143,7 @@ def test_methods_without_probe_have_no_probe_phase(method: str, batch: tuple) ->
     ],
 )
 def test_frozen_backbone_gets_no_gradient_and_keeps_batchnorm_statistics(
-    method: str, changes: dict, feature_cache: str, batch: tuple
+    method: str, changes: dict, feature_cache: str, batch: tuple, tiny_net
 ) -> None:
     hp = HParams(epochs=2, batch_size=32, probe_epochs=1, lr=0.01).update(**changes)
     net = tiny_net(method, hp)
@@ -164,7 +157,7 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_batchnorm_statistics(
     assert any(not torch.equal(v, net.head.state_dict()[k]) for k, v in head_before.items()), "the head was not trained"
 
 
-def test_trained_backbone_does_update_batchnorm_statistics(batch: tuple) -> None:
+def test_trained_backbone_does_update_batchnorm_statistics(batch: tuple, tiny_net) -> None:
     """The control for the test above: the same check sees a backbone that is trained."""
     hp = HParams(epochs=1, batch_size=32, lr=0.01)
     net = tiny_net("finetune", hp)
@@ -176,7 +169,7 @@ def test_trained_backbone_does_update_batchnorm_statistics(batch: tuple) -> None
 
 
 @pytest.mark.parametrize("method, mult", sorted(HAND_COUNT))
-def test_trainable_parameter_counts_match_a_hand_count(method: str, mult: float, batch: tuple) -> None:
+def test_trainable_parameter_counts_match_a_hand_count(method: str, mult: float, batch: tuple, tiny_net) -> None:
     hp = HParams(epochs=1, batch_size=64, probe_epochs=1, backbone_lr_mult=mult)
     net = tiny_net(method, hp)
     cfg = RunConfig("tiny", method, 1.0, 0, hp=hp)
@@ -186,7 +179,7 @@ def test_trainable_parameter_counts_match_a_hand_count(method: str, mult: float,
     assert sum(p.numel() for p in net.parameters() if p.grad is not None) == HAND_COUNT[method, mult]
 
 
-def test_seed_sft_maps_the_pretrained_logits_to_classes_tiny() -> None:
+def test_seed_sft_maps_the_pretrained_logits_to_classes_tiny(tiny_net) -> None:
     spec = get_backbone("tiny")
     _, pretrained_head = build_backbone(spec, True)
     net = tiny_net("seed_sft")
