@@ -114,6 +114,7 @@ def run(
     """Train and evaluate one (backbone, method, fraction, seed) run."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from bench.engine import Diverged
     from bench.methods import method_name
     from bench.run import execute, get_data, make_config, write_record
 
@@ -135,6 +136,11 @@ def run(
         overrides.update(_parse_set(set_))
         dev = _device(device)
         name = method_name(method, branch)
+        from bench.data import check_fraction
+        from bench.methods import METHODS
+
+        METHODS.get(name)  # names and the fraction are checked before the data is read
+        check_fraction(fraction)
         from bench.backbones import get_backbone
 
         bspec = get_backbone(backbone)
@@ -142,7 +148,14 @@ def run(
             ok, why = bspec.available()
             if not ok:
                 raise UserError(f"pretrained weights for backbone '{backbone}' are not available: {why}; or pass --scratch")
-        _check_writable(results_dir if record is None else record.parent)
+        # Every output is checked now, not after the training.
+        for file in (record, save_predictions, save_model):
+            if file is not None and file.is_dir():
+                raise UserError(f"{file} is a folder; give a file path")
+        folders = [results_dir if record is None else record.parent]
+        folders += [file.parent for file in (save_predictions, save_model) if file is not None]
+        for folder in folders:
+            _check_writable(folder)
         data = get_data(data_dir)
         cfg = make_config(
             backbone,
@@ -191,6 +204,8 @@ def run(
             )
         except UserError as exc:
             fail(str(exc))
+        except Diverged as exc:  # a learning rate too high for this run: bad input, not a crash
+            fail(f"training diverged: {exc}; nothing written (lower --lr, or set grad_clip)")
         except KeyboardInterrupt:
             err.print("interrupted; nothing written")
             raise typer.Exit(130) from None
