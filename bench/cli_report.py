@@ -1,9 +1,101 @@
-"""CLI commands for the report verb (registered on cli.app)."""
+"""CLI commands `report` and `compare` (registered on cli.app); the work is in bench/report.py.
+
+python cli.py report --results-dir results --experiment quick
+python cli.py compare results/quick results_gpu/quick --output quick-cpu-vs-gpu.md
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from bench.registry import UserError
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    """One line, no traceback, exit code 2 (the contract for bad input; same as cli.fail)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def report(
+    results_dir: Annotated[Path, typer.Option(help="Folder holding the experiments (or one experiment's folder).")] = Path(
+        "results"
+    ),
+    experiment: Annotated[str | None, typer.Option(help="Experiment name under --results-dir (default: the only one).")] = None,
+    test: Annotated[str, typer.Option(help="ttest (paired t-test) or wilcoxon (signed-rank), over paired seeds.")] = "ttest",
+    alpha: Annotated[float, typer.Option(help="Significance level after Holm's correction.")] = 0.05,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage (journal path or URL); default: config.toml's, else optuna.journal.")
+    ] = None,
+) -> None:
+    """Tables (md, tex, csv), plots (png, pdf), label efficiency and report.html from runs.csv and the Optuna storage."""
+    from bench.report import find_experiment_dir, write_report
+
+    try:
+        exp_dir = find_experiment_dir(results_dir, experiment)
+        res = write_report(exp_dir, test=test, alpha=alpha, storage=storage)
+    except UserError as exc:
+        _fail(str(exc))
+    wtl = res.win_tie_loss
+    if len(wtl):
+        t = Table(title="against finetune (significant after Holm)")
+        for col in ("method", "win", "tie", "loss", "untested"):
+            t.add_column(col, justify="left" if col == "method" else "right")
+        for r in wtl.itertuples(index=False):
+            t.add_row(r.method, str(r.win), str(r.tie), str(r.loss), str(r.untested))
+        console.print(t)
+    for note in res.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    console.print(
+        f"{len(res.files)} files in {res.experiment_dir} (tables/, plots/) in {res.seconds:.1f} s; open {res.html}",
+        highlight=False,
+    )
+
+
+def compare(
+    a: Annotated[str, typer.Argument(help="Experiment A: its folder, or its name under --results-dir.")],
+    b: Annotated[str, typer.Argument(help="Experiment B: its folder, or its name under --results-dir.")],
+    results_dir: Annotated[Path, typer.Option(help="Where experiment names are looked up.")] = Path("results"),
+    experiment: Annotated[str | None, typer.Option(help="When A and B are results folders: the experiment in both.")] = None,
+    test: Annotated[str, typer.Option(help="ttest or wilcoxon (paired over shared seeds).")] = "ttest",
+    alpha: Annotated[float, typer.Option(help="Significance level after Holm's correction.")] = 0.05,
+    output: Annotated[Path | None, typer.Option(help="Markdown file (default: RESULTS_DIR/compare_<A>_vs_<B>.md).")] = None,
+) -> None:
+    """Two experiments side by side: per cell, B − A and whether it is significant."""
+    from bench.report import atomic_write_text, compare, resolve_experiment, slug
+
+    try:
+        pa = resolve_experiment(a, results_dir, experiment)
+        pb = resolve_experiment(b, results_dir, experiment)
+        res = compare(pa, pb, test=test, alpha=alpha)
+        out = output or results_dir / f"compare_{slug(res.label_a)}_vs_{slug(res.label_b)}.md"
+        if out.exists() and out.is_dir():
+            raise UserError(f"--output {out} is a folder; give a file name")
+    except UserError as exc:
+        _fail(str(exc))
+    t = Table(title=f"A = {res.label_a}   B = {res.label_b}")
+    for col in res.HEAD:
+        t.add_column(col, justify="left" if col in ("backbone", "method", "recipe", "test") else "right")
+    for row in res.display_rows():
+        t.add_row(*row)
+    console.print(t)
+    for note in res.notes():
+        console.print(note, highlight=False, soft_wrap=True)
+    try:
+        atomic_write_text(out, res.markdown())
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror or exc}")
+    console.print(f"markdown: {out}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Placeholder until the report issue lands; registers nothing."""
+    app.command("report")(report)
+    app.command("compare")(compare)
