@@ -333,6 +333,7 @@ def fit(
             True,
             result,
             "probe",
+            on_epoch=on_epoch,  # the contract: on_epoch sees "probe" rows too (progress bars, heartbeats)
             epochs=hp.probe_epochs,
         )
 

@@ -197,14 +197,15 @@ def test_evaluation_runs_in_inference_and_eval_mode(synthetic_data, tiny_net) ->
     assert torch.allclose(probs.sum(1), torch.ones(100), atol=1e-5)
 
 
-def test_on_epoch_gets_every_train_epoch_with_validation_accuracy(synthetic_data, tiny_net) -> None:  # noqa: ANN001
+def test_on_epoch_gets_every_epoch_and_validation_accuracy_in_training(synthetic_data, tiny_net) -> None:  # noqa: ANN001
     rows: list[dict] = []
     hp = HParams(epochs=3, batch_size=64, probe_epochs=2)
     x, y = synthetic_data.train_x[:200], synthetic_data.train_y[:200]
     val = (synthetic_data.train_x[200:300], synthetic_data.train_y[200:300])
     result = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, x, y, seed=0, val=val, on_epoch=rows.append)
-    train_rows = [r for r in result.history if r["phase"] == "train"]
-    assert [r for r in rows if r["phase"] == "train"] == train_rows
+    assert rows == result.history, "on_epoch sees every row of the history, probe phase included"
+    assert [r["phase"] for r in rows] == ["probe", "probe", "train", "train", "train"]
+    train_rows = rows[2:]
     assert [r["epoch"] for r in train_rows] == [1, 2, 3] and all(r["epochs"] == 3 for r in train_rows)
     for r in train_rows:
         assert {"loss", "train_accuracy", "val_accuracy"} <= r.keys()
