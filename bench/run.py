@@ -94,10 +94,11 @@ def make_config(
     if recipe == "seed":
         hp = SEED_RECIPE
         # The article feeds 32 px CIFAR images straight into the network.
-        resolution = resolution or 32
+        resolution = 32 if resolution is None else resolution
     else:
         hp = HParams().update(**spec.defaults)
-        resolution = resolution or get_backbone(backbone).input_size
+        # `is None`, not `or`: an explicit 0 is bad input for RunConfig to refuse, not the default
+        resolution = get_backbone(backbone).input_size if resolution is None else resolution
     hp = hp.update(**(overrides or {}))
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"

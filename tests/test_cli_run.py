@@ -161,6 +161,8 @@ BAD = {
     "bad precision": (["--precision", "fp16"], "precision 'fp16'"),
     "bad recipe": (["--recipe", "magic"], "recipe 'magic'"),
     "bad resolution": (["--resolution", "4"], "resolution 4"),
+    "zero resolution": (["--resolution", "0"], "resolution 0"),
+    "zero epochs": (["--epochs", "0"], "epochs must be positive"),
     "bad stage": (["--stage", "test"], "stage 'test'"),
     "bad device": (["--device", "tpu"], "device 'tpu'"),
     "predictions path is a folder": (["--save-predictions", "{tmp}"], "is a folder"),
