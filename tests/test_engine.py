@@ -230,3 +230,21 @@ def test_classification_metrics_by_hand() -> None:
     assert m["per_class_accuracy"] == pytest.approx([0.5, 1.0, 0.0])
     # precision [1/2, 2/3, 0], recall [1/2, 1, 0] -> F1 [1/2, 4/5, 0]
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_seed_recipe_is_the_articles_settings(synthetic_data) -> None:  # noqa: ANN001
+    """batch 100, SGD lr 0.001 momentum 0.9, constant rate, 10 epochs, crop + flip, 32 px,
+    normalisation 0.5 / 0.5 whatever the backbone's own (../shared/docs/methods.md)."""
+    from bench.methods import SEED_RECIPE
+    from bench.run import build_model
+
+    cfg = make_config("efficientnet_lite0", "seed_sft", 0.1, 0, recipe="seed", device=CPU, data=synthetic_data)
+    assert cfg.hp == SEED_RECIPE and cfg.resolution == 32
+    hp = cfg.hp
+    assert (hp.optimizer, hp.lr, hp.momentum, hp.batch_size, hp.epochs, hp.schedule) == ("sgd", 0.001, 0.9, 100, 10, "constant")
+    assert hp.augment and hp.label_smoothing == 0.0 and hp.weight_decay == 0.0
+    tiny = make_config("tiny", "seed_sft", 0.1, 0, recipe="seed", device=CPU, data=synthetic_data)
+    adapter = build_model(tiny, 10).adapter  # tiny's own normalisation is 0.5 / 0.25
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 32, 32)
+    assert torch.allclose(adapter(x)[:, :, 0, 0], torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    assert make_config("tiny", "seed_sft", 0.1, 0, recipe="seed", resolution=64, device=CPU, data=synthetic_data).resolution == 64
