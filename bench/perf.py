@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -67,7 +68,9 @@ COLUMNS = (
     "batch_size",
     "images",
     "seconds",
+    "repeats",
     "images_per_second",
+    "spread",
     "loadavg_1m",
     "note",
 )
@@ -108,9 +111,11 @@ class PerfSettings:
     """How long each measurement runs. `quick` is a smoke run: the ratios are rough."""
 
     batch_size: int = 256
-    steps: int = 12  # timed training steps at most
+    steps: int = 12  # timed training steps at most, per ceiling configuration
     warmup: int = 3
     max_seconds: float = 12.0  # per timed measurement, after warm-up (at least 2 steps)
+    epoch_steps: int = 4  # (b): steps per epoch
+    epochs: int = 3  # (b): timed epochs, after one warm-up epoch
     article_steps: int = 20
     frozen_fraction: float = 0.01
     frozen_epochs: int = 5
@@ -129,9 +134,8 @@ class PerfSettings:
 
     @classmethod
     def quick(cls, **kw: Any) -> PerfSettings:
-        return cls(
-            **{"steps": 3, "warmup": 1, "max_seconds": 3.0, "article_steps": 3, "frozen_epochs": 5, "eval_images": 2048, **kw}
-        )
+        quick = dict(steps=3, warmup=1, max_seconds=3.0, epoch_steps=2, epochs=2, article_steps=3, eval_images=4096)
+        return cls(**{**quick, **kw})
 
 
 # ---------------------------------------------------------------- machine
@@ -178,25 +182,37 @@ def machine(device: torch.device, command: str = "") -> dict:
 # ---------------------------------------------------------------- timing
 
 
-def timed(step: Callable[[], None], device: torch.device, warmup: int, steps: int, max_seconds: float) -> tuple[int, float]:
-    """(timed steps, seconds): `warmup` untimed calls, then up to `steps` calls or `max_seconds`."""
+def timed(step: Callable[[], None], device: torch.device, warmup: int, steps: int, max_seconds: float) -> list[float]:
+    """Seconds of each timed call: `warmup` untimed calls, then up to `steps` calls or `max_seconds`."""
     for _ in range(warmup):
         step()
     _sync(device)
-    t0 = time.perf_counter()
-    done = 0
-    while done < steps:
+    out: list[float] = []
+    while len(out) < steps:
+        t0 = time.perf_counter()
         step()
-        done += 1
-        if done >= 2 and time.perf_counter() - t0 > max_seconds:
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+        if len(out) >= 2 and sum(out) > max_seconds:
             break
-    _sync(device)
-    return done, time.perf_counter() - t0
+    return out
 
 
 def _row(
-    case: PerfCase, weights: str, path: str, precision: str, fmt: str, batch: int, images: int, seconds: float, note: str = ""
+    case: PerfCase,
+    weights: str,
+    path: str,
+    precision: str,
+    fmt: str,
+    batch: int,
+    units: list[tuple[int, float]],
+    note: str = "",
 ) -> dict:
+    """One measurement from its timed units (images, seconds): the rate is the median unit's,
+    which a burst of load from other processes moves less than the mean."""
+    rates = sorted(n / t for n, t in units if t > 0)
+    median = statistics.median(rates) if rates else 0.0
+    seconds = statistics.median(t for _, t in units) if units else 0.0
     return {
         "case": case.name,
         "backbone": case.backbone,
@@ -206,9 +222,11 @@ def _row(
         "precision": precision,
         "memory_format": fmt,
         "batch_size": batch,
-        "images": images,
+        "images": units[0][0] if units else 0,
         "seconds": round(seconds, 4),
-        "images_per_second": round(images / seconds, 2) if seconds > 0 else 0.0,
+        "repeats": len(units),
+        "images_per_second": round(median, 2),
+        "spread": round((rates[-1] - rates[0]) / median, 3) if len(rates) > 1 and median else 0.0,
         "loadavg_1m": loadavg(),
         "note": note,
     }
@@ -276,8 +294,8 @@ class Bench:
                     loss.backward()
                     opt.step()
 
-                n, sec = timed(step, dev, s.warmup, s.steps, s.max_seconds)
-                rows.append(_row(self.case, self.weights, "a_train", precision, fmt, s.batch_size, n * s.batch_size, sec))
+                units = [(s.batch_size, t) for t in timed(step, dev, s.warmup, s.steps, s.max_seconds)]
+                rows.append(_row(self.case, self.weights, "a_train", precision, fmt, s.batch_size, units))
                 del net, opt
                 # forward only, eval mode, the evaluation batch
                 net = self.net(cfg, fmt).eval()
@@ -288,8 +306,8 @@ class Bench:
                     with autocast(dev, p):
                         net.head(net.backbone(xe))
 
-                n, sec = timed(fwd, dev, 1, max(2, s.steps // 3), s.max_seconds)
-                rows.append(_row(self.case, self.weights, "a_forward", precision, fmt, EVAL_BATCH, n * EVAL_BATCH, sec))
+                units = [(EVAL_BATCH, t) for t in timed(fwd, dev, 1, max(2, s.steps // 2), s.max_seconds)]
+                rows.append(_row(self.case, self.weights, "a_forward", precision, fmt, EVAL_BATCH, units))
                 del net
         return rows
 
@@ -309,27 +327,25 @@ class Bench:
             loss.backward()
             opt.step()
 
-        n, sec = timed(step, dev, s.warmup, s.steps, s.max_seconds)
-        return _row(
-            self.case, self.weights, "a_train", "fp32", "contiguous", ARTICLE_BATCH, n * ARTICLE_BATCH, sec, "article config"
-        )
+        units = [(ARTICLE_BATCH, t) for t in timed(step, dev, s.warmup, s.steps, s.max_seconds)]
+        return _row(self.case, self.weights, "a_train", "fp32", "contiguous", ARTICLE_BATCH, units, "article config")
 
     # b: the suite's loop
     def suite(self, precision: str | None = None) -> dict:
         s, dev = self.s, self.device
         precision = precision or self.suite_precision
-        steps = s.steps
-        n = s.batch_size * steps
-        cfg = self.config("finetune", {"batch_size": s.batch_size, "epochs": 2}, precision=precision)
+        n = s.batch_size * s.epoch_steps
+        epochs = 1 + s.epochs
+        cfg = self.config("finetune", {"batch_size": s.batch_size, "epochs": epochs}, precision=precision)
         net = self.net(cfg)
         x = self.data.train_x[:n].to(dev)
         y = self.data.train_y[:n].to(dev)
-        # Epoch 1 warms up (kernel selection); epoch 2 is timed by the engine itself.
+        # Epoch 1 warms up (kernel selection, compilation); the engine times the others itself.
         r = fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision, compile=s.compile)
-        note = "finetune, augmentation on, epoch 2 of 2" + (f", compile={s.compile}" if s.compile else "")
-        return _row(
-            self.case, self.weights, "b_suite_train", precision, "channels_last", s.batch_size, n, r.epoch_seconds[-1], note
-        )
+        note = f"finetune, augmentation on, epochs of {s.epoch_steps} steps after a warm-up epoch"
+        note += f", compile={s.compile}" if s.compile else ""
+        units = [(n, t) for t in r.epoch_seconds[1:]]
+        return _row(self.case, self.weights, "b_suite_train", precision, "channels_last", s.batch_size, units, note)
 
     # c: the article's pipeline
     def article(self) -> dict:
@@ -371,12 +387,10 @@ class Bench:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
         loader = torch.utils.data.DataLoader(ds, batch_size=ARTICLE_BATCH, shuffle=True, num_workers=s.workers)
         running_loss = 0.0
-        t0 = None
-        done = 0
+        times: list[float] = []
+        t0 = time.perf_counter()
+        # A step is timed from the end of the previous one, so waiting for the loader counts.
         for i, (inputs, labels) in enumerate(loader):
-            if i == s.warmup:
-                _sync(dev)
-                t0 = time.perf_counter()
             inputs, labels = inputs.to(dev), labels.to(dev)
             optimizer.zero_grad()
             outputs = model(inputs)
@@ -384,18 +398,17 @@ class Bench:
             loss.backward()
             optimizer.step()
             running_loss += loss.item()
-            if t0 is not None:
-                done += 1
-                if done >= s.article_steps or (done >= 2 and time.perf_counter() - t0 > s.max_seconds):
+            t1 = time.perf_counter()
+            if i >= s.warmup:
+                times.append(t1 - t0)
+                if len(times) >= s.article_steps or (len(times) >= 2 and sum(times) > s.max_seconds):
                     break
-        _sync(dev)
-        sec = time.perf_counter() - t0 if t0 is not None else 0.0
+            t0 = t1
         note = f"PIL transforms, DataLoader(num_workers={s.workers}), SGD, loss.item() per step" + (
             ", Resize on PIL" if resize else ""
         )
-        return _row(
-            self.case, self.weights, "c_article_train", "fp32", "contiguous", ARTICLE_BATCH, done * ARTICLE_BATCH, sec, note
-        )
+        units = [(ARTICLE_BATCH, t) for t in times]
+        return _row(self.case, self.weights, "c_article_train", "fp32", "contiguous", ARTICLE_BATCH, units, note)
 
     # d: frozen-backbone trials
     def frozen(self) -> list[dict]:
@@ -413,38 +426,27 @@ class Bench:
         }
         for method, overrides in trials.items():
             spec = METHODS.get(method)
-            for label, mode, lr_scale in (
-                ("recompute", "off", 1.0),
-                ("cached_cold", "shared", 1.0),
-                ("cached_warm", "shared", 0.5),
-            ):
+            cfg = self.config(method, overrides, stage="trial", fraction=fraction)
+            # label, feature cache, repeats: the warm trials are later trials of the same cell
+            for label, mode, repeats in (("recompute", "off", 1), ("cached_cold", "shared", 1), ("cached_warm", "shared", 3)):
                 if label == "cached_cold":
                     FEATURES.clear()
-                cfg = self.config(method, overrides, stage="trial", fraction=fraction)
-                hp = cfg.hp.update(lr=cfg.hp.lr * lr_scale)  # the warm trial is another trial of the same cell
-                net = self.net(cfg)
-                _sync(dev)
-                t0 = time.perf_counter()
-                r = fit(net, spec, hp, x, y, seed=0, precision=self.suite_precision, val=val, feature_cache=mode)
-                _sync(dev)
-                sec = time.perf_counter() - t0
+                units, hits = [], 0
+                for k in range(repeats):
+                    hp = cfg.hp.update(lr=cfg.hp.lr * 0.5**k)
+                    net = self.net(cfg)
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    r = fit(net, spec, hp, x, y, seed=0, precision=self.suite_precision, val=val, feature_cache=mode)
+                    _sync(dev)
+                    units.append((len(x) * len(r.history), time.perf_counter() - t0))
+                    hits += r.feature_cache_hits
                 epochs = len(r.history)
                 note = f"{method}{' multiplier 0' if method == 'sft' else ''}, {epochs} epochs, {len(x)}+{len(val[0])} images"
-                if mode == "shared":
-                    note += f", cache hits {r.feature_cache_hits}"
-                rows.append(
-                    _row(
-                        self.case,
-                        self.weights,
-                        f"d_{method}_{label}",
-                        self.suite_precision,
-                        "channels_last",
-                        hp.batch_size,
-                        len(x) * epochs,
-                        sec,
-                        note,
-                    )
-                )
+                note += f", cache hits {hits}" if mode == "shared" else ""
+                path = f"d_{method}_{label}"
+                prec = self.suite_precision
+                rows.append(_row(self.case, self.weights, path, prec, "channels_last", hp.batch_size, units, note))
         FEATURES.clear()
         return rows
 
@@ -458,22 +460,16 @@ class Bench:
             ex = ex[: s.eval_images]
         ex = ex.to(dev)
         predict(net, ex[:EVAL_BATCH], self.suite_precision)  # warm-up
-        _sync(dev)
-        t0 = time.perf_counter()
-        predict(net, ex, self.suite_precision)
-        _sync(dev)
-        sec = time.perf_counter() - t0
-        return _row(
-            self.case,
-            self.weights,
-            "e_suite_eval",
-            self.suite_precision,
-            "channels_last",
-            EVAL_BATCH,
-            len(ex),
-            sec,
-            "engine.predict: uint8 -> probabilities",
-        )
+        units = []
+        chunk = 2 * EVAL_BATCH  # every test image once, in chunks timed one by one
+        for i in range(0, len(ex), chunk):
+            _sync(dev)
+            t0 = time.perf_counter()
+            predict(net, ex[i : i + chunk], self.suite_precision)
+            _sync(dev)
+            units.append((len(ex[i : i + chunk]), time.perf_counter() - t0))
+        note = f"engine.predict: uint8 -> probabilities, {len(ex)} test images in chunks of {chunk}"
+        return _row(self.case, self.weights, "e_suite_eval", self.suite_precision, "channels_last", EVAL_BATCH, units, note)
 
 
 def measure_case(

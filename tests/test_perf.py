@@ -99,7 +99,7 @@ def test_summary_ratios_and_targets() -> None:
     case = perf.PerfCase("m", 32)
 
     def row(path: str, ips: float, precision: str = "fp32", fmt: str = "channels_last", note: str = "", sec: float = 1.0) -> dict:
-        return {**perf._row(case, "scratch", path, precision, fmt, 100, int(ips * sec), sec, note), "images_per_second": ips}
+        return {**perf._row(case, "scratch", path, precision, fmt, 100, [(int(ips * sec), sec)], note), "images_per_second": ips}
 
     rows = [
         row("a_train", 1000, "bf16"),
@@ -262,9 +262,10 @@ def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
     )
     case = perf.PerfCase("tiny", 32)
     rows = [
-        {**perf._row(case, "x", "b_suite_train", "fp32", "channels_last", 8, 1000, 1.0), "images_per_second": 1000.0},
-        {**perf._row(case, "x", "e_suite_eval", "fp32", "channels_last", 8, 4000, 1.0), "images_per_second": 4000.0},
+        perf._row(case, "x", "b_suite_train", "fp32", "channels_last", 8, [(1000, 1.0), (900, 1.0), (2000, 1.0)]),
+        perf._row(case, "x", "e_suite_eval", "fp32", "channels_last", 8, [(4000, 1.0)]),
     ]
+    assert rows[0]["images_per_second"] == 1000.0 and rows[0]["repeats"] == 3  # the median unit's rate
     proj = perf.project_grid(grid, rows, pruned_fraction=0.5)
     cells = {(c["backbone"], c["method"]): c for c in proj["cells"]}
     n_train, n_val = 4000, 1000  # 10% of 5000 per class, a fifth of it for validation
