@@ -329,7 +329,7 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
                 raise UserError(f"pretrained weights for backbone '{b}' are not available: {why}")
     check_writable(exp.out_dir)
     warn = check_storage(exp)
-    if warn and parallel > 1:
+    if warn:
         warnings.append(warn)
     if not download:
         key = str(Path(exp.data_dir).resolve())

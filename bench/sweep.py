@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -86,11 +87,42 @@ def open_storage(exp: Experiment) -> optuna.storages.BaseStorage:
     location = storage_location(exp)
     if not is_url(location):
         Path(location).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(location))
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if location.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 60}
-    return optuna.storages.RDBStorage(location, engine_kwargs=kwargs)
+        storage: optuna.storages.BaseStorage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(location)
+        )
+    else:
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if location.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 60}
+        storage = optuna.storages.RDBStorage(location, engine_kwargs=kwargs)
+    return signal_safe(storage)
+
+
+def signal_safe(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """Every storage call finishes before a Ctrl-C or SIGTERM is delivered.
+
+    Why: a KeyboardInterrupt inside the journal file's lock or its replay leaves the lock
+    file behind or the in-memory replay half-applied (measured: a traceback from optuna's
+    lock release instead of a clean exit 130). Storage calls take milliseconds, so holding
+    the signal that long costs nothing.
+    """
+    for name in dir(type(storage)):
+        if name.startswith("_"):
+            continue
+        method = getattr(storage, name, None)
+        if callable(method):
+            setattr(storage, name, _deferring(method))
+    return storage
+
+
+def _deferring(method: Callable) -> Callable:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with signals_deferred():
+            return method(*args, **kwargs)
+
+    call.__name__ = getattr(method, "__name__", "call")
+    call.__doc__ = method.__doc__
+    return call
 
 
 def check_storage(exp: Experiment) -> str | None:
@@ -275,6 +307,28 @@ class Heartbeat:
             self.beat()
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Any:
+    """Hold Ctrl-C and SIGTERM while a few storage writes must land together (a claim and the
+    knowledge of its id; a result, its attributes and its COMPLETE); deliver them right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if got:
+            handler = old[got[0]]
+            if callable(handler):
+                handler(got[0], None)  # default_int_handler raises KeyboardInterrupt; the CLI's SIGTERM handler too
+            elif handler != signal.SIG_IGN:
+                os.kill(os.getpid(), got[0])
+
+
 def new_claim(storage: optuna.storages.BaseStorage, study_id: int, attrs: dict) -> int:
     """A RUNNING trial with owner, heartbeat and `attrs`, created in one write (atomic claim)."""
     now = time.time()
@@ -312,7 +366,8 @@ def recover(storage: optuna.storages.BaseStorage, trials: list[FrozenTrial], sta
         if t.state != TrialState.RUNNING or is_live(t, stale_after, now):
             continue
         if "result_value" in t.user_attrs:  # killed between saving the result and marking it done
-            finish(storage, t._trial_id, TrialState.COMPLETE, value=float(t.user_attrs["result_value"]))
+            reason = f"adopted: worker {t.user_attrs.get('worker', '?')} stopped after saving the result"
+            finish(storage, t._trial_id, TrialState.COMPLETE, reason, value=float(t.user_attrs["result_value"]))
         else:
             who = t.user_attrs.get("worker", "?")
             finish(
@@ -742,9 +797,11 @@ class Sweep:
 
     def _trial(self, item: WorkItem) -> None:
         exp, cell, storage = self.exp, item.cell, self.storage
-        tid = new_claim(storage, item.study_id, {"kind": "trial"})
-        self.heartbeat.attach(tid)
+        tid: int | None = None
         try:
+            with signals_deferred():
+                tid = new_claim(storage, item.study_id, {"kind": "trial"})
+                self.heartbeat.attach(tid)
             # Rank among the trials that count (finished, or running and live): the slot.
             trials = storage.get_all_trials(item.study_id, deepcopy=False)
             now = time.time()
@@ -789,20 +846,20 @@ class Sweep:
                 rec = execute(cfg, self.data, self.device, on_epoch=on_epoch, compile=self.exp.compile)
             except optuna.TrialPruned as exc:
                 self.heartbeat.detach()
-                with contextlib.suppress(UpdateFinishedTrialError):
+                with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
                     trial.set_user_attr("pruned_by", str(exc))
                     study.tell(trial, state=TrialState.PRUNED)
                 self.progress.item_end(item, f"pruned ({exc})")
                 return
             except Diverged as exc:
                 self.heartbeat.detach()
-                with contextlib.suppress(UpdateFinishedTrialError):
+                with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
                     trial.set_user_attr("pruned_reason", f"diverged: {exc}")
                     study.tell(trial, state=TrialState.PRUNED)
                 self.progress.item_end(item, f"pruned: diverged ({exc})")
                 return
             value = rec["val_accuracy"]
-            with contextlib.suppress(UpdateFinishedTrialError):
+            with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
                 trial.set_user_attr("wall_seconds", rec["wall_seconds"])
                 trial.set_user_attr("result_value", value)
                 self.heartbeat.detach()
@@ -812,7 +869,8 @@ class Sweep:
             self.progress.log(f"{item.label}: {exc}; dropped")
         except BaseException as exc:
             self.heartbeat.detach()
-            finish(storage, tid, TrialState.FAIL, _reason(exc))
+            if tid is not None:
+                finish(storage, tid, TrialState.FAIL, _reason(exc))
             raise
         finally:
             self.heartbeat.detach()
@@ -823,9 +881,11 @@ class Sweep:
         storage, cfg = self.storage, item.cfg
         assert cfg is not None
         run_id = cfg.run_id
-        tid = new_claim(storage, item.study_id, {"kind": "final", "run_id": run_id, "seed": item.slot})
-        self.heartbeat.attach(tid)
+        tid: int | None = None
         try:
+            with signals_deferred():
+                tid = new_claim(storage, item.study_id, {"kind": "final", "run_id": run_id, "seed": item.slot})
+                self.heartbeat.attach(tid)
             if not self._won(item.study_id, tid, run_id):
                 finish(storage, tid, TrialState.FAIL, "lost claim: another process runs it")
                 return
@@ -842,7 +902,7 @@ class Sweep:
                 atomic_write(pred_path, lambda f: _gzip_into(tmp, f))
             except Diverged as exc:
                 self.heartbeat.detach()
-                with contextlib.suppress(UpdateFinishedTrialError):
+                with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
                     storage.set_trial_user_attr(tid, "diverged", str(exc))
                     storage.set_trial_state_values(tid, TrialState.FAIL)
                 self.progress.item_end(item, f"diverged ({exc})")
@@ -856,21 +916,23 @@ class Sweep:
             rec["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             from bench.run import write_record
 
-            write_record(self.out / "records" / f"{run_id}.json", rec)
-            self.heartbeat.detach()
-            try:
-                storage.set_trial_user_attr(tid, "record", json.dumps(rec))
-                storage.set_trial_user_attr(tid, "result_value", rec["test_accuracy"])
-                storage.set_trial_state_values(tid, TrialState.COMPLETE, [rec["test_accuracy"]])
-            except UpdateFinishedTrialError:
-                raise LostClaim("another process declared this run stale") from None
-            self.progress.item_end(item, f"test acc {rec['test_accuracy']:.4f}")
-            export_runs(self)
+            with signals_deferred():  # a finished run is never lost to a Ctrl-C here
+                write_record(self.out / "records" / f"{run_id}.json", rec)
+                self.heartbeat.detach()
+                try:
+                    storage.set_trial_user_attr(tid, "record", json.dumps(rec))
+                    storage.set_trial_user_attr(tid, "result_value", rec["test_accuracy"])
+                    storage.set_trial_state_values(tid, TrialState.COMPLETE, [rec["test_accuracy"]])
+                except UpdateFinishedTrialError:
+                    raise LostClaim("another process declared this run stale") from None
+                self.progress.item_end(item, f"test acc {rec['test_accuracy']:.4f}")
+                export_runs(self)
         except LostClaim as exc:
             self.progress.log(f"{item.label}: {exc}; dropped")
         except BaseException as exc:
             self.heartbeat.detach()
-            finish(storage, tid, TrialState.FAIL, _reason(exc))
+            if tid is not None:
+                finish(storage, tid, TrialState.FAIL, _reason(exc))
             raise
         finally:
             self.heartbeat.detach()

@@ -1,0 +1,510 @@
+"""The sweep: grid expansion, validation before training, the search/test wall, paired seeds,
+divergence, resume after SIGKILL and Ctrl-C, and two processes sharing one grid.
+
+Tiny backbone, synthetic data (tests/conftest.py), one torch thread. Subprocess tests run
+`python cli.py sweep` exactly as a user does; in-process ones drive `bench.sweep.Sweep`
+with a recording progress object to see which item read what.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from bench.experiment import Cell, read_toml, resolve
+from bench.registry import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+CPU = torch.device("cpu")
+
+# Small but real: 2 methods x 2 fractions, 3 trials each, 2 seeds; a run takes about a second.
+TINY = """
+backbones = ["tiny"]
+methods = ["finetune", "linear_probe"]
+fractions = [0.1, 0.2]
+seeds = 2
+trials = 3
+max_epochs = 3
+[search]
+startup_trials = 1
+pruner_startup_trials = 1
+"""
+
+
+def write_toml(folder: Path, name: str, text: str = TINY) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def experiment(tmp_path: Path, data_dir: Path, text: str = TINY, name: str = "t"):  # noqa: ANN201
+    raw = read_toml(write_toml(tmp_path / "cfg", name, text))
+    raw.update(data_dir=str(data_dir), results_dir=str(tmp_path / "results"))
+    return resolve(raw)
+
+
+class Recorder:
+    """A Progress that remembers each item with the test-label reads around it."""
+
+    def __init__(self, data) -> None:  # noqa: ANN001
+        self.data = data
+        self.items: list[dict] = []
+
+    def status(self, status) -> None:  # noqa: ANN001
+        pass
+
+    def item_start(self, item) -> None:  # noqa: ANN001
+        self.items.append({"kind": item.kind, "cell": item.cell, "slot": item.slot, "reads_before": self.data.test_reads})
+
+    def epoch(self, row: dict) -> None:
+        pass
+
+    def item_end(self, item, outcome: str) -> None:  # noqa: ANN001
+        self.items[-1]["reads_after"] = self.data.test_reads
+        self.items[-1]["outcome"] = outcome
+
+    def log(self, message: str) -> None:
+        pass
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def journal(results: Path, name: str) -> optuna.storages.BaseStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(results / name / "optuna.journal")))
+
+
+def sweep_cmd(config: Path, data_dir: Path, results: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(REPO / "cli.py"),
+        "sweep",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(data_dir),
+        "--results-dir",
+        str(results),
+        "--quiet",
+        "--threads",
+        "1",
+        "--no-report",
+        *extra,
+    ]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def test_grid_expands_cross_product_include_exclude_and_flags(tmp_path: Path) -> None:
+    from bench.cli_sweep import load
+
+    text = """
+backbones = ["tiny", "efficientnet_lite0"]
+methods = ["finetune", { name = "sft", branch = "mlp" }]
+fractions = [0.1, 1.0]
+seeds = 3
+[[include]]
+methods = ["seed_sft"]
+recipes = ["seed"]
+backbones = ["tiny"]
+[[exclude]]
+backbones = ["efficientnet_lite0"]
+fractions = [1.0]
+"""
+    exp = resolve(read_toml(write_toml(tmp_path, "g", text)))
+    cells = exp.cells()
+    expected = [
+        Cell(b, m, "tuned", f) for b in ("tiny", "efficientnet_lite0") for m in ("finetune", "sft-mlp") for f in (0.1, 1.0)
+    ]
+    expected = [c for c in expected if not (c.backbone == "efficientnet_lite0" and c.fraction == 1.0)]
+    expected += [Cell("tiny", "seed_sft", "seed", f) for f in (0.1, 1.0)]
+    assert cells == expected
+    assert exp.seeds == (0, 1, 2) and exp.data_seed == 0
+    assert cells[0].study_name("g") == "g/tiny/finetune/tuned/0.1"
+    assert cells[0].finals_name("g").startswith("g:final/")  # never under the search studies' prefix
+
+    # Flags replace the top-level lists and narrow the [[include]] blocks to their values.
+    flagged = load(tmp_path / "g.toml", None, methods="finetune", fractions="0.1", seeds="2", trials="5")
+    assert flagged.cells() == [Cell("tiny", "finetune", "tuned", 0.1), Cell("efficientnet_lite0", "finetune", "tuned", 0.1)]
+    assert flagged.seeds == (0, 1) and flagged.trials == 5
+
+    # The written config.toml reads back as the same experiment.
+    import tomllib
+
+    from bench.experiment import to_toml
+
+    assert resolve(tomllib.loads(to_toml(exp))) == exp
+
+
+def test_shipped_experiments_resolve() -> None:
+    from bench.experiment import find_config
+
+    quick = resolve(read_toml(find_config(None, "quick")))
+    default = resolve(read_toml(find_config(None, "default")))
+    paper = resolve(read_toml(find_config(None, "paper")))
+    assert quick.backbones == ("efficientnet_lite0",) and set(quick.fractions) == {0.01, 0.1}
+    assert default.methods == ("finetune", "sft") and default.backbones == ("resnet18", "efficientnet_lite0")
+    assert len(default.seeds) == 3
+    assert {"finetune", "linear_probe", "lp_ft", "seed_sft", "sft", "sft-mlp", "sft-side"} <= set(paper.methods)
+    assert paper.fractions == (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0) and len(paper.seeds) == 5
+    assert any(c.recipe == "seed" and c.method == "seed_sft" for c in paper.cells())
+
+
+# ---------------------------------------------------------------- validation before training
+
+
+@pytest.fixture()
+def unavailable_backbone(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A registered backbone whose pretrained weights cannot be had."""
+    from dataclasses import replace
+
+    from bench.backbones import BACKBONES, tiny
+
+    monkeypatch.setitem(
+        BACKBONES._items, "noweights", lambda: replace(tiny(), name="noweights", available=lambda: (False, "test: no file"))
+    )
+    return "noweights"
+
+
+BAD_INPUTS = [
+    (["--backbones", "tinny"], "did you mean 'tiny'"),
+    (["--methods", "finetune,sfft"], "did you mean 'sft'"),
+    (["--fractions", "0.1,abc"], "'abc' is not a number"),
+    (["--fractions", "0.1,0.1"], "twice"),
+    (["--fractions", "0,0.5"], "outside (0, 1]"),
+    (["--fractions", "1.5"], "outside (0, 1]"),
+    (["--fractions", "0.003"], "at least 2 per class"),
+    (["--seeds", "0"], "--seeds must be positive, got 0"),
+    (["--trials", "0"], "--trials must be positive"),
+    (["--max-epochs", "-2"], "--max-epochs must be positive"),
+    (["--parallel", "0"], "--parallel must be positive"),
+    (["--backbones", "noweights"], "pretrained weights for backbone 'noweights' are not available"),
+    (["--experiment", "quik"], "did you mean 'quick'"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    args: list[str], message: str, tmp_path: Path, synthetic_dir: Path, unavailable_backbone: str
+) -> None:
+    import cli
+
+    config = write_toml(tmp_path / "cfg", "t")
+    results = tmp_path / "results"
+    base = ["sweep", "--data-dir", str(synthetic_dir), "--results-dir", str(results), "--quiet"]
+    if "--experiment" not in args:
+        base += ["--config", str(config)]
+    result = CliRunner().invoke(cli.app, base + args)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert not results.exists()
+
+
+def test_bad_files_and_folders_are_one_line_errors(tmp_path: Path, synthetic_dir: Path) -> None:
+    import cli
+
+    runner = CliRunner()
+    results = tmp_path / "results"
+    good = write_toml(tmp_path / "cfg", "t")
+    cases = [
+        (write_toml(tmp_path / "cfg", "typo", "tirals = 3\n" + TINY), [], "unknown key 'tirals' (did you mean 'trials'?)"),
+        (write_toml(tmp_path / "cfg", "broken", "backbones = [\n"), [], "is not valid TOML"),
+        (
+            write_toml(tmp_path / "cfg", "badspace", TINY + "[space.finetune]\nlr = { low = 0.0, high = 1.0, log = true }\n"),
+            [],
+            "log",
+        ),
+        (tmp_path / "cfg" / "missing.toml", [], "does not exist"),
+        (good, ["--data-dir", str(tmp_path / "nodata"), "--no-download"], "CIFAR-10 is not in"),
+    ]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cases.append((good, ["--results-dir", str(blocker / "results")], "cannot write results"))
+    for config, extra, message in cases:
+        args = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(results), *extra]
+        result = runner.invoke(cli.app, args)
+        assert result.exit_code == 2, (config, result.output)
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+        assert not results.exists() and not (tmp_path / "nodata").exists()
+
+
+def test_settings_changed_under_the_same_name_are_refused(tmp_path: Path, synthetic_dir: Path) -> None:
+    import cli
+
+    config = write_toml(tmp_path / "cfg", "t", TINY.replace("seeds = 2", "seeds = 1").replace("trials = 3", "trials = 1"))
+    base = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r"), "--quiet"]
+    base += ["--methods", "linear_probe", "--fractions", "0.1", "--no-report"]
+    first = CliRunner().invoke(cli.app, base)
+    assert first.exit_code == 0, first.output
+    before = (tmp_path / "r" / "t" / "optuna.journal").read_bytes()
+    again = CliRunner().invoke(cli.app, base + ["--max-epochs", "2"])
+    assert again.exit_code == 2 and "other settings (max_epochs: 3 there, 2 now)" in again.output
+    assert (tmp_path / "r" / "t" / "optuna.journal").read_bytes() == before
+    more = CliRunner().invoke(cli.app, base + ["--trials", "2"])  # a bigger budget extends the search
+    assert more.exit_code == 0, more.output
+
+
+# ---------------------------------------------------------------- one sweep, looked at closely
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path):  # noqa: ANN201
+    """One in-process sweep of TINY, with every item and every label_split call recorded."""
+    import bench.run
+    from bench.run import get_data
+    from bench.sweep import Sweep
+
+    tmp = tmp_path_factory.mktemp("finished")
+    exp = experiment(tmp, synthetic_dir)
+    data = get_data(synthetic_dir)
+    rec = Recorder(data)
+    splits: list[tuple] = []
+    real_split = bench.run.label_split
+
+    def spy(labels, fraction, seed, val_fraction=0.2):  # noqa: ANN001, ANN202
+        split = real_split(labels, fraction, seed, val_fraction)
+        splits.append((rec.items[-1]["kind"], rec.items[-1]["cell"].method, fraction, seed, split.labelled.tolist()))
+        return split
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(bench.run, "label_split", spy)
+    try:
+        sweep = Sweep(exp, data, CPU, progress=rec)
+        status = sweep.run()
+    finally:
+        mp.undo()
+    return exp, data, rec, splits, status, sweep
+
+
+def test_search_never_reads_test_labels(finished) -> None:  # noqa: ANN001
+    exp, data, rec, splits, status, sweep = finished
+    trials = [i for i in rec.items if i["kind"] == "trial"]
+    finals = [i for i in rec.items if i["kind"] == "final"]
+    assert len(trials) == 4 * 3 and len(finals) == 4 * 2
+    assert all(i["reads_after"] == i["reads_before"] for i in trials)
+    assert all(i["reads_after"] == i["reads_before"] + 1 for i in finals)  # once per final run, at its end
+    # Every cell searched completely before its finals; finals used the best trial's hyperparameters.
+    for cs in status.cells:
+        assert cs.trials_done == 3 and cs.best_hparams is not None
+        assert all(r["hparams"][k] == v for r in cs.finals.values() for k, v in cs.best_hparams.items())
+
+
+def test_paired_seeds_draw_identical_subsets_for_every_method(finished) -> None:  # noqa: ANN001
+    exp, data, rec, splits, status, sweep = finished
+    by_key: dict[tuple, dict[str, list]] = {}
+    for kind, method, fraction, seed, labelled in splits:
+        if kind == "final":
+            by_key.setdefault((fraction, seed), {})[method] = labelled
+    assert set(by_key) == {(f, s) for f in exp.fractions for s in exp.seeds}
+    for subsets in by_key.values():
+        assert set(subsets) == {"finetune", "linear_probe"}
+        assert subsets["finetune"] == subsets["linear_probe"]
+    assert by_key[(0.1, 0)]["finetune"] != by_key[(0.1, 1)]["finetune"]  # seeds do differ
+    # The search tunes on the data seed's subset (seed 0), every method alike.
+    assert {(m, s) for kind, m, f, s, _ in splits if kind == "trial"} == {("finetune", 0), ("linear_probe", 0)}
+
+
+def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:  # noqa: ANN001
+    from bench.sweep import Sweep, runs_columns
+
+    exp, data, rec, splits, status, sweep = finished
+    out = exp.out_dir
+    rows = read_rows(out / "runs.csv")
+    assert list(rows[0]) == runs_columns(data.classes)
+    assert len(rows) == 8 and len({r["run_id"] for r in rows}) == 8
+    for r in rows:
+        assert (out / r["predictions"]).is_file() and (out / "records" / f"{r['run_id']}.json").is_file()
+        assert r["study"] == f"t/tiny/{r['method']}/tuned/{float(r['fraction']):g}"
+        assert json.loads(r["hparams"])["epochs"] == 3 and r["hp_epochs"] == "3"
+    import gzip
+
+    with gzip.open(out / rows[0]["predictions"], "rt") as f:
+        head = f.readline().strip().split(",")
+        assert head[:3] == ["index", "label", "prediction"] and len(f.readlines()) == 200
+    storage = journal(Path(exp.results_dir), "t")
+    study = optuna.load_study(study_name="t/tiny/finetune/tuned/0.1", storage=storage)
+    assert study.user_attrs["method"] == "finetune" and study.direction == optuna.study.StudyDirection.MAXIMIZE
+    t0 = study.trials[0]
+    assert t0.intermediate_values and max(t0.intermediate_values) <= 3  # val accuracy per epoch, step = epoch
+
+    again = Recorder(data)
+    Sweep(exp, data, CPU, progress=again).run()
+    assert again.items == []
+    assert read_rows(out / "runs.csv") == rows
+
+
+def test_diverging_trials_are_pruned_with_a_reason_and_the_sweep_goes_on(tmp_path: Path, synthetic_dir: Path) -> None:
+    from bench.run import get_data
+    from bench.sweep import Sweep
+
+    text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]").replace("seeds = 2", "seeds = 1")
+    text += '[space.finetune]\nlr = { choices = [1e9] }\noptimizer = { choices = ["sgd"] }\n'
+    exp = experiment(tmp_path, synthetic_dir, text, name="nan")
+    status = Sweep(exp, get_data(synthetic_dir), CPU).run()
+    ft, lp = status.cells
+    assert ft.cell.method == "finetune" and ft.failed and "diverged" in ft.failed
+    study = optuna.load_study(study_name="nan/tiny/finetune/tuned/0.1", storage=journal(tmp_path / "results", "nan"))
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
+    assert all(
+        t.user_attrs["pruned_reason"].startswith("diverged: ") and "nan" in t.user_attrs["pruned_reason"] for t in study.trials
+    )
+    assert lp.finals_done == 1 and not lp.failed  # the next cell went on
+    rows = read_rows(tmp_path / "results" / "nan" / "runs.csv")
+    assert [r["method"] for r in rows] == ["linear_probe"]
+
+
+# ---------------------------------------------------------------- processes: kill, Ctrl-C, concurrency
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 60.0) -> None:  # noqa: ANN001
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"the sweep ended (code {proc.returncode}) before the point to interrupt it:\n{out}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("timed out waiting for the sweep")
+
+
+def _finals_done(results: Path, name: str) -> int:
+    path = results / name / "runs.csv"
+    return len(read_rows(path)) if path.is_file() else 0
+
+
+def _running_trials(results: Path, name: str) -> int:
+    path = results / name / "optuna.journal"
+    if not path.is_file():
+        return 0
+    storage = journal(results, name)
+    return sum(
+        t.state == TrialState.RUNNING
+        for s in storage.get_all_studies()
+        for t in storage.get_all_trials(s._study_id, deepcopy=False)
+    )
+
+
+def test_killed_and_interrupted_sweeps_resume_to_the_same_rows(tmp_path: Path, synthetic_dir: Path) -> None:
+    config = write_toml(tmp_path / "cfg", "k")
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+
+    ref = subprocess.run(sweep_cmd(config, synthetic_dir, whole), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+
+    # Ctrl-C in the middle of the first cell's search: exit code 130, work so far kept.
+    proc = subprocess.Popen(
+        sweep_cmd(config, synthetic_dir, broken), env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    _wait_for(lambda: _running_trials(broken, "k") > 0, proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+    assert _running_trials(broken, "k") == 0  # the interrupted trial was handed back at once
+
+    # SIGKILL once some final runs are done and something is in progress.
+    proc = subprocess.Popen(
+        sweep_cmd(config, synthetic_dir, broken), env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    _wait_for(lambda: _finals_done(broken, "k") >= 1 and _running_trials(broken, "k") > 0, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert _finals_done(broken, "k") < 8
+
+    done = subprocess.run(
+        sweep_cmd(config, synthetic_dir, broken), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    key = lambda r: (r["method"], r["fraction"], r["seed"], r["run_id"], r["test_accuracy"])  # noqa: E731
+    a, b = read_rows(whole / "k" / "runs.csv"), read_rows(broken / "k" / "runs.csv")
+    assert len(b) == 8 and len({r["run_id"] for r in b}) == 8
+    assert sorted(map(key, a)) == sorted(map(key, b))  # the same searches, hyperparameters and results
+    # Nothing was trained twice to completion, and the killed claim was recovered, not left RUNNING.
+    storage = journal(broken, "k")
+    states = [t for s in storage.get_all_studies() for t in storage.get_all_trials(s._study_id)]
+    assert not any(t.state == TrialState.RUNNING for t in states)
+    reasons = [t.user_attrs.get("fail_reason", "") + t.user_attrs.get("reason", "") for t in states]
+    assert "interrupted" in reasons  # Ctrl-C handed its trial back
+    assert any(r.startswith(("stale: worker", "adopted: worker")) for r in reasons)  # SIGKILL's claim recovered
+    completed = [t.user_attrs["run_id"] for t in states if t.state == TrialState.COMPLETE and t.user_attrs.get("kind") == "final"]
+    assert len(completed) == len(set(completed)) == 8
+
+
+def test_two_processes_share_one_grid_without_duplicates(tmp_path: Path, synthetic_dir: Path) -> None:
+    config = write_toml(tmp_path / "cfg", "c")
+    results = tmp_path / "results"
+    procs = [
+        subprocess.Popen(
+            sweep_cmd(config, synthetic_dir, results),
+            env=ENV,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    rows = read_rows(results / "c" / "runs.csv")
+    assert len(rows) == 8 and len({(r["method"], r["fraction"], r["seed"]) for r in rows}) == 8
+    storage = journal(results, "c")
+    workers = set()
+    for s in storage.get_all_studies():
+        trials = storage.get_all_trials(s._study_id)
+        done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        workers |= {t.user_attrs["worker"] for t in done}
+        if s.user_attrs["kind"] == "search":
+            assert len(done) == 3, s.study_name  # the budget, not twice the budget
+        else:
+            ids = [t.user_attrs["run_id"] for t in done]
+            assert len(ids) == len(set(ids)) == 2, s.study_name  # each final run trained once
+    assert len(workers) == 2  # both processes did part of the work
+
+
+def test_sweep_cli_end_to_end_with_summary(tmp_path: Path, synthetic_dir: Path) -> None:
+    import cli
+
+    text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.2]").replace("trials = 3", "trials = 1")
+    config = write_toml(tmp_path / "cfg", "e", text)
+    args = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r"), "--quiet"]
+    result = CliRunner().invoke(cli.app, args + ["--methods", "linear_probe", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy (%) over seeds" in result.output and "linear_probe" in result.output
+    assert (tmp_path / "r" / "e" / "config.toml").is_file()
+    assert resolve(read_toml(tmp_path / "r" / "e" / "config.toml")).methods == ("linear_probe",)
+    dry = CliRunner().invoke(cli.app, args + ["--dry-run", "--results-dir", str(tmp_path / "dry")])
+    assert dry.exit_code == 0 and "tiny · finetune · tuned · 0.2" in dry.output and not (tmp_path / "dry").exists()
+
+
+def test_user_errors_from_the_library_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="search.min_epochs 9 exceeds max_epochs 3"):
+        resolve(read_toml(write_toml(tmp_path, "m", TINY + "min_epochs = 9\n")))
+    with pytest.raises(UserError, match="hparams.epochs 5 exceeds max_epochs 3"):
+        resolve(read_toml(write_toml(tmp_path, "h", TINY + "[hparams]\nepochs = 5\n")))
