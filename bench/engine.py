@@ -83,9 +83,14 @@ def encode_all(net: Net, x: torch.Tensor, precision: str, batch: int = EVAL_BATC
 
 
 def _fingerprint(h: Any, t: torch.Tensor) -> None:
-    t = t.detach()
+    """Feed a tensor's dtype, shape, layout and bytes to `h`, without copying dense CPU tensors."""
+    t = t.detach().cpu()
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        t = t.permute(0, 2, 3, 1)  # the same memory, now contiguous; the layout is part of the key
+        h.update(b"channels_last")
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    if t.numel():
+        h.update(memoryview(t.contiguous().view(-1).view(torch.uint8).numpy()))
 
 
 class FeatureCache:
@@ -97,7 +102,8 @@ class FeatureCache:
     of what the features depend on (backbone weights and BatchNorm statistics, input
     adapter, precision, device, images), never of names, so a hit returns exactly what
     `encode_all` would: a scratch backbone with another seed, or a backbone that has
-    been trained, is another key. Hashing costs about a millisecond per MB.
+    been trained, is another key. Hashing (SHA-256, accelerated on x86) runs at roughly
+    1 GB/s here: about 50 ms for ResNet-18's weights, once per fit.
     """
 
     def __init__(self, max_mb: float | None = None) -> None:
@@ -109,19 +115,26 @@ class FeatureCache:
         self.misses = 0
 
     @staticmethod
-    def key(net: Net, x: torch.Tensor, precision: str) -> str:
-        h = hashlib.sha1(usedforsecurity=False)
-        h.update(f"{precision}|{x.device}|{type(net.backbone).__name__}|{getattr(net.adapter, 'resolution', '')}".encode())
+    def net_key(net: Net, precision: str) -> str:
+        """What the features depend on besides the images (compute once per fit: it hashes the weights)."""
+        h = hashlib.sha256(usedforsecurity=False)
+        h.update(f"{precision}|{type(net.backbone).__name__}|{getattr(net.adapter, 'resolution', '')}".encode())
         for t in net.backbone.state_dict().values():
             _fingerprint(h, t)
         for t in net.adapter.buffers():
             _fingerprint(h, t)
+        return h.hexdigest()
+
+    @classmethod
+    def key(cls, net: Net, x: torch.Tensor, precision: str, net_key: str | None = None) -> str:
+        h = hashlib.sha256((net_key or cls.net_key(net, precision)).encode(), usedforsecurity=False)
+        h.update(str(x.device).encode())
         _fingerprint(h, x)
         return h.hexdigest()
 
-    def encode(self, net: Net, x: torch.Tensor, precision: str) -> tuple[torch.Tensor, bool]:
+    def encode(self, net: Net, x: torch.Tensor, precision: str, net_key: str | None = None) -> tuple[torch.Tensor, bool]:
         """(features, whether they came from the cache). Callers must not modify them."""
-        k = self.key(net, x, precision)
+        k = self.key(net, x, precision, net_key)
         if k in self._store:
             self._store.move_to_end(k)
             self.hits += 1
@@ -287,9 +300,13 @@ def fit(
     needs_features = spec.probe_init or not train_backbone
     feats = val_feats = None
 
+    net_key: str | None = None
+
     def encode(images: torch.Tensor) -> torch.Tensor:
+        nonlocal net_key
         if feature_cache == "shared":
-            out, hit = FEATURES.encode(net, images, precision)
+            net_key = net_key or FEATURES.net_key(net, precision)  # hash the weights once per fit
+            out, hit = FEATURES.encode(net, images, precision, net_key)
             result.feature_cache_hits += int(hit)
             return out
         return encode_all(net, images, precision)
