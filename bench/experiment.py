@@ -175,8 +175,6 @@ class Experiment:
             "search": asdict(self.search),
             "hparams": self.fixed_hparams(cell.method),
             "space": self.space_for(cell.method),
-            "startup_trials": self.startup_trials(),
-            "pruner_startup_trials": self.pruner_startup_trials(),
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -275,9 +275,13 @@ class Heartbeat:
         self.lost = False
         self.progress = ""
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sweep-heartbeat", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name="sweep-heartbeat", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -302,8 +306,8 @@ class Heartbeat:
             except Exception:  # a flaky database connection: the next beat retries
                 pass
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
             self.beat()
 
 
@@ -718,38 +722,52 @@ class Sweep:
         return {"worker": t.user_attrs.get("worker", "?"), "item": f"{what} · {cell.label}", "progress": hb.get("progress", "")}
 
     def _eta(self, status: GridStatus) -> float | None:
-        """Remaining seconds from measured times: per (backbone, method, kind), seconds per unit of fraction."""
-        rates: dict[tuple, list[float]] = {}
+        """Remaining seconds from the measured times of finished trials and runs (any process's).
+
+        An item is estimated from items of the same backbone, method and kind: the mean at its
+        own fraction when measured, else a line through the measured fractions (time = fixed
+        cost + cost per label fraction), else proportional to the one measured fraction; with
+        nothing measured for its method, from every method's items alike."""
+        samples: dict[tuple, list[tuple[float, float]]] = {}
         for cs in status.cells:
             c = cs.cell
-            for s in cs.trial_seconds:
-                for key in ((c.backbone, c.method, "trial"), ("trial",)):
-                    rates.setdefault(key, []).append(s / c.fraction)
-            for r in cs.finals.values():
-                for key in ((c.backbone, c.method, "final"), ("final",)):
-                    rates.setdefault(key, []).append(r["wall_seconds"] / c.fraction)
-        if ("trial",) in rates and ("final",) not in rates:
-            rates[("final",)] = [x * 1.25 for x in rates[("trial",)]]  # all labels instead of 80%, plus the test set
-        if ("final",) in rates and ("trial",) not in rates:
-            rates[("trial",)] = [x * 0.8 for x in rates[("final",)]]
+            points = [("trial", s) for s in cs.trial_seconds] + [("final", r["wall_seconds"]) for r in cs.finals.values()]
+            for kind, seconds in points:
+                for key in ((c.backbone, c.method, kind), (kind,)):
+                    samples.setdefault(key, []).append((c.fraction, seconds))
 
-        def rate(c: Cell, kind: str) -> float | None:
-            xs = rates.get((c.backbone, c.method, kind)) or rates.get((kind,))
-            return sum(xs) / len(xs) if xs else None
+        def estimate(c: Cell, kind: str) -> float | None:
+            pts = samples.get((c.backbone, c.method, kind)) or samples.get((kind,))
+            scale = 1.0
+            if not pts:  # no final run measured yet: a trial on all labels plus the test set, roughly
+                other = "trial" if kind == "final" else "final"
+                pts = samples.get((c.backbone, c.method, other)) or samples.get((other,))
+                scale = 1.25 if kind == "final" else 0.8
+            if not pts:
+                return None
+            same = [s for f, s in pts if f == c.fraction]
+            if same:
+                return scale * sum(same) / len(same)
+            fs = sorted({f for f, _ in pts})
+            mean_f = sum(f for f, _ in pts) / len(pts)
+            mean_s = sum(s for _, s in pts) / len(pts)
+            if len(fs) >= 2:
+                var = sum((f - mean_f) ** 2 for f, _ in pts)
+                slope = max(0.0, sum((f - mean_f) * (s - mean_s) for f, s in pts) / var)
+                return scale * max(0.0, mean_s + slope * (c.fraction - mean_f))
+            return scale * mean_s * c.fraction / fs[0]
 
         total = 0.0
         for cs in status.cells:
             if cs.done:
                 continue
-            c = cs.cell
-            left_trials = max(0, cs.trials_budget - cs.trials_done)
-            left_finals = cs.finals_total - cs.finals_done
-            for kind, n in (("trial", left_trials), ("final", left_finals)):
+            left = (("trial", max(0, cs.trials_budget - cs.trials_done)), ("final", cs.finals_total - cs.finals_done))
+            for kind, n in left:
                 if n:
-                    r = rate(c, kind)
-                    if r is None:
+                    t = estimate(cs.cell, kind)
+                    if t is None:
                         return None
-                    total += n * r * c.fraction
+                    total += n * t
         workers = max(1, len({r["worker"] for r in status.running}))
         return total / workers
 
@@ -1106,12 +1124,15 @@ def summary_rows(status: GridStatus) -> list[dict]:
 
 
 def hparams_brief(hp: dict | None) -> str:
+    """The searched hyperparameters in a few characters, for tables."""
     if not hp:
         return ""
-    keys = ("optimizer", "lr", "weight_decay", "label_smoothing", "backbone_lr_mult", "branch_width", "epochs")
-    parts = []
-    for k in keys:
+    short = {"lr": "lr", "weight_decay": "wd", "label_smoothing": "ls", "backbone_lr_mult": "mult", "branch_width": "width"}
+    parts = [str(hp["optimizer"])] if "optimizer" in hp else []
+    for k, name in short.items():
         if k in hp:
             v = hp[k]
-            parts.append(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}")
+            parts.append(f"{name} {v:.2g}" if isinstance(v, float) else f"{name} {v}")
+    if "epochs" in hp:
+        parts.append(f"{hp['epochs']} ep")
     return " ".join(parts)

@@ -254,7 +254,8 @@ def test_bad_files_and_folders_are_one_line_errors(tmp_path: Path, synthetic_dir
 def test_settings_changed_under_the_same_name_are_refused(tmp_path: Path, synthetic_dir: Path) -> None:
     import cli
 
-    config = write_toml(tmp_path / "cfg", "t", TINY.replace("seeds = 2", "seeds = 1").replace("trials = 3", "trials = 1"))
+    text = TINY.split("[search]")[0].replace("seeds = 2", "seeds = 1").replace("trials = 3", "trials = 1")
+    config = write_toml(tmp_path / "cfg", "t", text)
     base = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r"), "--quiet"]
     base += ["--methods", "linear_probe", "--fractions", "0.1", "--no-report"]
     first = CliRunner().invoke(cli.app, base)
@@ -263,8 +264,11 @@ def test_settings_changed_under_the_same_name_are_refused(tmp_path: Path, synthe
     again = CliRunner().invoke(cli.app, base + ["--max-epochs", "2"])
     assert again.exit_code == 2 and "other settings (max_epochs: 3 there, 2 now)" in again.output
     assert (tmp_path / "r" / "t" / "optuna.journal").read_bytes() == before
-    more = CliRunner().invoke(cli.app, base + ["--trials", "2"])  # a bigger budget extends the search
+    # A bigger budget (and with it TPE's default random start) extends the search.
+    more = CliRunner().invoke(cli.app, base + ["--trials", "9"])
     assert more.exit_code == 0, more.output
+    study = optuna.load_study(study_name="t/tiny/linear_probe/tuned/0.1", storage=journal(tmp_path / "r", "t"))
+    assert len(study.trials) == 9
 
 
 # ---------------------------------------------------------------- one sweep, looked at closely
@@ -379,7 +383,7 @@ def test_diverging_trials_are_pruned_with_a_reason_and_the_sweep_goes_on(tmp_pat
 # ---------------------------------------------------------------- processes: kill, Ctrl-C, concurrency
 
 
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 60.0) -> None:  # noqa: ANN001
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 180.0) -> None:  # noqa: ANN001
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
@@ -387,26 +391,31 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 60.0) -> None:
         if proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
             pytest.fail(f"the sweep ended (code {proc.returncode}) before the point to interrupt it:\n{out}")
-        time.sleep(0.05)
+        time.sleep(0.1)
     proc.kill()
     pytest.fail("timed out waiting for the sweep")
 
 
-def _finals_done(results: Path, name: str) -> int:
-    path = results / name / "runs.csv"
-    return len(read_rows(path)) if path.is_file() else 0
+class Watch:
+    """Reads a running sweep's journal (incrementally: one JournalStorage, synced on each look)."""
 
+    def __init__(self, results: Path, name: str) -> None:
+        self.results, self.name = results, name
+        self.storage: optuna.storages.BaseStorage | None = None
 
-def _running_trials(results: Path, name: str) -> int:
-    path = results / name / "optuna.journal"
-    if not path.is_file():
-        return 0
-    storage = journal(results, name)
-    return sum(
-        t.state == TrialState.RUNNING
-        for s in storage.get_all_studies()
-        for t in storage.get_all_trials(s._study_id, deepcopy=False)
-    )
+    def finals_done(self) -> int:
+        path = self.results / self.name / "runs.csv"
+        return len(read_rows(path)) if path.is_file() else 0
+
+    def running(self) -> int:
+        if self.storage is None:
+            if not (self.results / self.name / "optuna.journal").is_file():
+                return 0
+            self.storage = journal(self.results, self.name)
+        st = self.storage
+        return sum(
+            t.state == TrialState.RUNNING for s in st.get_all_studies() for t in st.get_all_trials(s._study_id, deepcopy=False)
+        )
 
 
 def test_killed_and_interrupted_sweeps_resume_to_the_same_rows(tmp_path: Path, synthetic_dir: Path) -> None:
@@ -420,22 +429,23 @@ def test_killed_and_interrupted_sweeps_resume_to_the_same_rows(tmp_path: Path, s
     proc = subprocess.Popen(
         sweep_cmd(config, synthetic_dir, broken), env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    _wait_for(lambda: _running_trials(broken, "k") > 0, proc)
+    watch = Watch(broken, "k")
+    _wait_for(lambda: watch.running() > 0, proc)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     assert "interrupted" in out and "Traceback" not in out
-    assert _running_trials(broken, "k") == 0  # the interrupted trial was handed back at once
+    assert watch.running() == 0  # the interrupted trial was handed back at once
 
     # SIGKILL once some final runs are done and something is in progress.
     proc = subprocess.Popen(
         sweep_cmd(config, synthetic_dir, broken), env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    _wait_for(lambda: _finals_done(broken, "k") >= 1 and _running_trials(broken, "k") > 0, proc)
+    _wait_for(lambda: watch.finals_done() >= 1 and watch.running() > 0, proc)
     proc.kill()
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert _finals_done(broken, "k") < 8
+    assert watch.finals_done() < 8
 
     done = subprocess.run(
         sweep_cmd(config, synthetic_dir, broken), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300
@@ -508,3 +518,35 @@ def test_user_errors_from_the_library_are_user_errors(tmp_path: Path) -> None:
         resolve(read_toml(write_toml(tmp_path, "m", TINY + "min_epochs = 9\n")))
     with pytest.raises(UserError, match="hparams.epochs 5 exceeds max_epochs 3"):
         resolve(read_toml(write_toml(tmp_path, "h", TINY + "[hparams]\nepochs = 5\n")))
+
+
+def test_claims_liveness_and_recovery(tmp_path: Path) -> None:
+    """Claims of dead processes on this machine are freed at once; claims from another machine
+    only after `stale_after` without a heartbeat; a finished-but-unmarked result is adopted."""
+    import bench.sweep as S
+
+    storage = S.signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
+    sid = optuna.create_study(study_name="s", storage=storage, direction="maximize")._study_id
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    here_dead = S.new_claim(storage, sid, {"run_id": "a"})
+    storage.set_trial_user_attr(here_dead, "owner", f"{S.HOST}|{S.BOOT_ID}|{dead}|1")
+    far_fresh = S.new_claim(storage, sid, {"run_id": "b", "owner": "elsewhere|boot|1|1"})
+    far_stale = S.new_claim(storage, sid, {"run_id": "c", "owner": "elsewhere|boot|2|1"})
+    storage.set_trial_user_attr(far_stale, "heartbeat", {"time": time.time() - 1000, "progress": ""})
+    adopted = S.new_claim(storage, sid, {"run_id": "d", "owner": "elsewhere|boot|3|1", "result_value": 0.5})
+    storage.set_trial_user_attr(adopted, "heartbeat", {"time": time.time() - 1000, "progress": ""})
+    mine = S.new_claim(storage, sid, {"run_id": "e"})
+
+    assert S.recover(storage, storage.get_all_trials(sid), stale_after=180)
+    state = {t._trial_id: t for t in storage.get_all_trials(sid)}
+    assert state[here_dead].state == TrialState.FAIL and state[here_dead].user_attrs["fail_reason"].startswith("stale")
+    assert state[far_fresh].state == TrialState.RUNNING  # another machine, heartbeat fresh: still its
+    assert state[far_stale].state == TrialState.FAIL
+    assert state[adopted].state == TrialState.COMPLETE and state[adopted].value == 0.5
+    assert state[mine].state == TrialState.RUNNING  # this process is alive
+
+    # A heartbeat on a trial someone else finished tells the worker it lost the claim.
+    hb = S.Heartbeat(storage, interval=3600)
+    hb.attach(far_stale)
+    hb.beat()
+    assert hb.lost
