@@ -28,7 +28,9 @@ import math
 import os
 import re
 import subprocess
+import textwrap
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -55,7 +57,7 @@ METHOD_ORDER = ("finetune", "linear_probe", "lp_ft", "seed_sft", "sft", "sft-mlp
 RECIPE_ORDER = ("tuned", "seed")
 UP, DOWN = "↑", "↓"
 EFFICIENCY_LEVELS = (0.90, 0.95)
-SFT_FAMILY = ("sft", "sft-mlp", "sft-side")
+PNG_DPI = 110
 
 
 # ---------------------------------------------------------------- small helpers
@@ -282,8 +284,6 @@ def _test_pairs(x: np.ndarray, y: np.ndarray, test: str) -> tuple[float, float, 
 
     if len(x) < 2:
         return math.nan, math.nan, f"{len(x)} paired seed(s); a test needs at least 2"
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -810,10 +810,15 @@ def _render(fig: Any, name: str, title: str, caption: str) -> Figure:
     format); a seaborn grid lays itself out, keeping its legend outside the panels."""
     import matplotlib.pyplot as plt
 
+    figure = getattr(fig, "figure", fig)
+    figure.set_dpi(PNG_DPI)  # lay out at the PNG's resolution, so text metrics are measured once for both
     fig.tight_layout()
-    fig = getattr(fig, "figure", fig)
+    # tight_layout leaves a placeholder layout engine behind, which makes every savefig draw the figure
+    # twice; the layout is done, so drop it.
+    figure.set_layout_engine(None)
+    fig = figure
     png, pdf = io.BytesIO(), io.BytesIO()
-    fig.savefig(png, format="png", dpi=110)
+    fig.savefig(png, format="png", dpi=PNG_DPI)
     fig.savefig(pdf, format="pdf", metadata={"CreationDate": None})
     plt.close(fig)
     return Figure(name, title, caption, png.getvalue(), pdf.getvalue())
@@ -987,15 +992,19 @@ def make_plots(
                     ai.text(0.5, 0.5, f"fewer than 2 complete trials ({len(done)})", ha="center", va="center", fontsize=7)
                     notes.append(f"Study {s.name}: fewer than 2 complete trials ({len(done)}), so no importances.")
                     continue
-                try:
-                    imp = optuna.importance.get_param_importances(s.study)
-                except Exception as exc:  # an evaluator that cannot fit this study is a note, not a failed report
-                    imp, why = {}, f"{type(exc).__name__}: {exc}"
-                else:
-                    why = "no searched parameter varies"
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    try:
+                        imp = optuna.importance.get_param_importances(s.study)
+                    except Exception as exc:  # an evaluator that cannot fit this study is a note, not a failed report
+                        imp, why = {}, f"{type(exc).__name__}: {exc}"
+                    else:
+                        why = "no searched parameter varies"
+                if caught and imp:  # e.g. PED-ANOVA: "quantiles select the same set of trials ... will be equal"
+                    imp, why = {}, f"Optuna: {str(caught[0].message).split('. ')[0]}"
                 if not imp:
                     ai.set_axis_off()
-                    ai.text(0.5, 0.5, f"no importances\n({why})", ha="center", va="center", fontsize=7, wrap=True)
+                    ai.text(0.5, 0.5, "no importances:\n" + textwrap.fill(why, 40), ha="center", va="center", fontsize=6)
                     notes.append(f"Study {s.name}: no hyperparameter importances ({why}).")
                     continue
                 names = list(imp)[::-1]
@@ -1291,6 +1300,9 @@ class ReportResult:
     seconds: float
     removed: list[Path] = field(default_factory=list)
 
+    def __str__(self) -> str:  # what the sweep prints after "report:"
+        return f"{self.html} ({len(self.files)} files in {self.seconds:.1f} s)"
+
 
 def _check_args(test: str, alpha: float) -> None:
     if test not in TESTS:
@@ -1451,8 +1463,6 @@ def compare(a: Path, b: Path, *, test: str = "ttest", alpha: float = 0.05) -> Co
     if not common:
         raise UserError(f"{a} and {b} share no (backbone, recipe, method, fraction) cell; nothing to compare")
     rows = []
-    import warnings
-
     for k in common:
         xa, xb = acc_a[k], acc_b[k]
         seeds = sorted(set(xa.index) & set(xb.index))
