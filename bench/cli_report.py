@@ -67,7 +67,9 @@ def compare(
     experiment: Annotated[str | None, typer.Option(help="When A and B are results folders: the experiment in both.")] = None,
     test: Annotated[str, typer.Option(help="ttest or wilcoxon (paired over shared seeds).")] = "ttest",
     alpha: Annotated[float, typer.Option(help="Significance level after Holm's correction.")] = 0.05,
-    output: Annotated[Path | None, typer.Option(help="Markdown file (default: RESULTS_DIR/compare_<A>_vs_<B>.md).")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Markdown file (default: compare_<A>_vs_<B>.md beside experiment A's folder).")
+    ] = None,
 ) -> None:
     """Two experiments side by side: per cell, B − A and whether it is significant."""
     from bench.report import atomic_write_text, compare, resolve_experiment, slug
@@ -76,23 +78,24 @@ def compare(
         pa = resolve_experiment(a, results_dir, experiment)
         pb = resolve_experiment(b, results_dir, experiment)
         res = compare(pa, pb, test=test, alpha=alpha)
-        out = output or results_dir / f"compare_{slug(res.label_a)}_vs_{slug(res.label_b)}.md"
+        out = output or pa.parent / f"compare_{slug(res.label_a)}_vs_{slug(res.label_b)}.md"
         if out.exists() and out.is_dir():
             raise UserError(f"--output {out} is a folder; give a file name")
     except UserError as exc:
         _fail(str(exc))
-    t = Table(title=f"A = {res.label_a}   B = {res.label_b}")
-    for col in res.HEAD:
-        t.add_column(col, justify="left" if col in ("backbone", "method", "recipe", "test") else "right")
-    for row in res.display_rows():
-        t.add_row(*row)
-    console.print(t)
-    for note in res.notes():
-        console.print(note, highlight=False, soft_wrap=True)
-    try:
+    try:  # the file first: a reader piping the table into `head` still gets it
         atomic_write_text(out, res.markdown())
     except OSError as exc:
         _fail(f"cannot write {out}: {exc.strerror or exc}")
+    t = Table(title=f"A = {res.label_a}   B = {res.label_b}")
+    for col in res.HEAD:
+        t.add_column(col, justify="left" if col in ("backbone", "method", "recipe", "test") else "right", no_wrap=True)
+    for row in res.display_rows():
+        t.add_row(*row)
+    # Piped or redirected output is not squeezed to 80 columns.
+    (console if console.is_terminal else Console(width=200)).print(t)
+    for note in res.notes():
+        console.print(note, highlight=False, soft_wrap=True)
     console.print(f"markdown: {out}", highlight=False)
 
 

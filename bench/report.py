@@ -1469,7 +1469,7 @@ def compare(a: Path, b: Path, *, test: str = "ttest", alpha: float = 0.05) -> Co
         stat, p, kind = math.nan, math.nan, "none"
         if len(seeds) >= 2:
             stat, p, _ = _test_pairs(xb.loc[seeds].to_numpy(float), xa.loc[seeds].to_numpy(float), test)
-            kind = f"paired ({len(seeds)})"
+            kind = f"paired ({len(seeds)})" + (", undefined: all differences equal" if math.isnan(p) else "")
         elif len(xa) >= 2 and len(xb) >= 2:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -611,3 +611,13 @@ def test_compare_two_experiments(tmp_path: Path) -> None:
     assert "B − A" in r.stdout and "| tiny | sft | tuned | 1% |" in md and "Only in A (1): tiny/sft-mlp/tuned@10%" in md
     sft1 = fr.loc[("tiny", "sft", "tuned", 0.01)]
     assert f"{100 * sft1['diff']:+.2f} ↑" in md
+    # A and B as folders, as names, or as results folders holding the same experiment
+    results = tmp_path / "results"
+    assert R.resolve_experiment(str(a), tmp_path / "elsewhere") == a
+    assert R.resolve_experiment("b", results) == results / "b"
+    (tmp_path / "other" / "a").mkdir(parents=True)
+    shutil.copy(b / "runs.csv", tmp_path / "other" / "a" / "runs.csv")
+    assert R.resolve_experiment(str(tmp_path / "other"), results, "a") == tmp_path / "other" / "a"
+    assert R.resolve_experiment(str(tmp_path / "other"), results) == tmp_path / "other" / "a"  # its only experiment
+    with pytest.raises(UserError, match="did you mean 'a'"):
+        R.resolve_experiment("aa", results)
