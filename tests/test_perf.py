@@ -279,3 +279,47 @@ def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
     assert proj["missing"] == ["resnet18@32"] and cells[("resnet18", "finetune")]["hours"] is None
     text = perf.projection_markdown(proj)
     assert "not measured" in text and "resnet18 @ 32" in text
+
+
+# ---------------------------------------------------------------- faster hot-path ops are the same arithmetic
+
+
+def _reference_augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """The first implementation (one index per pixel), kept as the reference."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+    out = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def test_augment_equals_the_per_pixel_reference() -> None:
+    from bench.data import augment
+
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    for seed in range(3):
+        got = augment(x, torch.Generator().manual_seed(seed))
+        assert torch.equal(got, _reference_augment(x, torch.Generator().manual_seed(seed)))
+        assert got.shape == x.shape and got.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("resolution", [32, 48])
+def test_input_adapter_equals_the_plain_arithmetic(resolution: int) -> None:
+    from bench.methods import InputAdapter
+
+    ad = InputAdapter((0.4, 0.5, 0.6), (0.2, 0.25, 0.3), resolution)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    ref = x.float()
+    if resolution != 32:
+        ref = torch.nn.functional.interpolate(ref, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    ref = ref * ad.scale - ad.shift
+    got = ad(x)
+    assert torch.equal(got, ref) and got.is_contiguous(memory_format=torch.channels_last)
+    f = x.float().contiguous(memory_format=torch.channels_last)
+    before = f.clone()
+    ad(f)
+    assert torch.equal(f, before)  # a float input of the caller is never modified in place
