@@ -110,7 +110,7 @@ def perf(
         # Report-only modes: nothing is measured.
         if throughputs is not None or (sweep is not None and project is None):
             rows = P.read_rows(throughputs) if throughputs is not None else []
-            console.print(_reports(P, rows, sweep, project), highlight=False, markup=False)
+            typer.echo(_reports(P, rows, sweep, project))
             return
         selected = P.parse_cases(cases)
         kw = dict(batch_size=batch_size, precision=precision, compile=compile, workers=workers)

@@ -703,8 +703,8 @@ def sweep_cost(folder: Path) -> dict:
     runs. The fraction pruned counts every finished trial of every study in the journal.
     """
     folder = Path(folder)
-    out: dict[str, Any] = {"folder": str(folder), "trials": 0, "states": {}, "studies": 0}
-    starts, ends, trial_seconds = [], [], []
+    out: dict[str, Any] = {"folder": str(folder), "trials": 0, "states": {}, "studies": 0, "final_trials": 0}
+    starts, ends, trial_seconds, final_seconds = [], [], [], []
     journal = folder / "optuna.journal"
     if journal.is_file():
         import optuna
@@ -712,20 +712,27 @@ def sweep_cost(folder: Path) -> dict:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
         studies = storage.get_all_studies()
-        out["studies"] = len(studies)
         for st in studies:
+            # The sweep records its final runs in studies named "<experiment>:final/...": not search trials.
+            final = ":final/" in st.study_name
+            out["studies"] += 0 if final else 1
             for t in storage.get_all_trials(st._study_id, deepcopy=False):
-                out["trials"] += 1
-                out["states"][t.state.name] = out["states"].get(t.state.name, 0) + 1
+                if final:
+                    out["final_trials"] += 1
+                else:
+                    out["trials"] += 1
+                    out["states"][t.state.name] = out["states"].get(t.state.name, 0) + 1
                 if t.datetime_start:
                     starts.append(t.datetime_start.astimezone(timezone.utc))
                 if t.datetime_complete:
                     ends.append(t.datetime_complete.astimezone(timezone.utc))
                     if t.datetime_start:
-                        trial_seconds.append((t.datetime_complete - t.datetime_start).total_seconds())
+                        seconds = (t.datetime_complete - t.datetime_start).total_seconds()
+                        (final_seconds if final else trial_seconds).append(seconds)
     finished = sum(out["states"].get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
     out["pruned_fraction"] = out["states"].get("PRUNED", 0) / finished if finished else None
     out["trial_seconds"] = sum(trial_seconds)
+    out["final_trial_seconds"] = sum(final_seconds)
     runs = folder / "runs.csv"
     out["final_runs"] = 0
     out["final_run_seconds"] = 0.0
@@ -758,7 +765,8 @@ def sweep_markdown(cost: dict) -> str:
         f"| studies (cells searched) | {cost['studies']} |",
         f"| trials | {cost['trials']} ({states}) |",
         f"| fraction of finished trials pruned | {'n/a' if pruned is None else f'{pruned:.1%}'} |",
-        f"| trial time, summed | {cost['trial_seconds'] / 60:.1f} min |",
+        f"| search trial time, summed | {cost['trial_seconds'] / 60:.1f} min |",
+        f"| final runs recorded in the journal | {cost['final_trials']}, {cost['final_trial_seconds'] / 60:.1f} min summed |",
         f"| final runs (runs.csv) | {cost['final_runs']}, {cost['final_run_seconds'] / 60:.1f} min summed |",
         f"| from | {cost['first_start']} to {cost['last_end']} |",
     ]
@@ -802,7 +810,8 @@ def grid_runs(path: Path) -> tuple[list[GridRun], float]:
     out = []
     for cell in exp.cells():
         seed = cell.recipe == "seed"
-        res = exp.resolution_for(cell.backbone) or (32 if seed else get_backbone(cell.backbone).input_size)
+        # The sweep runs the article's recipe at its 32 px, whatever the grid's resolution.
+        res = 32 if seed else (exp.resolution_for(cell.backbone) or get_backbone(cell.backbone).input_size)
         epochs = SEED_RECIPE.epochs if seed else exp.max_epochs
         if exp.search.epochs and not seed:
             epochs = (exp.min_epochs() + exp.max_epochs) / 2  # searched uniformly between the two
@@ -862,10 +871,10 @@ def project_grid(path: Path, rows: list[dict], pruned_fraction: float | None = N
                 "hours": hours,
             }
         )
-    trials = sorted({g.trials for g in runs})
+    tuned = [g for g in runs if g.trials]
     notes = [
-        f"grid {path}: {len(runs)} cells, {'/'.join(map(str, trials))} trial(s) per cell, "
-        f"{runs[0].final_runs if runs else 0} final run(s) per cell",
+        f"grid {path}: {len(runs)} cells ({len(tuned)} tuned with {tuned[0].trials if tuned else 0} trials each, "
+        f"{len(runs) - len(tuned)} with the article's fixed recipe), {runs[0].final_runs if runs else 0} final run(s) per cell",
         "epochs: the grid's max_epochs for tuned runs (the mean of min and max when epochs are searched), 10 for the seed recipe",
         "frozen-backbone trials (linear_probe; sft with multiplier 0: a quarter of sft trials if Optuna samples its four "
         "values evenly) cost one feature pass per cell, thanks to the shared feature cache; head training time is ignored",
@@ -878,7 +887,12 @@ def project_grid(path: Path, rows: list[dict], pruned_fraction: float | None = N
     return {"cells": cells, "notes": notes, "hours": total, "missing": missing}
 
 
-def projection_markdown(proj: dict) -> str:
+ASSUMED_GPU_RATES = (2_000, 5_000, 10_000)  # training images/s, for scale only: not measured
+
+
+def projection_markdown(proj: dict, assumed_rates: tuple[int, ...] = ASSUMED_GPU_RATES) -> str:
+    """Per backbone and resolution: images to process, hours at the measured rates, and hours at
+    a few assumed one-GPU rates (labelled as assumptions) so the scale is visible before a GPU run."""
     by: dict[tuple, dict] = {}
     for c in proj["cells"]:
         k = (c["backbone"], c["resolution"])
@@ -887,20 +901,37 @@ def projection_markdown(proj: dict) -> str:
         agg["train_images"] += c["train_images"]
         agg["eval_images"] += c["eval_images"]
         agg["hours"] = None if c["hours"] is None or agg["hours"] is None else agg["hours"] + c["hours"]
+
+    def assumed(train: float, evals: float, rate: float) -> float:
+        return (train / rate + evals / (3 * rate)) / 3600  # forward only: about a third of a training step
+
+    rate_cols = " | ".join(f"h at {r / 1000:g}k img/s (assumed)" for r in assumed_rates)
     lines = [
         "## Projected cost of the grid",
         "",
-        "| backbone @ px | cells | training images (M) | evaluation images (M) | measured train img/s | hours at that rate |",
-        "|---|---|---|---|---|---|",
+        "| backbone @ px | cells | training images (M) | evaluation images (M) | measured train img/s | hours measured | "
+        f"{rate_cols} |",
+        "|---|---|---|---|---|---|" + "---|" * len(assumed_rates),
     ]
     for (b, res), a in by.items():
         hours = "not measured" if a["hours"] is None else f"{a['hours']:.1f}"
         ips = "not measured" if not a["ips"] else f"{a['ips']:.0f}"
         millions = f"{a['train_images'] / 1e6:.1f} | {a['eval_images'] / 1e6:.2f}"
-        lines.append(f"| {b} @ {res} | {a['cells']} | {millions} | {ips} | {hours} |")
+        extra = " | ".join(f"{assumed(a['train_images'], a['eval_images'], r):.1f}" for r in assumed_rates)
+        lines.append(f"| {b} @ {res} | {a['cells']} | {millions} | {ips} | {hours} | {extra} |")
     total_train = sum(a["train_images"] for a in by.values())
-    lines += ["", f"Total: {total_train / 1e6:.1f} M training images; {proj['hours']:.1f} h at the measured rates."]
+    total_eval = sum(a["eval_images"] for a in by.values())
+    extra = ", ".join(f"{assumed(total_train, total_eval, r):.0f} h at {r / 1000:g}k" for r in assumed_rates)
+    lines += [
+        "",
+        f"Total: {total_train / 1e6:.1f} M training images and {total_eval / 1e6:.1f} M evaluated; "
+        f"{proj['hours']:.1f} h at the measured rates (measured cases only); {extra} images/s (assumed rates).",
+    ]
     if proj["missing"]:
-        lines.append(f"Not measured (run `perf --cases` with them): {', '.join(proj['missing'])}.")
+        lines.append(f"Not measured on this device (add them with `perf --cases`): {', '.join(proj['missing'])}.")
     lines += ["", "Assumptions:", *[f"- {n}" for n in proj["notes"]]]
+    lines.append(
+        f"- the assumed rates ({', '.join(f'{r:,}' for r in assumed_rates)} training images/s, evaluation 3x faster) are "
+        "not measurements: they only show the scale until `perf --device cuda` measures the GPU"
+    )
     return "\n".join(lines)

@@ -242,6 +242,8 @@ def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, 0.5)
+    finals = optuna.create_study(study_name="q:final/tiny/sft/tuned/0.1", storage=storage, direction="maximize")
+    finals.tell(finals.ask(), 0.7)  # the sweep's record of a final run: not a search trial
     end = datetime.now(timezone.utc) + timedelta(seconds=90)
     with open(tmp_path / "runs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["run_id", "wall_seconds", "finished_at"])
@@ -249,7 +251,7 @@ def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
         w.writerow({"run_id": "a", "wall_seconds": 30.0, "finished_at": end.isoformat()})
     cost = perf.sweep_cost(tmp_path)
     assert cost["trials"] == 4 and cost["states"] == {"COMPLETE": 2, "PRUNED": 2}
-    assert cost["pruned_fraction"] == 0.5 and cost["final_runs"] == 1
+    assert cost["pruned_fraction"] == 0.5 and cost["final_runs"] == 1 and cost["final_trials"] == 1 and cost["studies"] == 1
     assert 85 <= cost["wall_seconds"] <= 200
     assert "50.0%" in perf.sweep_markdown(cost)
 
