@@ -84,10 +84,10 @@ def summary_table(status: Any, title: str, limit: int | None = None) -> Table:
         ("recipe", "left"),
         ("fraction", "right"),
         ("n", "right"),
-        ("test acc (mean ± std)", "right"),
+        ("test acc % (mean ± sd)", "right"),
         ("best val", "right"),
         ("trials", "right"),
-        ("pruned / diverged", "right"),
+        ("pruned/diverged", "right"),
         ("hyperparameters", "left"),
     ):
         table.add_column(col, justify=just, overflow="fold")

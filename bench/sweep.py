@@ -195,8 +195,10 @@ def check_settings(exp: Experiment, storage: optuna.storages.BaseStorage) -> Non
         if s is None or "settings" not in s.user_attrs:
             continue
         old, new = s.user_attrs["settings"], json.loads(json.dumps(exp.search_settings(cell)))
-        if old != new:
-            key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+        # Keys known to both sides only: a study written by an older version of the suite stays usable.
+        differ = [k for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+        if differ:
+            key = differ[0]
             raise UserError(
                 f"experiment '{exp.name}' already has a search for {cell.label} with other settings "
                 f"({key}: {json.dumps(old.get(key))} there, {json.dumps(new.get(key))} now); "
