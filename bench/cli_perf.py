@@ -107,6 +107,8 @@ def perf(
         if sweep is not None and not sweep.is_dir():
             raise UserError(f"sweep folder {sweep} does not exist (run `python cli.py sweep --config ...` first)")
         P.check_writable(out)
+        if project is not None:
+            P.grid_runs(project)  # a bad grid fails now, not after minutes of measuring
         # Report-only modes: nothing is measured.
         if throughputs is not None or (sweep is not None and project is None):
             rows = P.read_rows(throughputs) if throughputs is not None else []

@@ -85,10 +85,15 @@ def test_perf_cli_writes_tables(syn: Path, tmp_path: Path) -> None:
         (["--cases", "resnet81@32"], "resnet18"),
         (["--precision", "fp16"], "precision 'fp16'"),
         (["--project", "no/such.toml"], "does not exist"),
+        (["--sweep", "no/such/folder"], "does not exist"),
+        (["--cases", "tiny@32", "--project", "BAD_GRID"], "unknown backbone 'resnet81'"),
     ],
 )
 def test_perf_bad_input_is_one_line_and_writes_nothing(syn: Path, tmp_path: Path, args: list[str], message: str) -> None:
     out = tmp_path / "perf"
+    grid = tmp_path / "bad.toml"
+    grid.write_text('backbones = ["resnet81"]\nmethods = ["finetune"]\nfractions = [0.1]\n')
+    args = [str(grid) if a == "BAD_GRID" else a for a in args]
     res = CliRunner().invoke(_app(), ["perf", "--data-dir", str(syn), "--out", str(out), *args])
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
