@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bench.registry import UserError
+from bench.registry import UserError, check_writable
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Benchmark supervised fine-tuning (SFT) against fine-tuning with few labels."
@@ -155,7 +155,7 @@ def run(
         folders = [results_dir if record is None else record.parent]
         folders += [file.parent for file in (save_predictions, save_model) if file is not None]
         for folder in folders:
-            _check_writable(folder)
+            check_writable(folder)
         data = get_data(data_dir)
         cfg = make_config(
             backbone,
@@ -230,17 +230,6 @@ def _device(name: str) -> object:
     from bench.provenance import resolve_device
 
     return resolve_device(name)
-
-
-def _check_writable(folder: Path) -> None:
-    folder = Path(folder)
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    import os
-
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"cannot write to {folder}: {probe} is not a writable folder; choose another --results-dir")
 
 
 # The other verbs live beside their library code; each module adds its commands to `app`.

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import tomllib
 
 from bench.registry import UserError, did_you_mean
+from bench.registry import check_writable as registry_check_writable
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 RECIPES = ("tuned", "seed")
@@ -594,10 +594,5 @@ def _toml_key(k: str) -> str:
 
 
 def check_writable(folder: Path) -> None:
-    """The nearest existing ancestor must be a writable folder (nothing is created here)."""
-    folder = Path(folder)
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"cannot write results to {folder}: {probe} is not a writable folder; choose another --results-dir")
+    """The results folder (or the storage file's folder) must be writable before anything runs."""
+    registry_check_writable(folder, what="results ")

@@ -48,6 +48,7 @@ from bench.engine import FEATURES, _optimizer, _sync, autocast, eval_batch, fit,
 from bench.methods import METHODS, HParams
 from bench.provenance import cpu_model, git_commit, provenance
 from bench.registry import UserError
+from bench.registry import check_writable as registry_check_writable
 from bench.run import atomic_write, build_model, make_config
 
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -661,11 +662,7 @@ def write_outputs(out: Path, info: dict, rows: list[dict], summary: list[dict], 
 
 
 def check_writable(folder: Path) -> None:
-    probe = Path(folder)
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"cannot write to {folder}: {probe} is not a writable folder; choose another --out")
+    registry_check_writable(folder, option="--out")
 
 
 def read_rows(path: Path) -> list[dict]:

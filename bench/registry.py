@@ -7,7 +7,9 @@ read the same keys, so a new plug-in is one decorated function and nothing else.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -20,6 +22,17 @@ class UserError(ValueError):
 def did_you_mean(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_writable(folder: str | Path, option: str = "--results-dir", what: str = "") -> None:
+    """Fail before any work if `folder` could not be written: its nearest existing ancestor must be a
+    writable folder. Nothing is created here, so a refused command leaves nothing behind."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UserError(f"cannot write {what}to {folder}: {probe} is not a writable folder; choose another {option}")
 
 
 class Registry(Generic[T]):
