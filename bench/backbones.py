@@ -90,25 +90,25 @@ def _tv_available(weights_enum: Callable) -> Callable[[], tuple[bool, str]]:
     return check
 
 
-@register_backbone("resnet18")
-def resnet18() -> BackboneSpec:
+def _torchvision(name: str, weights_enum: str, head_attr: str, feature_dim: int) -> BackboneSpec:
+    """A torchvision classifier split into (features, its ImageNet head at `head_attr`)."""
     import torchvision
 
     def weights() -> object:
-        return torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+        return getattr(torchvision.models, weights_enum).IMAGENET1K_V1
 
     def build(pretrained: bool) -> tuple[nn.Module, nn.Module]:
-        w = weights() if pretrained else None
         try:
-            net = torchvision.models.resnet18(weights=w)
+            net = getattr(torchvision.models, name)(weights=weights() if pretrained else None)
         except Exception as exc:  # offline: URLError and friends
-            raise UserError(f"could not download resnet18 ImageNet weights ({exc}); connect, or pass --scratch") from None
-        head, net.fc = net.fc, nn.Identity()
+            raise UserError(f"could not download {name} ImageNet weights ({exc}); connect, or pass --scratch") from None
+        head = getattr(net, head_attr)
+        setattr(net, head_attr, nn.Identity())
         return Features(net), head
 
     return BackboneSpec(
-        "resnet18",
-        512,
+        name,
+        feature_dim,
         1000,
         IMAGENET_MEAN,
         IMAGENET_STD,
@@ -119,33 +119,11 @@ def resnet18() -> BackboneSpec:
     )
 
 
-@register_backbone("mobilenet_v3_small")
-def mobilenet_v3_small() -> BackboneSpec:
-    import torchvision
-
-    def weights() -> object:
-        return torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
-
-    def build(pretrained: bool) -> tuple[nn.Module, nn.Module]:
-        try:
-            net = torchvision.models.mobilenet_v3_small(weights=weights() if pretrained else None)
-        except Exception as exc:
-            raise UserError(f"could not download mobilenet_v3_small weights ({exc}); connect, or pass --scratch") from None
-        head = net.classifier
-        net.classifier = nn.Identity()
-        return Features(net), head  # the head is an MLP: 576 -> 1024 -> 1000
-
-    return BackboneSpec(
-        "mobilenet_v3_small",
-        576,
-        1000,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        224,
-        "torchvision ImageNet1K_V1 (download)",
-        build,
-        _tv_available(weights),
-    )
+register_backbone("resnet18")(lambda: _torchvision("resnet18", "ResNet18_Weights", "fc", 512))
+# mobilenet_v3_small's head is an MLP (576 -> 1024 -> 1000); seed_sft keeps all of it.
+register_backbone("mobilenet_v3_small")(
+    lambda: _torchvision("mobilenet_v3_small", "MobileNet_V3_Small_Weights", "classifier", 576)
+)
 
 
 # ---------------------------------------------------------------- EfficientNet-Lite (offline weights)
