@@ -83,7 +83,7 @@ def _parse_set(values: list[str] | None) -> dict:
 @app.command()
 def run(
     backbone: Annotated[str, typer.Option(help="Registry name or timm:<name> (see `backbones`).")] = "efficientnet_lite0",
-    method: Annotated[str, typer.Option(help="finetune, linear_probe, sft, lp_ft, seed_sft (see `methods`).")] = "sft",
+    method: Annotated[str, typer.Option(help="finetune, linear_probe, lp_ft, sft, sft-mlp, ... (see `methods`).")] = "sft",
     branch: Annotated[str | None, typer.Option(help="sft's branch: linear, mlp or side.")] = None,
     fraction: Annotated[float, typer.Option(help="Label fraction in (0, 1], per class.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Data and training seed.")] = 0,
@@ -92,14 +92,19 @@ def run(
     results_dir: Annotated[Path, typer.Option(help="Where the record goes by default.")] = Path("results"),
     resolution: Annotated[int | None, typer.Option(help="Input pixels (default: the backbone's; 32 for --recipe seed).")] = None,
     scratch: Annotated[bool, typer.Option("--scratch", help="Random initialisation instead of pretrained weights.")] = False,
-    epochs: Annotated[int | None, typer.Option()] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Optimiser steps (default: the protocol's rule, at least 500; less is a smoke test).")
+    ] = None,
+    bn: Annotated[str | None, typer.Option(help="BatchNorm of a trained backbone: frozen (default) or train.")] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd or adamw.")] = None,
     weight_decay: Annotated[float | None, typer.Option()] = None,
     schedule: Annotated[str | None, typer.Option(help="cosine, onecycle or constant.")] = None,
     label_smoothing: Annotated[float | None, typer.Option()] = None,
-    backbone_lr_mult: Annotated[float | None, typer.Option(help="Backbone lr multiplier; 0 = frozen.")] = None,
+    backbone_lr_mult: Annotated[
+        float | None, typer.Option(help="Backbone lr multiplier (> 0; frozen backbones are their own methods).")
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any other hyperparameter, NAME=VALUE.")] = None,
     stage: Annotated[str, typer.Option(help="final (train on all labels, test once) or trial (validation only).")] = "final",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto",
@@ -114,6 +119,7 @@ def run(
     """Train and evaluate one (backbone, method, fraction, seed) run."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from bench.budget import MIN_STEPS
     from bench.engine import Diverged
     from bench.methods import method_name
     from bench.run import execute, get_data, make_config, write_record
@@ -122,7 +128,8 @@ def run(
         overrides = {
             k: v
             for k, v in dict(
-                epochs=epochs,
+                steps=steps,
+                bn=bn,
                 lr=lr,
                 batch_size=batch_size,
                 optimizer=optimizer,
@@ -175,7 +182,13 @@ def run(
         fail(str(exc))
     console.print(
         f"run [bold]{cfg.run_id}[/]: {cfg.backbone} / {cfg.method} / {cfg.recipe}, fraction {cfg.fraction:g}, "
-        f"seed {cfg.seed}, {cfg.resolution} px, {cfg.precision} on {dev}",
+        f"seed {cfg.seed}, {cfg.resolution} px, {cfg.precision} on {dev}, {cfg.hp.steps} steps"
+        + (f" (+ {cfg.probe.steps} probe steps)" if cfg.probe is not None else "")
+        + (
+            f"; below the protocol's minimum of {MIN_STEPS}: a smoke test"
+            if cfg.hp.steps < MIN_STEPS and cfg.recipe == "tuned"
+            else ""
+        ),
         highlight=False,
     )
     with Progress(
@@ -189,18 +202,24 @@ def run(
     ) as bar:
         tasks: dict[str, int] = {}
 
-        def on_epoch(row: dict) -> None:
+        def on_progress(row: dict) -> None:
             phase = row["phase"]
             if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=row["epochs"], info="")
+                tasks[phase] = bar.add_task(phase, total=row["steps"], info="")
             info = f"loss {row['loss']:.3f}  train acc {row['train_accuracy']:.3f}"
             if "val_accuracy" in row:
                 info += f"  val acc {row['val_accuracy']:.3f}"
-            bar.update(tasks[phase], completed=row["epoch"], info=info)
+            bar.update(tasks[phase], completed=row["step"], info=info)
 
         try:
             rec = execute(
-                cfg, data, dev, on_epoch=on_epoch, save_predictions=save_predictions, save_model=save_model, compile=compile_
+                cfg,
+                data,
+                dev,
+                on_progress=on_progress,
+                save_predictions=save_predictions,
+                save_model=save_model,
+                compile=compile_,
             )
         except UserError as exc:
             fail(str(exc))
@@ -218,6 +237,7 @@ def run(
     table.add_row(key, f"{rec[key]:.4f}")
     if "macro_f1" in rec:
         table.add_row("macro_f1", f"{rec['macro_f1']:.4f}")
+    table.add_row("steps (+ probe)", f"{rec['steps']} (+ {rec['probe_steps']})")
     table.add_row("trainable params", f"{rec['trainable_params']:,}")
     table.add_row("train images/s", f"{rec['images_per_second']:.0f}")
     table.add_row("wall seconds", f"{rec['wall_seconds']:.1f}")

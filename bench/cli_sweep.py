@@ -28,6 +28,7 @@ from rich.progress import Progress as Bar
 from rich.table import Table
 from rich.text import Text
 
+from bench.budget import MIN_STEPS
 from bench.registry import UserError
 
 
@@ -175,11 +176,11 @@ class RichDisplay:
             if self.task is not None:
                 self.bar.remove_task(self.task)
             self.phase = row["phase"]
-            self.task = self.bar.add_task(row["phase"], total=row["epochs"], info="")
+            self.task = self.bar.add_task(row["phase"], total=row["steps"], info="")
         info = f"loss {row['loss']:.3f}  train acc {row['train_accuracy']:.3f}"
         if "val_accuracy" in row:
             info += f"  val acc {row['val_accuracy']:.3f}"
-        self.bar.update(self.task, completed=row["epoch"], info=info)
+        self.bar.update(self.task, completed=row["step"], info=info)
 
     def item_end(self, item: Any, outcome: str) -> None:
         self.console.print(
@@ -221,7 +222,7 @@ class PlainDisplay:
         self._print(f"start {item.label}")
 
     def epoch(self, row: dict) -> None:
-        info = f"  {row['phase']} {row['epoch']}/{row['epochs']} loss {row['loss']:.4f} train acc {row['train_accuracy']:.4f}"
+        info = f"  {row['phase']} {row['step']}/{row['steps']} loss {row['loss']:.4f} train acc {row['train_accuracy']:.4f}"
         if "val_accuracy" in row:
             info += f" val acc {row['val_accuracy']:.4f}"
         self._print(info)
@@ -247,7 +248,9 @@ def load(
     recipes: str | None = None,
     seeds: str | None = None,
     trials: str | None = None,
-    max_epochs: str | None = None,
+    steps: str | None = None,
+    search: str | None = None,
+    cv_folds: str | None = None,
     resolution: str | None = None,
     device: str | None = None,
     precision: str | None = None,
@@ -286,12 +289,16 @@ def load(
     for key, value, flag in (
         ("seeds", seeds, "--seeds"),
         ("trials", trials, "--trials"),
-        ("max_epochs", max_epochs, "--max-epochs"),
+        ("steps", steps, "--steps"),
+        ("cv_folds", cv_folds, "--cv-folds"),
         ("resolution", resolution, "--resolution"),
     ):
         n = _count(value, flag)
         if n is not None:
             raw[key] = n
+    if search is not None:
+        table = raw.get("search") if isinstance(raw.get("search"), dict) else {}
+        raw["search"] = {**table, "mode": search}
     for key, value in (
         ("name", name),
         ("device", device),
@@ -311,7 +318,7 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
     """Everything that could fail later, checked now: device, weights, results folder, storage,
     data, fractions against the data, and settings of an existing experiment. Writes nothing."""
     from bench.backbones import get_backbone
-    from bench.data import label_split, load_cifar10
+    from bench.data import cv_folds, label_split, load_cifar10
     from bench.experiment import check_writable
     from bench.provenance import resolve_device
     from bench.run import _DATA, get_data
@@ -339,9 +346,41 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
         data = get_data(exp.data_dir)
     for f in sorted({c.fraction for c in exp.cells()}):
         label_split(data.train_y, f, exp.data_seed, exp.val_fraction)
+        if exp.cv_folds > 1:
+            cv_folds(data.train_y, f, exp.data_seed, exp.cv_folds)
     if storage_exists(exp):
         check_settings(exp, open_storage(exp))
     return data, device, warnings
+
+
+def _dry_run(exp: Any, data: Any, dev: Any, console: Console) -> None:
+    """The grid, each cell's step budget, and its projected wall time from throughputs measured now."""
+    from bench.projection import hours, project
+    from bench.sweep import Sweep
+
+    monitor = Sweep(exp, data, dev, read_only=True, storage=_NoStorage())
+    for c in exp.cells():
+        cfg = monitor.config(c, exp.seeds[0], dict(exp.fixed_hparams(c.method)), "final")
+        console.print(f"  {c.label}: {cfg.hp.steps} steps at batch {cfg.hp.batch_size}, {cfg.resolution} px", highlight=False)
+    console.print(f"measuring throughput on {dev} (a few seconds per backbone and resolution)…", highlight=False)
+    p = project(exp, monitor, dev)
+    for r in p.rates:
+        console.print(
+            f"  {r.backbone} @ {r.resolution} px, batch {r.batch_size}: train {r.train:.0f} img/s, "
+            f"evaluate {r.forward:.0f} img/s",
+            highlight=False,
+        )
+    console.print(
+        f"projected wall time on {dev}: {hours(p.lower_seconds)} to {hours(p.upper_seconds)} for {p.trials} trials and "
+        f"{p.finals} final runs with one worker (upper: no trial pruned; lower: every prunable trial stopped at "
+        f"{exp.search.pruner_warmup:g} of its budget; measured in {p.measure_seconds:.0f} s, load moves it)",
+        highlight=False,
+    )
+    console.print("dry run: nothing trained, nothing written", highlight=False)
+
+
+class _NoStorage:
+    """A dry run reads no storage: resolving configs needs none."""
 
 
 def write_report(out: Path, console: Console) -> None:
@@ -388,7 +427,14 @@ def sweep(
     recipes: Annotated[str | None, typer.Option(help="tuned and/or seed.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Number of seeds (0..N-1).")] = None,
     trials: Annotated[str | None, typer.Option(help="Optuna trials per tuned cell.")] = None,
-    max_epochs: Annotated[str | None, typer.Option("--max-epochs", help="Epoch cap (the epochs of tuned runs).")] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(help="A fixed step budget for every cell (default: the protocol's rule, >= 500; less: a smoke test)."),
+    ] = None,
+    search: Annotated[
+        str | None, typer.Option("--search", help="per_seed (each seed searches its own subset) or shared (seed 0's).")
+    ] = None,
+    cv_folds: Annotated[str | None, typer.Option("--cv-folds", help="k-fold cross-validated trial scores (k >= 2).")] = None,
     resolution: Annotated[str | None, typer.Option(help="Input pixels for every backbone.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N].")] = None,
     precision: Annotated[str | None, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = None,
@@ -432,7 +478,9 @@ def sweep(
             recipes=recipes,
             seeds=seeds,
             trials=trials,
-            max_epochs=max_epochs,
+            steps=steps,
+            search=search,
+            cv_folds=cv_folds,
             resolution=resolution,
             device=device,
             precision=precision,
@@ -446,21 +494,26 @@ def sweep(
         _fail(str(exc))
     assert n_parallel is not None
     cells = exp.cells()
-    n_trials = sum(exp.trials for c in cells if c.recipe == "tuned")
+    n_trials = sum(exp.trials * len(exp.search_seeds) for c in cells if c.recipe == "tuned")
     n_runs = len(cells) * len(exp.seeds)
     if not worker:
         for w in warnings:
             Console(stderr=True).print(f"[yellow]warning:[/] {w}", highlight=False)
+        mode = "a search per seed" if exp.search.mode == "per_seed" else "one shared search per cell (seed 0's)"
         console.print(
             f"experiment [bold]{exp.name}[/]: {len(cells)} cells ({len(exp.backbones)} backbone(s) × methods × recipes × "
-            f"{len(exp.fractions)} fraction(s)), {n_trials} search trials, {n_runs} final runs "
+            f"{len(exp.fractions)} fraction(s)), {n_trials} search trials ({mode}), {n_runs} final runs "
             f"({len(exp.seeds)} seeds) on {dev}, results in {exp.out_dir}",
             highlight=False,
         )
+        if exp.steps is not None and exp.steps < MIN_STEPS:
+            Console(stderr=True).print(
+                f"[yellow]warning:[/] steps = {exp.steps} is below the protocol's minimum of {MIN_STEPS}: "
+                "a smoke test, and the report will say so",
+                highlight=False,
+            )
     if dry_run:
-        for c in cells:
-            console.print(f"  {c.label}", highlight=False)
-        console.print("dry run: nothing trained, nothing written", highlight=False)
+        _dry_run(exp, data, dev, console)
         return
 
     if n_threads is None and dev.type == "cpu" and n_parallel > 1:

@@ -254,6 +254,43 @@ def label_split(labels: torch.Tensor, fraction: float, seed: int, val_fraction: 
     return Split(cat(labelled), cat(train), cat(val))
 
 
+def labelled_count(labels: torch.Tensor, fraction: float) -> int:
+    """Size of the labelled subset at `fraction` (the same for every seed): sum of round(p * n_c)."""
+    check_fraction(fraction)
+    counts = torch.bincount(labels.cpu().long())
+    return int(sum(int(round(fraction * int(n))) for n in counts if n > 0))
+
+
+def cv_folds(labels: torch.Tensor, fraction: float, seed: int, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """k stratified folds of the labelled subset: (train, val) index pairs.
+
+    Why: at 1% of CIFAR-10 the validation split is 10 images a class, so one trial's score
+    moves a point per image; k-fold scores use every labelled image once for validation.
+    Fold j validates on the images at positions j, j+k, ... of each class's kept order."""
+    split = label_split(labels, fraction, seed)
+    kept = split.labelled
+    labels = labels.cpu()
+    smallest = int(torch.bincount(labels[kept].long()).min())
+    if not 2 <= k <= smallest:
+        raise UserError(
+            f"cv_folds {k} does not fit: at fraction {fraction:g} the smallest class keeps {smallest} images; "
+            f"use 2..{smallest} folds (or 1 for the plain validation split)"
+        )
+    gen = torch.Generator().manual_seed(int(seed))
+    folds: list[tuple[list, list]] = [([], []) for _ in range(k)]
+    for c in range(int(labels.max()) + 1):
+        idx = torch.nonzero(labels == c).flatten()
+        order = idx[torch.randperm(len(idx), generator=gen)]  # the same per-class order as label_split
+        mine = order[: int(round(fraction * len(idx)))]
+        for j in range(k):
+            val = mine[j::k]
+            mask = torch.ones(len(mine), dtype=torch.bool)
+            mask[j::k] = False
+            folds[j][0].append(mine[mask])
+            folds[j][1].append(val)
+    return [(torch.sort(torch.cat(t)).values, torch.sort(torch.cat(v)).values) for t, v in folds]
+
+
 # ---------------------------------------------------------------- augmentation
 
 

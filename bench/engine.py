@@ -1,10 +1,21 @@
 """The one training loop every method uses, top to bottom.
 
     fit(net, spec, hp, x, y, ...)      # uint8 images and labels, already on the device
-      1. sft / lp_ft: fit the head as a linear probe on cached frozen features
-      2. backbone frozen (linear_probe, sft with multiplier 0): train head (+ branch)
-         on features computed once; otherwise train end to end on augmented batches
-      3. every epoch: validation accuracy -> on_epoch (Optuna reports and prunes here)
+      1. frozen-backbone features, computed once (linear_probe, frozen rows, and the probe
+         of sft* / lp_ft) from the content-keyed `FEATURES` cache
+      2. linear_probe: the row *is* the probe: `fit_probe` on those features. sft* / lp_ft:
+         H_f = the linear_probe row's model for the same data, seed and probe hyperparameters
+         (`fit_probe` again, served from `PROBES` when already fitted in this process)
+      3. hp.steps optimiser steps (the cell's budget S, bench/budget.py) with a linear
+         warm-up, end to end on augmented batches, or on cached features for frozen rows
+      4. every S/10 steps a history row (loss, train accuracy, validation accuracy when a
+         validation split is given) -> on_progress (Optuna reports and prunes there)
+
+BatchNorm (protocol v2, one policy for every method): a frozen backbone is always in eval
+mode; a trained one keeps its pretrained running statistics in train and eval when
+`hp.bn == "frozen"` (its affine parameters still train), or uses batch statistics when
+`hp.bn == "train"`. So at step 0 every probe-initialised model's logits are the linear
+probe's, and a step at learning rate 0 leaves them there (tests/test_engine.py).
 
 Precision: bf16 autocast where asked (`precision="bf16"`), fp32 otherwise; channels_last
 memory format always for conv nets (it is faster on CPU and on CUDA here).
@@ -12,10 +23,10 @@ memory format always for conv nets (it is faster on CPU and on CUDA here).
 Speed (measured in docs/benchmarks.md, `python cli.py perf`):
 - frozen-backbone features come from `FEATURES`, a per-process cache keyed by the
   content of the weights, the input adapter, the precision and the images, so the
-  trials of one sweep cell encode their images once, not once per trial or epoch
+  trials of one sweep cell encode their images once, not once per trial
   (`feature_cache="trial"` recomputes per fit, `"off"` on every batch: the baselines);
 - the optimiser is the fused (one kernel) implementation where torch has one;
-- per-epoch loss and accuracy are summed on the device: one host sync per epoch;
+- loss and accuracy are summed on the device: one host sync per history row;
 - `compile=True` (or a backend name) runs the end-to-end forward/backward through
   `torch.compile`; it changes speed, not results, so it is not part of a run's id.
 """
@@ -23,20 +34,23 @@ Speed (measured in docs/benchmarks.md, `python cli.py perf`):
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.budget import report_interval
 from bench.data import augment
 from bench.methods import HParams, MethodSpec, Net
+from bench.registry import UserError
 
 EVAL_BATCH = 1024  # evaluation and feature batches on CUDA
 # On CPU, small evaluation batches are faster: 128 ran EfficientNet-Lite0 inference at
@@ -63,8 +77,13 @@ class FitResult:
     train_seconds: float = 0.0
     images_seen: int = 0
     feature_seconds: float = 0.0
-    epoch_seconds: list[float] = field(default_factory=list)  # one per history row: steady-state speed
+    # one (images, seconds) per history row: steady-state speed for `perf`
+    interval_seconds: list[tuple[int, float]] = field(default_factory=list)
     feature_cache_hits: int = 0
+    steps: int = 0  # optimiser steps of the method's own training (the budget S)
+    probe_steps: int = 0  # head-only steps of the linear probe it started from (compute beside S)
+    probe_cache_hit: bool = False
+    augmented: bool = False  # whether any training batch was augmented
 
     @property
     def images_per_second(self) -> float:
@@ -204,14 +223,31 @@ def _optimizer(groups: list[dict], hp: HParams) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
 
 
+def lr_factor(hp: HParams, total_steps: int) -> Callable[[int], float]:
+    """The factor on each group's lr at step k (0-based): linear warm-up over round(warmup * S)
+    steps, reaching 1 at the last warm-up step, then cosine to 0 or constant."""
+    w = round(hp.warmup * total_steps)
+    rest = max(1, total_steps - w)
+
+    def factor(k: int) -> float:
+        if k < w:
+            return (k + 1) / w
+        if hp.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(k - w, rest) / rest))
+        return 1.0
+
+    return factor
+
+
 def _scheduler(opt: torch.optim.Optimizer, hp: HParams, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    if hp.schedule == "onecycle":
+    if hp.schedule == "onecycle":  # its own warm-up (pct_start) replaces the linear one
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(total_steps, 2)
+            opt,
+            max_lr=[g["lr"] for g in opt.param_groups],
+            total_steps=max(total_steps, 2),
+            pct_start=hp.warmup if hp.warmup > 0 else 0.3,
         )
-    if hp.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(hp, total_steps))
 
 
 def _freeze(module: nn.Module, frozen: bool) -> None:
@@ -219,8 +255,23 @@ def _freeze(module: nn.Module, frozen: bool) -> None:
         p.requires_grad_(not frozen)
 
 
-def train_epochs(
-    net: Net,
+def set_train_mode(net: Net, trains_backbone: bool, bn: str) -> None:
+    """Train mode under the protocol's BatchNorm policy (one for every method).
+
+    A frozen backbone runs in eval mode (its statistics are never touched). A trained one
+    with `bn == "frozen"` keeps every BatchNorm layer in eval mode: the pretrained running
+    statistics normalise in training as in evaluation, and the affine parameters still
+    train. `bn == "train"` uses (and updates) batch statistics."""
+    net.train()
+    if not trains_backbone:
+        net.backbone.eval()
+    elif bn == "frozen":
+        for m in net.backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def train_steps(
     groups: list[dict],
     hp: HParams,
     n: int,
@@ -228,56 +279,178 @@ def train_epochs(
     y: torch.Tensor,
     gen: torch.Generator,
     precision: str,
-    frozen_backbone: bool,
     result: FitResult,
     phase: str,
+    *,
+    train_mode: Callable[[], None],
     evaluate: Callable[[], float] | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
-    epochs: int | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+    augmented: bool = False,
 ) -> None:
-    """Shuffled minibatches for `epochs`; `forward(idx, gen)` gives the logits of a batch."""
-    epochs = epochs or hp.epochs
+    """hp.steps optimiser steps over shuffled passes of the n examples; `forward(idx, gen)`
+    gives the logits of a batch. A history row every `report_interval(steps)` steps."""
+    steps, bs = hp.steps, hp.batch_size
     device = y.device
-    steps_per_epoch = math.ceil(n / hp.batch_size)
     opt = _optimizer(groups, hp)
-    sched = _scheduler(opt, hp, epochs * steps_per_epoch)
+    sched = _scheduler(opt, hp, steps)
     params = [p for g in groups for p in g["params"]]
-    for epoch in range(1, epochs + 1):
-        net.train()
-        if frozen_backbone:
-            net.backbone.eval()  # keep BatchNorm statistics of a frozen backbone
-        _sync(device)
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for i in range(0, n, hp.batch_size):
-            idx = perm[i : i + hp.batch_size]
-            with autocast(device, precision):
-                logits = forward(idx, gen)
-                loss = F.cross_entropy(logits.float(), y[idx], label_smoothing=hp.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if hp.grad_clip > 0:
-                nn.utils.clip_grad_norm_(params, hp.grad_clip)
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == y[idx]).sum()
+    interval = report_interval(steps)
+    train_mode()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    perm, pos = None, n
+    _sync(device)
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        if pos >= n:  # a new shuffled pass; its last batch may be smaller
+            perm, pos = torch.randperm(n, generator=gen, device=gen.device).to(device), 0
+        idx = perm[pos : pos + bs]
+        pos += bs
+        with autocast(device, precision):
+            logits = forward(idx, gen)
+            loss = F.cross_entropy(logits.float(), y[idx], label_smoothing=hp.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if hp.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, hp.grad_clip)
+        opt.step()
+        sched.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(1) == y[idx]).sum()
+        seen += len(idx)
+        if step % interval and step != steps:
+            continue
         _sync(device)
         seconds = time.perf_counter() - t0
         result.train_seconds += seconds
-        result.epoch_seconds.append(seconds)
-        result.images_seen += n
-        loss_value = float(loss_sum) / n
+        result.interval_seconds.append((seen, seconds))
+        result.images_seen += seen
+        loss_value = float(loss_sum) / seen
         if not math.isfinite(loss_value):
-            raise Diverged(f"{phase} loss became {loss_value} in epoch {epoch} (lr {hp.lr:g})")
-        row = {"phase": phase, "epoch": epoch, "epochs": epochs, "loss": loss_value, "train_accuracy": float(correct) / n}
+            raise Diverged(f"{phase} loss became {loss_value} by step {step} (lr {hp.lr:g})")
+        row = {"phase": phase, "step": step, "steps": steps, "loss": loss_value, "train_accuracy": float(correct) / seen}
         if evaluate is not None:
             row["val_accuracy"] = evaluate()
+            train_mode()  # evaluation switched to eval mode
         result.history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
+        if on_progress is not None:
+            on_progress(row)
+        loss_sum.zero_()
+        correct.zero_()
+        seen = 0
+        _sync(device)
+        t0 = time.perf_counter()
+    result.augmented = result.augmented or augmented
+
+
+# ---------------------------------------------------------------- the linear probe
+
+
+class ProbeCache:
+    """Fitted linear probes (head state dicts) of this process, least recently used out.
+
+    Why: `linear_probe`'s row, and the H_f of every sft* and lp_ft run of the same data,
+    seed and probe hyperparameters, are one model (methods.md); it is fitted once and
+    reused. The key is the content of the features and labels, the hyperparameters and the
+    seed, so a hit is exactly what fitting again would give (tests/test_engine.py)."""
+
+    def __init__(self, max_items: int = 256) -> None:
+        self.max_items = max_items
+        self._store: OrderedDict[str, tuple[dict[str, torch.Tensor], list[dict]]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(feats: torch.Tensor, y: torch.Tensor, hp: HParams, seed: int, num_classes: int, precision: str) -> str:
+        h = hashlib.sha256(usedforsecurity=False)
+        h.update(json.dumps([asdict(hp), seed, num_classes, precision, str(feats.device)], sort_keys=True).encode())
+        _fingerprint(h, feats)
+        _fingerprint(h, y)
+        return h.hexdigest()
+
+    def get(self, key: str) -> tuple[dict[str, torch.Tensor], list[dict]] | None:
+        if key in self._store:
+            self._store.move_to_end(key)
+            self.hits += 1
+            return self._store[key]
+        self.misses += 1
+        return None
+
+    def put(self, key: str, state: dict[str, torch.Tensor], history: list[dict]) -> None:
+        self._store[key] = ({k: v.detach().clone() for k, v in state.items()}, history)
+        while len(self._store) > self.max_items:
+            self._store.popitem(last=False)
+
+    def clear(self) -> None:
+        self._store.clear()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+PROBES = ProbeCache()
+
+
+def fit_probe(
+    features: Callable[[torch.Tensor], torch.Tensor],
+    d: int,
+    y: torch.Tensor,
+    num_classes: int,
+    hp: HParams,
+    seed: int,
+    precision: str,
+    result: FitResult,
+    *,
+    phase: str,
+    cache_key: str | None = None,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The linear probe: Linear(d, C) on frozen features, `hp.steps` steps; its state dict.
+
+    Its initialisation and batch order come from `seed` alone (not from the global RNG), so
+    the linear_probe row and the probe inside an sft run of the same data are one model."""
+    device = y.device
+    if cache_key is not None and (hit := PROBES.get(cache_key)) is not None:
+        result.probe_cache_hit = True
+        return {k: v.clone() for k, v in hit[0].items()}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Linear(d, num_classes)
+    head = head.to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    before = len(result.history)
+    train_steps(
+        [{"params": list(head.parameters())}],
+        hp,
+        len(y),
+        lambda idx, g: head(features(idx)),
+        y,
+        gen,
+        precision,
+        result,
+        phase,
+        train_mode=lambda: head.train(),
+        evaluate=None if evaluate is None else (lambda: evaluate(head)),
+        on_progress=on_progress,
+    )
+    state = head.state_dict()
+    if cache_key is not None:
+        PROBES.put(cache_key, state, result.history[before:])
+    return state
+
+
+def default_probe(hp: HParams) -> HParams:
+    """The probe a probe-initialised run starts from when no linear_probe row chose one
+    (a single `cli.py run`): the linear_probe method's defaults, with the run's budget and batch."""
+    from bench.methods import METHODS
+
+    return HParams().update(**METHODS.get("linear_probe").defaults, steps=hp.steps, batch_size=hp.batch_size)
+
+
+# ---------------------------------------------------------------- fit
 
 
 def fit(
@@ -290,29 +463,40 @@ def fit(
     seed: int,
     precision: str = "fp32",
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
     feature_cache: str = "shared",
     compile: bool | str = False,
+    probe: HParams | None = None,
 ) -> FitResult:
     """Train `net` on uint8 images `x` with labels `y` (both on the training device).
 
+    `probe`: the linear probe's hyperparameters for probe-initialised methods (the
+    linear_probe row's, chosen by its own search; default: `default_probe(hp)`).
     `feature_cache`: where frozen-backbone features come from: "shared" (the process-wide
     `FEATURES` cache), "trial" (computed once in this fit) or "off" (the backbone is run
-    again on every batch of every epoch, as a naive loop would). All three give the same
-    model; only the time differs. `compile`: True (inductor) or a torch.compile backend
-    name for the end-to-end phase; speed only.
+    again on every batch, as a naive loop would). All three give the same model; only the
+    time differs. `compile`: True (inductor) or a torch.compile backend name for the
+    end-to-end phase; speed only.
     """
     if feature_cache not in FEATURE_CACHE_MODES:
         raise ValueError(f"feature_cache '{feature_cache}' is not one of: {', '.join(FEATURE_CACHE_MODES)}")
+    trains = spec.trains_backbone
+    if trains and hp.backbone_lr_mult <= 0:
+        raise UserError(
+            f"{spec.name} trains the backbone, so backbone_lr_mult must be > 0 (got {hp.backbone_lr_mult}); "
+            "a frozen backbone is a row of its own: linear_probe, sft-mlp-frozen, sft-side-frozen"
+        )
+    if not trains and hp.augment:
+        raise UserError(
+            f"{spec.name} trains on cached features of a frozen backbone, which cannot be augmented; set augment=false"
+        )
     device = x.device
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     result = FitResult()
     n = len(x)
-    train_backbone = spec.train_backbone(hp)
-    needs_features = spec.probe_init or not train_backbone
+    num_classes = _out_features(net.head)
     feats = val_feats = None
-
     net_key: str | None = None
 
     def encode(images: torch.Tensor) -> torch.Tensor:
@@ -324,10 +508,11 @@ def fit(
             return out
         return encode_all(net, images, precision)
 
+    needs_features = spec.probe_init or not trains
     if needs_features and feature_cache != "off":
         t0 = time.perf_counter()
         feats = encode(x)
-        if val is not None and not train_backbone:
+        if val is not None and not trains:
             val_feats = encode(val[0])
         result.feature_seconds = time.perf_counter() - t0
 
@@ -335,37 +520,8 @@ def fit(
         if feats is not None:
             return feats[idx]
         with torch.no_grad():  # feature_cache="off": the frozen backbone again, as encode_all runs it
+            net.backbone.eval()
             return net.encode(x[idx]).float()
-
-    def head_forward(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        xb = x[idx] if net.branch_on_image else None
-        if xb is not None and hp.augment:
-            xb = augment(xb, g)
-        return net.from_features(features(idx), xb)
-
-    if spec.probe_init:
-        # H_f starts as the linear-probe solution on frozen features; the branch is
-        # not part of this phase (it is zero at its output anyway).
-        probe_hp = hp.update(
-            optimizer="adamw", lr=hp.probe_lr, weight_decay=1e-4, schedule="cosine", label_smoothing=0.0, grad_clip=0.0
-        )
-        _freeze(net, True)
-        _freeze(net.head, False)
-        train_epochs(
-            net,
-            [{"params": list(net.head.parameters())}],
-            probe_hp,
-            n,
-            lambda idx, g: net.head(features(idx)),
-            y,
-            gen,
-            precision,
-            True,
-            result,
-            "probe",
-            on_epoch=on_epoch,  # the contract: on_epoch sees "probe" rows too (progress bars, heartbeats)
-            epochs=hp.probe_epochs,
-        )
 
     evaluate = None
     if val is not None:
@@ -375,20 +531,70 @@ def fit(
             probs = predict(net, vx, precision, feats=val_feats)
             return float((probs.argmax(1) == vy).float().mean())
 
+    d = feats.shape[1] if feats is not None else net.head.in_features
+    if spec.is_probe or spec.probe_init:
+        probe_hp = hp if spec.is_probe else (probe or default_probe(hp))
+        key = None if feats is None else ProbeCache.key(feats, y, probe_hp, seed, num_classes, precision)
+
+        def evaluate_head(head: nn.Module) -> float:
+            net.head.load_state_dict(head.state_dict())
+            return evaluate()
+
+        state = fit_probe(
+            features,
+            d,
+            y,
+            num_classes,
+            probe_hp,
+            seed,
+            precision,
+            result,
+            phase="train" if spec.is_probe else "probe",
+            cache_key=key,
+            evaluate=evaluate_head if spec.is_probe and evaluate is not None else None,
+            on_progress=on_progress,  # the contract: on_progress sees "probe" rows too (progress bars, heartbeats)
+        )
+        net.head.load_state_dict(state)
+        if spec.is_probe:
+            result.steps = probe_hp.steps
+            return result
+        result.probe_steps = probe_hp.steps
+
     _freeze(net, False)
-    _freeze(net.backbone, not train_backbone)
+    _freeze(net.backbone, not trains)
     head_params = [p for name, p in net.named_parameters() if not name.startswith("backbone.")]
     groups = [{"params": head_params}]
-    if train_backbone:
+    if trains:
         groups.append({"params": list(net.backbone.parameters()), "lr": hp.lr * hp.backbone_lr_mult})
         model = compiled(net, compile)
         forward = lambda idx, g: model(augment(x[idx], g) if hp.augment else x[idx])  # noqa: E731
     else:
-        forward = head_forward
-    train_epochs(
-        net, groups, hp, n, forward, y, gen, precision, not train_backbone, result, "train", evaluate=evaluate, on_epoch=on_epoch
+
+        def forward(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            # a side branch sees the same (unaugmented) view as the cached features
+            return net.from_features(features(idx), x[idx] if net.branch_on_image else None)
+
+    train_steps(
+        groups,
+        hp,
+        n,
+        forward,
+        y,
+        gen,
+        precision,
+        result,
+        "train",
+        train_mode=lambda: set_train_mode(net, trains, hp.bn),
+        evaluate=evaluate,
+        on_progress=on_progress,
+        augmented=trains and hp.augment,
     )
+    result.steps = hp.steps
     return result
+
+
+def _out_features(head: nn.Module) -> int:
+    return [m for m in head.modules() if isinstance(m, nn.Linear)][-1].out_features
 
 
 def compiled(net: nn.Module, compile: bool | str) -> nn.Module:

@@ -11,11 +11,11 @@ in cell 40 wastes a day). Every problem is a `UserError`: one line, exit code 2.
     recipes = ["tuned"]                 # "seed": the article's fixed recipe, no search
     fractions = [0.01, 0.1]
     seeds = 3                           # a count (0, 1, 2) or a list [0, 1, 2]
-    trials = 4                          # Optuna trials per tuned cell, the same for every method
-    max_epochs = 8                      # the epochs of every tuned run (the epoch cap)
+    trials = 4                          # Optuna trials per tuned cell (per seed), the same for every method
+    steps = 200                         # optional: a fixed step budget (default: the protocol's rule, >= 500)
     resolution = 32                     # or { efficientnet_lite0 = 64 }; default: the backbone's
 
-    [search]                            # sampler, pruner, optional epoch search
+    [search]                            # mode (per_seed | shared), sampler, pruner, BN-policy search
     [hparams]                           # fixed hyperparameters (all methods, or [hparams.<method>])
     [space]                             # replace or add search distributions ([space.<method>])
     [[include]] / [[exclude]]           # extra or removed cells, matrix style
@@ -31,11 +31,22 @@ from typing import Any
 
 import tomllib
 
+from bench.budget import PROTOCOL
 from bench.registry import UserError, did_you_mean
 from bench.registry import check_writable as registry_check_writable
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 RECIPES = ("tuned", "seed")
+SEARCH_MODES = ("per_seed", "shared")
+# Protocol v1 keys: budgets were epochs. Named here so an old file fails with the remedy.
+V1_KEYS = {
+    "max_epochs": "budgets are optimiser steps now (protocol v2): remove max_epochs; the step rule applies, or set steps = N",
+}
+V1_SEARCH_KEYS = {
+    "pruner_warmup_epochs": "the pruner never stops a trial before half its steps now: use search.pruner_warmup (>= 0.5)",
+    "epochs": "epochs are not searched in protocol v2 (budgets are steps): remove search.epochs",
+    "min_epochs": "epochs are not searched in protocol v2 (budgets are steps): remove search.min_epochs",
+}
 PRECISIONS = ("auto", "fp32", "bf16")
 PRUNERS = ("median", "none")
 GRID_KEYS = ("backbones", "methods", "recipes", "fractions")
@@ -45,12 +56,12 @@ GRID_KEYS = ("backbones", "methods", "recipes", "fractions")
 class Search:
     """How every tuned cell is searched: identical for every method (methods.md)."""
 
+    mode: str = "per_seed"  # per_seed: each seed searches on its own subset; shared: seed 0's best for all
     startup_trials: int | None = None  # TPE's random start; None: min(10, max(2, trials // 3))
     pruner: str = "median"
     pruner_startup_trials: int | None = None  # None: min(5, max(1, trials // 4))
-    pruner_warmup_epochs: int = 1  # epochs 1..warmup are never pruned
-    epochs: bool = False  # search epochs in [min_epochs, max_epochs] instead of fixing them at max_epochs
-    min_epochs: int | None = None  # None: max(1, max_epochs // 4)
+    pruner_warmup: float = 0.5  # fraction of a trial's steps never pruned (the protocol: at least half)
+    bn: bool = False  # search the BatchNorm policy (frozen, train) for every method that trains the backbone
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,10 @@ class Cell:
     recipe: str
     fraction: float
 
-    def study_name(self, experiment: str) -> str:
-        return f"{experiment}/{self.backbone}/{self.method}/{self.recipe}/{self.fraction:g}"
+    def study_name(self, experiment: str, seed: int | None = None) -> str:
+        """The search study: one per cell (shared search, the v1 name), or one per seed (per_seed)."""
+        base = f"{experiment}/{self.backbone}/{self.method}/{self.recipe}/{self.fraction:g}"
+        return base if seed is None else f"{base}/seed{seed}"
 
     def finals_name(self, experiment: str) -> str:
         # Not under "{experiment}/", so tools listing the search studies by prefix never see it.
@@ -91,7 +104,8 @@ class Experiment:
     seeds: tuple[int, ...]
     recipes: tuple[str, ...] = ("tuned",)
     trials: int = 8
-    max_epochs: int = 10
+    steps: int | None = None  # a fixed step budget for every cell; None: the protocol's rule (bench/budget.py)
+    cv_folds: int = 1  # k >= 2: trial scores are k-fold cross-validated on the labelled subset
     resolution: int | dict[str, int] | None = None
     pretrained: bool = True
     precision: str = "auto"
@@ -113,8 +127,17 @@ class Experiment:
 
     @property
     def data_seed(self) -> int:
-        """The seed whose labelled subset the search tunes on (the first of the list)."""
+        """The seed whose labelled subset a shared search tunes on (the first of the list)."""
         return self.seeds[0]
+
+    @property
+    def search_seeds(self) -> tuple[int, ...]:
+        """The seeds that search: every seed (per_seed), or the first alone (shared)."""
+        return self.seeds if self.search.mode == "per_seed" else (self.data_seed,)
+
+    def searched_by(self, seed: int) -> int:
+        """Whose search chooses the hyperparameters of seed `seed`'s final run."""
+        return seed if self.search.mode == "per_seed" else self.data_seed
 
     @property
     def out_dir(self) -> Path:
@@ -132,10 +155,6 @@ class Experiment:
     def pruner_startup_trials(self) -> int:
         s = self.search.pruner_startup_trials
         return s if s is not None else min(5, max(1, self.trials // 4))
-
-    def min_epochs(self) -> int:
-        m = self.search.min_epochs
-        return m if m is not None else max(1, self.max_epochs // 4)
 
     def fixed_hparams(self, method: str) -> dict[str, Any]:
         """Fixed hyperparameters of a tuned cell: all-method values, then the method's own."""
@@ -167,11 +186,12 @@ class Experiment:
         """Everything besides the trial budget that changes a cell's search: stored on its study,
         so a rerun with other settings under the same name is refused instead of mixed in."""
         return {
+            "protocol": PROTOCOL,
             "resolution": self.resolution_for(cell.backbone),
             "pretrained": self.pretrained,
             "val_fraction": self.val_fraction,
-            "data_seed": self.data_seed,
-            "max_epochs": self.max_epochs,
+            "steps": self.steps,
+            "cv_folds": self.cv_folds,
             "search": asdict(self.search),
             "hparams": self.fixed_hparams(cell.method),
             "space": self.space_for(cell.method),
@@ -255,6 +275,15 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
     from bench.backbones import BACKBONES, get_backbone
     from bench.methods import METHODS, HParams, method_name
 
+    for key, why in V1_KEYS.items():
+        if key in raw:
+            raise UserError(f"{source}: '{key}' is a protocol v1 key: {why}")
+    if isinstance(raw.get("search"), str):  # `search = "per_seed"`: the mode alone
+        raw = {**raw, "search": {"mode": raw["search"]}}
+    if isinstance(raw.get("search"), dict):
+        for key, why in V1_SEARCH_KEYS.items():
+            if key in raw["search"]:
+                raise UserError(f"{source}: 'search.{key}' is a protocol v1 key: {why}")
     unknown = set(raw) - TOP_KEYS
     if unknown:
         key = sorted(unknown)[0]
@@ -339,7 +368,8 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
         seeds = tuple(seeds_raw)
 
     trials = _positive_int(raw, "trials", 8, source)
-    max_epochs = _positive_int(raw, "max_epochs", 10, source)
+    steps = None if raw.get("steps") is None else _positive_int(raw, "steps", 500, source)
+    cv = _positive_int(raw, "cv_folds", 1, source)
 
     resolution = raw.get("resolution")
     if resolution is not None:
@@ -368,16 +398,25 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
         raise UserError(f"{source}: val_fraction must be in (0, 1), got {val_fraction!r}")
 
     search = _dataclass_table(Search, raw.get("search", {}), "search", source)
+    if search.mode not in SEARCH_MODES:
+        raise UserError(
+            f"{source}: search mode {search.mode!r}{did_you_mean(str(search.mode), list(SEARCH_MODES))} "
+            f"is not one of: {', '.join(SEARCH_MODES)}"
+        )
     if search.pruner not in PRUNERS:
         raise UserError(f"{source}: search.pruner '{search.pruner}' is not one of: {', '.join(PRUNERS)}")
-    for key in ("startup_trials", "pruner_startup_trials", "min_epochs"):
+    for key in ("startup_trials", "pruner_startup_trials"):
         v = getattr(search, key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
             raise UserError(f"{source}: search.{key} must be a positive integer, got {v!r}")
-    if not isinstance(search.pruner_warmup_epochs, int) or search.pruner_warmup_epochs < 0:
-        raise UserError(f"{source}: search.pruner_warmup_epochs must be a non-negative integer")
-    if search.min_epochs is not None and search.min_epochs > max_epochs:
-        raise UserError(f"{source}: search.min_epochs {search.min_epochs} exceeds max_epochs {max_epochs}")
+    w = search.pruner_warmup
+    if isinstance(w, bool) or not isinstance(w, int | float) or not 0.5 <= w <= 1.0:
+        raise UserError(
+            f"{source}: search.pruner_warmup must be a fraction of the steps in [0.5, 1] "
+            f"(the protocol never prunes a trial before half its budget), got {w!r}"
+        )
+    if not isinstance(search.bn, bool):
+        raise UserError(f"{source}: search.bn must be true or false, got {search.bn!r}")
     workers = _dataclass_table(Workers, raw.get("workers", {}), "workers", source)
     if not (0 < workers.heartbeat_seconds < workers.stale_after_seconds):
         raise UserError(f"{source}: workers need 0 < heartbeat_seconds < stale_after_seconds")
@@ -385,7 +424,7 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
     hp_fields = {f.name for f in fields(HParams)}
     hparams = _per_method_table(raw.get("hparams", {}), "hparams", source, hp_fields, METHODS.names(), lambda v, w: v)
     space = _per_method_table(raw.get("space", {}), "space", source, hp_fields, METHODS.names(), _check_distribution(source))
-    # Fixed values must make valid hyperparameters, and epochs obey the cap.
+    # Fixed values must make valid hyperparameters.
     for scope, values in [("hparams", {k: v for k, v in hparams.items() if not isinstance(v, dict)})] + [
         (f"hparams.{m}", v) for m, v in hparams.items() if isinstance(v, dict)
     ]:
@@ -393,13 +432,11 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
             HParams().update(**values)
         except (UserError, TypeError) as exc:
             raise UserError(f"{source}: {scope}: {exc}") from None
-        if "epochs" in values and values["epochs"] > max_epochs:
-            raise UserError(f"{source}: {scope}.epochs {values['epochs']} exceeds max_epochs {max_epochs}")
-    for scope, dist in _all_distributions(space):
-        if scope.endswith(".epochs"):
-            hi = max(dist.get("choices", [dist.get("high", 0)]))
-            if hi > max_epochs:
-                raise UserError(f"{source}: {scope} reaches {hi} epochs, above max_epochs {max_epochs}")
+        if "steps" in values:
+            raise UserError(f"{source}: {scope}.steps: the step budget is one per cell for every method; use top-level steps")
+    for scope, _dist in _all_distributions(space):
+        if scope.endswith(".steps"):
+            raise UserError(f"{source}: {scope}: the step budget is not searched (one budget per cell for every method)")
 
     include = tuple(
         _grid_block(b, i, "include", source, backbone, method, recipe, fraction)
@@ -418,7 +455,8 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
         seeds=seeds,
         recipes=recipes,
         trials=trials,
-        max_epochs=max_epochs,
+        steps=steps,
+        cv_folds=cv,
         resolution=resolution,
         pretrained=pretrained,
         precision=precision,
@@ -438,6 +476,15 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
     )
     if not exp.cells():
         raise UserError(f"{source}: the grid is empty (every cell is excluded)")
+    cells = set(exp.cells())
+    for cell in exp.cells():
+        if METHODS.get(cell.method).probe_init:
+            probe = Cell(cell.backbone, "linear_probe", cell.recipe, cell.fraction)
+            if probe not in cells:
+                raise UserError(
+                    f"{source}: {cell.method} starts from the linear_probe row's model, but the grid has no "
+                    f"linear_probe for {probe.backbone} / {probe.recipe} / {probe.fraction:g}; add linear_probe to methods"
+                )
     return exp
 
 

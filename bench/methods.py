@@ -20,25 +20,27 @@ from torch import nn
 
 from bench.registry import Registry, UserError
 
+BN_POLICIES = ("frozen", "train")
+
 
 @dataclass(frozen=True)
 class HParams:
     """Everything about training that can change a result (part of the run id)."""
 
     optimizer: str = "adamw"  # sgd | adamw
-    lr: float = 1e-3
+    lr: float = 1e-3  # 0 is allowed (no update: the BatchNorm tests use it)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    epochs: int = 10
+    steps: int = 500  # optimiser steps: the cell's budget S (bench/budget.py), the same for every method
+    warmup: float = 0.05  # linear warm-up over this fraction of the steps, then the schedule
     batch_size: int = 128
-    schedule: str = "cosine"  # cosine | onecycle | constant
+    schedule: str = "cosine"  # cosine | onecycle | constant (after the warm-up)
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # 0 = off
-    augment: bool = True
-    backbone_lr_mult: float = 1.0  # sft / lp_ft: lr of the backbone relative to lr; 0 = frozen
+    augment: bool = True  # crop + flip; only paths that train on images can (frozen rows: false)
+    backbone_lr_mult: float = 1.0  # lr of the backbone relative to lr (methods that train it: > 0)
+    bn: str = "frozen"  # BatchNorm of a trained backbone: frozen (pretrained statistics) | train (batch statistics)
     branch_width: int = 256  # sft-mlp hidden units, sft-side channels
-    probe_epochs: int = 30  # the linear probe that initialises sft's H_f and lp_ft's head
-    probe_lr: float = 3e-3
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -50,14 +52,20 @@ class HParams:
             raise UserError(f"optimizer '{self.optimizer}' is not one of: sgd, adamw")
         if self.schedule not in ("cosine", "onecycle", "constant"):
             raise UserError(f"schedule '{self.schedule}' is not one of: cosine, onecycle, constant")
-        for name in ("lr", "epochs", "batch_size"):
+        if self.bn not in BN_POLICIES:
+            raise UserError(f"bn '{self.bn}' is not one of: {', '.join(BN_POLICIES)}")
+        for name in ("steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr < 0:
+            raise UserError(f"lr must be >= 0, got {self.lr}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise UserError(f"warmup must be a fraction of the steps in [0, 1), got {self.warmup}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.backbone_lr_mult < 0:
             raise UserError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
-        for name in ("probe_lr", "probe_epochs", "branch_width"):
+        for name in ("branch_width",):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("weight_decay", "grad_clip"):
@@ -100,18 +108,21 @@ class HParams:
 
 
 # The article's example (../shared/seed/): batch 100, SGD lr 0.001 momentum 0.9,
-# cross-entropy, 10 epochs, flip + crop(32, pad 4), constant learning rate.
+# cross-entropy, 10 epochs (steps = 10 x ceil(n / 100), set per run by make_config),
+# flip + crop(32, pad 4), constant learning rate without warm-up, and BatchNorm in
+# train mode (the article never calls eval() while training).
 SEED_RECIPE = HParams(
     optimizer="sgd",
     lr=0.001,
     momentum=0.9,
     weight_decay=0.0,
-    epochs=10,
+    warmup=0.0,
     batch_size=100,
     schedule="constant",
     label_smoothing=0.0,
     grad_clip=0.0,
     augment=True,
+    bn="train",
 )
 SEED_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -199,82 +210,92 @@ class Net(nn.Module):
 class MethodSpec:
     name: str
     build_head: Callable[[int, int, nn.Module, HParams], tuple[nn.Module, nn.Module | None, bool]]
-    train_backbone: Callable[[HParams], bool]
-    probe_init: bool  # fit a linear probe on frozen features first (sft, lp_ft)
-    search_space: Callable[[Any], dict[str, Any]]  # optuna.Trial -> hyperparameter changes
+    trains_backbone: bool  # False: a frozen-backbone row, trained on cached features (never augmented)
+    probe_init: bool  # H_f starts as the linear_probe row's model (sft*, lp_ft)
+    is_probe: bool = False  # the linear probe itself: its fit is the probe every probe_init method starts from
+    extra_space: Callable[[Any], dict[str, Any]] | None = None  # method-specific hyperparameters (branch width)
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+
+    def train_backbone(self, hp: HParams) -> bool:
+        """Whether B trains (kept as a function of hp for callers; the answer is the method's)."""
+        return self.trains_backbone
+
+    def search_space(self, trial: Any) -> dict[str, Any]:
+        """The shared space (identical ranges for every method that has the hyperparameter) plus the method's own."""
+        space = shared_space(trial, self.trains_backbone)
+        if self.extra_space is not None:
+            space.update(self.extra_space(trial))
+        return space
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
 
+# The values the shared hyperparameters take in every search (methods.md: "shared
+# hyperparameters share their search space"). A frozen-backbone row has no multiplier and
+# no BatchNorm policy; every method that trains B gets both, with the same choices.
+LR_RANGE = (1e-4, 3e-2)
+WEIGHT_DECAY_RANGE = (1e-6, 1e-2)
+LABEL_SMOOTHING_CHOICES = [0.0, 0.1]
+WARMUP_CHOICES = [0.0, 0.05, 0.1]
+BACKBONE_LR_MULT_CHOICES = [0.01, 0.1, 1.0]
+BRANCH_WIDTH_CHOICES = [64, 256, 1024]
 
-def register_method(name: str, **kw: Any) -> Callable:
+
+def shared_space(trial: Any, trains_backbone: bool) -> dict[str, Any]:
+    space = {
+        "optimizer": trial.suggest_categorical("optimizer", ["sgd", "adamw"]),
+        "lr": trial.suggest_float("lr", *LR_RANGE, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", *WEIGHT_DECAY_RANGE, log=True),
+        "label_smoothing": trial.suggest_categorical("label_smoothing", LABEL_SMOOTHING_CHOICES),
+        "warmup": trial.suggest_categorical("warmup", WARMUP_CHOICES),
+    }
+    if trains_backbone:
+        space["backbone_lr_mult"] = trial.suggest_categorical("backbone_lr_mult", BACKBONE_LR_MULT_CHOICES)
+        # The sweep answers "bn" with the experiment's fixed policy unless [search] bn = true.
+        space["bn"] = trial.suggest_categorical("bn", list(BN_POLICIES))
+    return space
+
+
+def width_space(trial: Any) -> dict[str, Any]:
+    return {"branch_width": trial.suggest_categorical("branch_width", BRANCH_WIDTH_CHOICES)}
+
+
+# Frozen rows train on cached features: they cannot augment (methods.md), so they say so.
+FROZEN = {"augment": False}
+
+
+def register_method(
+    name: str,
+    *,
+    trains_backbone: bool,
+    probe_init: bool = False,
+    is_probe: bool = False,
+    extra_space: Callable[[Any], dict[str, Any]] | None = None,
+    summary: str = "",
+) -> Callable:
     def deco(build_head: Callable) -> Callable:
-        METHODS.register(name)(MethodSpec(name, build_head, **kw))
+        defaults = {} if trains_backbone else dict(FROZEN)
+        spec = MethodSpec(name, build_head, trains_backbone, probe_init, is_probe, extra_space, defaults, summary)
+        METHODS.register(name)(spec)
         return build_head
 
     return deco
 
 
-def _common_space(trial: Any) -> dict[str, Any]:
-    return {
-        "optimizer": trial.suggest_categorical("optimizer", ["sgd", "adamw"]),
-        "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
-        "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.1]),
-    }
-
-
-def _head_space(trial: Any) -> dict[str, Any]:
-    return {
-        "optimizer": "adamw",
-        "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
-        "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.1]),
-    }
-
-
-@register_method(
-    "finetune",
-    train_backbone=lambda hp: hp.backbone_lr_mult > 0,
-    probe_init=False,
-    search_space=_common_space,
-    summary="new head on B(x); everything trained",
-)
-def _finetune(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, None, bool]:
+def _linear_head(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, None, bool]:
     return nn.Linear(d, c), None, False
 
 
-@register_method(
-    "linear_probe",
-    train_backbone=lambda hp: False,
-    probe_init=False,
-    search_space=_head_space,
-    defaults={"epochs": 30, "optimizer": "adamw", "lr": 3e-3, "augment": False},
-    summary="new head on frozen B(x)",
-)
-def _linear_probe(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, None, bool]:
-    return nn.Linear(d, c), None, False
+register_method("finetune", trains_backbone=True, summary="new head on B(x); everything trained")(_linear_head)
+register_method("linear_probe", trains_backbone=False, is_probe=True, summary="new head on frozen B(x)")(_linear_head)
+register_method(
+    "lp_ft", trains_backbone=True, probe_init=True, summary="head started as the linear probe, then everything trained"
+)(_linear_head)
 
 
 @register_method(
-    "lp_ft",
-    train_backbone=lambda hp: hp.backbone_lr_mult > 0,
-    probe_init=True,
-    search_space=_common_space,
-    summary="head fitted as a linear probe, then everything trained",
-)
-def _lp_ft(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, None, bool]:
-    return nn.Linear(d, c), None, False
-
-
-@register_method(
-    "seed_sft",
-    train_backbone=lambda hp: hp.backbone_lr_mult > 0,
-    probe_init=False,
-    search_space=_common_space,
-    summary="the article's model: full pretrained classifier (K logits) -> Linear(K, C)",
+    "seed_sft", trains_backbone=True, summary="the article's model: full pretrained classifier (K logits) -> Linear(K, C)"
 )
 def _seed_sft(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, None, bool]:
     k = pretrained_head.out_features if isinstance(pretrained_head, nn.Linear) else _out_features(pretrained_head)
@@ -285,35 +306,41 @@ def _out_features(module: nn.Module) -> int:
     return [m for m in module.modules() if isinstance(m, nn.Linear)][-1].out_features
 
 
-def _sft_space(trial: Any) -> dict[str, Any]:
-    space = _common_space(trial)
-    space["backbone_lr_mult"] = trial.suggest_categorical("backbone_lr_mult", [0.0, 0.01, 0.1, 1.0])
-    return space
-
-
-def _sft_width_space(trial: Any) -> dict[str, Any]:
-    space = _sft_space(trial)
-    space["branch_width"] = trial.suggest_categorical("branch_width", [64, 256, 1024])
-    return space
-
-
-_SFT = dict(train_backbone=lambda hp: hp.backbone_lr_mult > 0, probe_init=True)
-
-
-@register_method("sft", search_space=_sft_space, summary="f + g, g = V B(x) + c (linear, zero-init)", **_SFT)
 def _sft_linear(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, nn.Module, bool]:
     return nn.Linear(d, c), zero_(nn.Linear(d, c)), False
 
 
-@register_method("sft-mlp", search_space=_sft_width_space, summary="f + g, g = one-hidden-layer MLP on B(x)", **_SFT)
 def _sft_mlp(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, nn.Module, bool]:
     branch = nn.Sequential(nn.Linear(d, hp.branch_width), nn.ReLU(), zero_(nn.Linear(hp.branch_width, c)))
     return nn.Linear(d, c), branch, False
 
 
-@register_method("sft-side", search_space=_sft_width_space, summary="f + g, g = small CNN on the image", **_SFT)
 def _sft_side(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, nn.Module, bool]:
     return nn.Linear(d, c), SideBranch(hp.branch_width, c), True
+
+
+# sft (linear branch) with B frozen is the linear probe again (methods.md), so it has no frozen row.
+register_method("sft", trains_backbone=True, probe_init=True, summary="f + g, g = V B(x) + c (linear, zero-init)")(_sft_linear)
+register_method(
+    "sft-mlp", trains_backbone=True, probe_init=True, extra_space=width_space, summary="f + g, g = one-hidden-layer MLP on B(x)"
+)(_sft_mlp)
+register_method(
+    "sft-side", trains_backbone=True, probe_init=True, extra_space=width_space, summary="f + g, g = small CNN on the image"
+)(_sft_side)
+register_method(
+    "sft-mlp-frozen",
+    trains_backbone=False,
+    probe_init=True,
+    extra_space=width_space,
+    summary="f + g on frozen B(x), g = MLP (an MLP probe)",
+)(_sft_mlp)
+register_method(
+    "sft-side-frozen",
+    trains_backbone=False,
+    probe_init=True,
+    extra_space=width_space,
+    summary="f + g, B frozen, g = small CNN on the image (side-tuning as published)",
+)(_sft_side)
 
 
 def method_name(method: str, branch: str | None) -> str:

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from bench.backbones import build_backbone, get_backbone
-from bench.data import Cifar10, check_fraction, label_split, load_cifar10
-from bench.engine import classification_metrics, fit, predict
+from bench.budget import MIN_STEPS, PROTOCOL, seed_recipe_steps, step_budget
+from bench.data import Cifar10, check_fraction, cv_folds, label_split, labelled_count, load_cifar10
+from bench.engine import FitResult, classification_metrics, default_probe, fit, predict
 from bench.methods import METHODS, SEED_NORMALISATION, SEED_RECIPE, HParams, build_net
 from bench.provenance import peak_memory_mb, provenance, resolve_device
 from bench.registry import UserError
@@ -51,6 +52,9 @@ class RunConfig:
     precision: str = "fp32"
     device_type: str = "cpu"
     data: str = ""  # the dataset's fingerprint (md5s of its files)
+    probe: HParams | None = None  # sft* / lp_ft: the linear probe's hyperparameters (H_f starts as that model)
+    cv_folds: int = 1  # trial stage: k > 1 scores the mean validation accuracy over k stratified folds
+    protocol: int = PROTOCOL  # ../shared/docs/methods.md version: a v1 run never shares an id with a v2 one
 
     def __post_init__(self) -> None:
         check_fraction(self.fraction)
@@ -62,7 +66,18 @@ class RunConfig:
             raise UserError(f"stage '{self.stage}' is not one of: final, trial")
         if not 8 <= self.resolution <= 1024:
             raise UserError(f"resolution {self.resolution} is outside 8..1024 pixels")
-        METHODS.get(self.method)
+        spec = METHODS.get(self.method)
+        if spec.trains_backbone and self.hp.backbone_lr_mult <= 0:
+            raise UserError(
+                f"{self.method} trains the backbone, so backbone_lr_mult must be > 0 (got {self.hp.backbone_lr_mult}); "
+                "a frozen backbone is a row of its own: linear_probe, sft-mlp-frozen, sft-side-frozen"
+            )
+        if not spec.trains_backbone and self.hp.augment:
+            raise UserError(f"{self.method} trains on cached features of a frozen backbone, which cannot be augmented")
+        if (self.probe is not None) != spec.probe_init:
+            raise UserError(f"{self.method}: a probe's hyperparameters are {'needed' if spec.probe_init else 'not used'}")
+        if self.cv_folds < 1 or (self.cv_folds > 1 and self.stage != "trial"):
+            raise UserError(f"cv_folds {self.cv_folds}: k-fold scores are for the trial stage only (k >= 2), else 1")
 
     @property
     def run_id(self) -> str:
@@ -88,18 +103,32 @@ def make_config(
     device: torch.device,
     data: Cifar10,
     val_fraction: float = 0.2,
+    probe: HParams | None = None,
+    cv_folds: int = 1,
 ) -> RunConfig:
-    """Resolve defaults (recipe, method defaults, backbone resolution) into a RunConfig."""
+    """Resolve defaults (recipe, method defaults, step budget, backbone resolution) into a RunConfig.
+
+    The step budget is `overrides["steps"]` when given, else the protocol's rule of the
+    labelled-set size (bench/budget.py; the article's 10 epochs for the seed recipe).
+    `probe`: the linear probe a probe-initialised method starts from (the sweep passes the
+    linear_probe row's chosen hyperparameters); default: linear_probe's defaults at this budget.
+    """
     spec = METHODS.get(method)
     if recipe == "seed":
-        hp = SEED_RECIPE
+        hp = SEED_RECIPE.update(**spec.defaults)
         # The article feeds 32 px CIFAR images straight into the network.
         resolution = 32 if resolution is None else resolution
     else:
         hp = HParams().update(**spec.defaults)
         # `is None`, not `or`: an explicit 0 is bad input for RunConfig to refuse, not the default
         resolution = get_backbone(backbone).input_size if resolution is None else resolution
-    hp = hp.update(**(overrides or {}))
+    overrides = dict(overrides or {})
+    hp = hp.update(**overrides)
+    if "steps" not in overrides:
+        n = labelled_count(data.train_y, fraction)
+        hp = hp.update(steps=seed_recipe_steps(n, hp.batch_size) if recipe == "seed" else step_budget(n, hp.batch_size))
+    if spec.probe_init and probe is None:
+        probe = default_probe(hp)
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return RunConfig(
@@ -116,6 +145,8 @@ def make_config(
         precision,
         device.type,
         data.fingerprint,
+        probe if spec.probe_init else None,
+        cv_folds,
     )
 
 
@@ -149,7 +180,7 @@ def execute(
     data: Cifar10,
     device: torch.device,
     *,
-    on_epoch: Callable[[dict], None] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
     save_predictions: Path | None = None,
     save_model: Path | None = None,
     compile: bool | str = False,
@@ -163,46 +194,87 @@ def execute(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cudnn.benchmark = True
-    torch.manual_seed(cfg.seed)
-    net = build_model(cfg, data.num_classes).to(device).to(memory_format=torch.channels_last)
-    split = label_split(data.train_y, cfg.fraction, cfg.seed, cfg.val_fraction)
     spec = METHODS.get(cfg.method)
-    idx = split.labelled if cfg.stage == "final" else split.train
-    x = data.train_x[idx].to(device)
-    y = data.train_y[idx].to(device)
-    val = None
-    if cfg.stage == "trial":
-        val = (data.train_x[split.val].to(device), data.train_y[split.val].to(device))
-    result = fit(net, spec, cfg.hp, x, y, seed=cfg.seed, precision=cfg.precision, val=val, on_epoch=on_epoch, compile=compile)
-    t_eval = time.perf_counter()
+    split = label_split(data.train_y, cfg.fraction, cfg.seed, cfg.val_fraction)
     if cfg.stage == "final":
-        ex, ey = data.test()
-        ex, ey = ex.to(device), ey.to(device)
+        folds: list[tuple[torch.Tensor, torch.Tensor | None]] = [(split.labelled, None)]
+    elif cfg.cv_folds > 1:
+        folds = list(cv_folds(data.train_y, cfg.fraction, cfg.seed, cfg.cv_folds))
     else:
-        ex, ey = val
-    probs = predict(net, ex, cfg.precision)
-    eval_seconds = time.perf_counter() - t_eval
-    metrics = classification_metrics(probs, ey, data.num_classes)
+        folds = [(split.train, split.val)]
+    k = len(folds)
+    results: list[FitResult] = []
+    val_scores: list[dict] = []
+    t_eval = 0.0
+    for j, (train_idx, val_idx) in enumerate(folds):
+        torch.manual_seed(cfg.seed)
+        net = build_model(cfg, data.num_classes).to(device).to(memory_format=torch.channels_last)
+        x = data.train_x[train_idx].to(device)
+        y = data.train_y[train_idx].to(device)
+        val = None if val_idx is None else (data.train_x[val_idx].to(device), data.train_y[val_idx].to(device))
+        # fold j's rows continue the step count of the folds before it: one axis for the pruner
+        fold_progress = None if on_progress is None else _fold_rows(on_progress, j, k)
+        result = fit(
+            net,
+            spec,
+            cfg.hp,
+            x,
+            y,
+            seed=cfg.seed,
+            precision=cfg.precision,
+            val=val,
+            on_progress=fold_progress,
+            compile=compile,
+            probe=cfg.probe,
+        )
+        results.append(result)
+        t0 = time.perf_counter()
+        if val is None:
+            ex, ey = data.test()
+            ex, ey = ex.to(device), ey.to(device)
+        else:
+            ex, ey = val
+        probs = predict(net, ex, cfg.precision)
+        t_eval += time.perf_counter() - t0
+        val_scores.append(classification_metrics(probs, ey, data.num_classes))
+    metrics = val_scores[0]
     if cfg.stage == "trial":
-        metrics = {"val_accuracy": metrics["test_accuracy"], "val_macro_f1": metrics["macro_f1"]}
+        metrics = {
+            "val_accuracy": sum(m["test_accuracy"] for m in val_scores) / k,
+            "val_macro_f1": sum(m["macro_f1"] for m in val_scores) / k,
+        }
+        if k > 1:
+            metrics["fold_val_accuracy"] = [m["test_accuracy"] for m in val_scores]
+    history = [dict(r, fold=j) if k > 1 else r for j, res in enumerate(results) for r in res.history]
+    result = results[-1]
+    train_seconds = sum(r.train_seconds for r in results)
+    feature_seconds = sum(r.feature_seconds for r in results)
+    images = sum(r.images_seen for r in results)
     record: dict[str, Any] = {
         "run_id": cfg.run_id,
         "config": cfg.to_dict(),
-        **{k: v for k, v in cfg.to_dict().items() if k != "hp"},
+        **{k: v for k, v in cfg.to_dict().items() if k not in ("hp", "probe")},
         "hparams": asdict(cfg.hp),
+        "probe_hparams": None if cfg.probe is None else asdict(cfg.probe),
         **metrics,
         "classes": list(data.classes),
-        "n_train": len(x),
+        "n_train": len(folds[0][0]),
         "n_eval": len(ey),
+        "steps": result.steps,
+        "probe_steps": result.probe_steps,
+        "min_steps": MIN_STEPS,
+        "augment": result.augmented,
+        "bn": cfg.hp.bn if spec.trains_backbone else "frozen",
+        "probe_cache_hit": any(r.probe_cache_hit for r in results),
         "trainable_params": trainable_parameters(net, cfg),
-        "train_seconds": result.train_seconds,
-        "feature_seconds": result.feature_seconds,
-        "eval_seconds": eval_seconds,
-        "eval_images_per_second": len(ey) / eval_seconds if eval_seconds > 0 else 0.0,
+        "train_seconds": train_seconds,
+        "feature_seconds": feature_seconds,
+        "eval_seconds": t_eval,
+        "eval_images_per_second": k * len(ey) / t_eval if t_eval > 0 else 0.0,
         "wall_seconds": time.perf_counter() - wall0,
-        "images_per_second": result.images_per_second,
+        "images_per_second": images / (train_seconds + feature_seconds) if train_seconds + feature_seconds > 0 else 0.0,
         "peak_memory_mb": peak_memory_mb(device),
-        "history": result.history,
+        "history": history,
         "provenance": provenance(device),
     }
     if save_predictions is not None:
@@ -216,6 +288,16 @@ def execute(
             ),
         )
     return record
+
+
+def _fold_rows(on_progress: Callable[[dict], None], fold: int, folds: int) -> Callable[[dict], None]:
+    if folds == 1:
+        return on_progress
+
+    def forward(row: dict) -> None:
+        on_progress({**row, "fold": fold, "step": fold * row["steps"] + row["step"], "steps": folds * row["steps"]})
+
+    return forward
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:

@@ -50,6 +50,7 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.budget import PROTOCOL
 from bench.data import Cifar10
 from bench.engine import Diverged
 from bench.experiment import Cell, Experiment, check_writable
@@ -188,13 +189,26 @@ def storage_exists(exp: Experiment) -> bool:
 
 
 def check_settings(exp: Experiment, storage: optuna.storages.BaseStorage) -> None:
-    """Refuse to mix an existing experiment's studies with a search under other settings."""
-    studies = {s.study_name: s for s in storage.get_all_studies()}
-    for cell in exp.cells():
-        s = studies.get(cell.study_name(exp.name))
-        if s is None or "settings" not in s.user_attrs:
+    """Refuse to mix an existing experiment's studies with a search under other settings, and
+    refuse to extend a study written under protocol v1 (epoch budgets, per-method BN)."""
+    cells = {(c.backbone, c.method, c.recipe, float(c.fraction)): c for c in exp.cells()}
+    for s in storage.get_all_studies():
+        name = s.study_name
+        if not (name.startswith(f"{exp.name}/") or name.startswith(f"{exp.name}:final/")):
             continue
-        old, new = s.user_attrs["settings"], json.loads(json.dumps(exp.search_settings(cell)))
+        if s.user_attrs.get("protocol") != PROTOCOL:
+            raise UserError(
+                f"experiment '{exp.name}' in this storage was written under protocol v{s.user_attrs.get('protocol', 1)} "
+                f"(study {name}); new sweeps (protocol v{PROTOCOL}) do not extend it: use another experiment name (--name) "
+                "or results folder; report and compare still read the old one"
+            )
+        if "settings" not in s.user_attrs:
+            continue
+        attrs = s.user_attrs
+        cell = cells.get((attrs.get("backbone"), attrs.get("method"), attrs.get("recipe"), float(attrs.get("fraction", -1))))
+        if cell is None:
+            continue
+        old, new = attrs["settings"], json.loads(json.dumps(exp.search_settings(cell)))
         # Keys known to both sides only: a study written by an older version of the suite stays usable.
         differ = [k for k in sorted(set(old) & set(new)) if old[k] != new[k]]
         if differ:
@@ -425,23 +439,19 @@ class SpaceTrial:
 
 
 def sample_hparams(trial: Any, exp: Experiment, method: str) -> dict[str, Any]:
-    """The hyperparameter changes of one trial: the method's own space (next to its
-    definition in bench/methods.py), the experiment's [space] and [hparams], and epochs."""
+    """The hyperparameter changes of one trial: the shared space plus the method's own (declared
+    with the method in bench/methods.py), the experiment's [space] and [hparams]. The BatchNorm
+    policy is fixed ("frozen") unless [search] bn = true; the step budget is never searched."""
+    spec = METHODS.get(method)
     fixed = exp.fixed_hparams(method)
+    if spec.trains_backbone and not exp.search.bn:
+        fixed.setdefault("bn", "frozen")
     space = exp.space_for(method)
     proxy = SpaceTrial(trial, fixed, space)
-    changes = dict(METHODS.get(method).search_space(proxy))
+    changes = dict(spec.search_space(proxy))
     for name, dist in space.items():
         if name not in proxy.asked and name not in fixed:
             changes[name] = proxy.suggest(name, dist)
-    if "epochs" not in changes:
-        if "epochs" in fixed:
-            changes["epochs"] = fixed["epochs"]
-        elif exp.search.epochs:
-            changes["epochs"] = trial.suggest_int("epochs", exp.min_epochs(), exp.max_epochs)
-        else:
-            # Every tuned run trains for the experiment's epoch budget: the same for every method.
-            changes["epochs"] = exp.max_epochs
     changes.update(fixed)
     return changes
 
@@ -490,32 +500,88 @@ class WorkItem:
     study_id: int
     slot: int = 0  # trial: the slot number; final: the seed
     cfg: RunConfig | None = None
+    seed: int = 0  # trial: the seed whose subset it searches on
+    probe: HParams | None = None  # trial: the linear probe it starts from (probe_init methods)
+    per_seed: bool = False
 
     @property
     def label(self) -> str:
         if self.kind == "trial":
-            return f"trial {self.slot + 1} · {self.cell.label}"
+            return f"trial {self.slot + 1}{f' · seed {self.seed}' if self.per_seed else ''} · {self.cell.label}"
         return f"final seed {self.slot} · {self.cell.label}"
+
+
+@dataclass
+class SearchStatus:
+    """One search study: the cell's (shared) or one seed's (per_seed)."""
+
+    seed: int
+    study_id: int | None
+    budget: int
+    done: int = 0
+    pruned: int = 0
+    diverged: int = 0
+    best_value: float | None = None
+    best_hparams: dict | None = None
+    trial_seconds: list[float] = field(default_factory=list)
+    can_ask: bool = False
+    failed: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.budget
 
 
 @dataclass
 class CellStatus:
     cell: Cell
     trials_budget: int
-    trials_done: int = 0
-    trials_pruned: int = 0
-    trials_diverged: int = 0
-    best_value: float | None = None
-    best_hparams: dict | None = None
-    search_done: bool = False
+    searches: dict[int, SearchStatus] = field(default_factory=dict)  # search seed -> its study
     finals_total: int = 0
     finals: dict[int, dict] = field(default_factory=dict)  # seed -> record
-    diverged: dict[int, str] = field(default_factory=dict)  # seed -> reason
-    failed: str = ""  # why this cell cannot produce final runs
+    diverged: dict[int, str] = field(default_factory=dict)  # seed -> why no final run (diverged or unsearchable)
+    failed: str = ""  # why this cell cannot produce any final run
     run_ids: dict[int, str] = field(default_factory=dict)
-    trial_seconds: list[float] = field(default_factory=list)
-    can_ask: bool = False
     free_finals: list[tuple[int, RunConfig]] = field(default_factory=list)
+    waiting: str = ""  # what this cell's next item waits for (another cell's search)
+
+    @property
+    def trials_done(self) -> int:
+        return sum(s.done for s in self.searches.values())
+
+    @property
+    def trials_pruned(self) -> int:
+        return sum(s.pruned for s in self.searches.values())
+
+    @property
+    def trials_diverged(self) -> int:
+        return sum(s.diverged for s in self.searches.values())
+
+    @property
+    def trial_seconds(self) -> list[float]:
+        return [t for s in self.searches.values() for t in s.trial_seconds]
+
+    @property
+    def search_done(self) -> bool:
+        return all(s.complete for s in self.searches.values())
+
+    @property
+    def can_ask(self) -> bool:
+        return any(s.can_ask for s in self.searches.values())
+
+    @property
+    def best_value(self) -> float | None:
+        """The best validation accuracy (mean over the seeds' searches when per seed)."""
+        vals = [s.best_value for s in self.searches.values() if s.best_value is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    @property
+    def best_hparams(self) -> dict | None:
+        """The first searching seed's choice (the summary shows one; records have every seed's)."""
+        for s in self.searches.values():
+            if s.best_hparams is not None:
+                return s.best_hparams
+        return None
 
     @property
     def finals_done(self) -> int:
@@ -599,7 +665,10 @@ class Sweep:
         self._study_ids[name] = sid
         return sid
 
-    def search_study(self, cell: Cell) -> int | None:
+    def search_name(self, cell: Cell, seed: int) -> str:
+        return cell.study_name(self.exp.name, seed if self.exp.search.mode == "per_seed" else None)
+
+    def search_study(self, cell: Cell, seed: int) -> int | None:
         attrs = {
             "experiment": self.exp.name,
             "backbone": cell.backbone,
@@ -607,9 +676,12 @@ class Sweep:
             "recipe": cell.recipe,
             "fraction": cell.fraction,
             "kind": "search",
+            "seed": seed,
+            "search_mode": self.exp.search.mode,
+            "protocol": PROTOCOL,
             "settings": json.loads(json.dumps(self.exp.search_settings(cell))),
         }
-        return self.study_id(cell.study_name(self.exp.name), attrs)
+        return self.study_id(self.search_name(cell, seed), attrs)
 
     def finals_study(self, cell: Cell) -> int | None:
         attrs = {
@@ -619,6 +691,7 @@ class Sweep:
             "recipe": cell.recipe,
             "fraction": cell.fraction,
             "kind": "final",
+            "protocol": PROTOCOL,
         }
         return self.study_id(cell.finals_name(self.exp.name), attrs)
 
@@ -639,7 +712,10 @@ class Sweep:
             self._resolution[cell.backbone] = self.exp.resolution_for(cell.backbone) or get_backbone(cell.backbone).input_size
         return self._resolution[cell.backbone]
 
-    def config(self, cell: Cell, seed: int, overrides: dict | None, stage: str) -> RunConfig:
+    def config(self, cell: Cell, seed: int, overrides: dict | None, stage: str, probe: HParams | None = None) -> RunConfig:
+        changes = dict(overrides or {}) if cell.recipe == "tuned" else {}
+        if self.exp.steps is not None:  # a fixed budget (smoke tests), for every cell alike
+            changes["steps"] = self.exp.steps
         return make_config(
             cell.backbone,
             cell.method,
@@ -648,62 +724,112 @@ class Sweep:
             recipe=cell.recipe,
             resolution=self.resolution(cell),
             pretrained=self.exp.pretrained,
-            overrides=overrides if cell.recipe == "tuned" else None,
+            overrides=changes,
             stage=stage,
             precision=self.exp.precision,
             device=self.device,
             data=self.data,
             val_fraction=self.exp.val_fraction,
+            probe=probe,
+            cv_folds=self.exp.cv_folds if stage == "trial" else 1,
         )
+
+    def probe_cell(self, cell: Cell) -> Cell | None:
+        """The linear_probe row whose model a probe-initialised method starts from."""
+        if not METHODS.get(cell.method).probe_init:
+            return None
+        return Cell(cell.backbone, "linear_probe", cell.recipe, cell.fraction)
 
     # ------------------------------------------------ survey
 
     def survey(self) -> GridStatus:
-        """Read the whole grid's state from the storage (and free dead processes' claims)."""
-        stale_after = self.exp.workers.stale_after_seconds
+        """Read the whole grid's state from the storage (and free dead processes' claims).
+
+        linear_probe cells are read first: a probe-initialised cell's trials and final runs
+        for seed s start from the linear probe that linear_probe's search chose for s, so
+        they wait until that search is complete."""
         now = time.time()
-        cells, running = [], []
-        for cell in self.cells:
+        running: list[dict] = []
+        by_cell: dict[Cell, CellStatus] = {}
+        order = sorted(self.cells, key=lambda c: self.probe_cell(c) is not None)
+        for cell in order:
             tuned = cell.recipe == "tuned"
-            cs = CellStatus(cell, self.exp.trials if tuned else 0, finals_total=len(self.exp.seeds))
-            if tuned:
-                trials = self.trials(self.search_study(cell))
-                finished = sorted((t for t in trials if t.state in FINISHED), key=lambda t: t._trial_id)
-                live = [t for t in trials if is_live(t, stale_after, now)]
-                cs.trials_done = len(finished)
-                cs.trials_pruned = sum(t.state == TrialState.PRUNED for t in finished[: cs.trials_budget])
-                cs.trials_diverged = sum("pruned_reason" in t.user_attrs for t in finished[: cs.trials_budget])
-                cs.trial_seconds = [
-                    (t.datetime_complete - t.datetime_start).total_seconds()
-                    for t in finished
-                    if t.datetime_complete and t.datetime_start
-                ]
-                cs.search_done = len(finished) >= cs.trials_budget
-                cs.can_ask = not cs.search_done and len(finished) + len(live) < cs.trials_budget
-                running += [self._running(t, "trial", cell) for t in live]
-                complete = [t for t in finished[: cs.trials_budget] if t.state == TrialState.COMPLETE]
-                if complete:
-                    best = max(complete, key=lambda t: (t.value, -t._trial_id))
-                    cs.best_value, cs.best_hparams = best.value, best.user_attrs.get("hparams")
-                elif cs.search_done:
-                    cs.failed = f"all {cs.trials_budget} trials were pruned or diverged; no hyperparameters to retrain with"
-            else:
-                cs.search_done = True
-            if cs.search_done and not cs.failed:
-                self._survey_finals(cs, now, running)
-            cells.append(cs)
-        status = GridStatus(cells, running)
+            seeds = self.exp.search_seeds if tuned else ()
+            cs = CellStatus(cell, self.exp.trials * len(seeds), finals_total=len(self.exp.seeds))
+            probe_of = self.probe_cell(cell)
+            lp = by_cell.get(probe_of) if probe_of is not None else None
+            for seed in seeds:
+                ss = SearchStatus(seed, self.search_study(cell, seed), self.exp.trials)
+                ready = lp is None or self.probe_hparams(lp, seed, "trial") is not None
+                self._survey_search(ss, cell, now, running, ready)
+                cs.searches[seed] = ss
+                if not ready:
+                    cs.waiting = f"waits for {probe_of.label} (seed {seed}'s search)"
+            if cs.search_done:
+                failed = [ss for ss in cs.searches.values() if ss.failed]
+                if failed and len(failed) == len(cs.searches):
+                    cs.failed = failed[0].failed
+                else:
+                    self._survey_finals(cs, lp, now, running)
+            by_cell[cell] = cs
+        status = GridStatus([by_cell[c] for c in self.cells], running)
         status.eta_seconds = self._eta(status)
         return status
 
-    def _survey_finals(self, cs: CellStatus, now: float, running: list[dict]) -> None:
+    def _survey_search(self, ss: SearchStatus, cell: Cell, now: float, running: list[dict], ready: bool) -> None:
+        stale_after = self.exp.workers.stale_after_seconds
+        trials = self.trials(ss.study_id)
+        finished = sorted((t for t in trials if t.state in FINISHED), key=lambda t: t._trial_id)
+        live = [t for t in trials if is_live(t, stale_after, now)]
+        counted = finished[: ss.budget]
+        ss.done = len(finished)
+        ss.pruned = sum(t.state == TrialState.PRUNED for t in counted)
+        ss.diverged = sum("pruned_reason" in t.user_attrs for t in counted)
+        ss.trial_seconds = [
+            (t.datetime_complete - t.datetime_start).total_seconds() for t in finished if t.datetime_complete and t.datetime_start
+        ]
+        ss.can_ask = ready and not ss.complete and len(finished) + len(live) < ss.budget
+        running += [self._running(t, "trial", cell) for t in live]
+        complete = [t for t in counted if t.state == TrialState.COMPLETE]
+        if complete:
+            best = max(complete, key=lambda t: (t.value, -t._trial_id))
+            ss.best_value, ss.best_hparams = best.value, best.user_attrs.get("hparams")
+        elif ss.complete:
+            ss.failed = f"all {ss.budget} trials were pruned or diverged; no hyperparameters to retrain with"
+
+    def probe_hparams(self, lp: CellStatus, seed: int, stage: str) -> HParams | None:
+        """The linear probe that seed `seed`'s trial or final run starts from: the linear_probe row's
+        hyperparameters as its search chose them for that seed (None until that search is complete)."""
+        if lp.cell.recipe != "tuned":
+            return self.config(lp.cell, seed, None, stage).hp
+        ss = lp.searches.get(self.exp.searched_by(seed))
+        if ss is None or not ss.complete or ss.best_hparams is None:
+            return None
+        return self.config(lp.cell, seed, ss.best_hparams, stage).hp
+
+    def _survey_finals(self, cs: CellStatus, lp: CellStatus | None, now: float, running: list[dict]) -> None:
         stale_after = self.exp.workers.stale_after_seconds
         trials = self.trials(self.finals_study(cs.cell))
         by_run: dict[str, list[FrozenTrial]] = {}
         for t in trials:
             by_run.setdefault(t.user_attrs.get("run_id", ""), []).append(t)
         for seed in self.exp.seeds:
-            cfg = self.config(cs.cell, seed, cs.best_hparams, "final")
+            hparams = None
+            if cs.cell.recipe == "tuned":
+                ss = cs.searches[self.exp.searched_by(seed)]
+                if ss.failed:
+                    cs.diverged[seed] = f"no final run: seed {ss.seed}'s search failed ({ss.failed})"
+                    continue
+                hparams = ss.best_hparams
+            probe = None if lp is None else self.probe_hparams(lp, seed, "final")
+            if lp is not None and probe is None:
+                reason = lp.failed or next((s.failed for s in lp.searches.values() if s.failed), "")
+                if reason:
+                    cs.diverged[seed] = f"no final run: its linear probe could not be chosen ({reason})"
+                else:
+                    cs.waiting = f"waits for {lp.cell.label}"
+                continue
+            cfg = self.config(cs.cell, seed, hparams, "final", probe=probe)
             cs.run_ids[seed] = cfg.run_id
             claims = sorted(by_run.get(cfg.run_id, []), key=lambda t: t._trial_id)
             done = [t for t in claims if t.state == TrialState.COMPLETE]
@@ -799,16 +925,22 @@ class Sweep:
             self.heartbeat.stop()
 
     def _next(self, status: GridStatus) -> WorkItem | None:
-        for cs in status.cells:
+        """Final runs first (they finish cells), linear_probe cells before the cells waiting on them."""
+        lp: dict[Cell, CellStatus] = {cs.cell: cs for cs in status.cells if METHODS.get(cs.cell.method).is_probe}
+        for cs in sorted(status.cells, key=lambda cs: not METHODS.get(cs.cell.method).is_probe):
             if cs.free_finals:
                 seed, cfg = cs.free_finals[0]
                 return WorkItem("final", cs.cell, self.finals_study(cs.cell), seed, cfg)
-            if cs.can_ask:
-                return WorkItem("trial", cs.cell, self.search_study(cs.cell), cs.trials_done)
+            for ss in cs.searches.values():
+                if ss.can_ask:
+                    probe_of = self.probe_cell(cs.cell)
+                    probe = None if probe_of is None else self.probe_hparams(lp[probe_of], ss.seed, "trial")
+                    per_seed = self.exp.search.mode == "per_seed"
+                    return WorkItem("trial", cs.cell, ss.study_id, ss.done, seed=ss.seed, probe=probe, per_seed=per_seed)
         return None
 
-    def _on_epoch(self, row: dict) -> None:
-        self.heartbeat.progress = f"{row['phase']} {row['epoch']}/{row['epochs']}"
+    def _on_progress(self, row: dict) -> None:
+        self.heartbeat.progress = f"{row['phase']} {row['step']}/{row['steps']}"
         self.progress.epoch(row)
         if self.heartbeat.lost:
             raise LostClaim("another process declared this trial stale and took it over")
@@ -834,36 +966,38 @@ class Sweep:
                 finish(storage, tid, TrialState.FAIL, "over budget: another process took the last slot")
                 return
             item.slot = counted.index(tid)
-            name = cell.study_name(exp.name)
+            name = self.search_name(cell, item.seed)
             sampler = optuna.samplers.TPESampler(
-                seed=slot_seed(name, exp.data_seed, item.slot), n_startup_trials=exp.startup_trials()
+                seed=slot_seed(name, item.seed, item.slot), n_startup_trials=exp.startup_trials()
             )
-            pruner: optuna.pruners.BasePruner = (
-                optuna.pruners.MedianPruner(
-                    n_startup_trials=exp.pruner_startup_trials(), n_warmup_steps=exp.search.pruner_warmup_epochs + 1
-                )
-                if exp.search.pruner == "median"
-                else optuna.pruners.NopPruner()
-            )
-            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
             trial = optuna.Trial(study, tid)
             changes = sample_hparams(trial, exp, cell.method)
-            cfg = self.config(cell, exp.data_seed, changes, "trial")
+            cfg = self.config(cell, item.seed, changes, "trial", probe=item.probe)
+            # The pruner's clock is the optimiser step; it never stops a trial before
+            # pruner_warmup (>= half) of its budget: slow starters are methods too.
+            if exp.search.pruner == "median":
+                study.pruner = optuna.pruners.MedianPruner(
+                    n_startup_trials=exp.pruner_startup_trials(),
+                    n_warmup_steps=math.ceil(exp.search.pruner_warmup * cfg.hp.steps * cfg.cv_folds),
+                )
+            else:
+                study.pruner = optuna.pruners.NopPruner()
             trial.set_user_attr("hparams", json.loads(json.dumps(changes)))
             trial.set_user_attr("run_id", cfg.run_id)
             trial.set_user_attr("slot", item.slot)
             self.progress.item_start(item)
             self.executed.append(item)
 
-            def on_epoch(row: dict) -> None:
-                self._on_epoch(row)
+            def on_progress(row: dict) -> None:
+                self._on_progress(row)
                 if row["phase"] == "train" and "val_accuracy" in row:
-                    trial.report(row["val_accuracy"], row["epoch"])
+                    trial.report(row["val_accuracy"], row["step"])
                     if trial.should_prune():
-                        raise optuna.TrialPruned(f"median at epoch {row['epoch']} (val acc {row['val_accuracy']:.4f})")
+                        raise optuna.TrialPruned(f"median at step {row['step']} (val acc {row['val_accuracy']:.4f})")
 
             try:
-                rec = execute(cfg, self.data, self.device, on_epoch=on_epoch, compile=self.exp.compile)
+                rec = execute(cfg, self.data, self.device, on_progress=on_progress, compile=self.exp.compile)
             except optuna.TrialPruned as exc:
                 self.heartbeat.detach()
                 with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
@@ -916,7 +1050,7 @@ class Sweep:
             tmp = preds_dir / f".{run_id}.{os.getpid()}.csv"
             try:
                 rec = execute(
-                    cfg, self.data, self.device, on_epoch=self._on_epoch, save_predictions=tmp, compile=self.exp.compile
+                    cfg, self.data, self.device, on_progress=self._on_progress, save_predictions=tmp, compile=self.exp.compile
                 )
                 pred_path = preds_dir / f"{run_id}.csv.gz"
                 atomic_write(pred_path, lambda f: _gzip_into(tmp, f))
@@ -931,7 +1065,9 @@ class Sweep:
                 tmp.unlink(missing_ok=True)
             cell = item.cell
             rec["experiment"] = self.exp.name
-            rec["study"] = cell.study_name(self.exp.name) if cell.recipe == "tuned" else ""
+            tuned = cell.recipe == "tuned"
+            rec["study"] = self.search_name(cell, self.exp.searched_by(item.slot)) if tuned else ""
+            rec["search_mode"] = self.exp.search.mode if tuned else ""
             rec["predictions"] = f"predictions/{run_id}.csv.gz"
             rec["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             from bench.run import write_record
@@ -1010,6 +1146,13 @@ def runs_columns(classes: tuple[str, ...]) -> list[str]:
         "images_per_second",
         "peak_memory_mb",
         "n_train",
+        "protocol",
+        "steps",
+        "probe_steps",
+        "min_steps",
+        "search_mode",
+        "augment",
+        "bn",
         "hparams",
         *[f"hp_{f}" for f in HP_FIELDS],
         "study",
@@ -1037,6 +1180,13 @@ def record_row(rec: dict) -> dict[str, Any]:
         images_per_second=rec["images_per_second"],
         peak_memory_mb=rec["peak_memory_mb"],
         n_train=rec["n_train"],
+        protocol=rec["protocol"],
+        steps=rec["steps"],
+        probe_steps=rec["probe_steps"],
+        min_steps=rec["min_steps"],
+        search_mode=rec.get("search_mode", ""),
+        augment=rec["augment"],
+        bn=rec["bn"],
         hparams=json.dumps(rec["hparams"], sort_keys=True),
         **{f"hp_{f}": rec["hparams"].get(f) for f in HP_FIELDS},
         study=rec.get("study", ""),
@@ -1129,12 +1279,18 @@ def hparams_brief(hp: dict | None) -> str:
     """The searched hyperparameters in a few characters, for tables."""
     if not hp:
         return ""
-    short = {"lr": "lr", "weight_decay": "wd", "label_smoothing": "ls", "backbone_lr_mult": "mult", "branch_width": "width"}
+    short = {
+        "lr": "lr",
+        "weight_decay": "wd",
+        "label_smoothing": "ls",
+        "warmup": "wu",
+        "backbone_lr_mult": "mult",
+        "bn": "bn",
+        "branch_width": "width",
+    }
     parts = [str(hp["optimizer"])] if "optimizer" in hp else []
     for k, name in short.items():
         if k in hp:
             v = hp[k]
             parts.append(f"{name} {v:.2g}" if isinstance(v, float) else f"{name} {v}")
-    if "epochs" in hp:
-        parts.append(f"{hp['epochs']} ep")
     return " ".join(parts)

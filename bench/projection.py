@@ -1,0 +1,160 @@
+"""How long a grid will take on this device, from throughputs measured now (`sweep --dry-run`).
+
+Why: protocol v2 gives every cell at least 500 optimiser steps and a search per seed, so
+the same grid is minutes on a GPU and days on a laptop. A user should know which before
+starting. The projection measures, for each (backbone, resolution, batch) of the grid, a
+few training steps (forward, backward, optimiser; augmentation included) and a few
+evaluation batches on this device, then adds up every work item of the grid:
+
+- a trial or final run that trains B: S steps x batch images at the training rate, plus
+  its validation reports (trials) or the test set (final runs), plus the probe's features;
+- a frozen row: its images once through the backbone (features), plus evaluation;
+  the head's steps on cached features are counted as negligible.
+
+It is a projection, printed as such: an upper bound assumes no trial is pruned; the lower
+bound assumes every trial the pruner may stop stops at half its budget. Load on a shared
+machine moves both.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from bench.budget import REPORTS
+from bench.data import augment, label_split, labelled_count
+from bench.experiment import Cell, Experiment
+from bench.methods import METHODS, HParams
+
+TEST_IMAGES = 10_000
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Images per second on this device for one (backbone, resolution, batch)."""
+
+    backbone: str
+    resolution: int
+    batch_size: int
+    train: float  # training images/s (end to end, augmented)
+    forward: float  # evaluation / feature images/s
+
+
+@dataclass(frozen=True)
+class Projection:
+    rates: tuple[Rates, ...]
+    upper_seconds: float  # no trial pruned
+    lower_seconds: float  # every prunable trial stopped at half its budget
+    trials: int
+    finals: int
+    measure_seconds: float
+
+
+def measure_rates(backbone: str, resolution: int, batch_size: int, device: torch.device, precision: str) -> Rates:
+    """A few timed training steps and evaluation batches (median), after a warm-up."""
+    from bench.engine import autocast, encode_all, eval_batch
+    from bench.run import RunConfig, build_model
+
+    cfg = RunConfig(backbone, "finetune", 1.0, 0, resolution=resolution, pretrained=False, precision=precision)
+    net = build_model(cfg, 10).to(device).to(memory_format=torch.channels_last)  # weights do not change the speed
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
+    y = torch.randint(0, 10, (batch_size,), generator=gen, device=device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    net.train()
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        with autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(net(augment(x, gen)).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    times = _timed(step)
+    train = batch_size / statistics.median(times)
+    ev = eval_batch(device)
+    xe = torch.randint(0, 256, (ev, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
+
+    def forward() -> float:
+        t0 = time.perf_counter()
+        encode_all(net, xe, precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    fwd = ev / statistics.median(_timed(forward))
+    return Rates(backbone, resolution, batch_size, train, fwd)
+
+
+def _timed(fn: object, warmup: int = 2, at_least: int = 3, seconds: float = 2.0) -> list[float]:
+    for _ in range(warmup):
+        fn()  # type: ignore[operator]
+    times: list[float] = []
+    t0 = time.perf_counter()
+    while len(times) < at_least or (time.perf_counter() - t0 < seconds and len(times) < 20):
+        times.append(fn())  # type: ignore[operator]
+    return times
+
+
+def project(exp: Experiment, sweep: object, device: torch.device) -> Projection:
+    """Measure the grid's (backbone, resolution, batch) combinations, then add up its work items.
+
+    `sweep`: a read-only `bench.sweep.Sweep` of the experiment (its `config` resolves every
+    cell's step budget, resolution and batch size exactly as the real runs will)."""
+    t_measure = time.perf_counter()
+    rates: dict[tuple[str, int, int, str], Rates] = {}
+    upper = lower = 0.0
+    n_trials = n_finals = 0
+    data = sweep.data  # type: ignore[attr-defined]
+    for cell in exp.cells():
+        cfg = sweep.config(cell, exp.seeds[0], dict(exp.fixed_hparams(cell.method)), "final")  # type: ignore[attr-defined]
+        key = (cell.backbone, cfg.resolution, cfg.hp.batch_size, cfg.precision)
+        if key not in rates:
+            rates[key] = measure_rates(cell.backbone, cfg.resolution, cfg.hp.batch_size, device, cfg.precision)
+        r = rates[key]
+        spec = METHODS.get(cell.method)
+        n = labelled_count(data.train_y, cell.fraction)
+        n_val = len(label_split(data.train_y, cell.fraction, exp.seeds[0], exp.val_fraction).val)
+        final, trial = _item_seconds(cell, cfg.hp, spec.trains_backbone, spec.probe_init, n, n_val, exp.cv_folds, r)
+        finals = len(exp.seeds)
+        trials = exp.trials * len(exp.search_seeds) if cell.recipe == "tuned" else 0
+        n_trials += trials
+        n_finals += finals
+        upper += finals * final + trials * trial
+        # the pruner may stop trials after its start-up trials, at pruner_warmup of their budget at the earliest
+        prunable = 0 if exp.search.pruner == "none" else max(0, exp.trials - exp.pruner_startup_trials()) * len(exp.search_seeds)
+        prunable = min(prunable, trials) if spec.trains_backbone else 0
+        lower += finals * final + (trials - prunable) * trial + prunable * trial * exp.search.pruner_warmup
+    return Projection(tuple(rates.values()), upper, lower, n_trials, n_finals, time.perf_counter() - t_measure)
+
+
+def _item_seconds(
+    cell: Cell, hp: HParams, trains: bool, probe: bool, n: int, n_val: int, folds: int, r: Rates
+) -> tuple[float, float]:
+    """(seconds of one final run, seconds of one search trial) of a cell."""
+    n_train = n - n_val
+    if trains:
+        steps_s = hp.steps * hp.batch_size / r.train
+        final = steps_s + (TEST_IMAGES + (n if probe else 0)) / r.forward
+        trial = folds * (steps_s + (REPORTS * n_val + (n_train if probe else 0)) / r.forward)
+    else:
+        final = (n + TEST_IMAGES) / r.forward
+        trial = folds * (n_train + n_val) / r.forward
+    return final, trial
+
+
+def hours(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
