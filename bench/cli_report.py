@@ -30,7 +30,13 @@ def report(
         "results"
     ),
     experiment: Annotated[str | None, typer.Option(help="Experiment name under --results-dir (default: the only one).")] = None,
-    test: Annotated[str, typer.Option(help="ttest (paired t-test) or wilcoxon (signed-rank), over paired seeds.")] = "ttest",
+    test: Annotated[
+        str,
+        typer.Option(
+            help="ttest (paired t-test) or wilcoxon (signed-rank), over paired seeds; wilcoxon is refused where the "
+            "seed count cannot reach --alpha (2/2^n > alpha: at alpha 0.05 it needs 6 or more paired seeds)."
+        ),
+    ] = "ttest",
     alpha: Annotated[float, typer.Option(help="Significance level after Holm's correction.")] = 0.05,
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage (journal path or URL); default: config.toml's, else optuna.journal.")
@@ -46,11 +52,11 @@ def report(
         _fail(str(exc))
     wtl = res.win_tie_loss
     if len(wtl):
-        t = Table(title="against finetune (significant after Holm)")
-        for col in ("method", "win", "tie", "loss", "untested"):
-            t.add_column(col, justify="left" if col == "method" else "right")
+        t = Table(title="against each baseline (significant after Holm)")
+        for col in ("method", "baseline", "win", "tie", "loss", "untested"):
+            t.add_column(col, justify="left" if col in ("method", "baseline") else "right")
         for r in wtl.itertuples(index=False):
-            t.add_row(r.method, str(r.win), str(r.tie), str(r.loss), str(r.untested))
+            t.add_row(r.method, r.baseline, str(r.win), str(r.tie), str(r.loss), str(r.untested))
         console.print(t)
     for note in res.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
@@ -65,7 +71,9 @@ def compare(
     b: Annotated[str, typer.Argument(help="Experiment B: its folder, or its name under --results-dir.")],
     results_dir: Annotated[Path, typer.Option(help="Where experiment names are looked up.")] = Path("results"),
     experiment: Annotated[str | None, typer.Option(help="When A and B are results folders: the experiment in both.")] = None,
-    test: Annotated[str, typer.Option(help="ttest or wilcoxon (paired over shared seeds).")] = "ttest",
+    test: Annotated[
+        str, typer.Option(help="ttest or wilcoxon (paired over shared seeds); wilcoxon refused where it cannot reach --alpha.")
+    ] = "ttest",
     alpha: Annotated[float, typer.Option(help="Significance level after Holm's correction.")] = 0.05,
     output: Annotated[
         Path | None, typer.Option(help="Markdown file (default: compare_<A>_vs_<B>.md beside experiment A's folder).")

@@ -9,12 +9,24 @@ file (bad input leaves nothing half-written, and a failed report leaves the last
 Statistics, stated once so every output says the same thing:
 - a cell is (backbone, recipe, method, fraction); its value is the mean +- sample std (ddof=1)
   of `test_accuracy` over seeds, with n; n=1 has no std ("–") and is never tested;
-- each method is compared with `finetune` of the same backbone at the same fraction, paired by
-  seed (seed s = the same labelled subset for every method), with a paired t-test (default) or
-  Wilcoxon's signed-rank test; the p-values of all comparisons in the experiment form one family
-  and are Holm-corrected together; a mark needs at least 2 paired seeds;
-- the baseline is `finetune` of the same recipe when it exists, else `finetune` of another recipe
-  of the same backbone (`tuned` first); the tables name the baseline used.
+- baselines (protocol v2): each method is compared with `finetune` of the same backbone at the
+  same fraction, and every `sft*` method (not `seed_sft`) also with `linear_probe` and `lp_ft`,
+  the two simpler methods it contains, where the experiment has them; paired by seed (seed s =
+  the same labelled subset for every method), with a paired t-test (default) or Wilcoxon's
+  signed-rank test; the p-values of all these comparisons form one family, Holm-corrected together;
+  a mark needs at least 2 paired seeds;
+- a baseline is the baseline method of the same recipe when it exists, else of another recipe of
+  the same backbone (`tuned` first); significance.csv names the one used;
+- "not significantly worse than the best": in each (backbone, fraction) column every cell is also
+  tested against the cell with the best mean (same test, paired, two-sided); these comparisons are
+  a second Holm family, and a cell where it does not reject gets a dagger. Not rejecting is not
+  evidence of equality: with few seeds the test has little power, and the notes say so;
+- Wilcoxon is refused (one line, nothing written) where the largest number of paired seeds n
+  cannot reach alpha at all: its smallest two-sided exact p is 2/2^n.
+
+Protocol labels: results written before protocol version 2 (no `protocol` column) are read as
+protocol v1 and labelled so; v2 results say whether the search ran per seed or was shared, and
+whether any run's step budget fell below the protocol's floor (`min_steps`, default 500).
 """
 
 from __future__ import annotations
@@ -44,6 +56,9 @@ import tomllib
 from bench.registry import UserError, did_you_mean
 
 BASELINE = "finetune"
+# Protocol v2: every sft* method is also compared with the two simpler methods it contains.
+EXTRA_BASELINES = ("linear_probe", "lp_ft")
+BASELINE_ORDER = (BASELINE, *EXTRA_BASELINES)
 METRIC = "test_accuracy"
 RUNS_CSV = "runs.csv"
 JOURNAL = "optuna.journal"
@@ -53,9 +68,24 @@ TESTS = ("ttest", "wilcoxon")
 TEST_NAMES = {"ttest": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
 # Display order (the registry's order in bench/methods.py); copied here so a report never imports
 # torch. Methods not listed follow alphabetically.
-METHOD_ORDER = ("finetune", "linear_probe", "lp_ft", "seed_sft", "sft", "sft-mlp", "sft-side")
+METHOD_ORDER = (
+    "finetune",
+    "linear_probe",
+    "lp_ft",
+    "seed_sft",
+    "sft",
+    "sft-mlp",
+    "sft-side",
+    "sft-mlp-frozen",
+    "sft-side-frozen",
+)
 RECIPE_ORDER = ("tuned", "seed")
-UP, DOWN = "↑", "↓"
+UP, DOWN, DAGGER = "↑", "↓", "†"
+DEFAULT_MIN_STEPS = 500  # the protocol's floor on the optimiser-step budget (methods.md, version 2)
+SEARCH_MODE_TEXT = {
+    "per_seed": "per-seed search: the spread over seeds includes selection noise",
+    "shared": "shared search: seed 0's hyperparameters reused for every seed; the spread leaves selection noise out",
+}
 EFFICIENCY_LEVELS = (0.90, 0.95)
 PNG_DPI = 110
 
@@ -106,7 +136,29 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+# Unicode the tables use, as LaTeX that pdflatex compiles without extra packages (a raw "↑" halts
+# pdflatex; "<" and ">" in text mode print as inverted punctuation in the default OT1 encoding).
+TEX_UNICODE = {
+    "±": r"$\pm$",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "†": r"$^{\dagger}$",
+    "α": r"$\alpha$",
+    "≤": r"$\le$",
+    "≥": r"$\ge$",
+    "<": r"$<$",
+    ">": r"$>$",
+    "−": r"$-$",
+    "×": r"$\times$",
+    "–": "--",
+    "—": "---",
+    "…": r"\dots{}",
+    "’": "'",
+}
+
+
 def tex_escape(text: str) -> str:
+    """Plain text -> LaTeX text: specials escaped, the tables' Unicode as math (see TEX_UNICODE)."""
     repl = {
         "\\": r"\textbackslash{}",
         "&": r"\&",
@@ -118,8 +170,15 @@ def tex_escape(text: str) -> str:
         "}": r"\}",
         "~": r"\textasciitilde{}",
         "^": r"\textasciicircum{}",
+        **TEX_UNICODE,
     }
     return "".join(repl.get(c, c) for c in text)
+
+
+def tex_note(text: str) -> str:
+    """A Markdown-ish note (with `code`) as LaTeX text: code spans in \\texttt, the rest escaped."""
+    parts = text.split("`")
+    return "".join(f"\\texttt{{{tex_escape(p)}}}" if i % 2 else tex_escape(p) for i, p in enumerate(parts))
 
 
 def t_interval(values: Iterable[float]) -> tuple[float, float]:
@@ -152,6 +211,35 @@ def holm(pvalues: Iterable[float]) -> np.ndarray:
         running = max(running, min(1.0, (m - i) * p[idx]))
         out[idx] = running
     return out
+
+
+def signed_rank_floor(n: int) -> float:
+    """The smallest two-sided exact p Wilcoxon's signed-rank test can give with n paired seeds
+    (all differences non-zero and of one sign): 2 / 2^n, capped at 1."""
+    return min(1.0, 2.0 / 2**n) if n > 0 else 1.0
+
+
+def rank_sum_floor(n_a: int, n_b: int) -> float:
+    """The smallest two-sided exact p of the Mann-Whitney U test with samples of n_a and n_b (complete
+    separation): 2 / C(n_a + n_b, n_a), capped at 1."""
+    return min(1.0, 2.0 / math.comb(n_a + n_b, n_a)) if n_a > 0 and n_b > 0 else 1.0
+
+
+def check_wilcoxon_reachable(n: int, alpha: float, where: str = "this experiment") -> None:
+    """Refuse `--test wilcoxon` where it cannot reject at all: a report whose every comparison is "ns"
+    by construction would read as evidence of no difference. One line naming n, the floor and the remedy."""
+    floor = signed_rank_floor(n)
+    if floor > alpha:
+        raise UserError(
+            f"--test wilcoxon cannot reach α = {alpha:g} in {where}: the largest number of paired seeds is n = {n}, "
+            f"and the smallest two-sided exact p of the signed-rank test is 2/2^{n} = {floor:.3g} > {alpha:g}; "
+            f"use --test ttest, or run at least {wilcoxon_min_seeds(alpha)} seeds"
+        )
+
+
+def wilcoxon_min_seeds(alpha: float) -> int:
+    """The fewest paired seeds with which the signed-rank test can reject at alpha (2/2^n <= alpha)."""
+    return max(1, math.ceil(1 - math.log2(alpha) - 1e-12))
 
 
 # ---------------------------------------------------------------- finding and loading results
@@ -255,6 +343,105 @@ def experiment_name(df: pd.DataFrame, experiment_dir: Path) -> str:
     return Path(experiment_dir).resolve().name
 
 
+# ---------------------------------------------------------------- protocol
+
+
+@dataclass
+class ProtocolInfo:
+    """What protocol produced a runs table, read from its columns so that old folders stay readable:
+    no `protocol` column means protocol v1 (budgets in epochs, one shared search, BatchNorm in batch
+    statistics whenever the backbone trained). Every table's notes and report.html say the version,
+    the search mode and any run whose step budget fell below the protocol's floor."""
+
+    versions: dict[int, int]  # protocol version -> number of runs
+    search_modes: dict[str, int]  # "per_seed" / "shared" -> runs (searched recipes only)
+    unsearched: int  # runs with no search (the seed recipe: search_mode "")
+    short: list[tuple[int, int, int]]  # (steps, floor, runs) below the floor
+    n_runs: int
+    has_steps: bool
+
+    @property
+    def v1(self) -> bool:
+        return 1 in self.versions
+
+    @property
+    def label(self) -> str:
+        if len(self.versions) == 1:
+            return f"protocol v{next(iter(self.versions))}"
+        return "mixed protocols (" + ", ".join(f"v{v}: {n} runs" for v, n in sorted(self.versions.items())) + ")"
+
+    @property
+    def step_unit(self) -> str:
+        """What the x axis of a trial's intermediate values counts: optimiser steps from v2 on."""
+        return "epoch" if self.versions and max(self.versions) < 2 else "step"
+
+    def search_label(self) -> str:
+        modes = sorted(self.search_modes)
+        if not modes:
+            if self.v1:
+                return (
+                    "shared search (protocol v1): the first seed's hyperparameters reused for every seed; the spread "
+                    "leaves selection noise out"
+                )
+            return "no search recorded (fixed hyperparameters only)"
+        if len(modes) == 1:
+            return SEARCH_MODE_TEXT.get(modes[0], f"search mode '{modes[0]}'")
+        return "mixed search modes: " + "; ".join(f"{SEARCH_MODE_TEXT.get(m, m)} ({self.search_modes[m]} runs)" for m in modes)
+
+    def short_lines(self) -> list[str]:
+        return [
+            f"protocol minimum not met: {steps} steps < {floor} ({n} of {self.n_runs} runs)" for steps, floor, n in self.short
+        ]
+
+    def lines(self) -> list[str]:
+        """The protocol's notes, as every table and report.html states them."""
+        if self.v1 and len(self.versions) == 1:
+            head = (
+                "Protocol v1 (results written before protocol version 2 of methods.md): budgets in epochs, "
+                "BatchNorm in batch-statistics mode whenever the backbone trained; not comparable with protocol-v2 "
+                "results."
+            )
+        elif self.v1:
+            head = f"{self.label[0].upper()}{self.label[1:]}: rows from different protocols are not comparable."
+        else:
+            head = f"Protocol v{max(self.versions)}: step budgets, one BatchNorm policy and one search space for every method."
+        out = [head, f"Search: {self.search_label()}."]
+        if self.unsearched and self.search_modes:
+            out.append(f"{self.unsearched} run(s) of the seed recipe use fixed hyperparameters (no search).")
+        return out + self.short_lines()
+
+
+def protocol_info(df: pd.DataFrame) -> ProtocolInfo:
+    """Read the protocol columns of a runs table (absent columns: protocol v1, nothing more known)."""
+    n = len(df)
+    if "protocol" in df.columns:
+        ver = pd.to_numeric(df["protocol"], errors="coerce").fillna(1).astype(int)
+    else:
+        ver = pd.Series(1, index=df.index)
+    versions = {int(v): int(c) for v, c in ver.value_counts().sort_index().items()}
+    modes: dict[str, int] = {}
+    unsearched = 0
+    if "search_mode" in df.columns:
+        sm = df["search_mode"].fillna("").astype(str).str.strip()
+        unsearched = int((sm == "").sum())
+        modes = {str(m): int(c) for m, c in sm[sm != ""].value_counts().sort_index().items()}
+    short: list[tuple[int, int, int]] = []
+    has_steps = "steps" in df.columns and pd.to_numeric(df["steps"], errors="coerce").notna().any()
+    if has_steps:
+        steps = pd.to_numeric(df["steps"], errors="coerce")
+        floor = (
+            pd.to_numeric(df["min_steps"], errors="coerce").fillna(DEFAULT_MIN_STEPS)
+            if "min_steps" in df.columns
+            else pd.Series(DEFAULT_MIN_STEPS, index=df.index)
+        )
+        low = steps.notna() & (steps < floor)
+        if low.any():
+            pairs = pd.DataFrame({"steps": steps[low].astype(int), "floor": floor[low].astype(int)})
+            for (st_, fl), c in pairs.value_counts().sort_index().items():
+                short.append((int(st_), int(fl), int(c)))
+    return ProtocolInfo(versions, modes, unsearched, short, n, bool(has_steps))
+
+
 # ---------------------------------------------------------------- statistics
 
 
@@ -269,13 +456,27 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def baseline_recipe(df: pd.DataFrame, backbone: str, recipe: str) -> str | None:
-    """Which `finetune` a (backbone, recipe) row is compared with: same recipe, else `tuned`, else any."""
-    have = set(df.loc[(df["method"] == BASELINE) & (df["backbone"] == backbone), "recipe"])
+def baseline_recipe(df: pd.DataFrame, backbone: str, recipe: str, method: str = BASELINE) -> str | None:
+    """Which run of baseline `method` a (backbone, recipe) row is compared with: same recipe, else `tuned`,
+    else any; None where the backbone has no such run."""
+    have = set(df.loc[(df["method"] == method) & (df["backbone"] == backbone), "recipe"])
     for r in (recipe, *RECIPE_ORDER, *sorted(have)):
         if r in have:
             return r
     return None
+
+
+def is_sft(method: str) -> bool:
+    """The supervision-branch family (`sft`, `sft-mlp`, `sft-side`, their frozen rows); not `seed_sft`,
+    the article's literal model, which has no probe inside it."""
+    return method.startswith("sft")
+
+
+def baselines_of(method: str) -> tuple[str, ...]:
+    """What a method is compared with: `finetune` always; an sft* method also with the two simpler
+    methods it contains (its f starts as the linear probe; lp_ft is that probe fine-tuned)."""
+    out = () if method == BASELINE else (BASELINE,)
+    return out + (EXTRA_BASELINES if is_sft(method) else ())
 
 
 def _test_pairs(x: np.ndarray, y: np.ndarray, test: str) -> tuple[float, float, str]:
@@ -298,6 +499,23 @@ def _test_pairs(x: np.ndarray, y: np.ndarray, test: str) -> tuple[float, float, 
     return stat, p, ""
 
 
+def _paired(mine: pd.Series, base: pd.Series, test: str) -> dict[str, Any]:
+    """mine - base over the seeds both have (the pairing: seed s = the same labelled subset)."""
+    seeds = sorted(set(mine.index) & set(base.index))
+    x, y = mine.loc[seeds].to_numpy(float), base.loc[seeds].to_numpy(float)
+    d = x - y
+    stat, p, reason = _test_pairs(x, y, test)
+    return dict(
+        n_pairs=len(seeds),
+        seeds=" ".join(map(str, seeds)),
+        diff_mean=float(d.mean()) if len(d) else math.nan,
+        diff_std=float(d.std(ddof=1)) if len(d) > 1 else math.nan,
+        statistic=stat,
+        p=p,
+        reason=reason,
+    )
+
+
 def mark_of(diff: float, p_adj: float, alpha: float) -> str:
     if not math.isfinite(p_adj):
         return "untested"
@@ -306,67 +524,135 @@ def mark_of(diff: float, p_adj: float, alpha: float) -> str:
     return "ns"
 
 
+def _cell_key(b: str, r: str, m: str, f: float) -> tuple:
+    return (*row_sort_key((b, r, m)), f)
+
+
+TEST_COLUMNS = [
+    *KEY,
+    "baseline_method",
+    "baseline",
+    "test",
+    "n_pairs",
+    "seeds",
+    "diff_mean",
+    "diff_std",
+    "statistic",
+    "p",
+    "p_holm",
+    "mark",
+    "reason",
+]
+
+
 def paired_tests(df: pd.DataFrame, test: str = "ttest", alpha: float = 0.05) -> pd.DataFrame:
-    """Every (backbone, recipe, method != baseline, fraction) against its `finetune`, paired by seed, Holm over all."""
+    """Every cell against each of its baselines (`baselines_of`) of the same backbone and fraction, paired
+    by seed; all comparisons of the experiment form one family, Holm-corrected together.
+
+    `finetune`: a row for every cell of a backbone that has finetune (untested, with the reason, at a
+    fraction finetune lacks). `linear_probe` / `lp_ft` for sft*: only where the backbone has that method."""
     rows = []
     acc = {k: g.set_index("seed")[METRIC] for k, g in df.groupby(KEY, sort=False)}
     for (b, r, m, f), series in acc.items():
-        base_r = baseline_recipe(df, b, r)
-        if base_r is None or (m == BASELINE and r == base_r):
-            continue
-        row = dict(backbone=b, recipe=r, method=m, fraction=f, baseline=f"{BASELINE}/{base_r}", test=test)
-        base = acc.get((b, base_r, BASELINE, f))
-        if base is None:
-            row.update(n_pairs=0, diff_mean=math.nan, diff_std=math.nan, statistic=math.nan, p=math.nan)
-            row["reason"] = f"no {BASELINE}/{base_r} at this fraction"
+        for bm in baselines_of(m):
+            base_r = baseline_recipe(df, b, r, bm)
+            if base_r is None:
+                continue
+            row: dict[str, Any] = dict(backbone=b, recipe=r, method=m, fraction=f, baseline_method=bm, baseline=f"{bm}/{base_r}")
+            row["test"] = test
+            base = acc.get((b, base_r, bm, f))
+            if base is None:
+                row.update(n_pairs=0, seeds="", diff_mean=math.nan, diff_std=math.nan, statistic=math.nan, p=math.nan)
+                row["reason"] = f"no {bm}/{base_r} at this fraction"
+            else:
+                row.update(_paired(series, base, test))
             rows.append(row)
-            continue
-        seeds = sorted(set(series.index) & set(base.index))
-        x, y = series.loc[seeds].to_numpy(float), base.loc[seeds].to_numpy(float)
-        d = x - y
-        stat, p, reason = _test_pairs(x, y, test)
-        row.update(
-            n_pairs=len(seeds),
-            seeds=" ".join(map(str, seeds)),
-            diff_mean=float(d.mean()) if len(d) else math.nan,
-            diff_std=float(d.std(ddof=1)) if len(d) > 1 else math.nan,
-            statistic=stat,
-            p=p,
-            reason=reason,
-        )
-        rows.append(row)
-    cols = [*KEY, "baseline", "test", "n_pairs", "seeds", "diff_mean", "diff_std", "statistic", "p", "p_holm", "mark", "reason"]
-    out = pd.DataFrame(rows, columns=[c for c in cols if c not in ("p_holm", "mark")])
+    out = pd.DataFrame(rows, columns=[c for c in TEST_COLUMNS if c not in ("p_holm", "mark")])
     if len(out):
         order = [
-            (*row_sort_key((b, r, m)), f)
-            for b, r, m, f in out[["backbone", "recipe", "method", "fraction"]].itertuples(index=False)
+            (*_cell_key(b, r, m, f), BASELINE_ORDER.index(bm))
+            for b, r, m, f, bm in out[[*KEY, "baseline_method"]].itertuples(index=False)
         ]
         out = out.iloc[sorted(range(len(out)), key=order.__getitem__)].reset_index(drop=True)
     out["seeds"] = out["seeds"].fillna("")
     out["p_holm"] = holm(out["p"]) if len(out) else []
     out["mark"] = [mark_of(d, q, alpha) for d, q in zip(out["diff_mean"], out["p_holm"], strict=True)]
-    return out[cols]
+    return out[TEST_COLUMNS]
+
+
+BEST_COLUMNS = [*KEY, "best", "n_pairs", "diff_mean", "p", "p_holm", "vs_best", "reason"]
+
+
+def best_tests(df: pd.DataFrame, test: str = "ttest", alpha: float = 0.05) -> pd.DataFrame:
+    """Per (backbone, fraction) column: every cell against the column's best-mean cell, paired by seed,
+    two-sided; Holm over all these comparisons of the experiment (a family of its own, apart from the
+    baseline comparisons: the question differs).
+
+    vs_best: "best" (the cell with the highest mean; on an exact tie the first in display order),
+    "not worse" (the test does not reject, or rejects in the cell's favour on the seeds both share),
+    "worse", or "untested" (fewer than 2 paired seeds, or the test is undefined)."""
+    acc = {k: g.set_index("seed")[METRIC] for k, g in df.groupby(KEY, sort=False)}
+    rows = []
+    for (b, f), grp in df.groupby(["backbone", "fraction"], sort=True):
+        present = {(r, m) for r, m in grp[["recipe", "method"]].itertuples(index=False)}
+        cells = sorted(present, key=lambda rm: row_sort_key((b, *rm)))
+        means = {rm: float(acc[(b, rm[0], rm[1], f)].mean()) for rm in cells}
+        top = max(means.values())
+        best = next(rm for rm in cells if means[rm] == top)
+        best_label = f"{best[1]}/{best[0]}"
+        for r, m in cells:
+            row: dict[str, Any] = dict(backbone=b, recipe=r, method=m, fraction=f, best=best_label, _is_best=(r, m) == best)
+            if (r, m) == best:
+                row.update(n_pairs=0, diff_mean=0.0, p=math.nan, reason="the column's best mean")
+            else:
+                t = _paired(acc[(b, r, m, f)], acc[(b, *best, f)], test)
+                row.update({k: t[k] for k in ("n_pairs", "diff_mean", "p", "reason")})
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=[*(c for c in BEST_COLUMNS if c not in ("p_holm", "vs_best")), "_is_best"])
+    out["p_holm"] = holm(out["p"]) if len(out) else []
+    marks = []
+    for rec in out.to_dict("records"):
+        if rec["_is_best"]:
+            marks.append("best")
+        elif not math.isfinite(rec["p_holm"]):
+            marks.append("untested")
+        else:
+            marks.append("worse" if rec["p_holm"] < alpha and rec["diff_mean"] < 0 else "not worse")
+    out["vs_best"] = marks
+    return out[BEST_COLUMNS]
+
+
+def largest_pairing(*frames: pd.DataFrame) -> int:
+    """The largest number of paired seeds over the comparisons in `frames` (0 without any)."""
+    ns = [int(f["n_pairs"].max()) for f in frames if len(f) and f["n_pairs"].notna().any()]
+    return max(ns, default=0)
+
+
+WTL_COLUMNS = ["method", "baseline", "win", "tie", "loss", "untested", "higher_mean", "lower_mean"]
 
 
 def win_tie_loss(tests: pd.DataFrame) -> pd.DataFrame:
-    """Per method: cells significantly better (win), not significantly different (tie), worse (loss), untested."""
+    """Per (method, baseline method): cells significantly better (win), not significantly different (tie),
+    worse (loss), untested; and higher/lower by mean alone."""
     rows = []
-    for m in sorted(tests["method"].unique(), key=_method_rank) if len(tests) else []:
-        t = tests[tests["method"] == m]
-        c = t["mark"].value_counts()
-        rows.append(
-            dict(
-                method=m,
-                win=int(c.get("better", 0)),
-                tie=int(c.get("ns", 0)),
-                loss=int(c.get("worse", 0)),
-                untested=int(c.get("untested", 0)),
-                higher_mean=int((t["diff_mean"] > 0).sum()),
-                lower_mean=int((t["diff_mean"] < 0).sum()),
+    if len(tests):
+        pairs = {(m, bm) for m, bm in tests[["method", "baseline_method"]].itertuples(index=False)}
+        for m, bm in sorted(pairs, key=lambda p: (_method_rank(p[0]), BASELINE_ORDER.index(p[1]))):
+            t = tests[(tests["method"] == m) & (tests["baseline_method"] == bm)]
+            c = t["mark"].value_counts()
+            rows.append(
+                dict(
+                    method=m,
+                    baseline=bm,
+                    win=int(c.get("better", 0)),
+                    tie=int(c.get("ns", 0)),
+                    loss=int(c.get("worse", 0)),
+                    untested=int(c.get("untested", 0)),
+                    higher_mean=int((t["diff_mean"] > 0).sum()),
+                    lower_mean=int((t["diff_mean"] < 0).sum()),
+                )
             )
-        )
-    return pd.DataFrame(rows, columns=["method", "win", "tie", "loss", "untested", "higher_mean", "lower_mean"])
+    return pd.DataFrame(rows, columns=WTL_COLUMNS)
 
 
 # ---------------------------------------------------------------- label efficiency
@@ -469,10 +755,26 @@ def fmt_needed(value: float, bound: str) -> str:
 # ---------------------------------------------------------------- tables
 
 
+def _tex_notes(lines: list[str]) -> list[str]:
+    """Notes typeset under a tabular, inside its table float (the protocol labels travel with the table)."""
+    if not lines:
+        return []
+    body = "\\par\n".join(tex_note(n) for n in lines)
+    return ["\\par\\smallskip", "\\begin{minipage}{\\linewidth}\\footnotesize\\raggedright", body, "\\end{minipage}"]
+
+
+def _md_notes(lines: list[str]) -> str:
+    return "\n".join(f"{n}  " for n in lines).rstrip() + "\n"
+
+
+def _html_notes(lines: list[str]) -> str:
+    return '<ul class="notes">' + "".join(f"<li>{html.escape(n).replace('`', '')}</li>" for n in lines) + "</ul>"
+
+
 @dataclass
 class Tables:
-    """The accuracy and efficiency tables in one model, rendered to Markdown, LaTeX, CSV and HTML
-    from the same strings, so the numbers cannot drift apart between formats."""
+    """The accuracy, sft-vs-baselines and efficiency tables in one model, rendered to Markdown, LaTeX, CSV
+    and HTML from the same strings, so the numbers cannot drift apart between formats."""
 
     experiment: str
     rows: list[tuple[str, str, str]]  # (backbone, recipe, method)
@@ -482,15 +784,19 @@ class Tables:
     show_recipe: bool
     test: str
     alpha: float
-    n_tests: int
-
-    # -- accuracy table
-    def _cell(self, row: tuple[str, str, str], f: float) -> dict | None:
-        key = (*row, f)
-        return self.index.get(key)
+    n_tests: int  # tested comparisons with baselines (the Holm family behind ↑/↓)
+    tests: pd.DataFrame = field(default_factory=pd.DataFrame)  # every comparison with a baseline
+    n_best_tests: int = 0  # tested comparisons with the column's best (the Holm family behind †)
+    protocol: ProtocolInfo | None = None
 
     def __post_init__(self) -> None:
         self.index = {(c["backbone"], c["recipe"], c["method"], c["fraction"]): c for c in self.cells.to_dict("records")}
+        recs = self.tests.to_dict("records") if len(self.tests) else []
+        self.test_index = {(t["backbone"], t["recipe"], t["method"], t["fraction"], t["baseline_method"]): t for t in recs}
+
+    # -- shared pieces
+    def _cell(self, row: tuple[str, str, str], f: float) -> dict | None:
+        return self.index.get((*row, f))
 
     def _head(self) -> list[str]:
         return ["backbone", "method", *(["recipe"] if self.show_recipe else [])]
@@ -498,6 +804,20 @@ class Tables:
     def _labels(self, row: tuple[str, str, str]) -> list[str]:
         b, r, m = row
         return [b, m, *([r] if self.show_recipe else [])]
+
+    def protocol_notes(self) -> list[str]:
+        return self.protocol.lines() if self.protocol else []
+
+    def _family(self) -> str:
+        return (
+            f"Holm-corrected over all {self.n_tests} comparisons with baselines in this experiment, α = {self.alpha:g}: "
+            f"every method against `{BASELINE}`, every sft* method also against `linear_probe` and `lp_ft`"
+        )
+
+    # -- accuracy table
+    @staticmethod
+    def _dagger(c: dict) -> bool:
+        return c.get("vs_best") == "not worse"
 
     def cell_md(self, c: dict | None) -> str:
         if c is None:
@@ -507,7 +827,7 @@ class Tables:
         if c["bold"]:
             core = f"**{core}**"
         mark = {"better": f" {UP}", "worse": f" {DOWN}"}.get(c["mark"], "")
-        return f"{core} (n={c['n']}){mark}"
+        return f"{core}{DAGGER if self._dagger(c) else ''} (n={c['n']}){mark}"
 
     def cell_tex(self, c: dict | None) -> str:
         if c is None:
@@ -516,8 +836,8 @@ class Tables:
         core = f"{pct(c['mean'])} $\\pm$ {std}"
         if c["bold"]:
             core = f"\\textbf{{{core}}}"
-        mark = {"better": "$^{\\uparrow}$", "worse": "$^{\\downarrow}$"}.get(c["mark"], "")
-        return f"{core}{mark} {{\\scriptsize ({c['n']})}}"
+        sup = ("\\dagger" if self._dagger(c) else "") + {"better": "\\uparrow", "worse": "\\downarrow"}.get(c["mark"], "")
+        return f"{core}{f'$^{{{sup}}}$' if sup else ''} {{\\scriptsize ({c['n']})}}"
 
     def cell_html(self, c: dict | None) -> str:
         if c is None:
@@ -526,17 +846,22 @@ class Tables:
         core = f"{pct(c['mean'])} ± {std}"
         if c["bold"]:
             core = f"<b>{core}</b>"
-        mark = {"better": f"<sup>{UP}</sup>", "worse": f"<sup>{DOWN}</sup>"}.get(c["mark"], "")
-        return f"{core}{mark} <small>(n={c['n']})</small>"
+        sup = (DAGGER if self._dagger(c) else "") + {"better": UP, "worse": DOWN}.get(c["mark"], "")
+        return f"{core}{f'<sup>{sup}</sup>' if sup else ''} <small>(n={c['n']})</small>"
 
     def accuracy_notes(self) -> list[str]:
         test = TEST_NAMES[self.test]
         return [
             "Test accuracy (%) per cell: mean ± sample std over seeds, (n) = number of seeds; – : one seed, no std; — : not run.",
             "Bold: the best mean (as shown) in the column within each backbone.",
+            f"{DAGGER}: not significantly worse than the column's best-mean cell ({test}, two-sided, over paired seeds, "
+            f"Holm-corrected over all {self.n_best_tests} such comparisons of this experiment, α = {self.alpha:g}); no "
+            f"{DAGGER}: the best cell itself, significantly worse, or untested (fewer than 2 paired seeds). Not rejecting "
+            "is not evidence of equality: with few seeds these tests have little power.",
             f"{UP} / {DOWN}: significantly higher / lower than the row's `{BASELINE}` baseline ({test} over paired seeds, "
-            f"Holm-corrected over all {self.n_tests} comparisons of this experiment, α = {self.alpha:g}); no mark: not "
-            "significant, the baseline itself, or untested (fewer than 2 paired seeds); see tables/significance.csv.",
+            f"{self._family()}); no mark: not significant, the baseline itself, or untested (fewer than 2 paired seeds); "
+            "see tables/significance.csv and tables/sft_vs_baselines.md.",
+            *self.protocol_notes(),
         ]
 
     def accuracy_markdown(self) -> str:
@@ -545,7 +870,7 @@ class Tables:
         for row in self.rows:
             cells = [self.cell_md(self._cell(row, f)) for f in self.fractions]
             lines.append(f"| {' | '.join([f'`{x}`' if i == 1 else x for i, x in enumerate(self._labels(row))] + cells)} |")
-        return "\n".join(lines) + "\n\n" + "\n".join(f"{n}  " for n in self.accuracy_notes()).rstrip() + "\n"
+        return "\n".join(lines) + "\n\n" + _md_notes(self.accuracy_notes())
 
     def accuracy_latex(self) -> str:
         nl = len(self._head())
@@ -555,9 +880,11 @@ class Tables:
             "\\centering",
             "\\small",
             f"\\caption{{Test accuracy (\\%) on CIFAR-10, experiment {tex_escape(self.experiment)}: mean $\\pm$ std over seeds "
-            f"(number of seeds in parentheses). Bold: best in the column per backbone. $^{{\\uparrow}}$/$^{{\\downarrow}}$: "
-            f"significantly higher/lower than {BASELINE} ({TEST_NAMES[self.test]}, Holm-corrected over "
-            f"{self.n_tests} comparisons, $\\alpha={self.alpha:g}$). --: one seed; ---: not run.}}",
+            f"(number of seeds in parentheses). Bold: best in the column per backbone. $^{{\\dagger}}$: not significantly "
+            f"worse than the column's best ({TEST_NAMES[self.test]}, Holm over {self.n_best_tests} comparisons). "
+            f"$^{{\\uparrow}}$/$^{{\\downarrow}}$: significantly higher/lower than {BASELINE} ({TEST_NAMES[self.test]}, "
+            f"Holm-corrected over {self.n_tests} comparisons with baselines, $\\alpha={self.alpha:g}$). --: one seed; "
+            "---: not run.}",
             f"\\label{{tab:accuracy-{slug(self.experiment)}}}",
             f"\\begin{{tabular}}{{{'l' * nl}{'r' * len(self.fractions)}}}",
             "\\toprule",
@@ -574,12 +901,13 @@ class Tables:
             prev = row[0]
             cells = [self.cell_tex(self._cell(row, f)) for f in self.fractions]
             lines.append(" & ".join(labels + cells) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+        lines += ["\\bottomrule", "\\end{tabular}", *_tex_notes(self.protocol_notes()), "\\end{table}", ""]
         return "\n".join(lines)
 
     def accuracy_csv(self) -> str:
         """Tidy: one line per cell; accuracy_mean/std/ci95 as fractions at full precision (the other formats show
-        them as percentages rounded to 2 decimals), plus the comparison with the baseline behind the mark."""
+        them as percentages rounded to 2 decimals), the comparison with `finetune` behind the arrow, the one with
+        the column's best behind the dagger (vs_best_*), and the cell's step budget where runs.csv records it."""
         out = self.cells.rename(columns={"mean": "accuracy_mean", "std": "accuracy_std", "ci95": "accuracy_ci95"})
         return out.to_csv(index=False, lineterminator="\n")
 
@@ -590,9 +918,129 @@ class Tables:
             lab = "".join(f"<td>{html.escape(x)}</td>" for x in self._labels(row))
             cells = "".join(f'<td class="num">{self.cell_html(self._cell(row, f))}</td>' for f in self.fractions)
             body.append(f"<tr>{lab}{cells}</tr>")
-        notes = "".join(f"<li>{html.escape(n).replace('`', '')}</li>" for n in self.accuracy_notes())
-        return (
-            f'<table class="t"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table><ul class="notes">{notes}</ul>'
+        return f'<table class="t"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>' + _html_notes(
+            self.accuracy_notes()
+        )
+
+    # -- sft* against each of its baselines
+    def sft_rows(self) -> list[tuple[str, str, str, float]]:
+        """The sft* cells, in display order: (backbone, recipe, method, fraction)."""
+        return [
+            (c["backbone"], c["recipe"], c["method"], c["fraction"]) for c in self.cells.to_dict("records") if is_sft(c["method"])
+        ]
+
+    def sft_baselines(self) -> list[str]:
+        have = {k[4] for k in self.test_index if is_sft(k[2])}
+        return [bm for bm in BASELINE_ORDER if bm in have or bm == BASELINE]
+
+    def _sft_head(self) -> list[str]:
+        return [*self._head(), "fraction", *(f"vs {bm}" for bm in self.sft_baselines())]
+
+    def _sft_labels(self, key: tuple[str, str, str, float]) -> list[str]:
+        b, r, m, f = key
+        return [*self._labels((b, r, m)), frac_label(f)]
+
+    def _sft_test(self, key: tuple[str, str, str, float], bm: str) -> dict | None:
+        t = self.test_index.get((*key, bm))
+        return t if t is not None and t["n_pairs"] > 0 else None
+
+    def sft_cell_md(self, t: dict | None) -> str:
+        if t is None:
+            return "—"
+        mark = {"better": f" {UP}", "worse": f" {DOWN}"}.get(t["mark"], "")
+        return f"{100 * t['diff_mean']:+.2f}{mark} (n={t['n_pairs']})"
+
+    def sft_cell_tex(self, t: dict | None) -> str:
+        if t is None:
+            return "---"
+        mark = {"better": "^{\\uparrow}", "worse": "^{\\downarrow}"}.get(t["mark"], "")
+        return f"${100 * t['diff_mean']:+.2f}{mark}$ {{\\scriptsize ({t['n_pairs']})}}"
+
+    def sft_notes(self) -> list[str]:
+        names = [f"`{bm}`" for bm in self.sft_baselines()]
+        base = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        out = [
+            f"Each sft* cell against {base} of the same backbone and fraction: mean paired difference (method − baseline, "
+            "accuracy points) over the seeds both share, (n) = paired seeds; the baseline of the same recipe, else the "
+            "`tuned` one (tables/significance.csv names it).",
+            f"{UP} / {DOWN}: significantly higher / lower ({TEST_NAMES[self.test]}, {self._family()}); no mark: not "
+            "significant, or untested (fewer than 2 paired seeds); —: that baseline was not run at this fraction.",
+        ]
+        if not self.sft_rows():
+            out.insert(0, "No sft* method in this experiment: the table is empty.")
+        return out + self.protocol_notes()
+
+    def sft_markdown(self) -> str:
+        head = self._sft_head()
+        nl = len(self._head()) + 1
+        lines = [f"| {' | '.join(head)} |", f"|{'|'.join(['---'] * nl + ['---:'] * (len(head) - nl))}|"]
+        for key in self.sft_rows():
+            labels = [f"`{x}`" if i == 1 else x for i, x in enumerate(self._sft_labels(key))]
+            cells = [self.sft_cell_md(self._sft_test(key, bm)) for bm in self.sft_baselines()]
+            lines.append(f"| {' | '.join(labels + cells)} |")
+        return "\n".join(lines) + "\n\n" + _md_notes(self.sft_notes())
+
+    def sft_latex(self) -> str:
+        head = self._sft_head()
+        nl = len(self._head()) + 1
+        lines = [
+            "% Needs \\usepackage{booktabs}. Generated by `python cli.py report`; numbers as in sft_vs_baselines.csv.",
+            "\\begin{table}[t]",
+            "\\centering",
+            "\\small",
+            f"\\caption{{sft* against its baselines, experiment {tex_escape(self.experiment)}: mean paired difference in "
+            "test accuracy (points, method minus baseline; paired seeds in parentheses). "
+            f"$^{{\\uparrow}}$/$^{{\\downarrow}}$: significantly higher/lower ({TEST_NAMES[self.test]}, Holm-corrected over "
+            f"{self.n_tests} comparisons with baselines, $\\alpha={self.alpha:g}$). ---: baseline not run.}}",
+            f"\\label{{tab:sft-vs-baselines-{slug(self.experiment)}}}",
+            f"\\begin{{tabular}}{{{'l' * nl}{'r' * (len(head) - nl)}}}",
+            "\\toprule",
+            " & ".join(tex_escape(h) for h in head) + " \\\\",
+            "\\midrule",
+        ]
+        prev = None
+        for key in self.sft_rows():
+            if prev is not None and key[0] != prev:
+                lines.append("\\midrule")
+            labels = [tex_escape(x) for x in self._sft_labels(key)]
+            if key[0] == prev:
+                labels[0] = ""
+            prev = key[0]
+            cells = [self.sft_cell_tex(self._sft_test(key, bm)) for bm in self.sft_baselines()]
+            lines.append(" & ".join(labels + cells) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}", *_tex_notes(self.protocol_notes()), "\\end{table}", ""]
+        return "\n".join(lines)
+
+    def sft_csv(self) -> str:
+        """Wide: one line per sft* cell; per baseline method its run (method/recipe), paired seeds, mean paired
+        difference (fraction, not points), Holm-adjusted p and mark."""
+        recs = []
+        for key in self.sft_rows():
+            rec: dict[str, Any] = dict(zip(KEY, key, strict=True), column=frac_label(key[3]))
+            for bm in self.sft_baselines():
+                t = self.test_index.get((*key, bm))
+                rec[f"{bm}_baseline"] = t["baseline"] if t else ""
+                rec[f"{bm}_n_pairs"] = int(t["n_pairs"]) if t else 0
+                rec[f"{bm}_diff_mean"] = t["diff_mean"] if t else math.nan
+                rec[f"{bm}_p_holm"] = t["p_holm"] if t else math.nan
+                rec[f"{bm}_mark"] = t["mark"] if t else "no baseline"
+            recs.append(rec)
+        cols = [*KEY, "column"] + [
+            f"{bm}_{x}" for bm in self.sft_baselines() for x in ("baseline", "n_pairs", "diff_mean", "p_holm", "mark")
+        ]
+        return pd.DataFrame(recs, columns=cols).to_csv(index=False, lineterminator="\n")
+
+    def sft_html(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._sft_head())
+        body = []
+        for key in self.sft_rows():
+            cells = "".join(f"<td>{html.escape(x)}</td>" for x in self._sft_labels(key))
+            cells += "".join(
+                f'<td class="num">{html.escape(self.sft_cell_md(self._sft_test(key, bm)))}</td>' for bm in self.sft_baselines()
+            )
+            body.append(f"<tr>{cells}</tr>")
+        return f'<table class="t"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>' + _html_notes(
+            self.sft_notes()
         )
 
     # -- efficiency table
@@ -625,6 +1073,7 @@ class Tables:
             "AUC: area under mean accuracy (%) against log10(fraction), divided by the width of the log10 range (the curve's "
             "average accuracy over that range); * : the method lacks some of the backbone's fractions, so its range differs "
             "and its AUC is not comparable with the other rows.",
+            *self.protocol_notes(),
         ]
 
     def efficiency_markdown(self) -> str:
@@ -633,7 +1082,7 @@ class Tables:
         for labels, e in self._eff_rows():
             labels = [f"`{x}`" if i == 1 else x for i, x in enumerate(labels)]
             lines.append(f"| {' | '.join(labels + self._eff_values(e))} |")
-        return "\n".join(lines) + "\n\n" + "\n".join(f"{n}  " for n in self.efficiency_notes()).rstrip() + "\n"
+        return "\n".join(lines) + "\n\n" + _md_notes(self.efficiency_notes())
 
     def efficiency_latex(self) -> str:
         head = [*self._head(), *self.EFF_HEAD]
@@ -660,9 +1109,8 @@ class Tables:
             if labels[0] == prev:
                 tl[0] = ""
             prev = labels[0]
-            vals = [tex_escape(v).replace("≤", "$\\le$").replace(">", "$>$") for v in self._eff_values(e)]
-            lines.append(" & ".join(tl + vals) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+            lines.append(" & ".join(tl + [tex_escape(v) for v in self._eff_values(e)]) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}", *_tex_notes(self.protocol_notes()), "\\end{table}", ""]
         return "\n".join(lines)
 
     def efficiency_csv(self) -> str:
@@ -675,16 +1123,37 @@ class Tables:
             cells = "".join(f"<td>{html.escape(x)}</td>" for x in labels)
             cells += "".join(f'<td class="num">{html.escape(v)}</td>' for v in self._eff_values(e))
             body.append(f"<tr>{cells}</tr>")
-        notes = "".join(f"<li>{html.escape(n).replace('`', '')}</li>" for n in self.efficiency_notes())
-        return (
-            f'<table class="t"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table><ul class="notes">{notes}</ul>'
+        return f'<table class="t"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>' + _html_notes(
+            self.efficiency_notes()
         )
 
 
+def _per_cell(values: pd.Series) -> Any:
+    """A per-run quantity summarised per cell: the value when every seed agrees (the normal case: the
+    step budget is one per cell), else "min-max" so that a disagreement shows instead of averaging away."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    if v.empty:
+        return math.nan
+    lo, hi = int(v.min()), int(v.max())
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def build_tables(
-    experiment: str, df: pd.DataFrame, stats: pd.DataFrame, tests: pd.DataFrame, eff: pd.DataFrame, test: str, alpha: float
+    experiment: str,
+    df: pd.DataFrame,
+    stats: pd.DataFrame,
+    tests: pd.DataFrame,
+    eff: pd.DataFrame,
+    test: str,
+    alpha: float,
+    best: pd.DataFrame | None = None,
+    protocol: ProtocolInfo | None = None,
 ) -> Tables:
-    cells = stats.merge(tests[[*KEY, "baseline", "n_pairs", "diff_mean", "p", "p_holm", "mark", "reason"]], on=KEY, how="left")
+    """One model for every table: cell statistics, the `finetune` comparison behind ↑/↓, the comparison with
+    the column's best behind †, and the cell's step budget (when runs.csv records one)."""
+    ft = tests[tests["baseline_method"] == BASELINE] if len(tests) else tests
+    cols = [*KEY, "baseline", "n_pairs", "diff_mean", "p", "p_holm", "mark", "reason"]
+    cells = stats.merge(ft[cols] if len(ft) else pd.DataFrame(columns=cols), on=KEY, how="left")
     is_base = cells["baseline"].isna()
     cells["baseline"] = cells["baseline"].fillna("")
     # A row without a comparison is either the baseline itself or a row whose backbone has no finetune.
@@ -692,15 +1161,30 @@ def build_tables(
     cells["reason"] = cells["reason"].fillna("")
     cells["n_pairs"] = cells["n_pairs"].fillna(0).astype(int)
     cells["n"] = cells["n"].astype(int)
+    if best is not None and len(best):
+        vb = best[[*KEY, "best", "vs_best", "n_pairs", "diff_mean", "p", "p_holm"]].rename(
+            columns={
+                "best": "best_cell",
+                "n_pairs": "vs_best_n_pairs",
+                "diff_mean": "vs_best_diff",
+                "p": "vs_best_p",
+                "p_holm": "vs_best_p_holm",
+            }
+        )
+        cells = cells.merge(vb, on=KEY, how="left")
+    for col in ("steps", "probe_steps"):
+        if col in df.columns and pd.to_numeric(df[col], errors="coerce").notna().any():
+            per = df.groupby(KEY, sort=False)[col].agg(_per_cell).rename(col).reset_index()
+            cells = cells.merge(per, on=KEY, how="left")
     shown = cells["mean"].map(pct).astype(float)
-    best = shown.groupby([cells["backbone"], cells["fraction"]]).transform("max")
-    cells["bold"] = shown == best
+    top = shown.groupby([cells["backbone"], cells["fraction"]]).transform("max")
+    cells["bold"] = shown == top
     rows = sorted({(b, r, m) for b, r, m in cells[["backbone", "recipe", "method"]].itertuples(index=False)}, key=row_sort_key)
     order = {row: i for i, row in enumerate(rows)}
     cells = cells.assign(_o=[order[(b, r, m)] for b, r, m in cells[["backbone", "recipe", "method"]].itertuples(index=False)])
     cells = cells.sort_values(["_o", "fraction"]).drop(columns="_o").reset_index(drop=True)
     cells.insert(4, "column", cells["fraction"].map(frac_label))
-    tab = Tables(
+    return Tables(
         experiment=experiment,
         rows=rows,
         fractions=sorted(cells["fraction"].unique()),
@@ -710,8 +1194,10 @@ def build_tables(
         test=test,
         alpha=alpha,
         n_tests=int(np.isfinite(tests["p"]).sum()) if len(tests) else 0,
+        tests=tests,
+        n_best_tests=int(np.isfinite(best["p"]).sum()) if best is not None and len(best) else 0,
+        protocol=protocol,
     )
-    return tab
 
 
 # ---------------------------------------------------------------- Optuna
@@ -726,6 +1212,11 @@ class StudyInfo:
     fraction: float
     trials: list  # FrozenTrial
     study: Any  # optuna.Study (for importances)
+    seed: int | None = None  # per-seed search (protocol v2): the seed whose subset this study searched
+    search_mode: str = ""
+
+
+SEED_PART = re.compile(r"^seed(-?\d+)$")
 
 
 def storage_location(experiment_dir: Path, storage: str | None) -> str:
@@ -744,7 +1235,9 @@ def storage_location(experiment_dir: Path, storage: str | None) -> str:
 
 
 def load_studies(experiment_dir: Path, experiment: str, storage: str | None, notes: list[str]) -> list[StudyInfo]:
-    """The search studies of this experiment (names "{experiment}/..."), read-only."""
+    """The search studies of this experiment, read-only: "{experiment}/{backbone}/{method}/{recipe}/{fraction}"
+    (one per cell: shared search, and protocol v1) and ".../seed{s}" (one per cell and seed: per-seed search).
+    The study's user_attrs win over its name where both are present."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -764,9 +1257,9 @@ def load_studies(experiment_dir: Path, experiment: str, storage: str | None, not
     out = []
     prefix = f"{experiment}/"
     for s in summaries:
-        if not s.study_name.startswith(prefix):
-            continue
         a = s.user_attrs
+        if not s.study_name.startswith(prefix) or a.get("kind") == "final":
+            continue
         parts = s.study_name[len(prefix) :].split("/")
         try:
             b, m, r, f = (
@@ -774,11 +1267,14 @@ def load_studies(experiment_dir: Path, experiment: str, storage: str | None, not
                 if "backbone" in a
                 else (*parts[:3], float(parts[3]))
             )
-        except (KeyError, IndexError, ValueError):
+            tail = SEED_PART.match(parts[4]) if len(parts) > 4 else None
+            seed = int(a["seed"]) if a.get("seed") is not None else (int(tail[1]) if tail else None)
+        except (KeyError, IndexError, ValueError, TypeError):
             notes.append(f"Study '{s.study_name}' names no cell; skipped.")
             continue
+        mode = str(a.get("search_mode") or ("per_seed" if seed is not None else ""))
         study = optuna.load_study(study_name=s.study_name, storage=store)
-        out.append(StudyInfo(s.study_name, str(b), str(m), str(r), f, study.get_trials(deepcopy=False), study))
+        out.append(StudyInfo(s.study_name, str(b), str(m), str(r), f, study.get_trials(deepcopy=False), study, seed, mode))
     return out
 
 
@@ -842,8 +1338,37 @@ def _log_fraction_axis(ax: Any, fractions: list[float]) -> None:
         ax.set_xlim(fractions[0] / 2, min(1.0, fractions[0]) * 2)
 
 
+def _importances(group: list[StudyInfo], done_state: Any) -> tuple[dict[str, float], str]:
+    """Optuna's importances of one cell: its study, or (per-seed search) an in-memory study holding the
+    complete trials of all its seeds' studies. ({}, why) where Optuna cannot give them."""
+    import optuna
+
+    study = group[0].study
+    if len(group) > 1:
+        try:
+            study = optuna.create_study(direction=group[0].study.direction)
+            study.add_trials([t for s in group for t in s.trials if t.state == done_state and t.value is not None])
+        except Exception as exc:  # e.g. the seeds' studies searched different spaces
+            return {}, f"cannot pool the seeds' studies ({type(exc).__name__}: {exc})"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            imp = optuna.importance.get_param_importances(study)
+        except Exception as exc:  # an evaluator that cannot fit this study is a note, not a failed report
+            return {}, f"{type(exc).__name__}: {exc}"
+    if caught and imp:  # e.g. PED-ANOVA: "quantiles select the same set of trials ... will be equal"
+        return {}, f"Optuna: {str(caught[0].message).split('. ')[0]}"
+    return imp, "no searched parameter varies"
+
+
 def make_plots(
-    experiment_dir: Path, df: pd.DataFrame, tests: pd.DataFrame, studies: list[StudyInfo], labeler: Callable, notes: list[str]
+    experiment_dir: Path,
+    df: pd.DataFrame,
+    tests: pd.DataFrame,
+    studies: list[StudyInfo],
+    labeler: Callable,
+    notes: list[str],
+    step_unit: str = "step",
 ) -> list[Figure]:
     import matplotlib
 
@@ -882,7 +1407,7 @@ def make_plots(
     # 2. paired gain over finetune
     pairs = []
     acc = {k: grp.set_index("seed")[METRIC] for k, grp in d.groupby(KEY, sort=False)}
-    for t in tests.itertuples(index=False):
+    for t in tests[tests["baseline_method"] == BASELINE].itertuples(index=False) if len(tests) else []:
         base_r = t.baseline.split("/", 1)[1]
         base = acc.get((t.backbone, base_r, BASELINE, t.fraction))
         mine = acc[(t.backbone, t.recipe, t.method, t.fraction)]
@@ -945,85 +1470,141 @@ def make_plots(
     else:
         notes.append("runs.csv has no wall_seconds or train_seconds: the accuracy-against-compute plot is omitted.")
 
-    # 4. Optuna: history and importances, one grid per backbone (rows: method, columns: fraction)
+    # 4. Optuna, one grid per backbone (rows: method, columns: fraction): each trial's value and the best so
+    #    far; the validation curves the trials reported (x: optimiser step from protocol v2 on, the pruner's
+    #    clock); importances. A per-seed search has one study per seed and cell: one colour per seed, and
+    #    the importances pool the seeds' complete trials (each seed's study alone has too few trials).
     import optuna
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
+    done_state, pruned_state = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+    all_seeds = sorted({s.seed for s in studies if s.seed is not None})
+    seed_colour = dict(zip(all_seeds, sns.color_palette("tab10", max(10, len(all_seeds))), strict=False))
+    unit = "optimiser step" if step_unit == "step" else step_unit
     for b in sorted({s.backbone for s in studies}):
         mine = [s for s in studies if s.backbone == b]
         rows = sorted({(s.recipe, s.method) for s in mine}, key=lambda rm: (_method_rank(rm[1]), _recipe_rank(rm[0])))
         cols = sorted({s.fraction for s in mine})
-        by = {(s.recipe, s.method, s.fraction): s for s in mine}
+        by: dict[tuple[str, str, float], list[StudyInfo]] = {}
+        for s in mine:
+            by.setdefault((s.recipe, s.method, s.fraction), []).append(s)
+        for group in by.values():
+            group.sort(key=lambda s: (s.seed is None, s.seed if s.seed is not None else 0))
+        per_seed = any(s.seed is not None for s in mine)
         size = (3.0 * len(cols), 2.4 * len(rows))
         fh, axh = plt.subplots(len(rows), len(cols), figsize=size, squeeze=False)
+        fc, axc = plt.subplots(len(rows), len(cols), figsize=size, squeeze=False)
         fi, axi = plt.subplots(len(rows), len(cols), figsize=size, squeeze=False)
+        seeds_shown: set[int] = set()
         for i, (r, m) in enumerate(rows):
             for j, f in enumerate(cols):
-                s = by.get((r, m, f))
-                ah, ai = axh[i][j], axi[i][j]
+                group = by.get((r, m, f), [])
+                ah, ac, ai = axh[i][j], axc[i][j], axi[i][j]
                 title = f"{labeler(m, r)} @ {frac_label(f)}"
-                if s is None:
-                    for ax in (ah, ai):
+                if not group:
+                    for ax in (ah, ac, ai):
                         ax.set_axis_off()
                         ax.set_title(title + ": no study", fontsize=7)
                     continue
-                done = [t for t in s.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-                pruned = [t for t in s.trials if t.state == optuna.trial.TrialState.PRUNED]
-                ah.set_title(f"{title}\n{len(done)} complete, {len(pruned)} pruned", fontsize=7)
+                n_done = n_pruned = 0
+                for s in group:
+                    colour = seed_colour[s.seed] if s.seed is not None else "tab:blue"
+                    if s.seed is not None:
+                        seeds_shown.add(s.seed)
+                    done = [t for t in s.trials if t.state == done_state and t.value is not None]
+                    pruned = [t for t in s.trials if t.state == pruned_state]
+                    n_done, n_pruned = n_done + len(done), n_pruned + len(pruned)
+                    if done:
+                        xs, ys = [t.number for t in done], [100 * t.value for t in done]
+                        ah.scatter(xs, ys, s=12, color=colour)
+                        ah.step(xs, np.maximum.accumulate(ys), where="post", color=colour if per_seed else "tab:red", lw=1)
+                    pv = [
+                        (t.number, 100 * t.intermediate_values[max(t.intermediate_values)])
+                        for t in pruned
+                        if t.intermediate_values
+                    ]
+                    if pv:
+                        ah.scatter(*zip(*pv, strict=True), s=12, marker="x", color=colour if per_seed else "grey")
+                    for t in [*done, *pruned]:
+                        if not t.intermediate_values:
+                            continue
+                        xs = sorted(t.intermediate_values)
+                        ys = [100 * t.intermediate_values[k] for k in xs]
+                        ac.plot(xs, ys, "-" if t.state == done_state else "--", color=colour, lw=0.8, alpha=0.8)
+                        if t.state == pruned_state:
+                            ac.plot(xs[-1], ys[-1], "x", color=colour, ms=4)
+                studies_txt = f" in {len(group)} seeds' studies" if per_seed else ""
+                ah.set_title(f"{title}\n{n_done} complete, {n_pruned} pruned{studies_txt}", fontsize=7)
                 ah.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ai.set_title(f"{title} ({len(done)} complete)", fontsize=7)
-                if done:
-                    xs = [t.number for t in done]
-                    ys = [100 * t.value for t in done]
-                    ah.scatter(xs, ys, s=12, color="tab:blue", label="complete")
-                    ah.step(xs, np.maximum.accumulate(ys), where="post", color="tab:red", lw=1, label="best so far")
-                pv = [
-                    (t.number, 100 * t.intermediate_values[max(t.intermediate_values)]) for t in pruned if t.intermediate_values
-                ]
-                if pv:
-                    ah.scatter(*zip(*pv, strict=True), s=12, marker="x", color="grey", label="pruned (last value)")
-                ah.set_xlabel("trial", fontsize=7)
+                ah.set_xlabel("trial (within its study)" if per_seed else "trial", fontsize=7)
                 ah.set_ylabel("val. accuracy (%)", fontsize=7)
                 ah.tick_params(labelsize=6)
-                if i == 0 and j == 0:
-                    ah.legend(fontsize=6)
-                if len(done) < 2:
+                ac.set_title(title, fontsize=7)
+                ac.set_xlabel(unit, fontsize=7)
+                ac.set_ylabel("val. accuracy (%)", fontsize=7)
+                ac.tick_params(labelsize=6)
+                cell = f"{b}/{m}/{r}/{f:g}" + (f" (pooled over {len(group)} seeds' studies)" if per_seed else "")
+                name = group[0].name if not per_seed else cell
+                ai.set_title(f"{title} ({n_done} complete{', pooled' if per_seed else ''})", fontsize=7)
+                if n_done < 2:
                     ai.set_axis_off()
-                    ai.text(0.5, 0.5, f"fewer than 2 complete trials ({len(done)})", ha="center", va="center", fontsize=7)
-                    notes.append(f"Study {s.name}: fewer than 2 complete trials ({len(done)}), so no importances.")
+                    ai.text(0.5, 0.5, f"fewer than 2 complete trials ({n_done})", ha="center", va="center", fontsize=7)
+                    notes.append(f"Study {name}: fewer than 2 complete trials ({n_done}), so no importances.")
                     continue
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    try:
-                        imp = optuna.importance.get_param_importances(s.study)
-                    except Exception as exc:  # an evaluator that cannot fit this study is a note, not a failed report
-                        imp, why = {}, f"{type(exc).__name__}: {exc}"
-                    else:
-                        why = "no searched parameter varies"
-                if caught and imp:  # e.g. PED-ANOVA: "quantiles select the same set of trials ... will be equal"
-                    imp, why = {}, f"Optuna: {str(caught[0].message).split('. ')[0]}"
+                imp, why = _importances(group, done_state)
                 if not imp:
                     ai.set_axis_off()
                     ai.text(0.5, 0.5, "no importances:\n" + textwrap.fill(why, 40), ha="center", va="center", fontsize=6)
-                    notes.append(f"Study {s.name}: no hyperparameter importances ({why}).")
+                    notes.append(f"Study {name}: no hyperparameter importances ({why}).")
                     continue
                 names = list(imp)[::-1]
                 ai.barh(names, [imp[k] for k in names], color="tab:green")
                 ai.set_xlabel("importance (sums to 1)", fontsize=7)
                 ai.tick_params(labelsize=6)
+        if per_seed:
+            keys = [Line2D([], [], marker="o", ls="", color=seed_colour[s], label=f"seed {s}") for s in sorted(seeds_shown)]
+            hist_keys = [*keys, Line2D([], [], color="grey", lw=1, label="best so far (per seed)")]
+        else:
+            keys = [Line2D([], [], color="tab:blue", lw=0.8, label="trial")]
+            hist_keys = [
+                Line2D([], [], marker="o", ls="", color="tab:blue", label="complete"),
+                Line2D([], [], color="tab:red", lw=1, label="best so far"),
+            ]
+        pruned_key = Line2D([], [], marker="x", ls="", color="grey", label="pruned (last value)")
+        axh[0][0].legend(handles=[*hist_keys, pruned_key], fontsize=6)
+        axc[0][0].legend(handles=[*keys, Line2D([], [], ls="--", color="grey", lw=0.8, label="pruned (x: stopped)")], fontsize=6)
+        how = (
+            "per-seed search: one study per seed and cell, one colour per seed"
+            if per_seed
+            else "one study per cell (shared search)"
+        )
         for fig, kind, title, cap in (
             (
                 fh,
                 "optuna_history",
                 f"Optimisation history, {b}",
-                "Validation accuracy of each trial (x: pruned, at its last reported epoch) and the best so far.",
+                f"Validation accuracy of each trial (x: pruned, at the value of its last reported {step_unit}) and the best "
+                f"so far; {how}.",
+            ),
+            (
+                fc,
+                "optuna_curves",
+                f"Validation curves of the search trials, {b}",
+                f"The validation accuracy each trial reported against the {unit} it reported at (the pruner's clock); "
+                f"dashed, ending in x: pruned trials; {how}.",
             ),
             (
                 fi,
                 "optuna_importance",
                 f"Hyperparameter importances, {b}",
                 "optuna.importance.get_param_importances (Optuna's default evaluator) over the complete trials of each "
-                "cell's study; with few trials these are rough.",
+                + (
+                    "cell, pooled over its seeds' studies (per-seed search; each alone has too few trials)"
+                    if per_seed
+                    else "cell's study"
+                )
+                + "; with few trials these are rough.",
             ),
         ):
             figs.append(_render(fig, f"{kind}_{slug(b)}", title, cap))
@@ -1203,6 +1784,50 @@ def _fmt_p(v: float) -> str:
     return "–" if not math.isfinite(v) else (f"{v:.2g}" if v < 0.001 else f"{v:.3f}")
 
 
+COMPUTE_FIELDS = (  # runs.csv column -> compute-table header; only those the runs table has are shown
+    ("steps", "steps S"),
+    ("probe_steps", "probe steps"),
+    ("hp_epochs", "epochs (v1)"),
+    ("hp_probe_epochs", "probe epochs (v1)"),
+    ("augment", "augment"),
+    ("bn", "BN"),
+    ("search_mode", "search"),
+    ("n_train", "labelled images"),
+)
+
+
+def _values(col: pd.Series) -> str:
+    """A column's values within one cell, as text: one value, or "a-b" for numbers, or "a / b" otherwise."""
+    v = col.dropna()
+    v = v[v.astype(str).str.strip() != ""]
+    if v.empty:
+        return ""
+    num = pd.to_numeric(v, errors="coerce")
+    if num.notna().all() and v.map(lambda x: not isinstance(x, bool | np.bool_)).all():
+        lo, hi = num.min(), num.max()
+        show = (lambda x: f"{int(x)}") if (num == num.round()).all() else (lambda x: f"{x:g}")
+        return show(lo) if lo == hi else f"{show(lo)}-{show(hi)}"
+    return " / ".join(sorted({str(x).lower() if isinstance(x, bool | np.bool_) else str(x) for x in v}))
+
+
+def compute_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: runs, the optimiser-step budget S and the head-only probe steps beside it (protocol v2; the
+    epochs for protocol v1), whether training augmented, the BN policy, the search mode, and the mean
+    seconds per final run: the compute a cell's numbers cost, next to the numbers."""
+    fields = [(c, h) for c, h in COMPUTE_FIELDS if c in df.columns and df[c].notna().any()]
+    rows = []
+    for (b, r, m, f), g in df.groupby(KEY, sort=False):
+        rec: dict[str, Any] = dict(backbone=b, recipe=r, method=m, fraction=frac_label(f), runs=len(g))
+        for c, h in fields:
+            rec[h] = _values(g[c])
+        for c in ("train_seconds", "wall_seconds"):
+            if c in g.columns:
+                sec = pd.to_numeric(g[c], errors="coerce")
+                rec[f"mean {c.replace('_', ' ')}"] = round(float(sec.mean()), 1) if sec.notna().any() else math.nan
+        rows.append((_cell_key(b, r, m, f), rec))
+    return pd.DataFrame([rec for _, rec in sorted(rows, key=lambda kr: kr[0])])
+
+
 def render_html(
     experiment: str,
     experiment_dir: Path,
@@ -1214,11 +1839,15 @@ def render_html(
     studies: list[StudyInfo],
     prov: list[tuple[str, str]],
     notes: list[str],
+    compute: pd.DataFrame | None = None,
 ) -> str:
     esc = html.escape
+    info = tables.protocol or protocol_info(df)
     fr = ", ".join(frac_label(f) for f in sorted(df["fraction"].unique()))
     seeds = sorted(df["seed"].unique())
     trials = sorted({sum(1 for t in s.trials if t.state.is_finished()) for s in studies})
+    per_seed = any(s.seed is not None for s in studies)
+    studies_txt = "study (one per seed and cell: per-seed search)" if per_seed else "study"
     protocol = [
         f"Backbones: {', '.join(sorted(df['backbone'].unique()))}.",
         f"Methods: {', '.join(sorted(df['method'].unique(), key=_method_rank))}; "
@@ -1226,25 +1855,39 @@ def render_html(
         f"Label fractions (per class, nested for a seed): {fr}. Seeds: {', '.join(map(str, seeds))} (paired: seed s draws "
         "the same labelled subset for every method).",
         "Tuned cells: hyperparameters chosen by Optuna on a validation split carved from the labelled subset only "
-        + (f"({', '.join(map(str, trials))} finished trials per study)" if trials else "(no study found in the storage)")
+        + (f"({', '.join(map(str, trials))} finished trials per {studies_txt})" if trials else "(no study found in the storage)")
         + "; then one final run per seed on the whole labelled subset, evaluated once on the test set.",
-        f"Comparisons: each method against {BASELINE} of the same backbone and fraction, {TEST_NAMES[tables.test]} over "
-        f"paired seeds, Holm-corrected over all {tables.n_tests} comparisons, α = {tables.alpha:g}.",
+        f"Comparisons: each method against {BASELINE}, and every sft* method also against linear_probe and lp_ft, of the "
+        f"same backbone and fraction, {TEST_NAMES[tables.test]} over paired seeds, Holm-corrected over all "
+        f"{tables.n_tests} comparisons, α = {tables.alpha:g}; {DAGGER} in the accuracy table: not significantly worse "
+        f"than the column's best (its own Holm family of {tables.n_best_tests}).",
     ]
+    if info.has_steps:
+        protocol.append(
+            "Budgets in optimiser steps: S per cell (the same for every method of a (backbone, fraction) cell, search "
+            "trials and final runs alike); the head-only linear-probe steps that start sft* and lp_ft are compute "
+            "beside S, shown apart in the table below."
+        )
+    label_items = "".join(f"<li><b>{esc(p)}</b></li>" for p in info.lines())
+    compute_html = (
+        "<p>Compute per cell (from runs.csv; ranges where seeds differ):</p>" + _html_table(compute)
+        if compute is not None and len(compute)
+        else ""
+    )
     cfg = Path(experiment_dir) / "config.toml"
     cfg_html = f"<details><summary>config.toml</summary><pre>{esc(cfg.read_text())}</pre></details>" if cfg.is_file() else ""
     sft = wtl[wtl["method"] == "sft"]
     if len(sft):
-        s = sft.iloc[0]
-        headline = (
-            f'<p class="wtl"><b>sft vs {BASELINE}</b>: {s.win} win(s), {s.tie} tie(s), {s.loss} loss(es) '
-            f"(significant after Holm, α = {tables.alpha:g}); {s.untested} cell(s) untested (fewer than 2 paired seeds). "
-            f"By mean alone: higher in {s.higher_mean}, lower in {s.lower_mean}.</p>"
-        )
+        items = []
+        for s in sft.itertuples(index=False):
+            items.append(
+                f"<li><b>sft vs {esc(s.baseline)}</b>: {s.win} win(s), {s.tie} tie(s), {s.loss} loss(es) "
+                f"(significant after Holm, α = {tables.alpha:g}); {s.untested} cell(s) untested (fewer than 2 paired "
+                f"seeds). By mean alone: higher in {s.higher_mean}, lower in {s.lower_mean}.</li>"
+            )
+        headline = f'<ul class="wtl">{"".join(items)}</ul>'
     else:
-        headline = (
-            f'<p class="wtl">No <code>sft</code> row with a {BASELINE} baseline in this experiment: no win/tie/loss count.</p>'
-        )
+        headline = '<p class="wtl">No <code>sft</code> row with a baseline in this experiment: no win/tie/loss count.</p>'
     sig = tests.assign(
         column=tests["fraction"].map(frac_label),
         diff=tests["diff_mean"].map(lambda v: "–" if not math.isfinite(v) else f"{100 * v:+.2f}"),
@@ -1255,24 +1898,32 @@ def render_html(
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>sft-bench report: {esc(experiment)}</title><style>{CSS}</style></head><body>",
         f"<h1>sft-bench report: {esc(experiment)}</h1>",
-        f"<p>{len(df)} final runs from <code>{esc(str(Path(experiment_dir)))}/runs.csv</code> and {len(studies)} Optuna "
-        "studies. Everything on this page is computed from those two; tables are also in <code>tables/</code> "
-        "(Markdown, LaTeX, CSV) and plots in <code>plots/</code> (PNG, PDF).</p>",
+        f"<p>{len(df)} final runs ({esc(info.label)}) from <code>{esc(str(Path(experiment_dir)))}/runs.csv</code> and "
+        f"{len(studies)} Optuna studies. Everything on this page is computed from those two; tables are also in "
+        "<code>tables/</code> (Markdown, LaTeX, CSV) and plots in <code>plots/</code> (PNG, PDF).</p>",
         "<h2>Summary</h2>",
         headline,
         _html_table(wtl) if len(wtl) else "",
-        "<p>win/tie/loss per method against its finetune baseline, one count per (backbone, fraction) cell.</p>",
-        "<h2>Protocol</h2><ul>" + "".join(f"<li>{esc(p)}</li>" for p in protocol) + "</ul>" + cfg_html,
+        "<p>win/tie/loss per method against each of its baselines (finetune; for sft* also linear_probe and lp_ft), one "
+        "count per (backbone, fraction) cell.</p>",
+        '<h2>Protocol</h2><ul class="protocol">'
+        + label_items
+        + "".join(f"<li>{esc(p)}</li>" for p in protocol)
+        + "</ul>"
+        + compute_html
+        + cfg_html,
         "<h2>Provenance</h2>",
         '<table class="t"><tbody>'
         + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in prov)
         + "</tbody></table>",
         "<h2>Accuracy</h2>",
         tables.accuracy_html(),
+        "<h2>sft against its baselines</h2>",
+        tables.sft_html(),
         "<h2>Label efficiency</h2>",
         tables.efficiency_html(),
-        "<h2>Comparisons with finetune</h2>",
-        _html_table(sig, {"p": _fmt_p, "p_holm": _fmt_p}) if len(sig) else "<p>No comparison: no finetune baseline.</p>",
+        "<h2>Comparisons with baselines</h2>",
+        _html_table(sig, {"p": _fmt_p, "p_holm": _fmt_p}) if len(sig) else "<p>No comparison: no baseline.</p>",
         "<h2>Plots</h2>",
     ]
     for f in figs:
@@ -1325,10 +1976,23 @@ def write_report(experiment_dir: Path, *, test: str = "ttest", alpha: float = 0.
     if not os.access(exp_dir, os.W_OK):
         raise UserError(f"cannot write the report into {exp_dir}: the folder is not writable")
     name = experiment_name(df, exp_dir)
+    info = protocol_info(df)
     stats = summarise(df)
     tests = paired_tests(df, test, alpha)
+    best = best_tests(df, test, alpha)
+    if test == "wilcoxon":  # before anything is drawn or written: a refused report leaves the folder as it was
+        n_max = largest_pairing(tests, best)
+        check_wilcoxon_reachable(n_max, alpha)
+        m = int(np.isfinite(tests["p"]).sum()) if len(tests) else 0
+        if m > 1 and signed_rank_floor(n_max) * m >= alpha:
+            notes.append(
+                f"Wilcoxon with at most {n_max} paired seeds: its smallest p, {signed_rank_floor(n_max):.3g}, times the "
+                f"{m} comparisons of the Holm family is {signed_rank_floor(n_max) * m:.3g} ≥ α = {alpha:g}, so no "
+                "comparison with a baseline can be significant; the paired t-test (--test ttest) can."
+            )
     eff = label_efficiency(df, stats)
-    tables = build_tables(name, df, stats, tests, eff, test, alpha)
+    tables = build_tables(name, df, stats, tests, eff, test, alpha, best, info)
+    notes[:0] = info.lines()
     for b in sorted(df["backbone"].unique()):
         if baseline_recipe(df, b, "tuned") is None:
             notes.append(f"{b}: no {BASELINE} runs, so no significance marks, gains or label efficiency for it.")
@@ -1338,7 +2002,7 @@ def write_report(experiment_dir: Path, *, test: str = "ttest", alpha: float = 0.
     untested = tests[tests["mark"] == "untested"]
     if len(untested):
         notes.append(
-            f"{len(untested)} comparison(s) with {BASELINE} untested: " + "; ".join(sorted(set(untested["reason"]))) + "."
+            f"{len(untested)} comparison(s) with a baseline untested: " + "; ".join(sorted(set(untested["reason"]))) + "."
         )
     multi = df["recipe"].nunique() > 1
 
@@ -1346,22 +2010,25 @@ def write_report(experiment_dir: Path, *, test: str = "ttest", alpha: float = 0.
         return f"{m} ({r})" if multi else m
 
     studies = load_studies(exp_dir, name, storage, notes)
-    figs = make_plots(exp_dir, df, tests, studies, labeler, notes)
+    figs = make_plots(exp_dir, df, tests, studies, labeler, notes, info.step_unit)
     wtl = win_tie_loss(tests)
     prov = provenance(exp_dir, df, studies)
-    page = render_html(name, exp_dir, df, tables, tests, wtl, figs, studies, prov, notes)
+    compute = compute_table(df)
+    page = render_html(name, exp_dir, df, tables, tests, wtl, figs, studies, prov, notes, compute)
 
     outputs: dict[Path, bytes] = {}
     tdir, pdir = exp_dir / "tables", exp_dir / "plots"
     for stem, md, tex, csv in (
         ("accuracy", tables.accuracy_markdown(), tables.accuracy_latex(), tables.accuracy_csv()),
         ("efficiency", tables.efficiency_markdown(), tables.efficiency_latex(), tables.efficiency_csv()),
+        ("sft_vs_baselines", tables.sft_markdown(), tables.sft_latex(), tables.sft_csv()),
     ):
         outputs[tdir / f"{stem}.md"] = md.encode()
         outputs[tdir / f"{stem}.tex"] = tex.encode()
         outputs[tdir / f"{stem}.csv"] = csv.encode()
     outputs[tdir / "significance.csv"] = tests.to_csv(index=False, lineterminator="\n").encode()
     outputs[tdir / "win_tie_loss.csv"] = wtl.to_csv(index=False, lineterminator="\n").encode()
+    outputs[tdir / "compute.csv"] = compute.to_csv(index=False, lineterminator="\n").encode()
     for f in figs:
         outputs[pdir / f"{f.name}.png"] = f.png
         outputs[pdir / f"{f.name}.pdf"] = f.pdf
@@ -1393,6 +2060,27 @@ class CompareResult:
     provenance: list[tuple[str, str, str]]
     test: str
     alpha: float
+    protocol_a: ProtocolInfo | None = None
+    protocol_b: ProtocolInfo | None = None
+
+    def protocol_notes(self) -> list[str]:
+        """What differs between the two sides' protocols: a v1/v2 comparison measures the change of protocol
+        (BatchNorm policy, step budgets, search) as much as anything, and says so."""
+        pa, pb = self.protocol_a, self.protocol_b
+        if pa is None or pb is None:
+            return []
+        out = []
+        if pa.versions != pb.versions:
+            out.append(
+                f"A is {pa.label} and B is {pb.label}: the protocols differ (budgets in epochs vs optimiser steps, "
+                "BatchNorm policy, search), so B − A measures the change of protocol as much as any change of the "
+                "methods; not a like-for-like comparison."
+            )
+        if pa.search_label() != pb.search_label():
+            out.append(f"Search differs: A: {pa.search_label()}; B: {pb.search_label()}.")
+        for side, p in (("A", pa), ("B", pb)):
+            out += [f"{side}: {line}" for line in p.short_lines()]
+        return out
 
     def display_rows(self) -> list[list[str]]:
         out = []
@@ -1429,7 +2117,7 @@ class CompareResult:
             out.append(f"Only in A ({len(self.only_a)}): {', '.join(self.only_a)}.")
         if self.only_b:
             out.append(f"Only in B ({len(self.only_b)}): {', '.join(self.only_b)}.")
-        return out
+        return out + self.protocol_notes()
 
     def markdown(self) -> str:
         lines = [f"# {self.label_a} vs {self.label_b}", ""]
@@ -1444,6 +2132,33 @@ class CompareResult:
 def _label(p: Path) -> str:
     p = p.resolve()
     return f"{p.parent.name}/{p.name}"
+
+
+def _check_compare_wilcoxon(common: list[tuple], acc_a: dict, acc_b: dict, alpha: float) -> None:
+    """compare's rank tests: paired (signed-rank) where a cell has 2+ shared seeds, else unpaired (Mann-Whitney U);
+    refused, like the report's, where no cell's test could reach alpha even with complete separation."""
+    n_pair, floor_unpaired, sizes = 0, 1.0, (0, 0)
+    for k in common:
+        xa, xb = acc_a[k], acc_b[k]
+        shared = len(set(xa.index) & set(xb.index))
+        if shared >= 2:
+            n_pair = max(n_pair, shared)
+        elif len(xa) >= 2 and len(xb) >= 2 and rank_sum_floor(len(xa), len(xb)) < floor_unpaired:
+            floor_unpaired, sizes = rank_sum_floor(len(xa), len(xb)), (len(xa), len(xb))
+    if floor_unpaired <= alpha:
+        return
+    unpaired = (
+        f"; unpaired cells ({sizes[0]} and {sizes[1]} seeds) cannot either (Mann-Whitney U: smallest p {floor_unpaired:.3g})"
+        if sizes != (0, 0)
+        else ""
+    )
+    if signed_rank_floor(n_pair) > alpha:
+        floor = signed_rank_floor(n_pair)
+        raise UserError(
+            f"--test wilcoxon cannot reach α = {alpha:g} in this comparison: the largest number of paired seeds is "
+            f"n = {n_pair}, and the smallest two-sided exact p of the signed-rank test is 2/2^{n_pair} = {floor:.3g} > "
+            f"{alpha:g}{unpaired}; use --test ttest, or run at least {wilcoxon_min_seeds(alpha)} seeds"
+        )
 
 
 def compare(a: Path, b: Path, *, test: str = "ttest", alpha: float = 0.05) -> CompareResult:
@@ -1462,6 +2177,8 @@ def compare(a: Path, b: Path, *, test: str = "ttest", alpha: float = 0.05) -> Co
     common = sorted(set(acc_a) & set(acc_b), key=lambda k: (*row_sort_key((k[0], k[1], k[2])), k[3]))
     if not common:
         raise UserError(f"{a} and {b} share no (backbone, recipe, method, fraction) cell; nothing to compare")
+    if test == "wilcoxon":
+        _check_compare_wilcoxon(common, acc_a, acc_b, alpha)
     rows = []
     for k in common:
         xa, xb = acc_a[k], acc_b[k]
@@ -1492,7 +2209,9 @@ def compare(a: Path, b: Path, *, test: str = "ttest", alpha: float = 0.05) -> Co
         vals = d[col].dropna().astype(str).unique()
         return ", ".join(vals[:3]) + (" …" if len(vals) > 3 else "") if len(vals) else "not recorded"
 
-    prov = [("runs", str(len(da)), str(len(db)))]
+    pa, pb = protocol_info(da), protocol_info(db)
+    prov = [("runs", str(len(da)), str(len(db))), ("protocol", pa.label, pb.label)]
+    prov += [("search", pa.search_label(), pb.search_label())]
     prov += [(c, first(da, c), first(db, c)) for c in ("git_commit", "device", "torch_version", "precision")]
     return CompareResult(
         Path(a),
@@ -1505,4 +2224,6 @@ def compare(a: Path, b: Path, *, test: str = "ttest", alpha: float = 0.05) -> Co
         prov,
         test,
         alpha,
+        pa,
+        pb,
     )
