@@ -414,7 +414,9 @@ def fit_probe(
     the linear_probe row and the probe inside an sft run of the same data are one model."""
     device = y.device
     if cache_key is not None and (hit := PROBES.get(cache_key)) is not None:
+        # the record is the same whether the probe was fitted here or earlier: replay its rows
         result.probe_cache_hit = True
+        result.history.extend(dict(row) for row in hit[1])
         return {k: v.clone() for k, v in hit[0].items()}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -531,8 +533,8 @@ def fit(
             probs = predict(net, vx, precision, feats=val_feats)
             return float((probs.argmax(1) == vy).float().mean())
 
-    d = feats.shape[1] if feats is not None else net.head.in_features
     if spec.is_probe or spec.probe_init:
+        d = feats.shape[1] if feats is not None else net.head.in_features
         probe_hp = hp if spec.is_probe else (probe or default_probe(hp))
         key = None if feats is None else ProbeCache.key(feats, y, probe_hp, seed, num_classes, precision)
 

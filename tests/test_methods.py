@@ -1,10 +1,11 @@
 """bench.methods (with the engine's probe phase): what each method builds and trains.
 
 Why: the comparison SFT vs fine-tuning is only fair if each method is what
-../shared/docs/methods.md says: sft starts exactly at the linear-probe solution (its
-branch's last layer is zero), frozen parts stay frozen (weights and BatchNorm
-statistics), seed_sft keeps the pretrained K-way classifier, and the trainable
-parameter counts reported in tables are the ones that were trained.
+../shared/docs/methods.md (protocol v2) says: sft* and lp_ft start exactly at the
+linear_probe row's model (the branch's last layer is zero), frozen parts stay frozen
+(weights and BatchNorm statistics), one BatchNorm policy and one search space serve every
+method, seed_sft keeps the pretrained K-way classifier, and the trainable parameter counts
+reported in tables are the ones that were trained.
 """
 
 from __future__ import annotations
@@ -18,12 +19,26 @@ from torch import nn
 
 from bench.backbones import build_backbone, get_backbone
 from bench.engine import fit
-from bench.methods import METHODS, SEED_RECIPE, HParams, build_net, method_name
+from bench.methods import (
+    BACKBONE_LR_MULT_CHOICES,
+    BN_POLICIES,
+    LABEL_SMOOTHING_CHOICES,
+    LR_RANGE,
+    METHODS,
+    SEED_RECIPE,
+    WARMUP_CHOICES,
+    WEIGHT_DECAY_RANGE,
+    HParams,
+    build_net,
+    method_name,
+)
 from bench.registry import UserError
 from bench.run import RunConfig, trainable_parameters
 
-SFT_VARIANTS = ["sft", "sft-mlp", "sft-side"]
-PROBE_METHODS = {"sft", "sft-mlp", "sft-side", "lp_ft"}
+SFT_VARIANTS = ["sft", "sft-mlp", "sft-side", "sft-mlp-frozen", "sft-side-frozen"]
+PROBE_METHODS = {"sft", "sft-mlp", "sft-side", "lp_ft", "sft-mlp-frozen", "sft-side-frozen"}
+FROZEN_ROWS = {"linear_probe", "sft-mlp-frozen", "sft-side-frozen"}
+PROBE = HParams(steps=30, lr=0.01, batch_size=32, augment=False)  # the linear probe sft*/lp_ft start from here
 
 # Hand count for the tiny backbone (feature size d = 32, K = 16 pretrained logits) and
 # C = 10 classes, default branch width 256.
@@ -33,19 +48,21 @@ SEED_HEAD = (32 * 16 + 16) + (16 * 10 + 10)  # the pretrained Linear(32, 16), th
 MLP_BRANCH = (32 * 256 + 256) + (256 * 10 + 10)
 SIDE_BRANCH = (3 * 32 * 9 + 32) + (32 * 64 * 9 + 64) + (64 * 10 + 10)  # width 256 // 8 = 32 channels, then 64
 HAND_COUNT = {
-    ("finetune", 1.0): TINY_BACKBONE + HEAD,
-    ("finetune", 0.0): HEAD,
-    ("linear_probe", 1.0): HEAD,
-    ("lp_ft", 1.0): TINY_BACKBONE + HEAD,
-    ("seed_sft", 1.0): TINY_BACKBONE + SEED_HEAD,
-    ("seed_sft", 0.0): SEED_HEAD,
-    ("sft", 1.0): TINY_BACKBONE + 2 * HEAD,
-    ("sft", 0.0): 2 * HEAD,
-    ("sft-mlp", 1.0): TINY_BACKBONE + HEAD + MLP_BRANCH,
-    ("sft-mlp", 0.0): HEAD + MLP_BRANCH,
-    ("sft-side", 1.0): TINY_BACKBONE + HEAD + SIDE_BRANCH,
-    ("sft-side", 0.0): HEAD + SIDE_BRANCH,
+    "finetune": TINY_BACKBONE + HEAD,
+    "linear_probe": HEAD,
+    "lp_ft": TINY_BACKBONE + HEAD,
+    "seed_sft": TINY_BACKBONE + SEED_HEAD,
+    "sft": TINY_BACKBONE + 2 * HEAD,
+    "sft-mlp": TINY_BACKBONE + HEAD + MLP_BRANCH,
+    "sft-side": TINY_BACKBONE + HEAD + SIDE_BRANCH,
+    "sft-mlp-frozen": HEAD + MLP_BRANCH,
+    "sft-side-frozen": HEAD + SIDE_BRANCH,
 }
+
+
+def _hp(method: str, **changes: object) -> HParams:
+    """The method's defaults (frozen rows: augment off) with changes."""
+    return HParams().update(**METHODS.get(method).defaults).update(**changes)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +77,7 @@ def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_every_method_is_counted_by_hand() -> None:
-    assert {m for m, _ in HAND_COUNT} == set(METHODS.names()), "a new method needs its hand count here"
+    assert set(HAND_COUNT) == set(METHODS.names()), "a new method needs its hand count here"
 
 
 @pytest.mark.parametrize("method", METHODS.names())
@@ -85,9 +102,9 @@ def test_sft_starts_exactly_at_the_heads_output(method: str, batch: tuple, tiny_
 
 @pytest.mark.parametrize("method", SFT_VARIANTS)
 def test_sft_branch_is_trained(method: str, batch: tuple, tiny_net) -> None:
-    net = tiny_net(method)
-    hp = HParams(epochs=2, batch_size=32, probe_epochs=1, backbone_lr_mult=0.0)
-    fit(net, METHODS.get(method), hp, *batch, seed=0)
+    hp = _hp(method, steps=8, batch_size=32)
+    net = tiny_net(method, hp)
+    fit(net, METHODS.get(method), hp, *batch, seed=0, probe=PROBE)
     net.eval()
     x = batch[0]
     with torch.no_grad():
@@ -96,60 +113,56 @@ def test_sft_branch_is_trained(method: str, batch: tuple, tiny_net) -> None:
 
 
 @pytest.mark.parametrize("method", sorted(PROBE_METHODS))
-def test_head_starts_as_the_linear_probe_solution(method: str, batch: tuple, tiny_net) -> None:
-    """The probe phase is a linear probe: the same head a `linear_probe` run with the probe's
-    settings reaches. A learning rate of 1e-20 in the main phase leaves the head where the
-    probe left it (an AdamW step moves a weight by about lr), so the two heads must agree."""
-    probe_epochs, batch_size = 3, 32
-    hp = HParams(lr=1e-20, epochs=1, batch_size=batch_size, probe_epochs=probe_epochs, probe_lr=0.01)
+def test_head_starts_as_the_linear_probe_rows_model(method: str, batch: tuple, tiny_net) -> None:
+    """H_f is the linear_probe row's model: a `linear_probe` run with the probe's hyperparameters
+    on the same data and seed reaches the very head the method starts from (methods.md)."""
+    from bench.engine import PROBES
+
+    hp = _hp(method, lr=0.0, steps=1, batch_size=32)  # lr 0: the head stays where the probe left it
     net = tiny_net(method, hp)
-    init_state = _snapshot(net.head)
-    init = init_state["weight"]
-    result = fit(net, METHODS.get(method), hp, *batch, seed=3)
-    phases = [row["phase"] for row in result.history]
-    assert phases == ["probe"] * probe_epochs + ["train"]
-
-    lp_hp = HParams(
-        optimizer="adamw",
-        lr=0.01,
-        weight_decay=1e-4,
-        schedule="cosine",
-        epochs=probe_epochs,
-        batch_size=batch_size,
-        augment=False,
-    )
-    probe = tiny_net("linear_probe", lp_hp)
-    probe.head.load_state_dict(init_state)  # the same starting point
-    fit(probe, METHODS.get("linear_probe"), lp_hp, *batch, seed=3)
+    init = _snapshot(net.head)["weight"]
+    PROBES.clear()
+    result = fit(net, METHODS.get(method), hp, *batch, seed=3, probe=PROBE)
+    assert {row["phase"] for row in result.history} == {"probe", "train"}
+    assert result.probe_steps == PROBE.steps and result.steps == 1
     assert not torch.allclose(net.head.weight, init), "the probe phase did not train the head"
-    torch.testing.assert_close(net.head.weight, probe.head.weight, rtol=0, atol=1e-6)
-    torch.testing.assert_close(net.head.bias, probe.head.bias, rtol=0, atol=1e-6)
+
+    row = tiny_net("linear_probe", PROBE)
+    PROBES.clear()  # fitted again, not served from the cache
+    lp = fit(row, METHODS.get("linear_probe"), PROBE, *batch, seed=3)
+    assert not lp.probe_cache_hit and lp.steps == PROBE.steps and lp.probe_steps == 0
+    assert torch.equal(net.head.weight, row.head.weight) and torch.equal(net.head.bias, row.head.bias)
 
 
-@pytest.mark.parametrize("method", sorted(set(METHODS.names()) - PROBE_METHODS))
-def test_methods_without_probe_have_no_probe_phase(method: str, batch: tuple, tiny_net) -> None:
-    result = fit(tiny_net(method), METHODS.get(method), HParams(epochs=1, batch_size=64), *batch, seed=0)
-    assert [row["phase"] for row in result.history] == ["train"]
+def test_the_probe_is_fitted_once_and_a_cached_probe_is_bit_identical(batch: tuple, tiny_net) -> None:
+    from bench.engine import PROBES
+
+    PROBES.clear()
+    hp = _hp("sft", lr=0.0, steps=1, batch_size=32)
+    first = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE)
+    net = tiny_net("sft", hp)
+    second = fit(net, METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE)
+    assert not first.probe_cache_hit and second.probe_cache_hit and PROBES.hits == 1
+    cached = _snapshot(net.head)
+    PROBES.clear()
+    net = tiny_net("sft", hp)
+    fit(net, METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE)
+    assert all(torch.equal(v, net.head.state_dict()[k]) for k, v in cached.items())
+    # another seed or other probe settings are another probe
+    other = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=2, probe=PROBE)
+    assert not other.probe_cache_hit
 
 
 @pytest.mark.parametrize("feature_cache", ["shared", "off"])
-@pytest.mark.parametrize(
-    "method, changes",
-    [
-        ("linear_probe", {}),
-        ("sft", {"backbone_lr_mult": 0.0}),
-        ("sft-side", {"backbone_lr_mult": 0.0}),
-        ("finetune", {"backbone_lr_mult": 0.0}),
-    ],
-)
-def test_frozen_backbone_gets_no_gradient_and_keeps_batchnorm_statistics(
-    method: str, changes: dict, feature_cache: str, batch: tuple, tiny_net
+@pytest.mark.parametrize("method", sorted(FROZEN_ROWS))
+def test_frozen_rows_get_no_gradient_and_keep_batchnorm_statistics(
+    method: str, feature_cache: str, batch: tuple, tiny_net
 ) -> None:
-    hp = HParams(epochs=2, batch_size=32, probe_epochs=1, lr=0.01).update(**changes)
+    hp = _hp(method, steps=8, batch_size=32, lr=0.01)
     net = tiny_net(method, hp)
     before = _snapshot(net.backbone)
     head_before = _snapshot(net.head)
-    fit(net, METHODS.get(method), hp, *batch, seed=0, feature_cache=feature_cache)
+    fit(net, METHODS.get(method), hp, *batch, seed=0, feature_cache=feature_cache, probe=PROBE)
     assert all(p.grad is None for p in net.backbone.parameters())
     after = net.backbone.state_dict()
     for key, value in before.items():
@@ -157,26 +170,58 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_batchnorm_statistics(
     assert any(not torch.equal(v, net.head.state_dict()[k]) for k, v in head_before.items()), "the head was not trained"
 
 
-def test_trained_backbone_does_update_batchnorm_statistics(batch: tuple, tiny_net) -> None:
-    """The control for the test above: the same check sees a backbone that is trained."""
-    hp = HParams(epochs=1, batch_size=32, lr=0.01)
-    net = tiny_net("finetune", hp)
-    before = _snapshot(net.backbone)
-    fit(net, METHODS.get("finetune"), hp, *batch, seed=0)
-    after = net.backbone.state_dict()
-    assert not torch.equal(before["net.1.running_mean"], after["net.1.running_mean"])
-    assert all(p.grad is not None for p in net.backbone.parameters())
+@pytest.mark.parametrize("method", sorted(set(METHODS.names()) - FROZEN_ROWS))
+def test_frozen_batchnorm_policy_keeps_the_pretrained_statistics_while_the_backbone_trains(
+    method: str, batch: tuple, tiny_net
+) -> None:
+    """bn = "frozen" (the default, every method alike): weights and BN affine parameters train,
+    running statistics stay the pretrained ones. bn = "train" is the control: they move."""
+    moved = {}
+    for bn in BN_POLICIES:
+        hp = _hp(method, steps=4, batch_size=32, lr=0.01, bn=bn)
+        net = tiny_net(method, hp)
+        before = _snapshot(net.backbone)
+        fit(net, METHODS.get(method), hp, *batch, seed=0, probe=PROBE)
+        after = net.backbone.state_dict()
+        assert not torch.equal(before["net.0.weight"], after["net.0.weight"]), "the backbone did not train"
+        assert not torch.equal(before["net.1.weight"], after["net.1.weight"]), "BN affine parameters did not train"
+        moved[bn] = not torch.equal(before["net.1.running_mean"], after["net.1.running_mean"])
+        assert all(p.grad is not None for p in net.backbone.parameters())
+    assert moved == {"frozen": False, "train": True}
 
 
-@pytest.mark.parametrize("method, mult", sorted(HAND_COUNT))
-def test_trainable_parameter_counts_match_a_hand_count(method: str, mult: float, batch: tuple, tiny_net) -> None:
-    hp = HParams(epochs=1, batch_size=64, probe_epochs=1, backbone_lr_mult=mult)
+def test_methods_that_train_the_backbone_refuse_a_zero_multiplier_and_frozen_rows_refuse_augmentation(
+    batch: tuple, tiny_net
+) -> None:
+    from bench.registry import UserError
+
+    for method in sorted(set(METHODS.names()) - FROZEN_ROWS):
+        with pytest.raises(UserError, match="frozen backbone is a row of its own"):
+            hp = _hp(method, steps=1, backbone_lr_mult=0.0)
+            fit(tiny_net(method, hp), METHODS.get(method), hp, *batch, seed=0, probe=PROBE)
+    for method in sorted(FROZEN_ROWS):
+        with pytest.raises(UserError, match="cannot be augmented"):
+            hp = _hp(method, steps=1, augment=True)
+            fit(tiny_net(method, hp), METHODS.get(method), hp, *batch, seed=0, probe=PROBE)
+
+
+@pytest.mark.parametrize("method", sorted(HAND_COUNT))
+def test_trainable_parameter_counts_match_a_hand_count(method: str, batch: tuple, tiny_net) -> None:
+    hp = _hp(method, steps=2, batch_size=64)
     net = tiny_net(method, hp)
-    cfg = RunConfig("tiny", method, 1.0, 0, hp=hp)
-    assert trainable_parameters(net, cfg) == HAND_COUNT[method, mult]
-    fit(net, METHODS.get(method), hp, *batch, seed=0)
+    probe = PROBE if METHODS.get(method).probe_init else None
+    cfg = RunConfig("tiny", method, 1.0, 0, hp=hp, probe=probe)
+    assert trainable_parameters(net, cfg) == HAND_COUNT[method]
+    head = _snapshot(net.head)
+    fit(net, METHODS.get(method), hp, *batch, seed=0, probe=probe)
+    if METHODS.get(method).is_probe:
+        # the linear probe is fitted as a Linear of its own and loaded into the head (so the sft*
+        # rows can start from the very same model): the head changed, nothing else has a gradient
+        assert all(p.grad is None for p in net.parameters())
+        assert not torch.equal(head["weight"], net.head.weight)
+        return
     # ... and those are exactly the parameters that received a gradient.
-    assert sum(p.numel() for p in net.parameters() if p.grad is not None) == HAND_COUNT[method, mult]
+    assert sum(p.numel() for p in net.parameters() if p.grad is not None) == HAND_COUNT[method]
 
 
 def test_seed_sft_maps_the_pretrained_logits_to_classes_tiny(tiny_net) -> None:
@@ -207,7 +252,35 @@ def test_search_space_yields_valid_hyperparameters(method: str) -> None:
         changes = spec.search_space(study.ask())
         hp = HParams().update(**spec.defaults).update(**changes)
         assert math.isfinite(hp.lr) and hp.lr > 0
+        assert "steps" not in changes, "the step budget is the cell's, never searched"
     HParams().update(**spec.defaults)  # the defaults themselves are valid
+
+
+def test_shared_hyperparameters_have_one_search_space_for_every_method() -> None:
+    """methods.md: optimiser, lr, weight decay, label smoothing, warm-up, multiplier and BN policy
+    have the same distributions for every method that has them; frozen rows have no multiplier
+    and no BN policy; only branch width is method-specific."""
+    shared = {
+        "optimizer": optuna.distributions.CategoricalDistribution(["sgd", "adamw"]),
+        "lr": optuna.distributions.FloatDistribution(*LR_RANGE, log=True),
+        "weight_decay": optuna.distributions.FloatDistribution(*WEIGHT_DECAY_RANGE, log=True),
+        "label_smoothing": optuna.distributions.CategoricalDistribution(LABEL_SMOOTHING_CHOICES),
+        "warmup": optuna.distributions.CategoricalDistribution(WARMUP_CHOICES),
+    }
+    trained = {
+        "backbone_lr_mult": optuna.distributions.CategoricalDistribution(BACKBONE_LR_MULT_CHOICES),
+        "bn": optuna.distributions.CategoricalDistribution(list(BN_POLICIES)),
+    }
+    assert 0.0 not in BACKBONE_LR_MULT_CHOICES, "a frozen backbone is a row of its own, not a searched value"
+    for method in METHODS.names():
+        spec = METHODS.get(method)
+        study = optuna.create_study()
+        trial = study.ask()
+        spec.search_space(trial)
+        dists = dict(trial.distributions)
+        width = dists.pop("branch_width", None)
+        assert (width is not None) == (method in {"sft-mlp", "sft-side", "sft-mlp-frozen", "sft-side-frozen"})
+        assert dists == {**shared, **(trained if spec.trains_backbone else {})}, method
 
 
 @pytest.mark.parametrize(
@@ -216,9 +289,11 @@ def test_search_space_yields_valid_hyperparameters(method: str) -> None:
         ({"lr": "abc"}, "lr must be of type float"),
         ({"lr": float("nan")}, "finite"),
         ({"lr": float("inf")}, "finite"),
-        ({"lr": 0.0}, "lr must be positive"),
-        ({"epochs": 2.5}, "epochs must be of type int"),
-        ({"epochs": 0}, "epochs must be positive"),
+        ({"lr": -0.1}, "lr must be >= 0"),
+        ({"steps": 2.5}, "steps must be of type int"),
+        ({"steps": 0}, "steps must be positive"),
+        ({"warmup": 1.0}, "warmup must be a fraction"),
+        ({"bn": "eval"}, "bn 'eval' is not one of"),
         ({"augment": "yes"}, "augment must be of type bool"),
         ({"optimizer": "adam"}, "optimizer 'adam'"),
         ({"schedule": "step"}, "schedule 'step'"),
@@ -227,7 +302,6 @@ def test_search_space_yields_valid_hyperparameters(method: str) -> None:
         ({"momentum": 1.5}, "momentum"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
         ({"backbone_lr_mult": -1.0}, "backbone_lr_mult"),
-        ({"probe_epochs": 0}, "probe_epochs must be positive"),
         ({"branch_width": 0}, "branch_width must be positive"),
         ({"learning_rate": 0.1}, "unknown hyperparameter"),
     ],
@@ -238,11 +312,13 @@ def test_bad_hyperparameters_are_user_errors(changes: dict, message: str) -> Non
 
 
 def test_numbers_are_normalised_so_equal_settings_share_a_run_id() -> None:
-    a = HParams().update(lr=1, epochs=3.0, weight_decay=0)
-    assert isinstance(a.lr, float) and isinstance(a.epochs, int) and isinstance(a.weight_decay, float)
-    b = HParams().update(lr=1.0, epochs=3, weight_decay=0.0)
-    assert RunConfig("tiny", "sft", 0.1, 0, hp=a).run_id == RunConfig("tiny", "sft", 0.1, 0, hp=b).run_id
-    assert RunConfig("tiny", "sft", 0.1, 0, hp=a).run_id != RunConfig("tiny", "sft", 0.1, 0, hp=b.update(lr=0.5)).run_id
+    a = HParams().update(lr=1, steps=3.0, weight_decay=0)
+    assert isinstance(a.lr, float) and isinstance(a.steps, int) and isinstance(a.weight_decay, float)
+    b = HParams().update(lr=1.0, steps=3, weight_decay=0.0)
+    run = lambda hp, probe=PROBE: RunConfig("tiny", "sft", 0.1, 0, hp=hp, probe=probe).run_id  # noqa: E731
+    assert run(a) == run(b)
+    assert run(a) != run(b.update(lr=0.5))
+    assert run(a) != run(a, PROBE.update(lr=0.02)), "the probe it starts from is part of a run's id"
 
 
 def test_branch_names() -> None:
