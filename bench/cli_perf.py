@@ -40,13 +40,16 @@ def _wait_for_quiet(threshold: float, max_wait: float, log: Callable[[str], None
 def _reports(P: Any, rows: list[dict], sweep: Path | None, project: Path | None) -> str:
     """The sweep-level cost of a finished sweep and the projection of a grid, as Markdown."""
     parts = []
-    pruned = None
+    pruned, source = None, ""
     if sweep is not None:
         cost = P.sweep_cost(sweep)
         pruned = cost["pruned_fraction"]
+        # a protocol v1 folder (results/quick) stays readable; the projection says what its pruning was measured under
+        protocol = P.PROTOCOLS[cost["protocol"]]
+        source = f"measured on {sweep}, protocol {protocol}" if pruned is not None else f"{sweep} has no finished trials"
         parts.append(P.sweep_markdown(cost))
     if project is not None:
-        parts.append(P.projection_markdown(P.project_grid(project, rows, pruned_fraction=pruned)))
+        parts.append(P.projection_markdown(P.project_grid(project, rows, pruned_fraction=pruned, pruned_source=source)))
     return "\n\n".join(parts)
 
 

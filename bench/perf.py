@@ -7,12 +7,14 @@ process, on the same model and machine:
     a  ceiling    forward + backward + optimiser step on synthetic float tensors already
                   in memory, for every memory format x precision; and forward only
     b  suite      `engine.fit` (finetune) on real CIFAR-10: indexing, augmentation, the
-                  input adapter, loss and accuracy bookkeeping included
+                  input adapter, loss and accuracy bookkeeping included; timed per history
+                  interval (the engine's unit of bookkeeping: one host sync per interval)
     c  article    the article's pipeline: torchvision transforms on PIL images,
                   DataLoader(num_workers=2), batch 100, fp32, default memory format
-    d  frozen     one frozen-backbone trial (linear_probe, sft with multiplier 0) with
-                  the feature cache (cold: first trial; warm: any later trial of the
-                  cell) against the same trial recomputing the backbone every epoch
+    d  frozen     one frozen-backbone trial (linear_probe, sft-mlp-frozen: both train a
+                  head on cached features, sft-mlp-frozen after its linear probe) with the
+                  feature cache (cold: first trial; warm: any later trial of the cell)
+                  against the same trial recomputing the backbone on every step
     e  eval       `engine.predict` on the test images, against (a)'s forward-only rate
 
 Figures are ratios first (these machines are shared and noisy), with the load average
@@ -35,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.backbones import build_backbone, get_backbone
+from bench.budget import REPORTS, report_interval
 from bench.data import Cifar10, label_split
-from bench.engine import FEATURES, _optimizer, _sync, autocast, eval_batch, fit, predict
+from bench.engine import FEATURES, PROBES, _optimizer, _sync, autocast, eval_batch, fit, predict
 from bench.methods import METHODS, HParams
 from bench.provenance import cpu_model, git_commit, provenance
 from bench.registry import UserError
@@ -116,11 +120,14 @@ class PerfSettings:
     steps: int = 12  # timed training steps at most, per ceiling configuration
     warmup: int = 3
     max_seconds: float = 12.0  # per timed measurement, after warm-up (at least 2 steps)
-    epoch_steps: int = 4  # (b): steps per epoch
-    epochs: int = 3  # (b): timed epochs, after one warm-up epoch
+    interval_steps: int = 4  # (b): steps per history interval (one pass over batch_size x interval_steps images)
+    intervals: int = 3  # (b): timed intervals, after one warm-up interval
     article_steps: int = 20
     frozen_fraction: float = 0.01
-    frozen_epochs: int = 5
+    # (d): steps of a frozen trial (and of sft-mlp-frozen's probe): what 5 epochs of the 1% cell
+    # were at batch 128, so short enough to measure; the protocol's trials are S >= 500 steps,
+    # where the cache saves more (its cold cost is one feature pass, whatever S)
+    frozen_steps: int = 20
     eval_images: int | None = None  # None: the whole test set
     precision: str = "auto"  # the suite's precision for (b), (d), (e); auto = the run default
     compile: bool | str = False
@@ -131,12 +138,15 @@ class PerfSettings:
     def __post_init__(self) -> None:
         if self.batch_size < 2 or self.steps < 2 or self.warmup < 1 or self.article_steps < 2:
             raise UserError("perf needs --batch-size >= 2, --steps >= 2 (warm-up >= 1)")
-        if not 0 < self.frozen_fraction <= 1 or self.frozen_epochs < 1:
-            raise UserError("frozen-trial fraction must be in (0, 1] and epochs >= 1")
+        if not 0 < self.frozen_fraction <= 1 or self.frozen_steps < 1:
+            raise UserError("frozen-trial fraction must be in (0, 1] and steps >= 1")
+        if self.interval_steps < 1 or not 1 <= self.intervals < REPORTS:
+            # the engine writes REPORTS history rows per fit; one is the warm-up
+            raise UserError(f"the suite's loop needs interval steps >= 1 and 1..{REPORTS - 1} timed intervals")
 
     @classmethod
     def quick(cls, **kw: Any) -> PerfSettings:
-        quick = dict(steps=3, warmup=1, max_seconds=3.0, epoch_steps=2, epochs=2, article_steps=3, eval_images=4096)
+        quick = dict(steps=3, warmup=1, max_seconds=3.0, interval_steps=2, intervals=2, article_steps=3, eval_images=4096)
         return cls(**{**quick, **kw})
 
 
@@ -235,6 +245,10 @@ def _row(
 
 
 # ---------------------------------------------------------------- the measurements
+
+
+class _Enough(Exception):
+    """Raised from `on_progress` once (b) has timed its intervals (as the sweep's pruner stops a trial)."""
 
 
 class Bench:
@@ -345,19 +359,34 @@ class Bench:
 
     # b: the suite's loop
     def suite(self, precision: str | None = None) -> dict:
+        """`engine.fit` (finetune) timed per history interval: the engine writes a row every
+        report_interval(S) steps, so a budget of REPORTS x k steps gives intervals of k steps.
+        The first interval warms up (kernel selection, compilation); the fit stops once the
+        timed ones are done, the rest of its budget would measure nothing new."""
         s, dev = self.s, self.device
         precision = precision or self.suite_precision
-        n = s.batch_size * s.epoch_steps
-        epochs = 1 + s.epochs
-        cfg = self.config("finetune", {"batch_size": s.batch_size, "epochs": epochs}, precision=precision)
+        k = s.interval_steps
+        n = s.batch_size * k  # one interval is one pass over these images
+        steps = REPORTS * k
+        assert report_interval(steps) == k
+        cfg = self.config("finetune", {"batch_size": s.batch_size, "steps": steps}, precision=precision)
         net = self.net(cfg)
         x = self.data.train_x[:n].to(dev)
         y = self.data.train_y[:n].to(dev)
-        # Epoch 1 warms up (kernel selection, compilation); the engine times the others itself.
-        r = fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision, compile=s.compile)
-        note = f"finetune, augmentation on, epochs of {s.epoch_steps} steps after a warm-up epoch"
+        ends: list[float] = []  # when each history row arrived (the engine has synced the device by then)
+
+        def progress(row: dict) -> None:
+            ends.append(time.perf_counter())
+            if len(ends) > s.intervals:
+                raise _Enough
+
+        try:
+            fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision, on_progress=progress, compile=s.compile)
+        except _Enough:
+            pass
+        note = f"finetune, augmentation on, history intervals of {k} steps after a warm-up interval"
         note += f", compile={s.compile}" if s.compile else ""
-        units = [(n, t) for t in r.epoch_seconds[1:]]
+        units = [(n, b - a) for a, b in pairwise(ends)]
         return _row(self.case, self.weights, "b_suite_train", precision, "channels_last", s.batch_size, units, note)
 
     # c: the article's pipeline
@@ -433,34 +462,39 @@ class Bench:
         x, y = self.data.train_x[split.train].to(dev), self.data.train_y[split.train].to(dev)
         val = (self.data.train_x[split.val].to(dev), self.data.train_y[split.val].to(dev))
         rows = []
-        trials = {
-            "linear_probe": {"epochs": s.frozen_epochs},
-            "sft": {"epochs": s.frozen_epochs, "probe_epochs": s.frozen_epochs, "backbone_lr_mult": 0.0},
-        }
-        for method, overrides in trials.items():
+        # Both frozen rows train a head on cached features; sft-mlp-frozen first fits its linear
+        # probe (engine.fit_probe), which a later trial of the cell takes from engine.PROBES.
+        for method in ("linear_probe", "sft-mlp-frozen"):
             spec = METHODS.get(method)
-            cfg = self.config(method, overrides, stage="trial", fraction=fraction)
+            cfg = self.config(method, {"steps": s.frozen_steps}, stage="trial", fraction=fraction)
             # label, feature cache, repeats: the warm trials are later trials of the same cell
             for label, mode, repeats in (("recompute", "off", 1), ("cached_cold", "shared", 1), ("cached_warm", "shared", 3)):
                 if label == "cached_cold":
                     FEATURES.clear()
-                units, hits = [], 0
+                    PROBES.clear()
+                units, hits, probe_hits = [], 0, 0
                 for k in range(repeats):
-                    hp = cfg.hp.update(lr=cfg.hp.lr * 0.5**k)
+                    # a later trial has other hyperparameters (so linear_probe's fit is not a
+                    # PROBES hit); the probe sft-mlp-frozen starts from stays the cell's one
+                    hp = cfg.hp.update(lr=cfg.hp.lr * 0.5 ** (k + (label == "cached_warm")))
                     net = self.net(cfg)
                     _sync(dev)
                     t0 = time.perf_counter()
-                    r = fit(net, spec, hp, x, y, seed=0, precision=self.suite_precision, val=val, feature_cache=mode)
+                    r = fit(
+                        net, spec, hp, x, y, seed=0, precision=self.suite_precision, val=val, feature_cache=mode, probe=cfg.probe
+                    )
                     _sync(dev)
-                    units.append((len(x) * len(r.history), time.perf_counter() - t0))
+                    units.append((r.images_seen, time.perf_counter() - t0))
                     hits += r.feature_cache_hits
-                epochs = len(r.history)
-                note = f"{method}{' multiplier 0' if method == 'sft' else ''}, {epochs} epochs, {len(x)}+{len(val[0])} images"
-                note += f", cache hits {hits}" if mode == "shared" else ""
+                    probe_hits += r.probe_cache_hit
+                probe = f" after a {r.probe_steps}-step linear probe" if r.probe_steps else ""
+                note = f"{method}, {r.steps} steps{probe}, {len(x)}+{len(val[0])} images"
+                note += f", cache hits {hits}, probe cache hits {probe_hits}" if mode == "shared" else ""
                 path = f"d_{method}_{label}"
                 prec = self.suite_precision
                 rows.append(_row(self.case, self.weights, path, prec, "channels_last", hp.batch_size, units, note))
         FEATURES.clear()
+        PROBES.clear()
         return rows
 
     # e: evaluation
@@ -567,7 +601,7 @@ def summarise_case(case: str, rows: list[dict], device_type: str) -> list[dict]:
                 case, "c/a article config", _ips(c) / _ips(art[0]), None, f"the article's loop over its ceiling {_cfg(art[0])}"
             )
         )
-    for method in ("linear_probe", "sft"):
+    for method in ("linear_probe", "sft-mlp-frozen"):
         off = first(f"d_{method}_recompute")
         for label in ("cached_warm", "cached_cold"):
             cached = first(f"d_{method}_{label}")
@@ -714,9 +748,13 @@ def sweep_cost(folder: Path) -> dict:
     The wall time is from the first trial's start to the last final run's finish (or the
     last trial's end when there is no runs.csv): the time a user waits, not a sum over
     runs. The fraction pruned counts every finished trial of every study in the journal.
+    `protocol`: the methods.md version the folder was produced under (1: epoch budgets, as
+    results/quick; 2: step budgets; None: no readable config.toml), so a reader knows what
+    its figures (the pruned fraction above all) were measured under.
     """
     folder = Path(folder)
     out: dict[str, Any] = {"folder": str(folder), "trials": 0, "states": {}, "studies": 0, "final_trials": 0}
+    out["protocol"] = sweep_protocol(folder)
     starts, ends, trial_seconds, final_seconds = [], [], [], []
     journal = folder / "optuna.journal"
     if journal.is_file():
@@ -765,6 +803,24 @@ def sweep_cost(folder: Path) -> dict:
     return out
 
 
+def sweep_protocol(folder: Path) -> int | None:
+    """1 when the folder's config.toml has protocol v1's epoch keys, 2 when it has none, None without one."""
+    import tomllib
+
+    try:
+        with open(Path(folder) / "config.toml", "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    from bench.experiment import V1_KEYS, V1_SEARCH_KEYS
+
+    search = raw.get("search") if isinstance(raw.get("search"), dict) else {}
+    return 1 if set(raw) & set(V1_KEYS) or set(search) & set(V1_SEARCH_KEYS) else 2
+
+
+PROTOCOLS = {1: "v1 (epoch budgets)", 2: "v2 (step budgets)", None: "unknown (no config.toml)"}
+
+
 def sweep_markdown(cost: dict) -> str:
     states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(cost["states"].items())) or "no journal"
     wall = cost["wall_seconds"]
@@ -775,7 +831,8 @@ def sweep_markdown(cost: dict) -> str:
         "| quantity | value |",
         "|---|---|",
         f"| wall time (first trial start to last final run end) | {'n/a' if wall is None else f'{wall / 60:.1f} min'} |",
-        f"| studies (cells searched) | {cost['studies']} |",
+        f"| protocol (../shared/docs/methods.md) | {PROTOCOLS[cost.get('protocol')]} |",
+        f"| studies (searches: one per cell, or per cell and seed) | {cost['studies']} |",
         f"| trials | {cost['trials']} ({states}) |",
         f"| fraction of finished trials pruned | {'n/a' if pruned is None else f'{pruned:.1%}'} |",
         f"| search trial time, summed | {cost['trial_seconds'] / 60:.1f} min |",
@@ -791,31 +848,31 @@ def sweep_markdown(cost: dict) -> str:
 
 @dataclass(frozen=True)
 class GridRun:
-    """What one cell of a grid costs to run: its searched trials and its final runs."""
+    """What one cell of a grid costs to run: its searches' trials and its final runs (protocol v2)."""
 
     backbone: str
     method: str
     recipe: str
     fraction: float
     resolution: int
-    trials: int
+    trials: int  # search trials of the cell, every search seed's together (0: the seed recipe, no search)
+    search_seeds: int  # searches of the cell (per_seed: one per seed; shared: one)
     final_runs: int
-    epochs: int
-    frozen_share: float  # share of its trials whose backbone is frozen (features from the cache)
+    steps: int  # the cell's step budget S: every trial and final run of every method trains S steps
+    batch_size: int
+    folds: int  # trainings per trial (k-fold cross-validation; 1: one validation split)
+    frozen: bool  # the backbone never trains: its runs train a head on cached features
+    features: bool  # its runs encode the labelled images once (frozen rows, and the probe of sft* / lp_ft)
+    prune_at: float  # share of its steps a pruned trial trains at least (search.pruner_warmup)
 
 
-def _frozen_share(method: str, fixed: dict) -> float:
-    spec = METHODS.get(method)
-    hp = HParams().update(**spec.defaults, **{k: v for k, v in fixed.items() if k in HParams.__dataclass_fields__})
-    if not spec.train_backbone(hp):
-        return 1.0
-    if "backbone_lr_mult" in fixed:
-        return 0.0
-    return 0.25 if method.startswith("sft") else 0.0  # sft searches the multiplier in {0, 0.01, 0.1, 1}
+def grid_runs(path: Path) -> tuple[list[GridRun], Any]:
+    """The cells of an experiment file as the sweep reads it (bench.experiment), and the experiment.
 
-
-def grid_runs(path: Path) -> tuple[list[GridRun], float]:
-    """The cells of an experiment file as the sweep reads it (bench.experiment), and its val fraction."""
+    Each cell's step budget is what the sweep's `make_config` gives it: the grid's fixed
+    `steps`, else the protocol's rule of its labelled-set size (bench/budget.py), the
+    article's 10 epochs at batch 100 for the seed recipe."""
+    from bench.budget import seed_recipe_steps, step_budget
     from bench.experiment import read_toml, resolve
     from bench.methods import SEED_RECIPE
 
@@ -823,11 +880,17 @@ def grid_runs(path: Path) -> tuple[list[GridRun], float]:
     out = []
     for cell in exp.cells():
         seed = cell.recipe == "seed"
+        spec = METHODS.get(cell.method)
         # The sweep runs the article's recipe at its 32 px, whatever the grid's resolution.
         res = 32 if seed else (exp.resolution_for(cell.backbone) or get_backbone(cell.backbone).input_size)
-        epochs = SEED_RECIPE.epochs if seed else exp.max_epochs
-        if exp.search.epochs and not seed:
-            epochs = (exp.min_epochs() + exp.max_epochs) / 2  # searched uniformly between the two
+        # as make_config resolves them: recipe, the method's defaults, then the grid's fixed values
+        base = SEED_RECIPE if seed else HParams()
+        hp = base.update(**spec.defaults).update(**({} if seed else exp.fixed_hparams(cell.method)))
+        n = sum(_labelled_counts(cell.fraction, exp.val_fraction))
+        if exp.steps is not None:
+            steps = exp.steps
+        else:
+            steps = seed_recipe_steps(n, hp.batch_size) if seed else step_budget(n, hp.batch_size)
         out.append(
             GridRun(
                 cell.backbone,
@@ -835,13 +898,18 @@ def grid_runs(path: Path) -> tuple[list[GridRun], float]:
                 cell.recipe,
                 cell.fraction,
                 int(res),
-                0 if seed else exp.trials,
+                0 if seed else exp.trials * len(exp.search_seeds),
+                0 if seed else len(exp.search_seeds),
                 len(exp.seeds),
-                epochs,
-                0.0 if seed else _frozen_share(cell.method, exp.fixed_hparams(cell.method)),
+                steps,
+                hp.batch_size,
+                exp.cv_folds,
+                not spec.trains_backbone,
+                spec.probe_init or not spec.trains_backbone,
+                float(exp.search.pruner_warmup),
             )
         )
-    return out, exp.val_fraction
+    return out, exp
 
 
 def _labelled_counts(fraction: float, val_fraction: float = 0.2, per_class: int = 5000, classes: int = 10) -> tuple[int, int]:
@@ -851,15 +919,19 @@ def _labelled_counts(fraction: float, val_fraction: float = 0.2, per_class: int 
     return (k - n_val) * classes, n_val * classes
 
 
-def project_grid(path: Path, rows: list[dict], pruned_fraction: float | None = None) -> dict:
+def project_grid(path: Path, rows: list[dict], pruned_fraction: float | None = None, pruned_source: str = "") -> dict:
     """Cost of a grid from measured throughputs (rows of a perf run); assumptions in `notes`.
 
-    Per cell: trials x epochs x train images through the suite's training rate (b) (frozen
-    trials: none, their features come from the cache), validation every epoch and the
-    cell's one feature pass through the evaluation rate (e); then one final run per seed
-    on the whole labelled subset and 10,000 test images. Pruned trials stop halfway.
+    Per cell, with S its step budget and B its batch: every search trial (trials x search
+    seeds, x folds) that trains the backbone sees S x B images at the suite's training
+    rate (b) and validates every S/10 steps (10 passes over its validation images) at the
+    evaluation rate (e); a cell whose runs need frozen features (frozen rows, the probe of
+    sft* / lp_ft) encodes its labelled images once per search seed and fold (the feature
+    cache), and frozen rows train only heads on them (not counted). Then one final run per
+    seed: S x B training images when it trains the backbone, the features when it needs
+    them, and 10,000 test images. Pruned trials stop at search.pruner_warmup of their steps.
     """
-    runs, val_fraction = grid_runs(path)
+    runs, exp = grid_runs(path)
     speed: dict[tuple[str, int], dict[str, float]] = {}
     for r in rows:
         if r["path"] in ("b_suite_train", "e_suite_eval"):
@@ -869,10 +941,14 @@ def project_grid(path: Path, rows: list[dict], pruned_fraction: float | None = N
     for g in runs:
         t = speed.get((g.backbone, g.resolution), {})
         t_train, t_eval = t.get("b_suite_train"), t.get("e_suite_eval")
-        n_train, n_val = _labelled_counts(g.fraction, val_fraction)
-        search = g.trials * g.epochs * (1 - p / 2)
-        train_imgs = search * n_train * (1 - g.frozen_share) + g.final_runs * g.epochs * (n_train + n_val)
-        eval_imgs = search * n_val + (n_train + n_val if g.trials else 0) + g.final_runs * 10_000
+        n_train, n_val = _labelled_counts(g.fraction, exp.val_fraction)
+        n = n_train + n_val
+        v = n_val if g.folds == 1 else n / g.folds  # validation images of one training of a trial
+        run = 0 if g.frozen else g.steps * g.batch_size  # training images of one run (or fold of a trial)
+        search = g.trials * g.folds * (1 - p * (1 - g.prune_at))  # trainings, pruned ones counted in part
+        features = g.search_seeds * g.folds * ((n - v) + (v if g.frozen else 0)) if g.features else 0
+        train_imgs = search * run + g.final_runs * run
+        eval_imgs = search * (0 if g.frozen else REPORTS * v) + features + g.final_runs * ((n if g.features else 0) + 10_000)
         hours = (train_imgs / t_train + eval_imgs / t_eval) / 3600 if t_train and t_eval else None
         cells.append(
             {
@@ -885,13 +961,23 @@ def project_grid(path: Path, rows: list[dict], pruned_fraction: float | None = N
             }
         )
     tuned = [g for g in runs if g.trials]
+    per_search = exp.trials
+    searches = f"{tuned[0].search_seeds} search seed(s), search mode {exp.search.mode}" if tuned else "no search"
+    folds = f", {exp.cv_folds}-fold cross-validated trials" if exp.cv_folds > 1 else ""
+    budget = f"the grid's fixed steps = {exp.steps}" if exp.steps is not None else "the protocol's rule"
+    source = pruned_source or ("measured on the --sweep folder" if pruned_fraction is not None else "no sweep given")
     notes = [
-        f"grid {path}: {len(runs)} cells ({len(tuned)} tuned with {tuned[0].trials if tuned else 0} trials each, "
-        f"{len(runs) - len(tuned)} with the article's fixed recipe), {runs[0].final_runs if runs else 0} final run(s) per cell",
-        "epochs: the grid's max_epochs for tuned runs (the mean of min and max when epochs are searched), 10 for the seed recipe",
-        "frozen-backbone trials (linear_probe; sft with multiplier 0: a quarter of sft trials if Optuna samples its four "
-        "values evenly) cost one feature pass per cell, thanks to the shared feature cache; head training time is ignored",
-        f"pruned trials: {p:.0%} of trials (measured on the quick sweep when given, else 0), assumed to stop halfway",
+        f"grid {path}: {len(runs)} cells ({len(tuned)} tuned with {per_search if tuned else 0} trials per search x "
+        f"{searches}{folds}; {len(runs) - len(tuned)} with the article's fixed recipe), "
+        f"{runs[0].final_runs if runs else 0} final run(s) per cell",
+        f"steps: each cell's step budget S ({budget}: max(500, ceil(10 n / batch)) for n labelled images, "
+        "10 epochs at batch 100 for the seed recipe); every trial and final run that trains the backbone "
+        "sees S x batch images, and a trial validates every S/10 steps (10 passes over its validation images)",
+        "frozen-backbone rows (linear_probe, sft-mlp-frozen, sft-side-frozen) and the linear probe that sft* and lp_ft "
+        "start from cost one feature pass over the labelled images per search seed and fold and per final run, thanks "
+        "to the shared feature cache; head-only steps on cached features are ignored",
+        f"pruned trials: {p:.0%} of trials ({source}), assumed to stop at {runs[0].prune_at if runs else 0.5:.0%} of "
+        "their steps (search.pruner_warmup: the earliest the pruner may stop a trial)",
         "rates: the suite's training (b) and evaluation (e) images/s measured by `perf` on the device that wrote them, "
         "at batch 256; start-up, model building and Optuna overheads are not counted",
     ]

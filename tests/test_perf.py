@@ -51,7 +51,7 @@ def test_perf_cli_writes_tables(syn: Path, tmp_path: Path) -> None:
     assert tuple(rows[0]) == perf.COLUMNS
     paths = {r["path"] for r in rows}
     expected = {"a_train", "a_forward", "b_suite_train", "c_article_train", "e_suite_eval"}
-    expected |= {f"d_{m}_{k}" for m in ("linear_probe", "sft") for k in ("recompute", "cached_cold", "cached_warm")}
+    expected |= {f"d_{m}_{k}" for m in ("linear_probe", "sft-mlp-frozen") for k in ("recompute", "cached_cold", "cached_warm")}
     assert expected <= paths, expected - paths
     # every precision x memory format of the ceiling, plus the article's own configuration
     ceiling = {(r["precision"], r["memory_format"], r["batch_size"]) for r in rows if r["path"] == "a_train"}
@@ -64,7 +64,11 @@ def test_perf_cli_writes_tables(syn: Path, tmp_path: Path) -> None:
         summary = list(csv.DictReader(f))
     assert tuple(summary[0]) == perf.SUMMARY_COLUMNS
     metrics = {r["metric"] for r in summary}
-    assert {"b/a", "b/c", "d linear_probe warm", "d sft warm", "e/a"} <= metrics
+    assert {"b/a", "b/c", "d linear_probe warm", "d sft-mlp-frozen warm", "e/a"} <= metrics
+    by_path = {r["path"]: r for r in rows}
+    assert by_path["b_suite_train"]["repeats"] == "2"  # --quick: two timed history intervals after a warm-up one
+    assert "history intervals of 2 steps" in by_path["b_suite_train"]["note"]
+    assert "20-step linear probe" in by_path["d_sft-mlp-frozen_recompute"]["note"]
     md = (out / "perf.md").read_text()
     for needle in (
         "command: `python cli.py perf --cases tiny@32 --quick --batch-size 16",
@@ -113,8 +117,8 @@ def test_summary_ratios_and_targets() -> None:
         row("a_forward", 4000),
         row("b_suite_train", 760),
         row("c_article_train", 380, fmt="contiguous"),
-        row("d_sft_recompute", 1, sec=20.0),
-        row("d_sft_cached_warm", 1, sec=0.5),
+        row("d_sft-mlp-frozen_recompute", 1, sec=20.0),
+        row("d_sft-mlp-frozen_cached_warm", 1, sec=0.5),
         row("e_suite_eval", 3800),
     ]
     got = {r["metric"]: r for r in perf.summarise(rows, "cpu")}
@@ -122,7 +126,7 @@ def test_summary_ratios_and_targets() -> None:
     assert got["b/a same config"]["value"] == pytest.approx(0.95)
     assert got["b/c"]["value"] == pytest.approx(2.0) and got["b/c"]["target"] == 1.5 and got["b/c"]["met"] == "yes"
     assert got["c/a article config"]["value"] == pytest.approx(0.95)
-    assert got["d sft warm"]["value"] == pytest.approx(40.0) and got["d sft warm"]["met"] == "yes"
+    assert got["d sft-mlp-frozen warm"]["value"] == pytest.approx(40.0) and got["d sft-mlp-frozen warm"]["met"] == "yes"
     assert got["e/a"]["value"] == pytest.approx(0.95) and got["e/a"]["met"] == "yes"
     assert {r["metric"]: r for r in perf.summarise(rows, "cuda")}["b/c"]["target"] == 3.0
 
@@ -142,21 +146,25 @@ def _fit(data: object, method: str, overrides: dict, **kw: object) -> tuple[engi
     return r, net
 
 
-@pytest.mark.parametrize(
-    "method, overrides",
-    [("linear_probe", {"epochs": 2}), ("sft", {"epochs": 2, "probe_epochs": 2, "backbone_lr_mult": 0.0})],
-)
-def test_feature_cache_modes_train_the_same_model(data: object, method: str, overrides: dict) -> None:
+def _fresh(data: object, method: str, overrides: dict, **kw: object) -> tuple[engine.FitResult, torch.nn.Module]:
+    engine.PROBES.clear()  # else a second fit of the same probe is served from the probe cache, untrained
+    return _fit(data, method, overrides, **kw)
+
+
+@pytest.mark.parametrize("method", ["linear_probe", "sft-mlp-frozen"])
+def test_feature_cache_modes_train_the_same_model(data: object, method: str) -> None:
     engine.FEATURES.clear()
-    runs = {mode: _fit(data, method, overrides, feature_cache=mode) for mode in ("off", "trial", "shared")}
+    overrides = {"steps": 4}
+    runs = {mode: _fresh(data, method, overrides, feature_cache=mode) for mode in ("off", "trial", "shared")}
     again, _ = _fit(data, method, {**overrides, "lr": 0.01}, feature_cache="shared")  # another trial of the cell
     losses = {mode: [h["loss"] for h in r.history] for mode, (r, _) in runs.items()}
     assert losses["off"] == pytest.approx(losses["trial"], rel=1e-5) and losses["trial"] == losses["shared"]
     vals = {mode: [h.get("val_accuracy") for h in r.history] for mode, (r, _) in runs.items()}
     assert vals["off"] == vals["trial"] == vals["shared"]
     assert runs["shared"][0].feature_cache_hits == 0 and again.feature_cache_hits == 2  # train and val features
-    assert len(runs["off"][0].epoch_seconds) == len(runs["off"][0].history)
+    assert len(runs["off"][0].interval_seconds) == len(runs["off"][0].history) == (8 if method == "sft-mlp-frozen" else 4)
     engine.FEATURES.clear()
+    engine.PROBES.clear()
 
 
 def test_feature_cache_keys_on_content(data: object) -> None:
@@ -183,7 +191,7 @@ def test_feature_cache_keys_on_content(data: object) -> None:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_precision_and_memory_format_train_and_predict(data: object, precision: str, fmt: torch.memory_format) -> None:
-    overrides = {"epochs": 1, "batch_size": 32}
+    overrides = {"steps": 3, "batch_size": 32}
     cfg = make_config("tiny", "finetune", 0.5, 0, overrides=overrides, precision=precision, device=CPU, data=data)
     torch.manual_seed(0)
     net = build_model(cfg, 10).to(memory_format=fmt)
@@ -198,7 +206,7 @@ def test_precision_and_memory_format_train_and_predict(data: object, precision: 
 def test_memory_format_does_not_change_the_model(data: object) -> None:
     outs = []
     for fmt in (torch.contiguous_format, torch.channels_last):
-        cfg = make_config("tiny", "finetune", 0.5, 0, overrides={"epochs": 1, "batch_size": 32}, device=CPU, data=data)
+        cfg = make_config("tiny", "finetune", 0.5, 0, overrides={"steps": 2, "batch_size": 32}, device=CPU, data=data)
         torch.manual_seed(0)
         net = build_model(cfg, 10).to(memory_format=fmt)
         engine.fit(net, METHODS.get("finetune"), cfg.hp, data.train_x[:64], data.train_y[:64], seed=0)
@@ -208,7 +216,7 @@ def test_memory_format_does_not_change_the_model(data: object) -> None:
 
 def test_compile_path_matches_eager(data: object) -> None:
     """`compile` goes through torch.compile (the eager backend here: the CPU stand-in for inductor on CUDA)."""
-    overrides = {"epochs": 2, "batch_size": 32}
+    overrides = {"steps": 4, "batch_size": 32}
     plain, net_a = _fit(data, "finetune", overrides)
     torch._dynamo.reset()
     compiled, net_b = _fit(data, "finetune", overrides, compile="eager")
@@ -219,7 +227,7 @@ def test_compile_path_matches_eager(data: object) -> None:
 
 
 def test_execute_passes_compile_and_keeps_the_run_id(data: object) -> None:
-    cfg = make_config("tiny", "linear_probe", 0.5, 0, overrides={"epochs": 1}, device=CPU, data=data)
+    cfg = make_config("tiny", "linear_probe", 0.5, 0, overrides={"steps": 2}, device=CPU, data=data)
     rec = execute(cfg, data, CPU, compile="eager")
     assert rec["run_id"] == cfg.run_id and "compile" not in json.dumps(rec["config"])
     torch._dynamo.reset()
@@ -261,31 +269,110 @@ def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
     assert "50.0%" in perf.sweep_markdown(cost)
 
 
-def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
-    grid = tmp_path / "g.toml"
-    grid.write_text(
-        'backbones = ["tiny", "resnet18"]\nmethods = ["finetune", "linear_probe"]\nfractions = [0.1]\n'
-        "seeds = 2\ntrials = 3\nmax_epochs = 4\nresolution = 32\n"
-    )
+def _throughputs() -> list[dict]:
     case = perf.PerfCase("tiny", 32)
-    rows = [
+    return [
         perf._row(case, "x", "b_suite_train", "fp32", "channels_last", 8, [(1000, 1.0), (900, 1.0), (2000, 1.0)]),
         perf._row(case, "x", "e_suite_eval", "fp32", "channels_last", 8, [(4000, 1.0)]),
     ]
+
+
+def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        'backbones = ["tiny", "resnet18"]\nmethods = ["finetune", "linear_probe", "sft"]\nfractions = [0.1]\n'
+        'seeds = 2\ntrials = 3\nresolution = 32\n[[include]]\nbackbones = ["tiny"]\nmethods = ["seed_sft"]\n'
+        'recipes = ["seed"]\n'
+    )
+    rows = _throughputs()
     assert rows[0]["images_per_second"] == 1000.0 and rows[0]["repeats"] == 3  # the median unit's rate
     proj = perf.project_grid(grid, rows, pruned_fraction=0.5)
     cells = {(c["backbone"], c["method"]): c for c in proj["cells"]}
     n_train, n_val = 4000, 1000  # 10% of 5000 per class, a fifth of it for validation
+    run = 500 * 128  # the protocol's floor of 500 steps (10 passes would be 391) at batch 128
     ft = cells[("tiny", "finetune")]
-    search = 3 * 4 * (1 - 0.25)  # 3 trials of 4 epochs, half of them pruned halfway
-    assert ft["train_images"] == search * n_train + 2 * 4 * (n_train + n_val)
-    assert ft["eval_images"] == search * n_val + (n_train + n_val) + 2 * 10_000
+    assert (ft["steps"], ft["batch_size"], ft["trials"], ft["search_seeds"]) == (500, 128, 6, 2)  # per-seed search
+    search = 6 * (1 - 0.5 / 2)  # 3 trials for each of 2 seeds, half of them pruned halfway
+    assert ft["train_images"] == search * run + 2 * run
+    assert ft["eval_images"] == search * 10 * n_val + 2 * 10_000  # 10 validation reports per trial
     assert ft["hours"] == pytest.approx((ft["train_images"] / 1000 + ft["eval_images"] / 4000) / 3600)
     lp = cells[("tiny", "linear_probe")]
-    assert lp["frozen_share"] == 1.0 and lp["train_images"] == 2 * 4 * (n_train + n_val)  # trials train heads on cached features
+    # trials and finals train heads on cached features: one feature pass per search seed and per final run
+    assert lp["frozen"] and lp["train_images"] == 0
+    assert lp["eval_images"] == 2 * (n_train + n_val) + 2 * (n_train + n_val + 10_000)
+    sft = cells[("tiny", "sft")]  # its probe's features: the training part of each search seed's split
+    assert sft["train_images"] == ft["train_images"]
+    assert sft["eval_images"] == ft["eval_images"] + 2 * n_train + 2 * (n_train + n_val)
+    seed = cells[("tiny", "seed_sft")]  # the article's 10 epochs at batch 100, no search
+    assert (seed["steps"], seed["batch_size"], seed["trials"]) == (500, 100, 0)
+    assert seed["train_images"] == 2 * 500 * 100 and seed["eval_images"] == 2 * 10_000
     assert proj["missing"] == ["resnet18@32"] and cells[("resnet18", "finetune")]["hours"] is None
     text = perf.projection_markdown(proj)
     assert "not measured" in text and "resnet18 @ 32" in text
+    assert "2 search seed(s), search mode per_seed" in text and "the protocol's rule" in text
+
+
+def test_projection_fixed_steps_shared_search_and_folds(tmp_path: Path) -> None:
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        'backbones = ["tiny"]\nmethods = ["finetune"]\nfractions = [0.1]\nseeds = 3\ntrials = 4\nsteps = 40\n'
+        'cv_folds = 5\nresolution = 32\n[search]\nmode = "shared"\npruner_warmup = 0.75\n[hparams]\nbatch_size = 64\n'
+    )
+    proj = perf.project_grid(grid, _throughputs(), pruned_fraction=0.5)
+    (ft,) = proj["cells"]
+    assert (ft["steps"], ft["batch_size"], ft["trials"], ft["search_seeds"], ft["folds"]) == (40, 64, 4, 1, 5)
+    search = 4 * 5 * (1 - 0.5 * 0.25)  # 4 trials of 5 folds; pruned ones train 75% of their steps
+    assert ft["train_images"] == pytest.approx(search * 40 * 64 + 3 * 40 * 64)
+    assert ft["eval_images"] == pytest.approx(search * 10 * 1000 + 3 * 10_000)  # a fold validates on 5000 / 5
+    text = perf.projection_markdown(proj)
+    assert "fixed steps = 40" in text and "search mode shared" in text and "at 75% of their steps" in text
+
+
+def _v1_sweep_folder(folder: Path) -> Path:
+    """A protocol v1 results folder as results/quick is: epoch keys in config.toml, hp_epochs in runs.csv."""
+    folder.mkdir()
+    (folder / "config.toml").write_text(
+        'name = "quick"\nbackbones = ["tiny"]\nmethods = ["finetune"]\nfractions = [0.1]\nmax_epochs = 6\n'
+        "[search]\npruner_warmup_epochs = 1\nepochs = false\n"
+    )
+    end = datetime.now(timezone.utc)
+    with open(folder / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["run_id", "hp_epochs", "hp_probe_epochs", "wall_seconds", "finished_at"])
+        w.writeheader()
+        w.writerow({"run_id": "a", "hp_epochs": 6, "hp_probe_epochs": 30, "wall_seconds": 12.0, "finished_at": end.isoformat()})
+    return folder
+
+
+def test_sweep_protocol_of_old_and_new_folders(tmp_path: Path) -> None:
+    v1 = _v1_sweep_folder(tmp_path / "v1")
+    cost = perf.sweep_cost(v1)
+    assert cost["protocol"] == 1 and cost["final_runs"] == 1 and cost["final_run_seconds"] == 12.0
+    assert "v1 (epoch budgets)" in perf.sweep_markdown(cost)
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "config.toml").write_text('name = "q"\nsteps = 40\n[search]\nmode = "per_seed"\n')
+    assert perf.sweep_protocol(v2) == 2 and perf.sweep_protocol(tmp_path) is None
+
+
+def test_perf_projects_from_a_v1_sweep_folder(tmp_path: Path) -> None:
+    """--sweep on an old (protocol v1) folder stays readable, and the projection says what it measured."""
+    import optuna
+
+    sweep = _v1_sweep_folder(tmp_path / "quick")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal")))
+    study = optuna.create_study(study_name="quick/tiny/finetune/tuned/0.1", storage=storage, direction="maximize")
+    study.tell(study.ask(), 0.5)
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+    table = tmp_path / "perf.csv"
+    table.write_text(perf.to_csv(_throughputs(), perf.COLUMNS))
+    grid = tmp_path / "g.toml"
+    grid.write_text('backbones = ["tiny"]\nmethods = ["finetune"]\nfractions = [0.1]\nseeds = 1\ntrials = 2\nresolution = 32\n')
+    args = ["perf", "--project", str(grid), "--throughputs", str(table), "--sweep", str(sweep), "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(_app(), args)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "v1 (epoch budgets)" in text and "Projected cost of the grid" in text
+    assert f"pruned trials: 50% of trials (measured on {sweep}, protocol v1 (epoch budgets))" in text
 
 
 # ---------------------------------------------------------------- faster hot-path ops are the same arithmetic
