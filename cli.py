@@ -106,6 +106,10 @@ def run(
         float | None, typer.Option(help="Backbone lr multiplier (> 0; frozen backbones are their own methods).")
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any other hyperparameter, NAME=VALUE.")] = None,
+    probe_set: Annotated[
+        list[str] | None,
+        typer.Option("--probe-set", help="sft*/lp_ft: a hyperparameter of the linear probe they start from, NAME=VALUE."),
+    ] = None,
     stage: Annotated[str, typer.Option(help="final (train on all labels, test once) or trial (validation only).")] = "final",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
@@ -163,7 +167,17 @@ def run(
         folders += [file.parent for file in (save_predictions, save_model) if file is not None]
         for folder in folders:
             check_writable(folder)
+        probe_changes = _parse_set(probe_set)
+        if probe_changes and not METHODS.get(name).probe_init:
+            raise UserError(f"--probe-set applies to methods that start from a linear probe (sft*, lp_ft), not '{name}'")
         data = get_data(data_dir)
+        probe = None
+        if probe_changes:
+            from bench.engine import default_probe
+            from bench.methods import HParams
+
+            base = HParams().update(**METHODS.get(name).defaults).update(**overrides)
+            probe = default_probe(base).update(**probe_changes)
         cfg = make_config(
             backbone,
             name,
@@ -177,6 +191,7 @@ def run(
             precision=precision,
             device=dev,
             data=data,
+            probe=probe,
         )
     except UserError as exc:
         fail(str(exc))

@@ -42,12 +42,14 @@ def cli_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         "0.2",
         "--seed",
         "1",
-        "--epochs",
-        "2",
+        "--steps",
+        "20",
         "--batch-size",
         "64",
-        "--set",
-        "probe_epochs=3",
+        "--probe-set",
+        "steps=30",
+        "--probe-set",
+        "lr=0.03",
         "--set",
         "label_smoothing=0.1",
         "--data-dir",
@@ -81,14 +83,16 @@ def test_record_has_metrics_costs_hparams_and_provenance(cli_run: dict) -> None:
     assert rec["wall_seconds"] > 0 and rec["train_seconds"] > 0 and rec["wall_seconds"] >= rec["train_seconds"]
     assert rec["images_per_second"] > 0 and rec["eval_images_per_second"] > 0
     assert rec["peak_memory_mb"] > 0
-    assert rec["hparams"]["epochs"] == 2 and rec["hparams"]["probe_epochs"] == 3 and rec["hparams"]["label_smoothing"] == 0.1
-    assert HParams(**rec["hparams"]) == HParams(epochs=2, batch_size=64, probe_epochs=3, label_smoothing=0.1)
-    assert [r["phase"] for r in rec["history"]] == ["probe"] * 3 + ["train"] * 2
+    assert rec["hparams"]["steps"] == 20 and rec["hparams"]["label_smoothing"] == 0.1
+    assert HParams(**rec["hparams"]) == HParams(steps=20, batch_size=64, label_smoothing=0.1)
+    assert HParams(**rec["probe_hparams"]) == HParams(steps=30, lr=0.03, batch_size=64, augment=False)
+    assert (rec["steps"], rec["probe_steps"], rec["min_steps"], rec["bn"], rec["augment"]) == (20, 30, 500, "frozen", True)
+    assert [r["phase"] for r in rec["history"]] == ["probe"] * 10 + ["train"] * 10
     prov = rec["provenance"]
     assert {"python", "versions", "git_commit", "device", "device_type", "hostname"} <= prov.keys()
     assert prov["device_type"] == "cpu" and prov["versions"]["torch"] and prov["versions"]["timm"]
     assert isinstance(prov["git_commit"], str) and prov["git_commit"]
-    assert rec["test_accuracy"] > 0.2, "2 epochs of sft learn the synthetic set (measured 1.0)"
+    assert rec["test_accuracy"] > 0.2, "20 steps of sft learn the synthetic set (measured 0.42)"
 
 
 def _predictions(cli_run: dict) -> tuple[list[str], list[dict]]:
@@ -148,10 +152,14 @@ BAD = {
     "fraction 1.5": (["--fraction", "1.5"], "outside (0, 1]"),
     "fraction too small": (["--fraction", "0.001"], "at least 2 per class"),
     "missing data offline": (["--data-dir", "{tmp}/nodata"], "could not be downloaded"),
-    "set without =": (["--set", "epochs"], "NAME=VALUE"),
+    "set without =": (["--set", "steps"], "NAME=VALUE"),
     "set unknown name": (["--set", "learning_rate=0.1"], "unknown hyperparameter"),
     "set wrong type": (["--set", "lr=abc"], "lr must be of type float"),
-    "set float epochs": (["--set", "epochs=2.5"], "epochs must be of type int"),
+    "set float steps": (["--set", "steps=2.5"], "steps must be of type int"),
+    "bad bn policy": (["--method", "finetune", "--bn", "eval"], "bn 'eval' is not one of"),
+    "zero multiplier": (["--method", "finetune", "--backbone-lr-mult", "0"], "a frozen backbone is a row of its own"),
+    "augmenting a frozen row": (["--set", "augment=true"], "cannot be augmented"),
+    "probe settings for finetune": (["--method", "finetune", "--probe-set", "lr=0.1"], "--probe-set applies to"),
     "set negative decay": (["--set", "weight_decay=-1"], "weight_decay must be >= 0"),
     "nan lr": (["--lr", "nan"], "lr must be a finite number"),
     "unknown branch": (["--method", "sft", "--branch", "cnn"], "branch 'cnn'"),
@@ -162,7 +170,7 @@ BAD = {
     "bad recipe": (["--recipe", "magic"], "recipe 'magic'"),
     "bad resolution": (["--resolution", "4"], "resolution 4"),
     "zero resolution": (["--resolution", "0"], "resolution 0"),
-    "zero epochs": (["--epochs", "0"], "epochs must be positive"),
+    "zero steps": (["--steps", "0"], "steps must be positive"),
     "bad stage": (["--stage", "test"], "stage 'test'"),
     "bad device": (["--device", "tpu"], "device 'tpu'"),
     "predictions path is a folder": (["--save-predictions", "{tmp}"], "is a folder"),
@@ -186,8 +194,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         "linear_probe",
         "--fraction",
         "0.1",
-        "--epochs",
-        "1",
+        "--steps",
+        "2",
         "--data-dir",
         str(synthetic_dir),
         "--results-dir",
