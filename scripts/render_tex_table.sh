@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Render an experiment's tables/accuracy.tex to a PNG, to look at the table as a paper would print it.
+# Render an experiment's tables/accuracy.tex (or another of its tables) to a PNG, to look at the table
+# as a paper would print it.
 #
-#   scripts/render_tex_table.sh EXPERIMENT_DIR OUT.png [TABLE]      (TABLE: accuracy (default), efficiency,
-#                                                                   sft_vs_baselines)
+#   scripts/render_tex_table.sh EXPERIMENT_DIR OUT.png [accuracy|efficiency|sft_vs_baselines]
 #
-# Why standalone: the page is cropped to the table by LaTeX itself (`standalone` with `varwidth`), so
-# no pdfcrop (texlive-extra-utils) is needed; the width limit is a two-column paper's full text width
-# (17 cm), so a caption wraps as it would there and a table wider than that shows its overflow.
-# Needs pdflatex (texlive-latex-base, texlive-latex-recommended for booktabs and standalone's varwidth)
-# and pdftoppm (poppler-utils); .ci/run installs both. Exit 2 with one line on bad input.
+# How: the table is typeset in a box 17 cm wide (a two-column paper's full text width, so the caption
+# wraps as it would there), or as wide as its tabular where that is wider (the PNG then shows all of a
+# table that would overflow a page: check its width against your paper's), the PDF page is made exactly the size
+# of that box (pdfTeX primitives: no standalone class, no pdfcrop, i.e. nothing beyond Debian's
+# texlive-latex-base and texlive-latex-recommended), pdftoppm (poppler-utils) renders it at 150 dpi, and
+# the white margins left and right of a narrow table are trimmed with Pillow (a dependency of
+# torchvision) when it is importable. .ci/run installs pdflatex and pdftoppm. Bad input: one line, exit 2.
 set -euo pipefail
 
 fail() { echo "error: $*" >&2; exit 2; }
@@ -24,21 +26,32 @@ case "$out" in *.png) ;; *) fail "OUT must end in .png, got '$out'";; esac
 out_dir=$(dirname -- "$out")
 [ -d "$out_dir" ] && [ -w "$out_dir" ] || fail "cannot write $out: $out_dir is not a writable folder"
 for tool in pdflatex pdftoppm; do
-  command -v "$tool" >/dev/null 2>&1 || fail "$tool not found (apt-get install texlive-latex-base texlive-latex-recommended poppler-utils)"
+  command -v "$tool" >/dev/null 2>&1 \
+    || fail "$tool not found (apt-get install texlive-latex-base texlive-latex-recommended poppler-utils)"
 done
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -- "$tex" "$work/table.tex"
-# The table float becomes a plain box (standalone has no floats); \caption still works inside it.
+sed -n '/^\\begin{tabular}/,/^\\end{tabular}/p' "$tex" >"$work/tabular.tex"
+[ -s "$work/tabular.tex" ] || fail "$tex holds no tabular"
+# The table float becomes a plain box (a float cannot go into a box); \caption still works inside it.
 cat >"$work/page.tex" <<'TEX'
-\documentclass[varwidth=17cm,border=8pt]{standalone}
+\documentclass{article}
 \usepackage{booktabs}
 \makeatletter
 \renewenvironment{table}[1][]{\def\@captype{table}\centering}{}
 \makeatother
 \begin{document}
-\input{table.tex}
+\setbox1=\hbox{\small\input{tabular.tex}}
+\dimen0=17cm
+\ifdim\wd1>\dimen0 \dimen0=\wd1 \fi
+\setbox0=\vbox{\hsize=\dimen0 \textwidth=\hsize \columnwidth=\hsize \linewidth=\hsize \input{table.tex}}
+\pdfpagewidth=\dimexpr\wd0+16pt\relax
+\pdfpageheight=\dimexpr\ht0+\dp0+16pt\relax
+\pdfhorigin=8pt
+\pdfvorigin=8pt
+\shipout\box0
 \end{document}
 TEX
 if ! (cd "$work" && pdflatex -interaction=nonstopmode -halt-on-error page.tex >pdflatex.out 2>&1); then
@@ -47,5 +60,17 @@ if ! (cd "$work" && pdflatex -interaction=nonstopmode -halt-on-error page.tex >p
   exit 1
 fi
 pdftoppm -png -r 150 -singlefile "$work/page.pdf" "$work/page"
+python3 - "$work/page.png" 2>/dev/null <<'PY' || true
+import sys
+from PIL import Image, ImageOps
+
+path = sys.argv[1]
+img = Image.open(path).convert("RGB")
+box = ImageOps.invert(img).getbbox()  # the non-white content
+if box:
+    pad = 16
+    left, right = max(0, box[0] - pad), min(img.width, box[2] + pad)
+    img.crop((left, 0, right, img.height)).save(path)
+PY
 mv -f -- "$work/page.png" "$out"
 echo "$out"

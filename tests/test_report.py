@@ -798,14 +798,22 @@ def test_render_tex_table_script(built: tuple, tmp_path: Path) -> None:
         if CI:
             pytest.fail("pdflatex or pdftoppm missing in CI: .ci/run installs texlive and poppler-utils")
         pytest.skip("no pdflatex or pdftoppm here (CI installs texlive and poppler-utils)")
-    out = tmp_path / "acc.png"
-    r = subprocess.run(["bash", str(script), str(exp), str(out)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    data = out.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert 400 < width <= 17 / 2.54 * 150 + 60 and 150 < height < 2000, (width, height)  # cropped to the table
-    bad = subprocess.run(["bash", str(script), str(tmp_path), str(out)], capture_output=True, text=True, timeout=60)
+    from PIL import Image
+
+    for table in ("accuracy", "efficiency"):  # efficiency is wider than 17 cm here: the page must grow, not clip
+        out = tmp_path / f"{table}.png"
+        r = subprocess.run(["bash", str(script), str(exp), str(out), table], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = np.asarray(Image.open(out).convert("L"))
+        assert 400 < img.shape[1] < 4000 and 150 < img.shape[0] < 2000, img.shape
+        # cropped to the table with a white margin all round: nothing cut off at any edge
+        for edge in (img[:5], img[-5:], img[:, :5], img[:, -5:]):
+            assert edge.min() > 250, table
+        assert (img < 128).mean() > 0.01  # and there is text on it
+    bad = subprocess.run(
+        ["bash", str(script), str(tmp_path), str(tmp_path / "x.png")], capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: no ") and len(bad.stderr.strip().splitlines()) == 1
 
 
