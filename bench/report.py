@@ -1268,11 +1268,12 @@ def load_studies(experiment_dir: Path, experiment: str, storage: str | None, not
                 else (*parts[:3], float(parts[3]))
             )
             tail = SEED_PART.match(parts[4]) if len(parts) > 4 else None
-            seed = int(a["seed"]) if a.get("seed") is not None else (int(tail[1]) if tail else None)
+            mode = str(a.get("search_mode") or ("per_seed" if tail else ""))
+            # A shared search records the seed whose subset it searched too; only a per-seed study is one seed's.
+            seed = (int(a["seed"]) if a.get("seed") is not None else int(tail[1])) if mode == "per_seed" else None
         except (KeyError, IndexError, ValueError, TypeError):
             notes.append(f"Study '{s.study_name}' names no cell; skipped.")
             continue
-        mode = str(a.get("search_mode") or ("per_seed" if seed is not None else ""))
         study = optuna.load_study(study_name=s.study_name, storage=store)
         out.append(StudyInfo(s.study_name, str(b), str(m), str(r), f, study.get_trials(deepcopy=False), study, seed, mode))
     return out
@@ -1541,6 +1542,7 @@ def make_plots(
                 ah.set_ylabel("val. accuracy (%)", fontsize=7)
                 ah.tick_params(labelsize=6)
                 ac.set_title(title, fontsize=7)
+                ac.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ac.set_xlabel(unit, fontsize=7)
                 ac.set_ylabel("val. accuracy (%)", fontsize=7)
                 ac.tick_params(labelsize=6)

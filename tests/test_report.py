@@ -137,7 +137,7 @@ def make_experiment(
                         storage=storage, study_name=f"{name}/{b}/{m}/{r}/{f:g}{tail}", direction="maximize"
                     )
                     attrs = dict(experiment=name, backbone=b, method=m, recipe=r, fraction=f, search_mode=search_mode)
-                    for k, v in (attrs | ({"seed": s} if s is not None else {})).items():
+                    for k, v in (attrs | {"seed": s if s is not None else seeds[0], "kind": "search"}).items():
                         study.set_user_attr(k, v)
                     n_complete = 1 if (b, m, f) in (("mini", "sft", 1.0), THIN) else 2 + (s is None) * 2
                     for t in range(n_complete + 1):
@@ -615,6 +615,16 @@ def test_protocol_v1_example_still_reports_and_is_labelled(v1_example: tuple, tm
 
 
 # ---------------------------------------------------------------- Optuna, per-seed studies
+
+
+def test_shared_search_studies_are_one_per_cell(tmp_path: Path) -> None:
+    """The sweep records the searched seed in a shared study's attrs too; that does not make it a per-seed study."""
+    rows = {("tiny", "finetune", "tuned"): {0.1: (0.0, 3)}, ("tiny", "sft", "tuned"): {0.1: (0.01, 3)}}
+    exp = make_experiment(tmp_path, "shared", rows=rows, search_mode="shared")
+    studies = R.load_studies(exp, "shared", None, [])
+    assert len(studies) == 2 and {(s.seed, s.search_mode) for s in studies} == {(None, "shared")}
+    assert all(s.study.user_attrs["seed"] == 0 for s in studies)  # present, and ignored for the grouping
+    assert "shared search: seed 0's hyperparameters reused" in " ".join(R.protocol_info(runs_of(exp)).lines())
 
 
 def test_per_seed_studies_are_read_and_plotted(built: tuple) -> None:
