@@ -964,7 +964,8 @@ class Tables:
             "accuracy points) over the seeds both share, (n) = paired seeds; the baseline of the same recipe, else the "
             "`tuned` one (tables/significance.csv names it).",
             f"{UP} / {DOWN}: significantly higher / lower ({TEST_NAMES[self.test]}, {self._family()}); no mark: not "
-            "significant, or untested (fewer than 2 paired seeds); —: that baseline was not run at this fraction.",
+            "significant, or untested (fewer than 2 paired seeds); —: no paired run of that baseline (not run at this "
+            "fraction, or no seed in common).",
         ]
         if not self.sft_rows():
             out.insert(0, "No sft* method in this experiment: the table is empty.")
@@ -1997,7 +1998,7 @@ def write_report(experiment_dir: Path, *, test: str = "ttest", alpha: float = 0.
     notes[:0] = info.lines()
     for b in sorted(df["backbone"].unique()):
         if baseline_recipe(df, b, "tuned") is None:
-            notes.append(f"{b}: no {BASELINE} runs, so no significance marks, gains or label efficiency for it.")
+            notes.append(f"{b}: no {BASELINE} runs, so no {UP}/{DOWN} marks, gains over {BASELINE} or label efficiency for it.")
     for e in eff.to_dict("records"):
         if e["note"] and e["method"] == BASELINE:
             notes.append(f"{e['backbone']}/{e['recipe']}: {e['note']} (label efficiency).")
