@@ -43,8 +43,13 @@ PROBE_STEPS = 300  # head-only probe steps that start sft* and lp_ft
 THIN = ("tiny", "sft", 0.1)  # per-seed studies with one complete trial each: importances only when pooled
 CI = bool(os.environ.get("CI"))
 
-# The v1 example committed with the repository (moved to results/examples/quick-v1 when protocol v2 landed).
-V1_CANDIDATES = (ROOT / "results" / "examples" / "quick-v1", ROOT / "results" / "quick")
+# The v1 example committed with the repository (results/quick until protocol v2 landed, then moved under
+# results/examples/): the first of these whose runs.csv has no `protocol` column.
+V1_CANDIDATES = (
+    ROOT / "results" / "examples" / "quick-v1",
+    *sorted((ROOT / "results" / "examples").glob("*")),
+    ROOT / "results" / "quick",
+)
 
 
 def make_experiment(
