@@ -529,7 +529,7 @@ class SearchStatus:
 
     @property
     def complete(self) -> bool:
-        return self.done >= self.budget
+        return self.done >= self.budget or bool(self.failed)
 
 
 @dataclass
@@ -543,7 +543,6 @@ class CellStatus:
     failed: str = ""  # why this cell cannot produce any final run
     run_ids: dict[int, str] = field(default_factory=dict)
     free_finals: list[tuple[int, RunConfig]] = field(default_factory=list)
-    waiting: str = ""  # what this cell's next item waits for (another cell's search)
 
     @property
     def trials_done(self) -> int:
@@ -762,9 +761,10 @@ class Sweep:
                 ss = SearchStatus(seed, self.search_study(cell, seed), self.exp.trials)
                 ready = lp is None or self.probe_hparams(lp, seed, "trial") is not None
                 self._survey_search(ss, cell, now, running, ready)
+                lp_search = None if lp is None else lp.searches.get(self.exp.searched_by(seed))
+                if not ready and lp_search is not None and lp_search.failed:
+                    ss.failed = f"its linear probe could not be chosen (linear_probe: {lp_search.failed})"
                 cs.searches[seed] = ss
-                if not ready:
-                    cs.waiting = f"waits for {probe_of.label} (seed {seed}'s search)"
             if cs.search_done:
                 failed = [ss for ss in cs.searches.values() if ss.failed]
                 if failed and len(failed) == len(cs.searches):
@@ -823,11 +823,10 @@ class Sweep:
                 hparams = ss.best_hparams
             probe = None if lp is None else self.probe_hparams(lp, seed, "final")
             if lp is not None and probe is None:
-                reason = lp.failed or next((s.failed for s in lp.searches.values() if s.failed), "")
-                if reason:
+                own = lp.searches.get(self.exp.searched_by(seed))
+                reason = lp.failed or (own.failed if own is not None else "")
+                if reason:  # else: linear_probe's search for this seed is not complete yet
                     cs.diverged[seed] = f"no final run: its linear probe could not be chosen ({reason})"
-                else:
-                    cs.waiting = f"waits for {lp.cell.label}"
                 continue
             cfg = self.config(cs.cell, seed, hparams, "final", probe=probe)
             cs.run_ids[seed] = cfg.run_id

@@ -470,6 +470,31 @@ def test_diverging_trials_are_pruned_with_a_reason_and_the_sweep_goes_on(tmp_pat
     assert [r["method"] for r in rows] == ["linear_probe"]
 
 
+def test_a_failed_linear_probe_search_ends_its_sft_cell_with_the_reason(tmp_path: Path, synthetic_dir: Path) -> None:
+    """sft of seed s waits for linear_probe's search of seed s; when that search cannot choose
+    (every trial diverged), sft's search and final run for s end with the reason instead of
+    waiting forever, and the other cells go on."""
+    from bench.run import get_data
+    from bench.sweep import Sweep
+
+    text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]").replace("trials = 3", "trials = 2")
+    # a linear probe's gradients are bounded, so only a weight decay this large makes it diverge
+    text += (
+        '[space.linear_probe]\nlr = { choices = [1e15] }\nweight_decay = { choices = [1e15] }\noptimizer = { choices = ["sgd"] }\n'
+        "warmup = { choices = [0.0] }\n"
+    )
+    exp = experiment(tmp_path, synthetic_dir, text, name="lpfail")
+    status = Sweep(exp, get_data(synthetic_dir), CPU).run()
+    assert status.complete
+    cells = {cs.cell.method: cs for cs in status.cells}
+    assert cells["linear_probe"].failed and not cells["finetune"].failed and len(cells["finetune"].finals) == 2
+    sft = cells["sft"]
+    assert sft.trials_done == 0 and not sft.finals
+    assert all("its linear probe could not be chosen" in sft.searches[s].failed for s in exp.seeds)
+    rows = read_rows(tmp_path / "results" / "lpfail" / "runs.csv")
+    assert sorted(r["method"] for r in rows) == ["finetune", "finetune"]
+
+
 # ---------------------------------------------------------------- processes: kill, Ctrl-C, concurrency
 
 
