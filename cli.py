@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench.registry import UserError, check_writable
@@ -28,7 +29,7 @@ err = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> None:
     """One line, no traceback, exit code 2: the contract for every bad input."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -258,7 +259,7 @@ def run(
     table.add_row("wall seconds", f"{rec['wall_seconds']:.1f}")
     table.add_row("peak memory MB", f"{rec['peak_memory_mb']:.0f}")
     console.print(table)
-    console.print(f"record: {path}", highlight=False)
+    console.print(f"record: {path}", highlight=False, markup=False)
 
 
 def _device(name: str) -> object:
@@ -277,7 +278,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:  # any bad input that escaped a command
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

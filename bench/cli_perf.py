@@ -22,8 +22,9 @@ DEFAULT_CASES = "resnet18@32,efficientnet_lite0@32,efficientnet_lite0@64"
 
 def _fail(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -96,7 +97,7 @@ def perf(
     from bench.provenance import resolve_device
 
     console = Console()
-    log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
+    log = lambda msg: console.print(msg, highlight=False, markup=False)  # noqa: E731
     command = _command(ctx)
     try:
         if precision not in ("auto", "fp32", "bf16"):

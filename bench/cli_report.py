@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench.registry import UserError
@@ -21,7 +22,7 @@ err = Console(stderr=True)
 
 def _fail(message: str) -> None:
     """One line, no traceback, exit code 2 (the contract for bad input; same as cli.fail)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -59,7 +60,7 @@ def report(
             t.add_row(r.method, r.baseline, str(r.win), str(r.tie), str(r.loss), str(r.untested))
         console.print(t)
     for note in res.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     console.print(
         f"{len(res.files)} files in {res.experiment_dir} (tables/, plots/) in {res.seconds:.1f} s; open {res.html}",
         highlight=False,
@@ -103,8 +104,8 @@ def compare(
     # Piped or redirected output is not squeezed to 80 columns.
     (console if console.is_terminal else Console(width=200)).print(t)
     for note in res.notes():
-        console.print(note, highlight=False, soft_wrap=True)
-    console.print(f"markdown: {out}", highlight=False)
+        console.print(note, highlight=False, soft_wrap=True, markup=False)
+    console.print(f"markdown: {out}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

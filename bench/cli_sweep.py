@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as Bar
 from rich.table import Table
@@ -33,7 +34,7 @@ from bench.registry import UserError
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -111,7 +112,7 @@ def summary_table(status: Any, title: str, limit: int | None = None) -> Table:
             c.recipe,
             f"{c.fraction:g}",
             str(r["n"]),
-            acc if not r["failed"] else f"[red]{r['failed']}[/]",
+            acc if not r["failed"] else f"[red]{escape(r['failed'])}[/]",
             "" if r["best_val"] is None else f"{100 * r['best_val']:.2f}",
             r["trials"],
             f"{r['pruned']} / {r['diverged']}",
@@ -184,12 +185,14 @@ class RichDisplay:
 
     def item_end(self, item: Any, outcome: str) -> None:
         self.console.print(
-            f"{time.strftime('%H:%M:%S')} {item.label}: {outcome} ({time.time() - self.item_started:.1f} s)", highlight=False
+            f"{time.strftime('%H:%M:%S')} {item.label}: {outcome} ({time.time() - self.item_started:.1f} s)",
+            highlight=False,
+            markup=False,
         )
         self.item = None
 
     def log(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 class PlainDisplay:
@@ -349,7 +352,7 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
         if exp.cv_folds > 1:
             cv_folds(data.train_y, f, exp.data_seed, exp.cv_folds)
     if storage_exists(exp):
-        check_settings(exp, open_storage(exp))
+        check_settings(exp, open_storage(exp, warnings))  # a torn journal tail is cut here, and said so
     return data, device, warnings
 
 
@@ -391,17 +394,21 @@ def write_report(out: Path, console: Console) -> None:
         report = importlib.import_module("bench.report")
         fn = getattr(report, "write_report", None)
     except Exception as exc:  # not written yet, or broken: the sweep's results stand on their own
-        console.print(f"report: skipped (bench.report could not be imported: {type(exc).__name__}: {exc})", highlight=False)
+        console.print(
+            f"report: skipped (bench.report could not be imported: {type(exc).__name__}: {exc})", highlight=False, markup=False
+        )
         return
     if fn is None:
         console.print("report: skipped (bench.report has no write_report yet)", highlight=False)
         return
     try:
         where = fn(out)
-        console.print(f"report: {where if where is not None else out}", highlight=False)
+        console.print(f"report: {where if where is not None else out}", highlight=False, markup=False)
     except Exception as exc:
         console.print(
-            f"[yellow]report: not written ({type(exc).__name__}: {exc}); the results in {out} are intact[/]", highlight=False
+            f"[yellow]report: not written ({type(exc).__name__}: {escape(str(exc))}); "
+            f"the results in {escape(str(out))} are intact[/]",
+            highlight=False,
         )
 
 
@@ -498,12 +505,12 @@ def sweep(
     n_runs = len(cells) * len(exp.seeds)
     if not worker:
         for w in warnings:
-            Console(stderr=True).print(f"[yellow]warning:[/] {w}", highlight=False)
+            Console(stderr=True).print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
         mode = "a search per seed" if exp.search.mode == "per_seed" else "one shared search per cell (seed 0's)"
         console.print(
-            f"experiment [bold]{exp.name}[/]: {len(cells)} cells ({len(exp.backbones)} backbone(s) × methods × recipes × "
+            f"experiment [bold]{escape(exp.name)}[/]: {len(cells)} cells ({len(exp.backbones)} backbone(s) × methods × recipes × "
             f"{len(exp.fractions)} fraction(s)), {n_trials} search trials ({mode}), {n_runs} final runs "
-            f"({len(exp.seeds)} seeds) on {dev}, results in {exp.out_dir}",
+            f"({len(exp.seeds)} seeds) on {dev}, results in {escape(str(exp.out_dir))}",
             highlight=False,
         )
         if exp.steps is not None and exp.steps < MIN_STEPS:
@@ -537,7 +544,7 @@ def sweep(
     if worker:
         raise typer.Exit(code)
     console.print(summary_table(status, f"{exp.name}: test accuracy (%) over seeds, per cell"))
-    console.print(f"runs: {out / 'runs.csv'} ({status.runs[0]} of {status.runs[1]} final runs)", highlight=False)
+    console.print(f"runs: {out / 'runs.csv'} ({status.runs[0]} of {status.runs[1]} final runs)", highlight=False, markup=False)
     if code == 0 and report:
         write_report(out, console)
     raise typer.Exit(code)
@@ -612,7 +619,10 @@ def _run_parallel(exp: Any, data: Any, dev: Any, k: int, threads: int | None, qu
     for i, (p, log) in enumerate(procs):
         log.close()
         if p.returncode not in (0, 130, 143) and code == 0:
-            console.print(f"[red]worker {i} exited with code {p.returncode}; see {logs / f'worker-{i}.log'}[/]", highlight=False)
+            console.print(
+                f"[red]worker {i} exited with code {p.returncode}; see {escape(str(logs / f'worker-{i}.log'))}[/]",
+                highlight=False,
+            )
             code = 1
     writer = Sweep(exp, data, dev)
     export_runs(writer)

@@ -37,7 +37,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +56,18 @@ from bench.experiment import Cell, Experiment, check_writable
 from bench.methods import METHODS, HParams
 from bench.registry import UserError
 from bench.run import RunConfig, atomic_write, execute, make_config
+from bench.storage import BOOT_ID as BOOT_ID  # re-exported: the claims' owners (tests, tools)
+from bench.storage import (
+    HOST,
+    clean_leftovers,
+    masked,
+    open_journal,
+    open_nofollow,
+    open_rdb,
+    owner_alive,
+    owner_id,
+    with_password,
+)
 
 JOURNAL = "optuna.journal"
 RUNS_CSV = "runs.csv"
@@ -84,18 +95,18 @@ def is_url(location: str) -> bool:
     return "://" in location
 
 
-def open_storage(exp: Experiment) -> optuna.storages.BaseStorage:
+def open_storage(exp: Experiment, notes: list[str] | None = None) -> optuna.storages.BaseStorage:
+    """The experiment's storage. A journal file is checked first (bench/storage.py): a torn tail left
+    by a crash or a full disk is cut (kept aside; one line in `notes`), a damaged middle line refused;
+    a database is opened so that any number of workers may create its schema at once."""
     location = storage_location(exp)
     if not is_url(location):
-        Path(location).parent.mkdir(parents=True, exist_ok=True)
-        storage: optuna.storages.BaseStorage = optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(location)
-        )
+        storage: optuna.storages.BaseStorage = open_journal(location, notes)
     else:
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if location.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 60}
-        storage = optuna.storages.RDBStorage(location, engine_kwargs=kwargs)
+        storage = open_rdb(with_password(location), kwargs)
     return signal_safe(storage)
 
 
@@ -140,48 +151,62 @@ def check_storage(exp: Experiment) -> str | None:
     try:
         url = sqlalchemy.engine.make_url(location)
     except Exception:
-        raise UserError(f"--storage '{location}' is not an SQLAlchemy URL (e.g. postgresql://user:pass@host/db)") from None
+        raise UserError(f"--storage '{masked(location)}' is not an SQLAlchemy URL (e.g. postgresql://user@host/db)") from None
+    shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
-            check_writable(Path(url.database).resolve().parent)
+            folder = Path(url.database).expanduser().resolve().parent
+            if not folder.is_dir():
+                raise UserError(f"storage {shown}: folder {folder} does not exist; create it or give another path")
+            check_writable(folder)
         return (
             'SQLite storage is unsafe with several writers ("database is locked"); for processes on one machine '
             "use the default journal file, for several machines PostgreSQL"
         )
+    url = sqlalchemy.engine.make_url(with_password(location))
     try:
         engine = sqlalchemy.create_engine(url, pool_pre_ping=True)
     except ImportError as exc:
-        raise UserError(
-            f"the driver for {url.get_backend_name()} is not installed ({exc.name}); "
-            "for PostgreSQL: pip install 'sft-bench[postgres]'"
-        ) from None
+        raise UserError(driver_missing(url.drivername, exc.name or "")) from None
     except Exception as exc:
-        raise UserError(f"--storage '{url.render_as_string(hide_password=True)}': {str(exc).splitlines()[0]}") from None
+        raise UserError(f"--storage '{shown}': {str(exc).splitlines()[0]}") from None
     try:
         with engine.connect():
             pass
     except Exception as exc:
-        raise UserError(
-            f"cannot connect to storage {url.render_as_string(hide_password=True)}: {str(exc).splitlines()[0]}"
-        ) from None
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot connect to storage {shown}: {why}") from None
     finally:
         engine.dispose()
     return None
+
+
+def driver_missing(drivername: str, module: str) -> str:
+    """The one line for a missing database driver, naming the package that provides it."""
+    if module.startswith("psycopg2"):
+        return (
+            f"the driver for {drivername} URLs is not installed (module {module}): pip install psycopg2-binary, "
+            "or write the URL as postgresql://... (psycopg 3: pip install 'sft-bench[postgres]')"
+        )
+    if module.startswith("psycopg"):
+        return (
+            f"the driver for {drivername} URLs is not installed (module {module}): pip install 'sft-bench[postgres]' "
+            "(or pip install 'psycopg[binary]')"
+        )
+    return f"the driver for {drivername} URLs is not installed (module {module}); install it with pip"
 
 
 def storage_exists(exp: Experiment) -> bool:
     location = storage_location(exp)
     if not is_url(location):
         return Path(location).is_file()
-    if location.startswith("sqlite"):
-        import sqlalchemy
+    import sqlalchemy
 
+    if location.startswith("sqlite"):
         db = sqlalchemy.engine.make_url(location).database
         if not db or not Path(db).is_file():
             return False
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(location)
+    engine = sqlalchemy.create_engine(with_password(location))
     try:
         return sqlalchemy.inspect(engine).has_table("studies")
     finally:
@@ -221,48 +246,6 @@ def check_settings(exp: Experiment, storage: optuna.storages.BaseStorage) -> Non
 
 
 # ---------------------------------------------------------------- liveness
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def _process_start(pid: int) -> str:
-    stat = _read(f"/proc/{pid}/stat")
-    # Field 22 (start time in clock ticks); the command name (field 2) may contain spaces.
-    return stat.rsplit(")", 1)[-1].split()[19] if stat else ""
-
-
-BOOT_ID = _read("/proc/sys/kernel/random/boot_id")
-HOST = socket.gethostname()
-
-
-def owner_id() -> str:
-    pid = os.getpid()
-    return f"{HOST}|{BOOT_ID}|{pid}|{_process_start(pid)}"
-
-
-def owner_alive(owner: str) -> bool | None:
-    """True/False when the owner ran on this machine (since its last boot); None when unknown."""
-    try:
-        host, boot, pid, start = owner.split("|")
-    except ValueError:
-        return None
-    if host != HOST or boot != BOOT_ID or not boot:
-        return None
-    if not start:
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return _process_start(int(pid)) == start
 
 
 def heartbeat_time(t: FrozenTrial) -> float:
@@ -636,8 +619,11 @@ class Sweep:
         read_only: bool = False,
     ) -> None:
         self.exp, self.data, self.device = exp, data, device
-        self.storage = storage or open_storage(exp)
         self.progress = progress or NullProgress()
+        notes: list[str] = []
+        self.storage = storage or open_storage(exp, notes)
+        for note in notes:
+            self.progress.log(note)
         self.poll_seconds = poll_seconds
         self.read_only = read_only
         self.out = exp.out_dir
@@ -905,6 +891,12 @@ class Sweep:
         if self.read_only:
             raise RuntimeError("a read-only sweep cannot run")
         self.out.mkdir(parents=True, exist_ok=True)
+        # Temporary files of processes killed outright (SIGKILL, power cut) on this machine.
+        leftovers = clean_leftovers(
+            [self.out, self.out / "predictions", self.out / "records"], older_than=self.exp.workers.stale_after_seconds
+        )
+        if leftovers:
+            self.progress.log(f"removed {len(leftovers)} temporary file(s) killed processes left in {self.out}")
         self.heartbeat.start()
         try:
             while True:
@@ -1215,7 +1207,7 @@ def export_runs(sweep: Sweep) -> Path:
     out = sweep.out
     out.mkdir(parents=True, exist_ok=True)
     path = out / RUNS_CSV
-    with open(out / ".runs.csv.lock", "a") as lock:
+    with open_nofollow(out / ".runs.csv.lock") as lock:  # a link planted there is never followed
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             status = sweep.survey()  # inside the lock: the latest state, whatever the caller saw
