@@ -146,6 +146,10 @@ def run(
             if v is not None
         }
         overrides.update(_parse_set(set_))
+        from bench.experiment import MAX_SEED
+
+        if not 0 <= seed <= MAX_SEED:
+            raise UserError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
         dev = _device(device)
         name = method_name(method, branch)
         from bench.data import check_fraction

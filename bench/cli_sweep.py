@@ -38,6 +38,29 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def runtime_failure(exc: BaseException) -> str | None:
+    """One line for a fault of the machine, not of the input (full disk, read-only folder, lost
+    database): what failed and where; everything finished so far is in the storage. None: a bug."""
+    import errno
+
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        what = exc.strerror or type(exc).__name__
+        remedy = {
+            errno.ENOSPC: "free some space",
+            errno.EDQUOT: "free some space (quota)",
+            errno.EROFS: "make the file system writable",
+            errno.EACCES: "make it writable",
+            errno.EPERM: "make it writable",
+        }.get(exc.errno or 0, "fix the cause")
+        return f"cannot write{where}: {what}; {remedy}, then run the same command: it resumes where it stopped"
+    text = f"{type(exc).__module__}.{type(exc).__name__}"
+    if text.startswith(("sqlalchemy.", "psycopg", "optuna.exceptions.StorageInternalError")):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"lost the storage: {first[:300]}; once it is reachable, run the same command: it resumes where it stopped"
+    return None
+
+
 def _count(value: str | None, flag: str, minimum: int = 1) -> int | None:
     if value is None:
         return None
@@ -518,6 +541,7 @@ def sweep(
                 f"[yellow]warning:[/] steps = {exp.steps} is below the protocol's minimum of {MIN_STEPS}: "
                 "a smoke test, and the report will say so",
                 highlight=False,
+                soft_wrap=True,
             )
     if dry_run:
         _dry_run(exp, data, dev, console)
@@ -530,15 +554,23 @@ def sweep(
 
         torch.set_num_threads(n_threads)
     out = exp.out_dir
-    if not worker:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.toml", lambda f: f.write(to_toml(exp)), mode="w")
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if not worker:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / "config.toml", lambda f: f.write(to_toml(exp)), mode="w")
         if n_parallel > 1 and not worker:
             status, code = _run_parallel(exp, data, dev, n_parallel, n_threads, quiet, console)
         else:
             status, code = _run_here(exp, data, dev, quiet or worker, console)
+    except UserError as exc:  # e.g. a journal damaged by another program while we ran
+        _fail(str(exc))
+    except Exception as exc:
+        message = runtime_failure(exc)
+        if message is None:
+            raise
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     finally:
         signal.signal(signal.SIGTERM, old_term)
     if worker:

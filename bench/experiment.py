@@ -50,6 +50,9 @@ V1_SEARCH_KEYS = {
 PRECISIONS = ("auto", "fp32", "bf16")
 PRUNERS = ("median", "none")
 GRID_KEYS = ("backbones", "methods", "recipes", "fractions")
+MAX_SEEDS = 1000  # a count beyond this is a typo, not an experiment
+MAX_SEED = 2**32 - 1  # what every generator the suite seeds accepts
+BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "0", "1")
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,8 @@ def read_toml(path: Path) -> dict[str, Any]:
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not valid TOML: not UTF-8 text (byte {exc.start}); is it a binary file?") from None
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
     raw.setdefault("name", path.stem)
@@ -354,6 +359,8 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
     fractions = grid_list(raw, "fractions", fraction, "")
 
     seeds_raw = raw.get("seeds", 3)
+    if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool) and seeds_raw > MAX_SEEDS:
+        raise UserError(f"{source}: seeds = {seeds_raw} is more than {MAX_SEEDS} seeds; give a count up to {MAX_SEEDS}")
     if isinstance(seeds_raw, bool) or not isinstance(seeds_raw, int | list):
         raise UserError(f"{source}: seeds must be a count or a list of integers, got {seeds_raw!r}")
     if isinstance(seeds_raw, int):
@@ -361,8 +368,8 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
             raise UserError(f"{source}: seeds must be a positive count, got {seeds_raw}")
         seeds = tuple(range(seeds_raw))
     else:
-        if not seeds_raw or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds_raw):
-            raise UserError(f"{source}: seeds must be a non-empty list of non-negative integers, got {seeds_raw!r}")
+        if not seeds_raw or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds_raw):
+            raise UserError(f"{source}: seeds must be a non-empty list of integers in 0..{MAX_SEED}, got {seeds_raw!r}")
         if len(set(seeds_raw)) != len(seeds_raw):
             raise UserError(f"{source}: seeds lists a seed twice: {seeds_raw}")
         seeds = tuple(seeds_raw)
@@ -388,8 +395,10 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
     if device != "auto" and device != "cpu" and not device.startswith("cuda"):
         raise UserError(f"{source}: device '{device}' is not one of: auto, cpu, cuda, cuda:N")
     compile_ = raw.get("compile", False)
-    if not isinstance(compile_, bool | str):
-        raise UserError(f"{source}: compile must be true, false or a torch.compile backend name, got {compile_!r}")
+    if not isinstance(compile_, bool | str) or (isinstance(compile_, str) and compile_.lower() in BOOL_WORDS):
+        raise UserError(
+            f"{source}: compile must be true, false (TOML booleans, unquoted) or a torch.compile backend name, got {compile_!r}"
+        )
     pretrained = raw.get("pretrained", True)
     if not isinstance(pretrained, bool):
         raise UserError(f"{source}: pretrained must be true or false, got {pretrained!r}")
@@ -418,6 +427,10 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
     if not isinstance(search.bn, bool):
         raise UserError(f"{source}: search.bn must be true or false, got {search.bn!r}")
     workers = _dataclass_table(Workers, raw.get("workers", {}), "workers", source)
+    for key in ("heartbeat_seconds", "stale_after_seconds"):
+        v = getattr(workers, key)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            raise UserError(f"{source}: workers.{key} must be a positive, finite number of seconds, got {v!r}")
     if not (0 < workers.heartbeat_seconds < workers.stale_after_seconds):
         raise UserError(f"{source}: workers need 0 < heartbeat_seconds < stale_after_seconds")
 
@@ -542,21 +555,46 @@ def _per_method_table(table: Any, key: str, source: str, hp_fields: set, methods
 
 
 def _check_distribution(source: str) -> Any:
+    def _check_values(name: str, values: list, where: str) -> None:
+        """Every value a distribution can give must make valid hyperparameters (checked now, not mid-sweep)."""
+        from bench.methods import HParams
+
+        for v in values:
+            if isinstance(v, dict | list):
+                raise UserError(f"{source}: {where}: {v!r} is not a value")
+            try:
+                HParams().update(**{name: v})
+            except (UserError, TypeError, ValueError) as exc:
+                raise UserError(f"{source}: {where}: {v!r} is not a valid value ({exc})") from None
+
     def check(d: Any, where: str) -> None:
+        name = where.rsplit(".", 1)[-1]
         if not isinstance(d, dict):
             raise UserError(f"{source}: {where} must be a table: {{ low = .., high = .., log = true }} or {{ choices = [..] }}")
         keys = set(d)
         if "choices" in keys:
             if keys != {"choices"} or not isinstance(d["choices"], list) or not d["choices"]:
                 raise UserError(f"{source}: {where}: a categorical distribution is {{ choices = [..] }} with a non-empty list")
+            _check_values(name, d["choices"], where)
             return
         if not {"low", "high"} <= keys or keys - {"low", "high", "log", "step"}:
             raise UserError(f"{source}: {where}: a range distribution has low, high and optionally log, step; got {sorted(keys)}")
         lo, hi = d["low"], d["high"]
-        if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in (lo, hi)) or not lo <= hi:
-            raise UserError(f"{source}: {where}: need numbers low <= high, got {lo!r}, {hi!r}")
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in (lo, hi)) or not lo <= hi:
+            raise UserError(f"{source}: {where}: need finite numbers low <= high, got {lo!r}, {hi!r}")
+        if "log" in d and not isinstance(d["log"], bool):
+            raise UserError(f"{source}: {where}: log must be true or false (a TOML boolean, unquoted), got {d['log']!r}")
         if d.get("log") and lo <= 0:
             raise UserError(f"{source}: {where}: a log distribution needs low > 0, got {lo!r}")
+        if "step" in d:
+            step = d["step"]
+            if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step) or step <= 0:
+                raise UserError(f"{source}: {where}: step must be a positive number, got {step!r}")
+            if d.get("log"):
+                raise UserError(f"{source}: {where}: a distribution has step or log, not both")
+            if isinstance(lo, int) and isinstance(hi, int) and not isinstance(step, int):
+                raise UserError(f"{source}: {where}: an integer range needs an integer step, got {step!r}")
+        _check_values(name, [lo, hi], where)
 
     return check
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import platform
 import shlex
@@ -143,6 +144,8 @@ class PerfSettings:
         if self.interval_steps < 1 or not 1 <= self.intervals < REPORTS:
             # the engine writes REPORTS history rows per fit; one is the warm-up
             raise UserError(f"the suite's loop needs interval steps >= 1 and 1..{REPORTS - 1} timed intervals")
+        if not (isinstance(self.max_seconds, int | float) and math.isfinite(self.max_seconds) and self.max_seconds > 0):
+            raise UserError(f"--max-seconds must be a positive number of seconds, got {self.max_seconds}")
 
     @classmethod
     def quick(cls, **kw: Any) -> PerfSettings:

@@ -309,6 +309,10 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
         with open(tmp, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
             write(f)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename in (None, str(tmp)):  # name the file being written, not its temporary twin
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -217,7 +217,13 @@ def check_settings(exp: Experiment, storage: optuna.storages.BaseStorage) -> Non
     """Refuse to mix an existing experiment's studies with a search under other settings, and
     refuse to extend a study written under protocol v1 (epoch budgets, per-method BN)."""
     cells = {(c.backbone, c.method, c.recipe, float(c.fraction)): c for c in exp.cells()}
-    for s in storage.get_all_studies():
+    studies = storage.get_all_studies()
+    if any("protocol" not in s.user_attrs for s in studies):
+        # A worker starting at the same moment writes a new study, then its attributes: look again
+        # a moment later before calling it a protocol v1 study.
+        time.sleep(1.0)
+        studies = storage.get_all_studies()
+    for s in studies:
         name = s.study_name
         if not (name.startswith(f"{exp.name}/") or name.startswith(f"{exp.name}:final/")):
             continue
@@ -1015,7 +1021,10 @@ class Sweep:
         except BaseException as exc:
             self.heartbeat.detach()
             if tid is not None:
-                finish(storage, tid, TrialState.FAIL, _reason(exc))
+                # Best effort: with the disk full or the database gone this fails too, and the claim
+                # of a dead process is free at the next start anyway.
+                with contextlib.suppress(Exception):
+                    finish(storage, tid, TrialState.FAIL, _reason(exc))
             raise
         finally:
             self.heartbeat.detach()
@@ -1079,7 +1088,10 @@ class Sweep:
         except BaseException as exc:
             self.heartbeat.detach()
             if tid is not None:
-                finish(storage, tid, TrialState.FAIL, _reason(exc))
+                # Best effort: with the disk full or the database gone this fails too, and the claim
+                # of a dead process is free at the next start anyway.
+                with contextlib.suppress(Exception):
+                    finish(storage, tid, TrialState.FAIL, _reason(exc))
             raise
         finally:
             self.heartbeat.detach()

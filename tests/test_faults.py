@@ -57,3 +57,151 @@ def test_bracketed_text_survives_in_error_messages(tmp_path: Path, synthetic_dir
     line = one_line_error(run_sweep(tmp_path, synthetic_dir, prefix + TINY))
     assert message in line
     assert not (tmp_path / "results").exists()
+
+
+GAPS = [
+    ("[space.linear_probe]\nlr = { low = 1e-4, high = inf }\n", "need finite numbers low <= high"),
+    ("[space.linear_probe]\nlr = { low = 1e-4, high = 1e-2, step = 0 }\n", "step must be a positive number"),
+    ('[space.linear_probe]\noptimizer = { choices = ["adam"] }\n', "'adam' is not a valid value"),
+    ('[space.linear_probe]\nlr = { low = 1e-4, high = 1e-2, log = "no" }\n', "log must be true or false"),
+    ("[space.linear_probe]\nwarmup = { low = 0.0, high = 1.0 }\n", "1.0 is not a valid value (warmup must be"),
+    ('[workers]\nheartbeat_seconds = "abc"\n', "workers.heartbeat_seconds must be a positive, finite number"),
+    ("[workers]\nstale_after_seconds = inf\n", "workers.stale_after_seconds must be a positive, finite number"),
+]
+
+
+@pytest.mark.parametrize("tail,message", GAPS, ids=[m for _, m in GAPS])
+def test_validation_gaps_fail_before_anything_is_written(tmp_path: Path, synthetic_dir: Path, tail: str, message: str) -> None:
+    line = one_line_error(run_sweep(tmp_path, synthetic_dir, TINY + tail))
+    assert message in line
+    assert not (tmp_path / "results").exists()  # no config.toml, no storage: the name stays free
+
+
+FLAGS = [
+    (["--seeds", "1000000000"], "is more than 1000 seeds"),
+    (["--storage", "sqlite:////nonexistent/deeper/x.db"], "folder /nonexistent/deeper does not exist"),
+    (["--storage", "postgresql+psycopg2://u:secret@127.0.0.1:1/db"], "pip install psycopg2-binary"),
+]
+
+
+@pytest.mark.parametrize("flags,message", FLAGS, ids=[m for _, m in FLAGS])
+def test_bad_flags_are_one_line(tmp_path: Path, synthetic_dir: Path, flags: list[str], message: str) -> None:
+    pytest.importorskip("psycopg")
+    line = one_line_error(run_sweep(tmp_path, synthetic_dir, TINY, *flags))
+    assert message in line and "secret" not in line
+    assert not Path("/nonexistent").exists()
+
+
+def test_a_binary_experiment_file_is_one_line(tmp_path: Path, synthetic_dir: Path) -> None:
+    line = one_line_error(run_sweep(tmp_path, synthetic_dir, bytes(range(256)) * 4))
+    assert "is not valid TOML" in line
+
+
+def test_run_refuses_a_seed_no_generator_takes(tmp_path: Path, synthetic_dir: Path) -> None:
+    import cli
+
+    args = ["run", "--backbone", "tiny", "--method", "linear_probe", "--data-dir", str(synthetic_dir)]
+    result = CliRunner().invoke(cli.app, [*args, "--results-dir", str(tmp_path / "r"), "--seed", str(2**70)])
+    line = one_line_error(result)
+    assert "--seed must be in 0..4294967295" in line and not (tmp_path / "r").exists()
+
+
+def test_perf_refuses_max_seconds_nan(tmp_path: Path, synthetic_dir: Path) -> None:
+    import cli
+
+    result = CliRunner().invoke(
+        cli.app, ["perf", "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "p"), "--max-seconds", "nan"]
+    )
+    assert "--max-seconds must be a positive number" in one_line_error(result)
+
+
+# ---------------------------------------------------------------- faults of the machine, mid-run
+
+import csv  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def sweep_proc(config: Path, synthetic_dir: Path, results: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "cli.py"), "sweep", "--config", str(config), "--data-dir", str(synthetic_dir)]
+    cmd += ["--results-dir", str(results), "--quiet", "--no-report", "--threads", "1", *extra]
+    return subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=180)
+
+
+def rows(results: Path) -> list[tuple]:
+    with open(results / "t" / "runs.csv", newline="") as f:
+        return sorted((r["seed"], r["run_id"], r["test_accuracy"]) for r in csv.DictReader(f))
+
+
+def mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+TWO = TINY.replace("seeds = 1", "seeds = 2").replace("trials = 1", "trials = 2")
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):  # noqa: ANN201
+    """A 64 KB tmpfs (root and a kernel that lets us mount; skipped elsewhere), grown to 8 MB by `grow()`."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)):
+        pytest.skip("needs root and mount(8) to make a 64 KB file system")
+    try:
+        yield disk, lambda: mount("-o", "remount,size=8m", str(disk))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_resumes_exactly(tmp_path: Path, synthetic_dir: Path, small_disk) -> None:  # noqa: ANN001
+    disk, grow = small_disk
+    config = tmp_path / "t.toml"
+    config.write_text(TWO)
+    ref = sweep_proc(config, synthetic_dir, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    # A 64 KB padding file leaves the journal a few KB: it fills up mid-sweep.
+    (disk / "pad").write_bytes(b"\0" * (64 * 1024 - 12 * 1024))
+    storage = str(disk / "t.journal")
+    full = sweep_proc(config, synthetic_dir, tmp_path / "r", "--storage", storage)
+    assert full.returncode == 1, full.stdout + full.stderr
+    err = [ln for ln in full.stderr.splitlines() if ln.startswith("error:")]
+    assert "Traceback" not in full.stderr and len(err) == 1, full.stderr
+    assert err[0].startswith("error: cannot write") and "No space left on device" in err[0] and storage in err[0]
+    assert (disk / "t.journal").read_bytes().endswith(b"\n")  # nothing half-written
+    (disk / "pad").unlink()
+    assert grow()
+    again = sweep_proc(config, synthetic_dir, tmp_path / "r", "--storage", storage)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert rows(tmp_path / "r") == rows(tmp_path / "ref")
+
+
+def test_a_read_only_results_folder_mid_run_is_one_line_and_resumes(tmp_path: Path, synthetic_dir: Path) -> None:
+    """The results folder turns read-only after the journal is written (a remount, an NFS hiccup)."""
+    config = tmp_path / "t.toml"
+    config.write_text(TWO)
+    ref = sweep_proc(config, synthetic_dir, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "r" / "t"
+    (out / "records").mkdir(parents=True)
+    if os.geteuid() != 0 or not mount("--bind", str(out / "records"), str(out / "records")):
+        pytest.skip("needs root and mount(8) to make a read-only folder")
+    try:
+        assert mount("-o", "remount,ro,bind", str(out / "records"))
+        broken = sweep_proc(config, synthetic_dir, tmp_path / "r")
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        err = [ln for ln in broken.stderr.splitlines() if ln.startswith("error:")]
+        assert (
+            "Traceback" not in broken.stderr
+            and len(err) == 1
+            and "Read-only file system" in err[0]
+            and str(out / "records") in err[0]
+        ), broken.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(out / "records")], capture_output=True)
+    again = sweep_proc(config, synthetic_dir, tmp_path / "r")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert rows(tmp_path / "r") == rows(tmp_path / "ref")
