@@ -638,6 +638,7 @@ class Sweep:
         self._resolution: dict[str, int | None] = {}
         self.heartbeat = Heartbeat(self.storage, exp.workers.heartbeat_seconds)
         self.executed: list[WorkItem] = []  # what this process trained (tests, summary)
+        self._started: dict[str, int] = {}  # items started by kind (SFT_BENCH_TEST_FAULT)
 
     # ------------------------------------------------ studies
 
@@ -985,6 +986,7 @@ class Sweep:
             trial.set_user_attr("slot", item.slot)
             self.progress.item_start(item)
             self.executed.append(item)
+            self._test_fault(item.kind)
 
             def on_progress(row: dict) -> None:
                 self._on_progress(row)
@@ -1045,6 +1047,7 @@ class Sweep:
                 return
             self.progress.item_start(item)
             self.executed.append(item)
+            self._test_fault(item.kind)
             preds_dir = self.out / "predictions"
             preds_dir.mkdir(parents=True, exist_ok=True)
             tmp = preds_dir / f".{run_id}.{os.getpid()}.csv"
@@ -1095,6 +1098,20 @@ class Sweep:
             raise
         finally:
             self.heartbeat.detach()
+
+    def _test_fault(self, kind: str) -> None:
+        """Tests only: SFT_BENCH_TEST_FAULT="final:2:KILL,trial:1:INT" sends this process the signal when
+        it starts its 2nd final run (its 1st trial), claim made and training not begun: a fault at a
+        known point, instead of a signal after a sleep that a fast machine outruns."""
+        spec = os.environ.get("SFT_BENCH_TEST_FAULT")
+        if not spec:
+            return
+        self._started[kind] = self._started.get(kind, 0) + 1
+        for part in spec.split(","):
+            k, n, sig = part.strip().split(":")
+            if k == kind and int(n) == self._started[kind]:
+                os.kill(os.getpid(), getattr(signal, f"SIG{sig.upper()}"))
+                time.sleep(0.1)  # let the handler run here, at this point
 
     def _won(self, study_id: int, tid: int, run_id: str) -> bool:
         """The lowest live claim (or a finished run) wins. With a database, commits can land out of

@@ -540,27 +540,33 @@ def test_killed_and_interrupted_sweeps_resume_to_the_same_rows(tmp_path: Path, s
     ref = subprocess.run(sweep_cmd(config, synthetic_dir, whole), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stdout + ref.stderr
 
-    # Ctrl-C in the middle of the first cell's search: exit code 130, work so far kept.
-    proc = subprocess.Popen(
-        sweep_cmd(config, synthetic_dir, broken), env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # Ctrl-C in the middle of the first cell's search (its 2nd trial, claimed and started): exit code
+    # 130, work so far kept. Faults land at known points (SFT_BENCH_TEST_FAULT), never after a sleep.
     watch = Watch(broken, "k")
-    _wait_for(lambda: watch.running() > 0, proc)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    proc = subprocess.run(
+        sweep_cmd(config, synthetic_dir, broken),
+        env={**ENV, "SFT_BENCH_TEST_FAULT": "trial:2:INT"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
     assert proc.returncode == 130, out
     assert "interrupted" in out and "Traceback" not in out
     assert watch.running() == 0  # the interrupted trial was handed back at once
 
-    # SIGKILL once some final runs are done and something is in progress.
-    proc = subprocess.Popen(
-        sweep_cmd(config, synthetic_dir, broken), env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    # SIGKILL once a final run is done and the next one is claimed (its 2nd final run).
+    proc = subprocess.run(
+        sweep_cmd(config, synthetic_dir, broken),
+        env={**ENV, "SFT_BENCH_TEST_FAULT": "final:2:KILL"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    _wait_for(lambda: watch.finals_done() >= 1 and watch.running() > 0, proc)
-    proc.kill()
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    assert watch.finals_done() < 4
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert watch.finals_done() == 1 and watch.running() == 1
 
     done = subprocess.run(
         sweep_cmd(config, synthetic_dir, broken), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300
