@@ -38,6 +38,7 @@ from bench.registry import check_writable as registry_check_writable
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 RECIPES = ("tuned", "seed")
 SEARCH_MODES = ("per_seed", "shared")
+FIRST_TRIALS = ("defaults", "sampled")
 # Protocol v1 keys: budgets were epochs. Named here so an old file fails with the remedy.
 V1_KEYS = {
     "max_epochs": "budgets are optimiser steps now (protocol v2): remove max_epochs; the step rule applies, or set steps = N",
@@ -65,6 +66,7 @@ class Search:
     pruner_startup_trials: int | None = None  # None: min(5, max(1, trials // 4))
     pruner_warmup: float = 0.5  # fraction of a trial's steps never pruned (the protocol: at least half)
     bn: bool = False  # search the BatchNorm policy (frozen, train) for every method that trains the backbone
+    first_trial: str = "defaults"  # defaults: every search's first trial is the method's defaults; sampled: TPE's
 
 
 @dataclass(frozen=True)
@@ -426,6 +428,8 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
         )
     if not isinstance(search.bn, bool):
         raise UserError(f"{source}: search.bn must be true or false, got {search.bn!r}")
+    if search.first_trial not in FIRST_TRIALS:
+        raise UserError(f"{source}: search.first_trial {search.first_trial!r} is not one of: {', '.join(FIRST_TRIALS)}")
     workers = _dataclass_table(Workers, raw.get("workers", {}), "workers", source)
     for key in ("heartbeat_seconds", "stale_after_seconds"):
         v = getattr(workers, key)
@@ -639,6 +643,9 @@ def _grid_block(block: dict, i: int, key: str, source: str, backbone: Any, metho
 def to_toml(exp: Experiment) -> str:
     """The resolved experiment as TOML (tomllib reads; this small writer covers our types)."""
     d = exp.to_dict()
+    from bench.storage import masked
+
+    d["storage"] = masked(d["storage"])  # a database password is never written (filled in at run time)
     tables = {k: d.pop(k) for k in ("search", "workers", "hparams", "space")}
     arrays = {k: d.pop(k) for k in ("include", "exclude")}
     lines = ["# The resolved experiment this results folder was produced with (written by `sweep`).", ""]

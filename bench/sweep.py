@@ -445,6 +445,44 @@ def sample_hparams(trial: Any, exp: Experiment, method: str) -> dict[str, Any]:
     return changes
 
 
+class _DefaultsTrial:
+    """A stand-in trial answering every suggestion with the method's default value, and keeping
+    the defaults that lie inside their distribution (the first trial's fixed parameters)."""
+
+    def __init__(self, defaults: HParams) -> None:
+        self.defaults = defaults
+        self.params: dict[str, Any] = {}
+
+    def _take(self, name: str, inside: Callable[[Any], bool], fallback: Any) -> Any:
+        value = getattr(self.defaults, name, None)
+        if value is not None and inside(value):
+            self.params[name] = value
+            return value
+        return fallback
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> Any:
+        return self._take(name, lambda v: low <= v <= high, low)
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> Any:
+        return self._take(name, lambda v: low <= v <= high and (v - low) % step == 0, low)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._take(name, lambda v: v in list(choices), list(choices)[0])
+
+
+def default_params(exp: Experiment, method: str) -> dict[str, Any]:
+    """The searched hyperparameters' values in the method's defaults (where the space contains them).
+
+    Why: with the few trials a CPU grid affords, a search of random draws can miss every good
+    region (measured: quick's 4-trial search at 10% chose finetune hyperparameters 20 points
+    below the defaults). So every search, for every method alike, spends its first trial on
+    the defaults, and TPE learns from it like from any other trial (Optuna's enqueue mechanism)."""
+    defaults = HParams().update(**METHODS.get(method).defaults).update(**exp.fixed_hparams(method))
+    probe = _DefaultsTrial(defaults)
+    sample_hparams(probe, exp, method)
+    return probe.params
+
+
 def slot_seed(study_name: str, data_seed: int, slot: int) -> int:
     return int(hashlib.sha256(f"{study_name}|{data_seed}|{slot}".encode()).hexdigest()[:8], 16)
 
@@ -969,6 +1007,9 @@ class Sweep:
                 seed=slot_seed(name, item.seed, item.slot), n_startup_trials=exp.startup_trials()
             )
             study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+            if item.slot == 0 and exp.search.first_trial == "defaults":
+                # the first slot asks the method's defaults: Optuna's enqueue_trial stores the same attribute
+                storage.set_trial_system_attr(tid, "fixed_params", default_params(exp, cell.method))
             trial = optuna.Trial(study, tid)
             changes = sample_hparams(trial, exp, cell.method)
             cfg = self.config(cell, item.seed, changes, "trial", probe=item.probe)

@@ -438,6 +438,16 @@ def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:
     assert (study.user_attrs["seed"], study.user_attrs["search_mode"], study.user_attrs["protocol"]) == (1, "per_seed", 2)
     t0 = study.trials[0]
     assert sorted(t0.intermediate_values) == [1, 2, 3]  # validation accuracy reported at optimiser steps
+    # Every search's first trial is the method's defaults (the same rule for every method); later ones sample.
+    from bench.sweep import default_params
+
+    for s in storage.get_all_studies():
+        if s.user_attrs.get("kind") == "search":
+            trials = sorted(storage.get_all_trials(s._study_id), key=lambda t: t.number)
+            first = default_params(exp, s.user_attrs["method"])
+            assert first["lr"] == 1e-3 and first["optimizer"] == "adamw" and first["warmup"] == 0.05
+            assert trials[0].params == first, s.study_name
+            assert any(t.params != first for t in trials[1:]), s.study_name
 
     again = Recorder(data)
     Sweep(exp, data, CPU, progress=again).run()
@@ -480,8 +490,8 @@ def test_a_failed_linear_probe_search_ends_its_sft_cell_with_the_reason(tmp_path
     text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]").replace("trials = 3", "trials = 2")
     # a linear probe's gradients are bounded, so only a weight decay this large makes it diverge
     text += (
-        '[space.linear_probe]\nlr = { choices = [1e15] }\nweight_decay = { choices = [1e15] }\noptimizer = { choices = ["sgd"] }\n'
-        "warmup = { choices = [0.0] }\n"
+        "[space.linear_probe]\nlr = { choices = [1e15] }\nweight_decay = { choices = [1e15] }\n"
+        'optimizer = { choices = ["sgd"] }\nwarmup = { choices = [0.0] }\n'
     )
     exp = experiment(tmp_path, synthetic_dir, text, name="lpfail")
     status = Sweep(exp, get_data(synthetic_dir), CPU).run()
@@ -662,6 +672,8 @@ def test_user_errors_from_the_library_are_user_errors(tmp_path: Path) -> None:
         resolve(read_toml(write_toml(tmp_path, "m", TINY + "min_epochs = 9\n")))
     with pytest.raises(UserError, match="space.finetune.steps: the step budget is not searched"):
         resolve(read_toml(write_toml(tmp_path, "h", TINY + "[space.finetune]\nsteps = { low = 1, high = 9 }\n")))
+    with pytest.raises(UserError, match="search.first_trial 'best' is not one of: defaults, sampled"):
+        resolve(read_toml(write_toml(tmp_path, "f", TINY.replace("[search]", '[search]\nfirst_trial = "best"'))))
     with pytest.raises(UserError, match="search.bn must be true or false"):
         resolve(read_toml(write_toml(tmp_path, "b", TINY.replace("[search]", '[search]\nbn = "yes"'))))
 
