@@ -623,10 +623,17 @@ def _run_parallel(exp: Any, data: Any, dev: Any, k: int, threads: int | None, qu
     cmd = [sys.executable, str(cli_path), "sweep", "--config", str(out / "config.toml"), "--worker", "--no-report"]
     if threads is not None:
         cmd += ["--threads", str(threads)]
+    env = dict(os.environ)
+    if "://" in exp.storage:  # config.toml has the URL without its password: hand it over privately
+        import sqlalchemy
+
+        password = sqlalchemy.engine.make_url(exp.storage).password
+        if password and password != "***":
+            env["SFT_BENCH_DB_PASSWORD"] = str(password)
     procs = []
     for i in range(k):
         log = open(logs / f"worker-{i}.log", "a")
-        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     monitor = Sweep(exp, data, dev, read_only=True)
     display = PlainDisplay(console, exp.name) if quiet else RichDisplay(console, exp.name)
     code = 0

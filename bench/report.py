@@ -1245,7 +1245,9 @@ def load_studies(experiment_dir: Path, experiment: str, storage: str | None, not
     loc = storage_location(experiment_dir, storage)
     try:
         if "://" in loc:
-            store: Any = optuna.storages.RDBStorage(loc, skip_table_creation=True)
+            from bench.storage import with_password
+
+            store: Any = optuna.storages.RDBStorage(with_password(loc), skip_table_creation=True)
         else:
             if not Path(loc).is_file():
                 notes.append(f"No Optuna storage at {loc}: hyperparameter importances and optimisation histories are omitted.")
@@ -1253,7 +1255,10 @@ def load_studies(experiment_dir: Path, experiment: str, storage: str | None, not
             store = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(loc))
         summaries = store.get_all_studies()
     except Exception as exc:  # a damaged or unreachable storage must not cost the whole report
-        notes.append(f"Could not read the Optuna storage {loc} ({type(exc).__name__}: {exc}); its plots are omitted.")
+        from bench.storage import masked
+
+        why = str(exc).replace(loc, masked(loc))  # a URL's password is never written into the report
+        notes.append(f"Could not read the Optuna storage {masked(loc)} ({type(exc).__name__}: {why}); its plots are omitted.")
         return []
     out = []
     prefix = f"{experiment}/"

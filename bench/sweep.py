@@ -1010,6 +1010,10 @@ class Sweep:
             if item.slot == 0 and exp.search.first_trial == "defaults":
                 # the first slot asks the method's defaults: Optuna's enqueue_trial stores the same attribute
                 storage.set_trial_system_attr(tid, "fixed_params", default_params(exp, cell.method))
+            # With a database, load_study wraps the storage in Optuna's trial cache, which has not seen
+            # our claim (written before, straight to the database): read it in, or a suggestion whose
+            # sampler reads no trials first (a single choice, ...) fails with KeyError on the trial id.
+            study.get_trials(deepcopy=False)
             trial = optuna.Trial(study, tid)
             changes = sample_hparams(trial, exp, cell.method)
             cfg = self.config(cell, item.seed, changes, "trial", probe=item.probe)
