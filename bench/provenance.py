@@ -56,6 +56,9 @@ def provenance(device: torch.device) -> dict:
         "git_commit": git_commit(),
         "device": device_name(device),
         "device_type": device.type,
+        # CPU results depend slightly on it (reduction order) and the run id does not include it:
+        # runs.csv carries it, and the report says when one cell mixes thread counts.
+        "threads": torch.get_num_threads(),
         "hostname": platform.node(),
     }
 

@@ -290,6 +290,25 @@ def resolve_experiment(arg: str | Path, results_dir: Path, experiment: str | Non
     )
 
 
+def thread_notes(df: pd.DataFrame) -> list[str]:
+    """One note per cell whose CPU runs used different torch thread counts: CPU results depend on it
+    slightly (the order of reductions) and the run id does not include it, so the report says so."""
+    if "threads" not in df.columns:
+        return []
+    cpu = df if "device_type" not in df.columns else df[df["device_type"] == "cpu"]
+    cpu = cpu[pd.to_numeric(cpu["threads"], errors="coerce").notna()]
+    notes = []
+    for key, g in cpu.groupby(["backbone", "method", "recipe", "fraction"], sort=True):
+        counts = sorted({int(t) for t in pd.to_numeric(g["threads"])})
+        if len(counts) > 1:
+            b, m, r, f = key
+            notes.append(
+                f"{b}/{m}/{r}/{f:g}: its CPU runs used different torch thread counts ({', '.join(map(str, counts))}); "
+                "CPU results depend slightly on it and the run id does not include it (runs.csv column threads)."
+            )
+    return notes
+
+
 def load_runs(experiment_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """Read and check runs.csv; return the table (one row per cell and seed) and notes about it."""
     path = Path(experiment_dir) / RUNS_CSV
@@ -2007,6 +2026,7 @@ def write_report(experiment_dir: Path, *, test: str = "ttest", alpha: float = 0.
     for e in eff.to_dict("records"):
         if e["note"] and e["method"] == BASELINE:
             notes.append(f"{e['backbone']}/{e['recipe']}: {e['note']} (label efficiency).")
+    notes += thread_notes(df)
     untested = tests[tests["mark"] == "untested"]
     if len(untested):
         notes.append(

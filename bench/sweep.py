@@ -1224,6 +1224,7 @@ def runs_columns(classes: tuple[str, ...]) -> list[str]:
         "predictions",
         "git_commit",
         "device",
+        "threads",
         "torch_version",
         "finished_at",
     ]
@@ -1258,6 +1259,7 @@ def record_row(rec: dict) -> dict[str, Any]:
         predictions=rec.get("predictions", ""),
         git_commit=prov.get("git_commit", ""),
         device=prov.get("device", ""),
+        threads=prov.get("threads", ""),
         torch_version=(prov.get("versions") or {}).get("torch", ""),
         finished_at=rec.get("finished_at", ""),
     )

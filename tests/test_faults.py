@@ -205,3 +205,33 @@ def test_a_read_only_results_folder_mid_run_is_one_line_and_resumes(tmp_path: Pa
     again = sweep_proc(config, synthetic_dir, tmp_path / "r")
     assert again.returncode == 0, again.stdout + again.stderr
     assert rows(tmp_path / "r") == rows(tmp_path / "ref")
+
+
+# ---------------------------------------------------------------- thread counts (issue 9, item 5)
+
+
+def test_runs_record_their_thread_count_and_the_report_notes_a_mixed_cell(tmp_path: Path, synthetic_dir: Path) -> None:
+    import pandas as pd
+
+    from bench.report import thread_notes
+
+    result = run_sweep(tmp_path, synthetic_dir, TINY, "--threads", "1")
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "results" / "t" / "runs.csv", newline="") as f:
+        assert [r["threads"] for r in csv.DictReader(f)] == ["1"]
+    cell = dict(backbone="tiny", method="finetune", recipe="tuned", fraction=0.1, device_type="cpu")
+    df = pd.DataFrame(
+        [
+            {**cell, "seed": 0, "threads": 1},
+            {**cell, "seed": 1, "threads": 2},
+            {**cell, "method": "linear_probe", "seed": 0, "threads": 2},
+            {**cell, "method": "linear_probe", "seed": 1, "threads": 2},
+            {**cell, "method": "sft", "seed": 0, "threads": 1, "device_type": "cuda"},
+            {**cell, "method": "sft", "seed": 1, "threads": 4, "device_type": "cuda"},
+        ]
+    )
+    notes = thread_notes(df)
+    assert len(notes) == 1 and notes[0].startswith(
+        "tiny/finetune/tuned/0.1: its CPU runs used different torch thread counts (1, 2)"
+    )
+    assert thread_notes(df.drop(columns="threads")) == []  # runs.csv of older versions: nothing to say
