@@ -24,6 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "pg_throwaway.sh"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
+# startup_trials = trials: every slot's draw is seeded by (cell, slot) alone. With TPE proper, a slot
+# asked while another worker's earlier slot is still running sees a shorter history than in a
+# one-worker run, so parallel searches may choose otherwise (not a fault: the order differs); the
+# median pruner likewise compares with whatever has finished, hence none here.
 GRID = """
 backbones = ["tiny"]
 methods = ["finetune", "linear_probe"]
@@ -33,8 +37,8 @@ trials = 3
 steps = 3
 [search]
 mode = "shared"
-startup_trials = 1
-pruner_startup_trials = 1
+startup_trials = 3
+pruner = "none"
 """
 
 
