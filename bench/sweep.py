@@ -823,7 +823,9 @@ class Sweep:
         running += [self._running(t, "trial", cell) for t in live]
         complete = [t for t in counted if t.state == TrialState.COMPLETE]
         if complete:
-            best = max(complete, key=lambda t: (t.value, -t._trial_id))
+            # ties go to the lowest slot, not the lowest trial id: slots are the same whatever order
+            # workers (or a killed and re-asked trial) created the trials in
+            best = max(complete, key=lambda t: (t.value, -int(t.user_attrs.get("slot", t._trial_id))))
             ss.best_value, ss.best_hparams = best.value, best.user_attrs.get("hparams")
         elif ss.complete:
             ss.failed = f"all {ss.budget} trials were pruned or diverged; no hyperparameters to retrain with"

@@ -505,6 +505,34 @@ def test_a_failed_linear_probe_search_ends_its_sft_cell_with_the_reason(tmp_path
     assert sorted(r["method"] for r in rows) == ["finetune", "finetune"]
 
 
+def test_tied_trials_go_to_the_lowest_slot_whatever_order_they_were_created_in(tmp_path: Path, synthetic_dir: Path) -> None:
+    """With several workers (or a killed trial asked again) trial ids follow creation order, slots do
+    not; a tie in validation accuracy (100 validation images at 1%) must not depend on that order."""
+    from optuna.distributions import FloatDistribution
+
+    from bench.run import get_data
+    from bench.sweep import Sweep
+
+    text = SMALL.replace('"finetune", "linear_probe"', '"linear_probe"').replace("seeds = 2", "seeds = 1")
+    exp = experiment(tmp_path, synthetic_dir, text, name="tie")
+    sweep = Sweep(exp, get_data(synthetic_dir), CPU)
+    cell = exp.cells()[0]
+    sid = sweep.search_study(cell, 0)
+    study = optuna.load_study(study_name=cell.study_name("tie"), storage=sweep.storage)
+    for slot, lr in ((2, 0.03), (0, 0.01), (1, 0.02)):  # created in this order: trial ids 0, 1, 2
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": lr},
+                distributions={"lr": FloatDistribution(1e-4, 1.0, log=True)},
+                value=0.5,
+                user_attrs={"slot": slot, "hparams": {"lr": lr}},
+            )
+        )
+    assert sid is not None
+    status = sweep.survey()
+    assert status.cells[0].searches[0].best_hparams == {"lr": 0.01}  # slot 0, though trial id 1
+
+
 # ---------------------------------------------------------------- processes: kill, Ctrl-C, concurrency
 
 
