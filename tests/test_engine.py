@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from bench.budget import MIN_STEPS, seed_recipe_steps, step_budget
-from bench.engine import Diverged, classification_metrics, encode_all, fit, fit_probe, lr_factor, predict
+from bench.engine import Diverged, FitResult, classification_metrics, encode_all, fit, fit_probe, lr_factor, predict
 from bench.methods import METHODS, HParams
 from bench.run import execute, make_config
 
@@ -206,7 +206,7 @@ def test_probe_initialised_methods_start_at_the_linear_probe_and_stay_there_at_l
     # step 0: the model fit builds before its first step
     net = tiny_net(method)
     feats = encode_all(net, x, "fp32")
-    result = fit.__globals__["FitResult"]()
+    result = FitResult()
     state = fit_probe(lambda i: feats[i], feats.shape[1], y, 10, probe, 0, "fp32", result, phase="probe")
     net.head.load_state_dict(state)
     with torch.no_grad():
