@@ -126,9 +126,13 @@ REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def sweep_proc(config: Path, synthetic_dir: Path, results: Path, *extra: str) -> subprocess.CompletedProcess:
+def sweep_cmd(config: Path, synthetic_dir: Path, results: Path, *extra: str) -> list[str]:
     cmd = [sys.executable, str(REPO / "cli.py"), "sweep", "--config", str(config), "--data-dir", str(synthetic_dir)]
-    cmd += ["--results-dir", str(results), "--quiet", "--no-report", "--threads", "1", *extra]
+    return cmd + ["--results-dir", str(results), "--quiet", "--no-report", "--threads", "1", *extra]
+
+
+def sweep_proc(config: Path, synthetic_dir: Path, results: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = sweep_cmd(config, synthetic_dir, results, *extra)
     return subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=180)
 
 
@@ -203,6 +207,60 @@ def test_a_read_only_results_folder_mid_run_is_one_line_and_resumes(tmp_path: Pa
     finally:
         subprocess.run(["umount", "-l", str(out / "records")], capture_output=True)
     again = sweep_proc(config, synthetic_dir, tmp_path / "r")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert rows(tmp_path / "r") == rows(tmp_path / "ref")
+
+
+from test_postgres import pg_server  # noqa: E402, F401 (the fixture: a throwaway PostgreSQL, or CI's)
+
+
+def fault_matrix():  # noqa: ANN201 (the module)
+    """scripts/fault_matrix.py, whose PostgreSQL helpers this test shares."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fault_matrix", REPO / "scripts" / "fault_matrix.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_database_connection_killed_mid_query_is_one_line_and_the_same_command_resumes(
+    tmp_path: Path,
+    synthetic_dir: Path,
+    pg_server: str,  # noqa: F811
+) -> None:
+    """The sweep pauses itself at its 2nd trial (SFT_BENCH_TEST_FAULT); resumed against an exclusive
+    lock on Optuna's trials table, its connections are terminated (pg_terminate_backend) while a query
+    of it waits: one line, exit 1; the same command then resumes to the rows of a journal run."""
+    import signal
+
+    fm = fault_matrix()
+    config = tmp_path / "t.toml"
+    config.write_text(TWO)
+    ref = sweep_proc(config, synthetic_dir, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    url, name = fm.create_db(pg_server)
+    stderr = tmp_path / "stderr"
+    with open(stderr, "w") as err:
+        cmd = sweep_cmd(config, synthetic_dir, tmp_path / "r", "--storage", url)
+        env = {**ENV, "SFT_BENCH_TEST_FAULT": "trial:2:STOP"}
+        p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    try:
+        fm.wait_stopped(p, timeout=120)
+        assert fm.terminate_mid_query(url, name, p, timeout=60) >= 1
+        p.wait(120)
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.kill()
+    text = stderr.read_text()
+    err = [ln for ln in text.splitlines() if ln.startswith("error:")]
+    assert p.returncode == 1 and len(err) == 1 and "Traceback" not in text, text
+    assert err[0].startswith("error: lost the storage") and "run the same command" in err[0], text
+    import sqlalchemy
+
+    assert str(sqlalchemy.engine.make_url(pg_server).password) not in text  # the password is never printed
+    again = sweep_proc(config, synthetic_dir, tmp_path / "r", "--storage", url)
     assert again.returncode == 0, again.stdout + again.stderr
     assert rows(tmp_path / "r") == rows(tmp_path / "ref")
 
