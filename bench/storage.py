@@ -388,12 +388,16 @@ def pgpass_password(host: str | None, port: int | None, database: str | None, us
 
 def with_password(url: str) -> str:
     """A URL stored masked (***) gets its password back at run time: $SFT_BENCH_DB_PASSWORD, $PGPASSWORD,
-    or ~/.pgpass; a URL without a password is left to the driver (which reads the same places)."""
+    or ~/.pgpass. A URL without a password takes $SFT_BENCH_DB_PASSWORD when set (what
+    scripts/slurm_sweep.sh documents); otherwise it is left to the driver, which reads $PGPASSWORD
+    and ~/.pgpass itself."""
     if "://" not in url:
         return url
     import sqlalchemy
 
     u = sqlalchemy.engine.make_url(url)
+    if u.password is None and os.environ.get("SFT_BENCH_DB_PASSWORD") and not u.drivername.startswith("sqlite"):
+        return u.set(password=os.environ["SFT_BENCH_DB_PASSWORD"]).render_as_string(hide_password=False)
     if u.password not in ("***", "%2A%2A%2A"):
         return url
     pw = os.environ.get("SFT_BENCH_DB_PASSWORD") or os.environ.get("PGPASSWORD")

@@ -227,6 +227,10 @@ def check_settings(exp: Experiment, storage: optuna.storages.BaseStorage) -> Non
         name = s.study_name
         if not (name.startswith(f"{exp.name}/") or name.startswith(f"{exp.name}:final/")):
             continue
+        if "protocol" not in s.user_attrs and not storage.get_all_trials(s._study_id, deepcopy=False):
+            # created, then killed before its attributes were written (they are one journal line each):
+            # no result in it under any protocol; Sweep.study_id completes it
+            continue
         if s.user_attrs.get("protocol") != PROTOCOL:
             raise UserError(
                 f"experiment '{exp.name}' in this storage was written under protocol v{s.user_attrs.get('protocol', 1)} "
@@ -685,13 +689,18 @@ class Sweep:
             return self._study_ids[name]
         try:
             sid = self.storage.get_study_id_from_name(name)
+            have = self.storage.get_study_user_attrs(sid)
         except KeyError:
             if self.read_only:
                 return None
             study = optuna.create_study(study_name=name, storage=self.storage, direction="maximize", load_if_exists=True)
-            sid = study._study_id
-            for k, v in attrs.items():
-                self.storage.set_study_user_attr(sid, k, v)
+            sid, have = study._study_id, {}
+        if not self.read_only:
+            # The attributes are written one at a time, "protocol" first: a process killed in between
+            # leaves a study that the next start completes (check_settings lets such a study through).
+            for k in sorted(attrs, key=lambda k: k != "protocol"):
+                if k not in have:
+                    self.storage.set_study_user_attr(sid, k, attrs[k])
         self._study_ids[name] = sid
         return sid
 

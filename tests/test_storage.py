@@ -276,3 +276,22 @@ def test_a_damaged_journal_is_one_line_and_exit_2(tmp_path: Path, synthetic_dir:
     assert result.exit_code == 2, result.output
     out = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(out) == 1 and out[0].startswith("error: journal") and "line 3 is damaged" in out[0], result.output
+
+
+def test_the_password_comes_back_at_run_time_and_is_never_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A masked URL (config.toml) and a URL without a password (scripts/slurm_sweep.sh) take the password
+    from $SFT_BENCH_DB_PASSWORD; a given password is kept; masked() never shows it."""
+    from bench.registry import UserError
+    from bench.storage import masked, with_password
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.pgpass
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("SFT_BENCH_DB_PASSWORD", "s3cret")
+    assert with_password("postgresql://sft:***@db/x") == "postgresql://sft:s3cret@db/x"
+    assert with_password("postgresql://sft@db/x") == "postgresql://sft:s3cret@db/x"
+    assert with_password("postgresql://sft:given@db/x") == "postgresql://sft:given@db/x"
+    assert "s3cret" not in masked(with_password("postgresql://sft@db/x"))
+    monkeypatch.delenv("SFT_BENCH_DB_PASSWORD")
+    assert with_password("postgresql://sft@db/x") == "postgresql://sft@db/x"  # left to the driver
+    with pytest.raises(UserError, match="the password is not stored"):
+        with_password("postgresql://sft:***@db/x")

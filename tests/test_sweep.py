@@ -685,7 +685,8 @@ def test_a_protocol_v1_experiment_is_not_extended(tmp_path: Path, synthetic_dir:
     results = tmp_path / "r"
     (results / "old").mkdir(parents=True)
     v1 = journal(results, "old")
-    optuna.create_study(study_name="old/tiny/finetune/tuned/0.1", storage=v1, direction="maximize")  # v1: no protocol attr
+    old = optuna.create_study(study_name="old/tiny/finetune/tuned/0.1", storage=v1, direction="maximize")  # v1: no protocol
+    old.add_trial(optuna.trial.create_trial(value=0.5))  # ... and its results
     before = (results / "old" / "optuna.journal").read_bytes()
     args = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(results), "--quiet"]
     result = CliRunner().invoke(cli.app, args)
@@ -693,6 +694,26 @@ def test_a_protocol_v1_experiment_is_not_extended(tmp_path: Path, synthetic_dir:
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "written under protocol v1" in lines[0] and "--name" in lines[0]
     assert (results / "old" / "optuna.journal").read_bytes() == before
+
+
+def test_a_study_whose_creation_was_killed_is_completed_not_taken_for_protocol_v1(tmp_path: Path, synthetic_dir: Path) -> None:
+    """A study's attributes are journal lines of their own: a SIGKILL between creating it and writing
+    "protocol" left a study every later start refused as protocol v1 (found by scripts/fault_matrix.py).
+    An empty study without attributes holds no result under any protocol: the sweep completes it."""
+    import cli
+
+    config = write_toml(tmp_path / "cfg", "torn", SMALL)
+    results = tmp_path / "r"
+    (results / "torn").mkdir(parents=True)
+    st = journal(results, "torn")
+    sid = optuna.create_study(study_name="torn/tiny/finetune/tuned/0.1", storage=st, direction="maximize")._study_id
+    st.set_study_user_attr(sid, "experiment", "torn")  # killed here: no "protocol", no trial
+    args = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(results), "--quiet"]
+    result = CliRunner().invoke(cli.app, [*args, "--no-report"])
+    assert result.exit_code == 0, result.output
+    attrs = journal(results, "torn").get_study_user_attrs(sid)
+    assert attrs["protocol"] == 2 and attrs["kind"] == "search" and "settings" in attrs
+    assert len(read_rows(results / "torn" / "runs.csv")) == 4
 
 
 def test_user_errors_from_the_library_are_user_errors(tmp_path: Path) -> None:
