@@ -56,7 +56,15 @@ def runtime_failure(exc: BaseException) -> str | None:
         return f"cannot write{where}: {what}; {remedy}, then run the same command: it resumes where it stopped"
     text = f"{type(exc).__module__}.{type(exc).__name__}"
     if text.startswith(("sqlalchemy.", "psycopg", "optuna.exceptions.StorageInternalError")):
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        # Optuna wraps the driver's error in a generic "exception during the commit"; name the cause
+        # ("terminating connection due to administrator command", "server closed the connection").
+        cause: BaseException = exc
+        for _ in range(10):
+            nxt = cause.__cause__ or cause.__context__
+            if nxt is None:
+                break
+            cause = nxt
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         return f"lost the storage: {first[:300]}; once it is reachable, run the same command: it resumes where it stopped"
     return None
 

@@ -257,6 +257,7 @@ def test_a_database_connection_killed_mid_query_is_one_line_and_the_same_command
     err = [ln for ln in text.splitlines() if ln.startswith("error:")]
     assert p.returncode == 1 and len(err) == 1 and "Traceback" not in text, text
     assert err[0].startswith("error: lost the storage") and "run the same command" in err[0], text
+    assert "connection" in err[0] and "exception is raised during the commit" not in err[0], text  # the cause, named
     import sqlalchemy
 
     assert str(sqlalchemy.engine.make_url(pg_server).password) not in text  # the password is never printed
