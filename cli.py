@@ -36,7 +36,7 @@ def fail(message: str, code: int = 2) -> None:
 @app.command()
 def backbones() -> None:
     """List the backbones, where their weights come from and whether they are available now."""
-    from bench.backbones import BACKBONES, get_backbone
+    from bench.models.backbones import BACKBONES, get_backbone
 
     table = Table(title="backbones")
     for col in ("name", "features", "input px", "weights", "available now"):
@@ -58,7 +58,7 @@ def backbones() -> None:
 @app.command()
 def methods() -> None:
     """List the methods."""
-    from bench.methods import METHODS
+    from bench.models.methods import METHODS
 
     table = Table(title="methods")
     table.add_column("name")
@@ -125,9 +125,9 @@ def run(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bench.budget import MIN_STEPS
-    from bench.engine import Diverged
-    from bench.methods import method_name
-    from bench.run import execute, get_data, make_config, write_record
+    from bench.models.methods import method_name
+    from bench.train.engine import Diverged
+    from bench.train.run import execute, get_data, make_config, write_record
 
     try:
         overrides = {
@@ -146,18 +146,18 @@ def run(
             if v is not None
         }
         overrides.update(_parse_set(set_))
-        from bench.experiment import MAX_SEED
+        from bench.sweep.experiment import MAX_SEED
 
         if not 0 <= seed <= MAX_SEED:
             raise UserError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
         dev = _device(device)
         name = method_name(method, branch)
         from bench.data import check_fraction
-        from bench.methods import METHODS
+        from bench.models.methods import METHODS
 
         METHODS.get(name)  # names and the fraction are checked before the data is read
         check_fraction(fraction)
-        from bench.backbones import get_backbone
+        from bench.models.backbones import get_backbone
 
         bspec = get_backbone(backbone)
         if not scratch:
@@ -178,8 +178,8 @@ def run(
         data = get_data(data_dir)
         probe = None
         if probe_changes:
-            from bench.engine import default_probe
-            from bench.methods import HParams
+            from bench.models.methods import HParams
+            from bench.train.engine import default_probe
 
             base = HParams().update(**METHODS.get(name).defaults).update(**overrides)
             probe = default_probe(base).update(**probe_changes)

@@ -123,7 +123,7 @@ def perf(
         kw.update({k: v for k, v in dict(steps=steps, max_seconds=max_seconds).items() if v is not None})
         settings = P.PerfSettings.quick(**kw) if quick else P.PerfSettings(**kw)
         dev = resolve_device(device)
-        from bench.run import get_data
+        from bench.train.run import get_data
 
         data = get_data(data_dir)
     except UserError as exc:

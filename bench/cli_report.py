@@ -1,4 +1,4 @@
-"""CLI commands `report` and `compare` (registered on cli.app); the work is in bench/report.py.
+"""CLI commands `report` and `compare` (registered on cli.app); the work is in bench/report/.
 
 python cli.py report --results-dir results --experiment quick
 python cli.py compare results/quick results_gpu/quick --output quick-cpu-vs-gpu.md

@@ -1,4 +1,4 @@
-"""`python cli.py sweep`: validate the whole grid, then search and retrain (bench/sweep.py).
+"""`python cli.py sweep`: validate the whole grid, then search and retrain (bench/sweep/).
 
     python cli.py sweep                                   # experiments/default.toml
     python cli.py sweep --experiment quick                # experiments/quick.toml
@@ -294,7 +294,7 @@ def load(
     storage: str | None = None,
 ) -> Any:
     """The experiment file with the flags merged in, validated (no I/O besides reading it)."""
-    from bench.experiment import find_config, parse_fractions, parse_names, read_toml, resolve
+    from bench.sweep.experiment import find_config, parse_fractions, parse_names, read_toml, resolve
 
     path = find_config(config, experiment)
     raw = read_toml(path)
@@ -351,12 +351,12 @@ def load(
 def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list[str]]:
     """Everything that could fail later, checked now: device, weights, results folder, storage,
     data, fractions against the data, and settings of an existing experiment. Writes nothing."""
-    from bench.backbones import get_backbone
     from bench.data import cv_folds, label_split, load_cifar10
-    from bench.experiment import check_writable
+    from bench.models.backbones import get_backbone
     from bench.provenance import resolve_device
-    from bench.run import _DATA, get_data
     from bench.sweep import check_settings, check_storage, open_storage, storage_exists
+    from bench.sweep.experiment import check_writable
+    from bench.train.run import _DATA, get_data
 
     warnings = []
     device = resolve_device(exp.device)
@@ -389,8 +389,8 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
 
 def _dry_run(exp: Any, data: Any, dev: Any, console: Console) -> None:
     """The grid, each cell's step budget, and its projected wall time from throughputs measured now."""
-    from bench.projection import hours, project
     from bench.sweep import Sweep
+    from bench.sweep.projection import hours, project
 
     monitor = Sweep(exp, data, dev, read_only=True, storage=_NoStorage())
     for c in exp.cells():
@@ -497,8 +497,8 @@ def sweep(
     worker: Annotated[bool, typer.Option("--worker", hidden=True, help="Internal: a child of --parallel.")] = False,
 ) -> None:
     """Run an experiment grid: validate it, search every cell on validation data, retrain per seed, test once."""
-    from bench.experiment import to_toml
-    from bench.run import atomic_write
+    from bench.sweep.experiment import to_toml
+    from bench.train.run import atomic_write
 
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:

@@ -38,8 +38,8 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_data(synthetic_dir: Path):  # noqa: ANN201 (bench.data.Cifar10)
-    """`synthetic_dir` loaded once (`bench.run.get_data` caches it per process too)."""
-    from bench.run import get_data
+    """`synthetic_dir` loaded once (`bench.train.run.get_data` caches it per process too)."""
+    from bench.train.run import get_data
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # md5 sums of a synthetic folder differ from the official ones
@@ -66,11 +66,11 @@ def real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_net():  # noqa: ANN201 (a factory)
     """`tiny_net(method, hp=None, seed=0)`: the method's Net on the `tiny` backbone, 10 classes, 32 px.
 
-    The same construction as a run (bench.run.build_model) without a RunConfig, so tests
-    can train it with bench.engine.fit directly. The seed fixes the new layers' init.
+    The same construction as a run (bench.train.run.build_model) without a RunConfig, so tests
+    can train it with bench.train.engine.fit directly. The seed fixes the new layers' init.
     """
-    from bench.backbones import build_backbone, get_backbone
-    from bench.methods import HParams, build_net
+    from bench.models.backbones import build_backbone, get_backbone
+    from bench.models.methods import HParams, build_net
 
     def make(method: str, hp: HParams | None = None, seed: int = 0):  # noqa: ANN202
         spec = get_backbone("tiny")

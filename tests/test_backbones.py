@@ -1,4 +1,4 @@
-"""bench.backbones: the registry, real pretrained weights, and no silent random init.
+"""bench.models.backbones: the registry, real pretrained weights, and no silent random init.
 
 Why: a backbone whose "pretrained" weights are in fact random would make every
 comparison in the suite meaningless while looking fine, so the tests check that the
@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.backbones import BACKBONES, backbone_names, build_backbone, get_backbone
+from bench.models.backbones import BACKBONES, backbone_names, build_backbone, get_backbone
 from bench.registry import UserError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,9 +20,9 @@ import torch
 from typer.testing import CliRunner
 
 import cli
-from bench.engine import predict
-from bench.methods import HParams
-from bench.run import RunConfig, build_model
+from bench.models.methods import HParams
+from bench.train.engine import predict
+from bench.train.run import RunConfig, build_model
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""bench.engine through bench.run.execute: learning, determinism, optimisation settings, evaluation.
+"""bench.train.engine through bench.train.run.execute: learning, determinism, optimisation settings, evaluation.
 
 Why: a benchmark whose loop silently ignores a setting (a schedule, label smoothing,
 gradient clipping), is not reproducible, or evaluates in training mode reports numbers
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from bench.budget import MIN_STEPS, seed_recipe_steps, step_budget
-from bench.engine import Diverged, FitResult, classification_metrics, encode_all, fit, fit_probe, lr_factor, predict
-from bench.methods import METHODS, HParams
-from bench.run import execute, make_config
+from bench.models.methods import METHODS, HParams
+from bench.train.engine import Diverged, FitResult, classification_metrics, encode_all, fit, fit_probe, lr_factor, predict
+from bench.train.run import execute, make_config
 
 CPU = torch.device("cpu")
 
@@ -386,8 +386,8 @@ def test_seed_recipe_is_the_articles_settings(synthetic_data) -> None:  # noqa: 
     """batch 100, SGD lr 0.001 momentum 0.9, constant rate without warm-up, 10 epochs (in steps),
     crop + flip, BatchNorm in train mode (the article never calls eval() while training), 32 px,
     normalisation 0.5 / 0.5 whatever the backbone's own (../shared/docs/methods.md)."""
-    from bench.methods import SEED_RECIPE
-    from bench.run import build_model
+    from bench.models.methods import SEED_RECIPE
+    from bench.train.run import build_model
 
     cfg = make_config("efficientnet_lite0", "seed_sft", 0.1, 0, recipe="seed", device=CPU, data=synthetic_data)
     assert cfg.hp == SEED_RECIPE.update(steps=10 * 3) and cfg.resolution == 32  # 300 labelled images

@@ -1,4 +1,4 @@
-"""bench.methods (with the engine's probe phase): what each method builds and trains.
+"""bench.models.methods (with the engine's probe phase): what each method builds and trains.
 
 Why: the comparison SFT vs fine-tuning is only fair if each method is what
 ../shared/docs/methods.md (protocol v2) says: sft* and lp_ft start exactly at the
@@ -17,9 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.backbones import build_backbone, get_backbone
-from bench.engine import fit
-from bench.methods import (
+from bench.models.backbones import build_backbone, get_backbone
+from bench.models.methods import (
     BACKBONE_LR_MULT_CHOICES,
     BN_POLICIES,
     LABEL_SMOOTHING_CHOICES,
@@ -33,7 +32,8 @@ from bench.methods import (
     method_name,
 )
 from bench.registry import UserError
-from bench.run import RunConfig, trainable_parameters
+from bench.train.engine import fit
+from bench.train.run import RunConfig, trainable_parameters
 
 SFT_VARIANTS = ["sft", "sft-mlp", "sft-side", "sft-mlp-frozen", "sft-side-frozen"]
 PROBE_METHODS = {"sft", "sft-mlp", "sft-side", "lp_ft", "sft-mlp-frozen", "sft-side-frozen"}
@@ -116,7 +116,7 @@ def test_sft_branch_is_trained(method: str, batch: tuple, tiny_net) -> None:
 def test_head_starts_as_the_linear_probe_rows_model(method: str, batch: tuple, tiny_net) -> None:
     """H_f is the linear_probe row's model: a `linear_probe` run with the probe's hyperparameters
     on the same data and seed reaches the very head the method starts from (methods.md)."""
-    from bench.engine import PROBES
+    from bench.train.engine import PROBES
 
     hp = _hp(method, lr=0.0, steps=1, batch_size=32)  # lr 0: the head stays where the probe left it
     net = tiny_net(method, hp)
@@ -135,7 +135,7 @@ def test_head_starts_as_the_linear_probe_rows_model(method: str, batch: tuple, t
 
 
 def test_the_probe_is_fitted_once_and_a_cached_probe_is_bit_identical(batch: tuple, tiny_net) -> None:
-    from bench.engine import PROBES
+    from bench.train.engine import PROBES
 
     PROBES.clear()
     hp = _hp("sft", lr=0.0, steps=1, batch_size=32)

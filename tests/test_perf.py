@@ -13,10 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bench import engine, perf
+from bench import perf
 from bench.data import label_split, load_cifar10, synthetic_cifar
-from bench.methods import METHODS
-from bench.run import build_model, execute, make_config
+from bench.models.methods import METHODS
+from bench.train import engine
+from bench.train.run import build_model, execute, make_config
 
 CPU = torch.device("cpu")
 
@@ -403,7 +404,7 @@ def test_augment_equals_the_per_pixel_reference() -> None:
 
 @pytest.mark.parametrize("resolution", [32, 48])
 def test_input_adapter_equals_the_plain_arithmetic(resolution: int) -> None:
-    from bench.methods import InputAdapter
+    from bench.models.methods import InputAdapter
 
     ad = InputAdapter((0.4, 0.5, 0.6), (0.2, 0.25, 0.3), resolution)
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)

@@ -227,7 +227,7 @@ def test_a_claim_from_another_host_is_freed_after_the_stale_period(tmp_path: Pat
 def _create(url: str, barrier, stock: bool, q) -> None:  # noqa: ANN001
     import optuna
 
-    from bench.storage import open_rdb
+    from bench.sweep.storage import open_rdb
 
     barrier.wait()
     try:

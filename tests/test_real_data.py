@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.backbones import build_backbone, get_backbone
 from bench.data import CLASSES, load_cifar10
-from bench.methods import InputAdapter
-from bench.run import execute, get_data, make_config
+from bench.models.backbones import build_backbone, get_backbone
+from bench.models.methods import InputAdapter
+from bench.train.run import execute, get_data, make_config
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""Reports (bench/report.py, `cli.py report` / `compare`): built from runs tables and Optuna journals made here.
+"""Reports (bench/report/, `cli.py report` / `compare`): built from runs tables and Optuna journals made here.
 
 The numbers are checked against pandas and scipy computed independently in the tests: every comparison with a
 baseline (finetune; linear_probe and lp_ft too for sft*) against scipy's paired test and an independently written

@@ -1,4 +1,4 @@
-"""The storage survives its own crashes (bench/storage.py): a torn journal tail is cut and kept aside,
+"""The storage survives its own crashes (bench/sweep/storage.py): a torn journal tail is cut and kept aside,
 a damaged middle line is refused with the line and the remedy, a failed append takes itself back,
 a lock left by a killed process is broken at once, and temporary files of killed processes go away.
 
@@ -20,7 +20,7 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from bench.storage import (
+from bench.sweep.storage import (
     BOOT_ID,
     HOST,
     LOCK_PREFIX,
@@ -164,7 +164,7 @@ def test_a_live_lock_is_waited_for(tmp_path: Path) -> None:
     path = tmp_path / "optuna.journal"
     make_journal(path, trials=1)
     lock = tmp_path / "optuna.journal.lock"
-    from bench.storage import owner_id
+    from bench.sweep.storage import owner_id
 
     os.symlink(LOCK_PREFIX + owner_id(), lock)  # this very process holds it
     backend = SafeJournalBackend(str(path))
@@ -282,7 +282,7 @@ def test_the_password_comes_back_at_run_time_and_is_never_shown(monkeypatch: pyt
     """A masked URL (config.toml) and a URL without a password (scripts/slurm_sweep.sh) take the password
     from $SFT_BENCH_DB_PASSWORD; a given password is kept; masked() never shows it."""
     from bench.registry import UserError
-    from bench.storage import masked, with_password
+    from bench.sweep.storage import masked, with_password
 
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.pgpass
     monkeypatch.delenv("PGPASSWORD", raising=False)

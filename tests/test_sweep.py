@@ -24,8 +24,8 @@ import torch
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from bench.experiment import Cell, read_toml, resolve
 from bench.registry import UserError
+from bench.sweep.experiment import Cell, read_toml, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -171,13 +171,13 @@ fractions = [1.0]
     # The written config.toml reads back as the same experiment.
     import tomllib
 
-    from bench.experiment import to_toml
+    from bench.sweep.experiment import to_toml
 
     assert resolve(tomllib.loads(to_toml(exp))) == exp
 
 
 def test_shipped_experiments_resolve() -> None:
-    from bench.experiment import find_config
+    from bench.sweep.experiment import find_config
 
     quick, default, paper, study = (resolve(read_toml(find_config(None, n))) for n in ("quick", "default", "paper", "study"))
     assert quick.backbones == ("efficientnet_lite0",) and set(quick.fractions) == {0.01, 0.1}
@@ -213,7 +213,7 @@ def unavailable_backbone(monkeypatch: pytest.MonkeyPatch) -> str:
     """A registered backbone whose pretrained weights cannot be had."""
     from dataclasses import replace
 
-    from bench.backbones import BACKBONES, tiny
+    from bench.models.backbones import BACKBONES, tiny
 
     monkeypatch.setitem(
         BACKBONES._items, "noweights", lambda: replace(tiny(), name="noweights", available=lambda: (False, "test: no file"))
@@ -332,16 +332,16 @@ def test_settings_changed_under_the_same_name_are_refused(tmp_path: Path, synthe
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path):  # noqa: ANN201
     """One in-process sweep of TINY, with every item and every label_split call recorded."""
-    import bench.run
-    from bench.run import get_data
+    import bench.train.run
     from bench.sweep import Sweep
+    from bench.train.run import get_data
 
     tmp = tmp_path_factory.mktemp("finished")
     exp = experiment(tmp, synthetic_dir)
     data = get_data(synthetic_dir)
     rec = Recorder(data)
     splits: list[tuple] = []
-    real_split = bench.run.label_split
+    real_split = bench.train.run.label_split
 
     def spy(labels, fraction, seed, val_fraction=0.2):  # noqa: ANN001, ANN202
         split = real_split(labels, fraction, seed, val_fraction)
@@ -349,7 +349,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path):  # 
         return split
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(bench.run, "label_split", spy)
+    mp.setattr(bench.train.run, "label_split", spy)
     try:
         sweep = Sweep(exp, data, CPU, progress=rec)
         status = sweep.run()
@@ -376,7 +376,7 @@ def test_search_never_reads_test_labels(finished) -> None:  # noqa: ANN001
 def test_sft_starts_from_the_linear_probe_its_seed_chose_and_waits_for_it(finished) -> None:  # noqa: ANN001
     """The probe of an sft trial or final run of seed s is the linear_probe row's model: the
     hyperparameters linear_probe's own search chose for seed s; so that search comes first."""
-    from bench.methods import HParams
+    from bench.models.methods import HParams
 
     exp, data, rec, splits, status, sweep = finished
     cells = {(cs.cell.method, cs.cell.fraction): cs for cs in status.cells}
@@ -456,8 +456,8 @@ def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:
 
 
 def test_diverging_trials_are_pruned_with_a_reason_and_the_sweep_goes_on(tmp_path: Path, synthetic_dir: Path) -> None:
-    from bench.run import get_data
     from bench.sweep import Sweep
+    from bench.train.run import get_data
 
     text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]").replace("seeds = 2", "seeds = 1")
     text = text.replace('"finetune", "linear_probe", "sft"', '"finetune", "linear_probe"').replace(
@@ -484,8 +484,8 @@ def test_a_failed_linear_probe_search_ends_its_sft_cell_with_the_reason(tmp_path
     """sft of seed s waits for linear_probe's search of seed s; when that search cannot choose
     (every trial diverged), sft's search and final run for s end with the reason instead of
     waiting forever, and the other cells go on."""
-    from bench.run import get_data
     from bench.sweep import Sweep
+    from bench.train.run import get_data
 
     text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]").replace("trials = 3", "trials = 2")
     # a linear probe's gradients are bounded, so only a weight decay this large makes it diverge
@@ -510,8 +510,8 @@ def test_tied_trials_go_to_the_lowest_slot_whatever_order_they_were_created_in(t
     not; a tie in validation accuracy (100 validation images at 1%) must not depend on that order."""
     from optuna.distributions import FloatDistribution
 
-    from bench.run import get_data
     from bench.sweep import Sweep
+    from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"linear_probe"').replace("seeds = 2", "seeds = 1")
     exp = experiment(tmp_path, synthetic_dir, text, name="tie")

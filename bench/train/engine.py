@@ -49,7 +49,7 @@ from torch import nn
 
 from bench.budget import report_interval
 from bench.data import augment
-from bench.methods import HParams, MethodSpec, Net
+from bench.models.methods import HParams, MethodSpec, Net
 from bench.registry import UserError
 
 EVAL_BATCH = 1024  # evaluation and feature batches on CUDA
@@ -447,7 +447,7 @@ def fit_probe(
 def default_probe(hp: HParams) -> HParams:
     """The probe a probe-initialised run starts from when no linear_probe row chose one
     (a single `cli.py run`): the linear_probe method's defaults, with the run's budget and batch."""
-    from bench.methods import METHODS
+    from bench.models.methods import METHODS
 
     return HParams().update(**METHODS.get("linear_probe").defaults, steps=hp.steps, batch_size=hp.batch_size)
 

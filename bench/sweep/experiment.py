@@ -71,7 +71,7 @@ class Search:
 
 @dataclass(frozen=True)
 class Workers:
-    """Liveness of the processes sharing one storage (see bench/sweep.py, "claims")."""
+    """Liveness of the processes sharing one storage (see bench/sweep/, "claims")."""
 
     heartbeat_seconds: float = 30.0
     stale_after_seconds: float = 180.0  # a RUNNING claim older than this without a heartbeat is free again
@@ -279,8 +279,8 @@ def parse_names(text: str, flag: str) -> list[str]:
 
 def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
     """Validate a raw TOML dict (flags already merged in) into an Experiment, or raise UserError."""
-    from bench.backbones import BACKBONES, get_backbone
-    from bench.methods import METHODS, HParams, method_name
+    from bench.models.backbones import BACKBONES, get_backbone
+    from bench.models.methods import METHODS, HParams, method_name
 
     for key, why in V1_KEYS.items():
         if key in raw:
@@ -561,7 +561,7 @@ def _per_method_table(table: Any, key: str, source: str, hp_fields: set, methods
 def _check_distribution(source: str) -> Any:
     def _check_values(name: str, values: list, where: str) -> None:
         """Every value a distribution can give must make valid hyperparameters (checked now, not mid-sweep)."""
-        from bench.methods import HParams
+        from bench.models.methods import HParams
 
         for v in values:
             if isinstance(v, dict | list):
@@ -643,7 +643,7 @@ def _grid_block(block: dict, i: int, key: str, source: str, backbone: Any, metho
 def to_toml(exp: Experiment) -> str:
     """The resolved experiment as TOML (tomllib reads; this small writer covers our types)."""
     d = exp.to_dict()
-    from bench.storage import masked
+    from bench.sweep.storage import masked
 
     d["storage"] = masked(d["storage"])  # a database password is never written (filled in at run time)
     tables = {k: d.pop(k) for k in ("search", "workers", "hparams", "space")}

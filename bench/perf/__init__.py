@@ -46,15 +46,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.backbones import build_backbone, get_backbone
 from bench.budget import REPORTS, report_interval
 from bench.data import Cifar10, label_split
-from bench.engine import FEATURES, PROBES, _optimizer, _sync, autocast, eval_batch, fit, predict
-from bench.methods import METHODS, HParams
+from bench.models.backbones import build_backbone, get_backbone
+from bench.models.methods import METHODS, HParams
 from bench.provenance import cpu_model, git_commit, provenance
 from bench.registry import UserError
 from bench.registry import check_writable as registry_check_writable
-from bench.run import atomic_write, build_model, make_config
+from bench.train.engine import FEATURES, PROBES, _optimizer, _sync, autocast, eval_batch, fit, predict
+from bench.train.run import atomic_write, build_model, make_config
 
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 PRECISIONS = ("fp32", "bf16")
@@ -815,7 +815,7 @@ def sweep_protocol(folder: Path) -> int | None:
             raw = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError):
         return None
-    from bench.experiment import V1_KEYS, V1_SEARCH_KEYS
+    from bench.sweep.experiment import V1_KEYS, V1_SEARCH_KEYS
 
     search = raw.get("search") if isinstance(raw.get("search"), dict) else {}
     return 1 if set(raw) & set(V1_KEYS) or set(search) & set(V1_SEARCH_KEYS) else 2
@@ -870,14 +870,14 @@ class GridRun:
 
 
 def grid_runs(path: Path) -> tuple[list[GridRun], Any]:
-    """The cells of an experiment file as the sweep reads it (bench.experiment), and the experiment.
+    """The cells of an experiment file as the sweep reads it (bench.sweep.experiment), and the experiment.
 
     Each cell's step budget is what the sweep's `make_config` gives it: the grid's fixed
     `steps`, else the protocol's rule of its labelled-set size (bench/budget.py), the
     article's 10 epochs at batch 100 for the seed recipe."""
     from bench.budget import seed_recipe_steps, step_budget
-    from bench.experiment import read_toml, resolve
-    from bench.methods import SEED_RECIPE
+    from bench.models.methods import SEED_RECIPE
+    from bench.sweep.experiment import read_toml, resolve
 
     exp = resolve(read_toml(Path(path)), str(path))
     out = []

@@ -66,7 +66,7 @@ REQUIRED = ("backbone", "method", "recipe", "fraction", "seed", METRIC)
 KEY = ["backbone", "recipe", "method", "fraction"]
 TESTS = ("ttest", "wilcoxon")
 TEST_NAMES = {"ttest": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
-# Display order (the registry's order in bench/methods.py); copied here so a report never imports
+# Display order (the registry's order in bench/models/methods.py); copied here so a report never imports
 # torch. Methods not listed follow alphabetically.
 METHOD_ORDER = (
     "finetune",
@@ -1264,7 +1264,7 @@ def load_studies(experiment_dir: Path, experiment: str, storage: str | None, not
     loc = storage_location(experiment_dir, storage)
     try:
         if "://" in loc:
-            from bench.storage import with_password
+            from bench.sweep.storage import with_password
 
             store: Any = optuna.storages.RDBStorage(with_password(loc), skip_table_creation=True)
         else:
@@ -1274,7 +1274,7 @@ def load_studies(experiment_dir: Path, experiment: str, storage: str | None, not
             store = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(loc))
         summaries = store.get_all_studies()
     except Exception as exc:  # a damaged or unreachable storage must not cost the whole report
-        from bench.storage import masked
+        from bench.sweep.storage import masked
 
         why = str(exc).replace(loc, masked(loc))  # a URL's password is never written into the report
         notes.append(f"Could not read the Optuna storage {masked(loc)} ({type(exc).__name__}: {why}); its plots are omitted.")

@@ -51,13 +51,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench.budget import PROTOCOL
 from bench.data import Cifar10
-from bench.engine import Diverged
-from bench.experiment import Cell, Experiment, check_writable
-from bench.methods import METHODS, HParams
+from bench.models.methods import METHODS, HParams
 from bench.registry import UserError
-from bench.run import RunConfig, atomic_write, execute, make_config
-from bench.storage import BOOT_ID as BOOT_ID  # re-exported: the claims' owners (tests, tools)
-from bench.storage import (
+from bench.sweep.experiment import Cell, Experiment, check_writable
+from bench.sweep.storage import BOOT_ID as BOOT_ID  # re-exported: the claims' owners (tests, tools)
+from bench.sweep.storage import (
     HOST,
     clean_leftovers,
     masked,
@@ -68,6 +66,8 @@ from bench.storage import (
     owner_id,
     with_password,
 )
+from bench.train.engine import Diverged
+from bench.train.run import RunConfig, atomic_write, execute, make_config
 
 JOURNAL = "optuna.journal"
 RUNS_CSV = "runs.csv"
@@ -96,7 +96,7 @@ def is_url(location: str) -> bool:
 
 
 def open_storage(exp: Experiment, notes: list[str] | None = None) -> optuna.storages.BaseStorage:
-    """The experiment's storage. A journal file is checked first (bench/storage.py): a torn tail left
+    """The experiment's storage. A journal file is checked first (bench/sweep/storage.py): a torn tail left
     by a crash or a full disk is cut (kept aside; one line in `notes`), a damaged middle line refused;
     a database is opened so that any number of workers may create its schema at once."""
     location = storage_location(exp)
@@ -433,7 +433,7 @@ class SpaceTrial:
 
 def sample_hparams(trial: Any, exp: Experiment, method: str) -> dict[str, Any]:
     """The hyperparameter changes of one trial: the shared space plus the method's own (declared
-    with the method in bench/methods.py), the experiment's [space] and [hparams]. The BatchNorm
+    with the method in bench/models/methods.py), the experiment's [space] and [hparams]. The BatchNorm
     policy is fixed ("frozen") unless [search] bn = true; the step budget is never searched."""
     spec = METHODS.get(method)
     fixed = exp.fixed_hparams(method)
@@ -746,7 +746,7 @@ class Sweep:
         if cell.recipe == "seed":
             return None  # the article's recipe exactly: 32 px (make_config's default for it)
         if cell.backbone not in self._resolution:
-            from bench.backbones import get_backbone
+            from bench.models.backbones import get_backbone
 
             self._resolution[cell.backbone] = self.exp.resolution_for(cell.backbone) or get_backbone(cell.backbone).input_size
         return self._resolution[cell.backbone]
@@ -1129,7 +1129,7 @@ class Sweep:
             rec["search_mode"] = self.exp.search.mode if tuned else ""
             rec["predictions"] = f"predictions/{run_id}.csv.gz"
             rec["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            from bench.run import write_record
+            from bench.train.run import write_record
 
             with signals_deferred():  # a finished run is never lost to a Ctrl-C here
                 write_record(self.out / "records" / f"{run_id}.json", rec)
@@ -1312,7 +1312,7 @@ def export_runs(sweep: Sweep) -> Path:
                 for rec in cs.finals.values():
                     p = out / "records" / f"{rec['run_id']}.json"
                     if not p.exists():
-                        from bench.run import write_record
+                        from bench.train.run import write_record
 
                         write_record(p, rec)
         finally:

@@ -26,8 +26,8 @@ import torch
 
 from bench.budget import REPORTS
 from bench.data import augment, label_split, labelled_count
-from bench.experiment import Cell, Experiment
-from bench.methods import METHODS, HParams
+from bench.models.methods import METHODS, HParams
+from bench.sweep.experiment import Cell, Experiment
 
 TEST_IMAGES = 10_000
 
@@ -55,8 +55,8 @@ class Projection:
 
 def measure_rates(backbone: str, resolution: int, batch_size: int, device: torch.device, precision: str) -> Rates:
     """A few timed training steps and evaluation batches (median), after a warm-up."""
-    from bench.engine import autocast, encode_all, eval_batch
-    from bench.run import RunConfig, build_model
+    from bench.train.engine import autocast, encode_all, eval_batch
+    from bench.train.run import RunConfig, build_model
 
     cfg = RunConfig(backbone, "finetune", 1.0, 0, resolution=resolution, pretrained=False, precision=precision)
     net = build_model(cfg, 10).to(device).to(memory_format=torch.channels_last)  # weights do not change the speed

@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from bench.backbones import build_backbone, get_backbone
 from bench.budget import MIN_STEPS, PROTOCOL, seed_recipe_steps, step_budget
 from bench.data import Cifar10, check_fraction, cv_folds, label_split, labelled_count, load_cifar10
-from bench.engine import FitResult, classification_metrics, default_probe, fit, predict
-from bench.methods import METHODS, SEED_NORMALISATION, SEED_RECIPE, HParams, build_net
+from bench.models.backbones import build_backbone, get_backbone
+from bench.models.methods import METHODS, SEED_NORMALISATION, SEED_RECIPE, HParams, build_net
 from bench.provenance import peak_memory_mb, provenance, resolve_device
 from bench.registry import UserError
+from bench.train.engine import FitResult, classification_metrics, default_probe, fit, predict
 
 RECIPES = ("tuned", "seed")
 PRECISIONS = ("fp32", "bf16")

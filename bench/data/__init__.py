@@ -1,0 +1,29 @@
+"""CIFAR-10 on the training device: loading (`cifar10`), label fractions (`splits`), batch augmentation (`batches`).
+
+Why this shape: the whole dataset is 180 MB of uint8, so it lives on the training device and
+every batch is an index into it; augmentation (the article's random crop with 4 px padding and
+horizontal flip) is a handful of tensor ops on the batch, with no per-image PIL and no DataLoader
+workers on the hot path.
+
+    python ../shared/data/make_cifar10.py data     # the shared real copy, offline
+    python cli.py run --data-dir data ...          # or let torchvision download it
+"""
+
+from bench.data.batches import augment
+from bench.data.cifar10 import CLASSES, FOLDER, Cifar10, load_cifar10, safe_unpickle, synthetic_cifar
+from bench.data.splits import Split, check_fraction, cv_folds, label_split, labelled_count
+
+__all__ = [
+    "CLASSES",
+    "FOLDER",
+    "Cifar10",
+    "Split",
+    "augment",
+    "check_fraction",
+    "cv_folds",
+    "label_split",
+    "labelled_count",
+    "load_cifar10",
+    "safe_unpickle",
+    "synthetic_cifar",
+]
