@@ -101,8 +101,8 @@ def test_learning_thresholds_cover_every_method() -> None:
 @pytest.mark.parametrize("method", METHODS.names())
 def test_tiny_backbone_learns_the_synthetic_patterns(method: str, synthetic_data) -> None:  # noqa: ANN001
     rec = run(synthetic_data, method, LEARN_OVERRIDES.get(method, LEARN))
-    assert rec["test_accuracy"] >= LEARN_THRESHOLD[method], f"{method}: {rec['test_accuracy']:.3f}"
-    assert rec["history"][-1]["train_accuracy"] > 0.3
+    assert rec.test_accuracy >= LEARN_THRESHOLD[method], f"{method}: {rec.test_accuracy:.3f}"
+    assert rec.history[-1]["train_accuracy"] > 0.3
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -117,7 +117,7 @@ def test_same_seed_same_result_other_seed_other_result(synthetic_data, tmp_path:
         for i, s in enumerate((0, 0, 1))
     ]
     keys = ("test_accuracy", "macro_f1", "per_class_accuracy", "history", "run_id")
-    a, b, c = ({k: r[k] for k in keys} for r in recs)
+    a, b, c = ({k: getattr(r, k) for k in keys} for r in recs)
     assert a == b
     sa, sb, sc = (_state(tmp_path / f"{i}.pt") for i in range(3))
     assert sa.keys() == sb.keys()
@@ -141,7 +141,7 @@ def test_optimizer_and_schedule_are_the_ones_asked_for(optimizer: str, schedule:
     }
     with optimizer_steps() as seen:
         rec = run(synthetic_data, "finetune", overrides, fraction=0.1)  # 300 images: 5 steps per pass
-    assert len(seen) == steps == rec["steps"], "the budget is counted in optimiser steps, whatever the passes"
+    assert len(seen) == steps == rec.steps, "the budget is counted in optimiser steps, whatever the passes"
     assert {name for name, _ in seen} == {"SGD" if optimizer == "sgd" else "AdamW"}
     head = [lrs[0] for _, lrs in seen]
     for _, lrs in seen:  # the backbone group follows the head at backbone_lr_mult
@@ -158,7 +158,7 @@ def test_optimizer_and_schedule_are_the_ones_asked_for(optimizer: str, schedule:
         else:
             assert math.isclose(head[4], lr) and all(b <= a for a, b in zip(head[4:], head[5:], strict=False))
             assert head[-1] < 0.05 * lr
-    assert all(math.isfinite(row["loss"]) for row in rec["history"])
+    assert all(math.isfinite(row["loss"]) for row in rec.history)
 
 
 def test_warm_up_factor_by_hand() -> None:
@@ -280,8 +280,8 @@ def test_nan_inducing_learning_rate_raises_diverged(synthetic_data) -> None:  # 
 
 def test_bf16_runs_on_cpu(synthetic_data, tiny_net) -> None:  # noqa: ANN001
     rec = run(synthetic_data, "finetune", {"steps": 5, "batch_size": 64}, fraction=0.1, precision="bf16")
-    assert rec["precision"] == "bf16" and 0.0 <= rec["test_accuracy"] <= 1.0
-    assert all(math.isfinite(row["loss"]) for row in rec["history"])
+    assert rec.precision == "bf16" and 0.0 <= rec.test_accuracy <= 1.0
+    assert all(math.isfinite(row["loss"]) for row in rec.history)
     # bf16 is really used: the same model's probabilities move a little, its decisions hardly.
     net = tiny_net("finetune")
     x = synthetic_data.train_x[:200]
@@ -326,13 +326,13 @@ def test_records_say_what_the_path_did(synthetic_data) -> None:  # noqa: ANN001
     """steps, probe steps beside them, the BatchNorm policy and whether the path augmented:
     a frozen row trains on cached features and says augment = false (methods.md)."""
     ft = run(synthetic_data, "finetune", {"steps": 5, "batch_size": 64}, fraction=0.1)
-    assert (ft["steps"], ft["probe_steps"], ft["augment"], ft["bn"], ft["min_steps"]) == (5, 0, True, "frozen", 500)
+    assert (ft.steps, ft.probe_steps, ft.augment, ft.bn, ft.min_steps) == (5, 0, True, "frozen", 500)
     sft = run(synthetic_data, "sft", {"steps": 5, "batch_size": 64, "bn": "train"}, fraction=0.1, probe=PROBE.update(steps=7))
-    assert (sft["steps"], sft["probe_steps"], sft["augment"], sft["bn"]) == (5, 7, True, "train")
-    assert sft["probe_hparams"]["steps"] == 7 and sft["config"]["probe"]["lr"] == PROBE.lr
+    assert (sft.steps, sft.probe_steps, sft.augment, sft.bn) == (5, 7, True, "train")
+    assert sft.probe_hparams["steps"] == 7 and sft.config["probe"]["lr"] == PROBE.lr
     for method in ("linear_probe", "sft-side-frozen"):
         rec = run(synthetic_data, method, {"steps": 5, "batch_size": 64}, fraction=0.1)
-        assert rec["augment"] is False and rec["hparams"]["augment"] is False and rec["bn"] == "frozen"
+        assert rec.augment is False and rec.hparams["augment"] is False and rec.bn == "frozen"
 
 
 def test_k_fold_trial_scores_average_the_folds_and_continue_the_step_axis(synthetic_data) -> None:  # noqa: ANN001
@@ -351,8 +351,8 @@ def test_k_fold_trial_scores_average_the_folds_and_continue_the_step_axis(synthe
     reads = synthetic_data.test_reads
     rec = execute(cfg, synthetic_data, CPU, on_progress=rows.append)
     assert synthetic_data.test_reads == reads
-    folds = rec["fold_val_accuracy"]
-    assert len(folds) == 3 and math.isclose(rec["val_accuracy"], sum(folds) / 3)
+    folds = rec.fold_val_accuracy
+    assert len(folds) == 3 and math.isclose(rec.val_accuracy, sum(folds) / 3)
     assert [r["step"] for r in rows] == list(range(1, 13)) and {r["steps"] for r in rows} == {12}
     assert (
         cfg.run_id
@@ -366,8 +366,8 @@ def test_trial_stage_never_reads_the_test_set(synthetic_data) -> None:  # noqa: 
     reads = synthetic_data.test_reads
     rec = run(synthetic_data, "sft", {"steps": 2, "batch_size": 64}, stage="trial", probe=PROBE.update(steps=2))
     assert synthetic_data.test_reads == reads
-    assert "test_accuracy" not in rec and 0.0 <= rec["val_accuracy"] <= 1.0
-    assert rec["n_eval"] == 120 and rec["n_train"] == 480  # 20% of each class's 60 labelled images validate
+    assert rec.test_accuracy is None and 0.0 <= rec.val_accuracy <= 1.0
+    assert rec.n_eval == 120 and rec.n_train == 480  # 20% of each class's 60 labelled images validate
     run(synthetic_data, "linear_probe", {"steps": 2}, fraction=0.1)
     assert synthetic_data.test_reads == reads + 1, "a final run reads the test set exactly once"
 

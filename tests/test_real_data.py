@@ -94,6 +94,6 @@ def test_lite0_linear_probe_at_ten_percent_is_well_above_chance(real_data) -> No
     t0 = time.perf_counter()
     rec = execute(cfg, real_data, CPU)
     seconds = time.perf_counter() - t0
-    assert rec["n_train"] == 5_000 and rec["n_eval"] == 10_000
-    assert rec["test_accuracy"] > 0.38, f"test accuracy {rec['test_accuracy']:.3f} in {seconds:.0f} s"
-    assert min(rec["per_class_accuracy"]) > 0.1, rec["per_class_accuracy"]
+    assert rec.n_train == 5_000 and rec.n_eval == 10_000
+    assert rec.test_accuracy > 0.38, f"test accuracy {rec.test_accuracy:.3f} in {seconds:.0f} s"
+    assert min(rec.per_class_accuracy) > 0.1, rec.per_class_accuracy

@@ -40,7 +40,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +52,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bench.budget import PROTOCOL
 from bench.data import Cifar10
 from bench.models.methods import METHODS, HParams
+from bench.records import CellStatus, CellSummary, Claim, GridStatus, RunRecord, RunsRow, SearchStatus, runs_columns
 from bench.registry import UserError
 from bench.sweep.experiment import Cell, Experiment, check_writable
 from bench.sweep.storage import BOOT_ID as BOOT_ID  # re-exported: the claims' owners (tests, tools)
@@ -72,7 +73,6 @@ from bench.train.run import RunConfig, atomic_write, execute, make_config
 JOURNAL = "optuna.journal"
 RUNS_CSV = "runs.csv"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-HP_FIELDS = [f.name for f in fields(HParams)]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -542,113 +542,6 @@ class WorkItem:
         return f"final seed {self.slot} · {self.cell.label}"
 
 
-@dataclass
-class SearchStatus:
-    """One search study: the cell's (shared) or one seed's (per_seed)."""
-
-    seed: int
-    study_id: int | None
-    budget: int
-    done: int = 0
-    pruned: int = 0
-    diverged: int = 0
-    best_value: float | None = None
-    best_hparams: dict | None = None
-    trial_seconds: list[float] = field(default_factory=list)
-    can_ask: bool = False
-    failed: str = ""
-
-    @property
-    def complete(self) -> bool:
-        return self.done >= self.budget or bool(self.failed)
-
-
-@dataclass
-class CellStatus:
-    cell: Cell
-    trials_budget: int
-    searches: dict[int, SearchStatus] = field(default_factory=dict)  # search seed -> its study
-    finals_total: int = 0
-    finals: dict[int, dict] = field(default_factory=dict)  # seed -> record
-    diverged: dict[int, str] = field(default_factory=dict)  # seed -> why no final run (diverged or unsearchable)
-    failed: str = ""  # why this cell cannot produce any final run
-    run_ids: dict[int, str] = field(default_factory=dict)
-    free_finals: list[tuple[int, RunConfig]] = field(default_factory=list)
-
-    @property
-    def trials_done(self) -> int:
-        return sum(s.done for s in self.searches.values())
-
-    @property
-    def trials_pruned(self) -> int:
-        return sum(s.pruned for s in self.searches.values())
-
-    @property
-    def trials_diverged(self) -> int:
-        return sum(s.diverged for s in self.searches.values())
-
-    @property
-    def trial_seconds(self) -> list[float]:
-        return [t for s in self.searches.values() for t in s.trial_seconds]
-
-    @property
-    def search_done(self) -> bool:
-        return all(s.complete for s in self.searches.values())
-
-    @property
-    def can_ask(self) -> bool:
-        return any(s.can_ask for s in self.searches.values())
-
-    @property
-    def best_value(self) -> float | None:
-        """The best validation accuracy (mean over the seeds' searches when per seed)."""
-        vals = [s.best_value for s in self.searches.values() if s.best_value is not None]
-        return sum(vals) / len(vals) if vals else None
-
-    @property
-    def best_hparams(self) -> dict | None:
-        """The first searching seed's choice (the summary shows one; records have every seed's)."""
-        for s in self.searches.values():
-            if s.best_hparams is not None:
-                return s.best_hparams
-        return None
-
-    @property
-    def finals_done(self) -> int:
-        return len(self.finals) + len(self.diverged)
-
-    @property
-    def done(self) -> bool:
-        return bool(self.failed) or (self.search_done and self.finals_done >= self.finals_total)
-
-    @property
-    def accuracies(self) -> list[float]:
-        return [r["test_accuracy"] for r in self.finals.values()]
-
-
-@dataclass
-class GridStatus:
-    cells: list[CellStatus]
-    running: list[dict]  # live claims: worker, item, progress
-    eta_seconds: float | None = None
-
-    @property
-    def complete(self) -> bool:
-        return all(c.done for c in self.cells)
-
-    @property
-    def trials(self) -> tuple[int, int]:
-        return sum(min(c.trials_done, c.trials_budget) for c in self.cells), sum(c.trials_budget for c in self.cells)
-
-    @property
-    def runs(self) -> tuple[int, int]:
-        return sum(c.finals_done for c in self.cells), sum(c.finals_total for c in self.cells)
-
-    @property
-    def cells_done(self) -> tuple[int, int]:
-        return sum(c.done for c in self.cells), len(self.cells)
-
-
 # ---------------------------------------------------------------- the sweep
 
 
@@ -788,7 +681,7 @@ class Sweep:
         for seed s start from the linear probe that linear_probe's search chose for s, so
         they wait until that search is complete."""
         now = time.time()
-        running: list[dict] = []
+        running: list[Claim] = []
         by_cell: dict[Cell, CellStatus] = {}
         order = sorted(self.cells, key=lambda c: self.probe_cell(c) is not None)
         for cell in order:
@@ -816,7 +709,7 @@ class Sweep:
         status.eta_seconds = self._eta(status)
         return status
 
-    def _survey_search(self, ss: SearchStatus, cell: Cell, now: float, running: list[dict], ready: bool) -> None:
+    def _survey_search(self, ss: SearchStatus, cell: Cell, now: float, running: list[Claim], ready: bool) -> None:
         stale_after = self.exp.workers.stale_after_seconds
         trials = self.trials(ss.study_id)
         finished = sorted((t for t in trials if t.state in FINISHED), key=lambda t: t._trial_id)
@@ -849,7 +742,7 @@ class Sweep:
             return None
         return self.config(lp.cell, seed, ss.best_hparams, stage).hp
 
-    def _survey_finals(self, cs: CellStatus, lp: CellStatus | None, now: float, running: list[dict]) -> None:
+    def _survey_finals(self, cs: CellStatus, lp: CellStatus | None, now: float, running: list[Claim]) -> None:
         stale_after = self.exp.workers.stale_after_seconds
         trials = self.trials(self.finals_study(cs.cell))
         by_run: dict[str, list[FrozenTrial]] = {}
@@ -877,7 +770,7 @@ class Sweep:
             diverged = [t for t in claims if t.state == TrialState.FAIL and "diverged" in t.user_attrs]
             live = [t for t in claims if is_live(t, stale_after, now)]
             if done:
-                cs.finals[seed] = json.loads(done[0].user_attrs["record"])
+                cs.finals[seed] = RunRecord.from_json(done[0].user_attrs["record"])
             elif diverged:
                 cs.diverged[seed] = diverged[0].user_attrs["diverged"]
             elif live:
@@ -885,10 +778,10 @@ class Sweep:
             else:
                 cs.free_finals.append((seed, cfg))
 
-    def _running(self, t: FrozenTrial, kind: str, cell: Cell) -> dict:
+    def _running(self, t: FrozenTrial, kind: str, cell: Cell) -> Claim:
         hb = t.user_attrs.get("heartbeat") or {}
         what = f"trial {t.number + 1}" if kind == "trial" else f"final seed {t.user_attrs.get('seed')}"
-        return {"worker": t.user_attrs.get("worker", "?"), "item": f"{what} · {cell.label}", "progress": hb.get("progress", "")}
+        return Claim(t.user_attrs.get("worker", "?"), f"{what} · {cell.label}", hb.get("progress", ""))
 
     def _eta(self, status: GridStatus) -> float | None:
         """Remaining seconds from the measured times of finished trials and runs (any process's).
@@ -900,7 +793,7 @@ class Sweep:
         samples: dict[tuple, list[tuple[float, float]]] = {}
         for cs in status.cells:
             c = cs.cell
-            points = [("trial", s) for s in cs.trial_seconds] + [("final", r["wall_seconds"]) for r in cs.finals.values()]
+            points = [("trial", s) for s in cs.trial_seconds] + [("final", r.wall_seconds) for r in cs.finals.values()]
             for kind, seconds in points:
                 for key in ((c.backbone, c.method, kind), (kind,)):
                     samples.setdefault(key, []).append((c.fraction, seconds))
@@ -937,7 +830,7 @@ class Sweep:
                     if t is None:
                         return None
                     total += n * t
-        workers = max(1, len({r["worker"] for r in status.running}))
+        workers = max(1, len({r.worker for r in status.running}))
         return total / workers
 
     # ------------------------------------------------ the work loop
@@ -1067,9 +960,9 @@ class Sweep:
                     study.tell(trial, state=TrialState.PRUNED)
                 self.progress.item_end(item, f"pruned: diverged ({exc})")
                 return
-            value = rec["val_accuracy"]
+            value = rec.val_accuracy
             with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
-                trial.set_user_attr("wall_seconds", rec["wall_seconds"])
+                trial.set_user_attr("wall_seconds", rec.wall_seconds)
                 trial.set_user_attr("result_value", value)
                 self.heartbeat.detach()
                 study.tell(trial, value)
@@ -1123,24 +1016,27 @@ class Sweep:
             finally:
                 tmp.unlink(missing_ok=True)
             cell = item.cell
-            rec["experiment"] = self.exp.name
             tuned = cell.recipe == "tuned"
-            rec["study"] = self.search_name(cell, self.exp.searched_by(item.slot)) if tuned else ""
-            rec["search_mode"] = self.exp.search.mode if tuned else ""
-            rec["predictions"] = f"predictions/{run_id}.csv.gz"
-            rec["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            rec = replace(
+                rec,
+                experiment=self.exp.name,
+                study=self.search_name(cell, self.exp.searched_by(item.slot)) if tuned else "",
+                search_mode=self.exp.search.mode if tuned else "",
+                predictions=f"predictions/{run_id}.csv.gz",
+                finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            )
             from bench.train.run import write_record
 
             with signals_deferred():  # a finished run is never lost to a Ctrl-C here
                 write_record(self.out / "records" / f"{run_id}.json", rec)
                 self.heartbeat.detach()
                 try:
-                    storage.set_trial_user_attr(tid, "record", json.dumps(rec))
-                    storage.set_trial_user_attr(tid, "result_value", rec["test_accuracy"])
-                    storage.set_trial_state_values(tid, TrialState.COMPLETE, [rec["test_accuracy"]])
+                    storage.set_trial_user_attr(tid, "record", rec.to_json())
+                    storage.set_trial_user_attr(tid, "result_value", rec.test_accuracy)
+                    storage.set_trial_state_values(tid, TrialState.COMPLETE, [rec.test_accuracy])
                 except UpdateFinishedTrialError:
                     raise LostClaim("another process declared this run stale") from None
-                self.progress.item_end(item, f"test acc {rec['test_accuracy']:.4f}")
+                self.progress.item_end(item, f"test acc {rec.test_accuracy:.4f}")
                 export_runs(self)
         except LostClaim as exc:
             self.progress.log(f"{item.label}: {exc}; dropped")
@@ -1200,89 +1096,12 @@ def _gzip_into(src: Path, f: Any) -> None:
 # ---------------------------------------------------------------- the tidy table
 
 
-def runs_columns(classes: tuple[str, ...]) -> list[str]:
-    return [
-        "experiment",
-        "backbone",
-        "method",
-        "recipe",
-        "fraction",
-        "seed",
-        "run_id",
-        "resolution",
-        "pretrained",
-        "precision",
-        "device_type",
-        "test_accuracy",
-        "macro_f1",
-        *[f"acc_{c}" for c in classes],
-        "trainable_params",
-        "train_seconds",
-        "wall_seconds",
-        "images_per_second",
-        "peak_memory_mb",
-        "n_train",
-        "protocol",
-        "steps",
-        "probe_steps",
-        "min_steps",
-        "search_mode",
-        "augment",
-        "bn",
-        "hparams",
-        *[f"hp_{f}" for f in HP_FIELDS],
-        "study",
-        "predictions",
-        "git_commit",
-        "device",
-        "threads",
-        "torch_version",
-        "finished_at",
-    ]
-
-
-def record_row(rec: dict) -> dict[str, Any]:
-    prov = rec.get("provenance", {})
-    row = {k: rec.get(k) for k in ("experiment", "backbone", "method", "recipe", "fraction", "seed", "run_id", "resolution")}
-    row.update(
-        pretrained=rec["pretrained"],
-        precision=rec["precision"],
-        device_type=rec["device_type"],
-        test_accuracy=rec["test_accuracy"],
-        macro_f1=rec["macro_f1"],
-        **{f"acc_{c}": a for c, a in zip(rec["classes"], rec["per_class_accuracy"], strict=True)},
-        trainable_params=rec["trainable_params"],
-        train_seconds=rec["train_seconds"],
-        wall_seconds=rec["wall_seconds"],
-        images_per_second=rec["images_per_second"],
-        peak_memory_mb=rec["peak_memory_mb"],
-        n_train=rec["n_train"],
-        protocol=rec["protocol"],
-        steps=rec["steps"],
-        probe_steps=rec["probe_steps"],
-        min_steps=rec["min_steps"],
-        search_mode=rec.get("search_mode", ""),
-        augment=rec["augment"],
-        bn=rec["bn"],
-        hparams=json.dumps(rec["hparams"], sort_keys=True),
-        **{f"hp_{f}": rec["hparams"].get(f) for f in HP_FIELDS},
-        study=rec.get("study", ""),
-        predictions=rec.get("predictions", ""),
-        git_commit=prov.get("git_commit", ""),
-        device=prov.get("device", ""),
-        threads=prov.get("threads", ""),
-        torch_version=(prov.get("versions") or {}).get("torch", ""),
-        finished_at=rec.get("finished_at", ""),
-    )
-    return row
-
-
-def collect_rows(sweep: Sweep, status: GridStatus | None = None) -> list[dict]:
+def collect_rows(sweep: Sweep, status: GridStatus | None = None) -> list[RunsRow]:
     status = status or sweep.survey()
     rows = []
     for cs in status.cells:
         for seed in sorted(cs.finals):
-            rows.append(record_row(cs.finals[seed]))
+            rows.append(RunsRow.from_record(cs.finals[seed]))
     return rows
 
 
@@ -1305,12 +1124,12 @@ def export_runs(sweep: Sweep) -> Path:
                 w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
                 w.writeheader()
                 for r in rows:
-                    w.writerow({k: _csv_value(v) for k, v in r.items()})
+                    w.writerow(r.csv_dict())
 
             atomic_write(path, write, mode="w")
             for cs in status.cells:
                 for rec in cs.finals.values():
-                    p = out / "records" / f"{rec['run_id']}.json"
+                    p = out / "records" / f"{rec.run_id}.json"
                     if not p.exists():
                         from bench.train.run import write_record
 
@@ -1320,15 +1139,7 @@ def export_runs(sweep: Sweep) -> Path:
     return path
 
 
-def _csv_value(v: Any) -> Any:
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ""
-    if isinstance(v, bool):
-        return str(v).lower()
-    return v
-
-
-def summary_rows(status: GridStatus) -> list[dict]:
+def summary_rows(status: GridStatus) -> list[CellSummary]:
     """One row per cell: what the terminal summary and the live table show."""
     out = []
     for cs in status.cells:
@@ -1337,18 +1148,18 @@ def summary_rows(status: GridStatus) -> list[dict]:
         mean = sum(accs) / n if n else None
         std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (n - 1)) if n > 1 else (0.0 if n == 1 else None)
         out.append(
-            {
-                "cell": cs.cell,
-                "n": n,
-                "mean": mean,
-                "std": std,
-                "best_val": cs.best_value,
-                "trials": f"{min(cs.trials_done, cs.trials_budget)}/{cs.trials_budget}" if cs.trials_budget else "-",
-                "pruned": cs.trials_pruned,
-                "diverged": cs.trials_diverged + len(cs.diverged),
-                "failed": cs.failed,
-                "hparams": cs.best_hparams,
-            }
+            CellSummary(
+                cell=cs.cell,
+                n=n,
+                mean=mean,
+                std=std,
+                best_val=cs.best_value,
+                trials=f"{min(cs.trials_done, cs.trials_budget)}/{cs.trials_budget}" if cs.trials_budget else "-",
+                pruned=cs.trials_pruned,
+                diverged=cs.trials_diverged + len(cs.diverged),
+                failed=cs.failed,
+                hparams=cs.best_hparams,
+            )
         )
     return out
 

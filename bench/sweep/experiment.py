@@ -32,6 +32,7 @@ from typing import Any
 import tomllib
 
 from bench.budget import PROTOCOL
+from bench.records import Cell
 from bench.registry import UserError, did_you_mean
 from bench.registry import check_writable as registry_check_writable
 
@@ -75,29 +76,6 @@ class Workers:
 
     heartbeat_seconds: float = 30.0
     stale_after_seconds: float = 180.0  # a RUNNING claim older than this without a heartbeat is free again
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One (backbone, method, recipe, fraction): one Optuna study, then one final run per seed."""
-
-    backbone: str
-    method: str
-    recipe: str
-    fraction: float
-
-    def study_name(self, experiment: str, seed: int | None = None) -> str:
-        """The search study: one per cell (shared search, the v1 name), or one per seed (per_seed)."""
-        base = f"{experiment}/{self.backbone}/{self.method}/{self.recipe}/{self.fraction:g}"
-        return base if seed is None else f"{base}/seed{seed}"
-
-    def finals_name(self, experiment: str) -> str:
-        # Not under "{experiment}/", so tools listing the search studies by prefix never see it.
-        return f"{experiment}:final/{self.backbone}/{self.method}/{self.recipe}/{self.fraction:g}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.backbone} · {self.method} · {self.recipe} · {self.fraction:g}"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from bench.data import Cifar10, check_fraction, cv_folds, label_split, labelled_
 from bench.models.backbones import build_backbone, get_backbone
 from bench.models.methods import METHODS, SEED_NORMALISATION, SEED_RECIPE, HParams, build_net
 from bench.provenance import peak_memory_mb, provenance, resolve_device
+from bench.records import Provenance, RunRecord
 from bench.registry import UserError
 from bench.train.engine import FitResult, classification_metrics, default_probe, fit, predict
 
@@ -184,8 +185,8 @@ def execute(
     save_predictions: Path | None = None,
     save_model: Path | None = None,
     compile: bool | str = False,
-) -> dict:
-    """Train and evaluate one run; return its record (a plain dict, JSON-ready).
+) -> RunRecord:
+    """Train and evaluate one run; return its record.
 
     `compile` (torch.compile for the end-to-end phase) changes speed, not the result, so
     it is not part of the RunConfig or its run id.
@@ -250,33 +251,34 @@ def execute(
     train_seconds = sum(r.train_seconds for r in results)
     feature_seconds = sum(r.feature_seconds for r in results)
     images = sum(r.images_seen for r in results)
-    record: dict[str, Any] = {
-        "run_id": cfg.run_id,
-        "config": cfg.to_dict(),
-        **{k: v for k, v in cfg.to_dict().items() if k not in ("hp", "probe")},
-        "hparams": asdict(cfg.hp),
-        "probe_hparams": None if cfg.probe is None else asdict(cfg.probe),
+    config = cfg.to_dict()
+    record = RunRecord(
+        run_id=cfg.run_id,
+        config=config,
+        **{k: v for k, v in config.items() if k not in ("hp", "probe")},
+        hparams=asdict(cfg.hp),
+        probe_hparams=None if cfg.probe is None else asdict(cfg.probe),
         **metrics,
-        "classes": list(data.classes),
-        "n_train": len(folds[0][0]),
-        "n_eval": len(ey),
-        "steps": result.steps,
-        "probe_steps": result.probe_steps,
-        "min_steps": MIN_STEPS,
-        "augment": result.augmented,
-        "bn": cfg.hp.bn if spec.trains_backbone else "frozen",
-        "probe_cache_hit": any(r.probe_cache_hit for r in results),
-        "trainable_params": trainable_parameters(net, cfg),
-        "train_seconds": train_seconds,
-        "feature_seconds": feature_seconds,
-        "eval_seconds": t_eval,
-        "eval_images_per_second": k * len(ey) / t_eval if t_eval > 0 else 0.0,
-        "wall_seconds": time.perf_counter() - wall0,
-        "images_per_second": images / (train_seconds + feature_seconds) if train_seconds + feature_seconds > 0 else 0.0,
-        "peak_memory_mb": peak_memory_mb(device),
-        "history": history,
-        "provenance": provenance(device),
-    }
+        classes=list(data.classes),
+        n_train=len(folds[0][0]),
+        n_eval=len(ey),
+        steps=result.steps,
+        probe_steps=result.probe_steps,
+        min_steps=MIN_STEPS,
+        augment=result.augmented,
+        bn=cfg.hp.bn if spec.trains_backbone else "frozen",
+        probe_cache_hit=any(r.probe_cache_hit for r in results),
+        trainable_params=trainable_parameters(net, cfg),
+        train_seconds=train_seconds,
+        feature_seconds=feature_seconds,
+        eval_seconds=t_eval,
+        eval_images_per_second=k * len(ey) / t_eval if t_eval > 0 else 0.0,
+        wall_seconds=time.perf_counter() - wall0,
+        images_per_second=images / (train_seconds + feature_seconds) if train_seconds + feature_seconds > 0 else 0.0,
+        peak_memory_mb=peak_memory_mb(device),
+        history=history,
+        provenance=Provenance(**provenance(device)),
+    )
     if save_predictions is not None:
         write_predictions(save_predictions, probs, ey, data.classes)
     if save_model is not None:
@@ -332,8 +334,8 @@ def write_predictions(path: Path, probs: torch.Tensor, labels: torch.Tensor, cla
     atomic_write(path, write, mode="w")
 
 
-def write_record(path: Path, record: dict) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(record, indent=2)), mode="w")
+def write_record(path: Path, record: RunRecord) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(record.to_dict(), indent=2)), mode="w")
 
 
 def default_device(name: str = "auto") -> torch.device:
