@@ -249,3 +249,58 @@ def test_the_script_itself_reports_bad_input_in_one_line(tmp_path: Path) -> None
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "unknown method 'sftt'" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- one CLI, one error contract
+
+
+def _help(command: str) -> str:
+    result = runner.invoke(cli.app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize(
+    "command,int_options", [("run", ["--seed", "--steps"]), ("sweep", ["--trials", "--seeds"]), ("perf", ["--batch-size"])]
+)
+def test_help_shows_real_types_and_the_backbones(command: str, int_options: list[str]) -> None:
+    """Integer options are declared as integers (Typer shows `<int ...>`, never `<str>`), flags take no
+    value, and the backbones' registry keys are listed, so `--help` alone tells a user what to type."""
+    from bench.models.backbones import BACKBONES
+
+    text = _help(command)
+    lines = {ln.split()[1]: ln for ln in text.splitlines() if len(ln.split()) > 1 and ln.split()[1].startswith("--")}
+    for option in int_options:
+        assert "<int" in lines[option] and "<str>" not in lines[option], lines[option]
+    assert all(name in text for name in BACKBONES.names()), text
+    assert "<bool>" not in text
+
+
+BAD_USAGE = {
+    "run seed not an integer": (["run", "--seed", "abc"], "--seed must be an integer, got 'abc'"),
+    "sweep trials not an integer": (["sweep", "--trials", "abc"], "--trials must be an integer, got 'abc'"),
+    "sweep trials below min": (["sweep", "--trials", "0"], "--trials must be positive, got 0"),
+    "unknown option": (["run", "--epochs", "3"], "No such option: --epochs"),
+    "unknown command": (["runn"], "No such command 'runn'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_USAGE)
+def test_usage_errors_are_one_line_exit_2(case: str) -> None:
+    """Typer's own parse errors follow the suite's contract too: one line `error: ...` on stderr, exit 2,
+    no traceback and no Rich box (a box is many lines a log or a script cannot read)."""
+    args, message = BAD_USAGE[case]
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output and "╭" not in result.output
+
+
+def test_python_dash_m_bench_is_the_same_cli() -> None:
+    """`python -m bench` (how --parallel starts its workers) answers like `python cli.py`."""
+    proc = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "sweep" in proc.stdout and "perf" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "bench", "sweep", "--trials", "0"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --trials must be positive, got 0", bad.stderr

@@ -230,7 +230,7 @@ def test_compile_path_matches_eager(data: object) -> None:
 def test_execute_passes_compile_and_keeps_the_run_id(data: object) -> None:
     cfg = make_config("tiny", "linear_probe", 0.5, 0, overrides={"steps": 2}, device=CPU, data=data)
     rec = execute(cfg, data, CPU, compile="eager")
-    assert rec["run_id"] == cfg.run_id and "compile" not in json.dumps(rec["config"])
+    assert rec.run_id == cfg.run_id and "compile" not in json.dumps(rec.config)
     torch._dynamo.reset()
 
 

@@ -127,7 +127,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def test_grid_expands_cross_product_include_exclude_and_flags(tmp_path: Path) -> None:
-    from bench.cli_sweep import load
+    from bench.cli.sweep import load
 
     text = """
 backbones = ["tiny", "efficientnet_lite0"]
@@ -370,7 +370,7 @@ def test_search_never_reads_test_labels(finished) -> None:  # noqa: ANN001
         assert cs.trials_done == 2 * 3 and set(cs.searches) == {0, 1}
         for seed, rec_ in cs.finals.items():
             best = cs.searches[seed].best_hparams
-            assert best is not None and all(rec_["hparams"][k] == v for k, v in best.items())
+            assert best is not None and all(rec_.hparams[k] == v for k, v in best.items())
 
 
 def test_sft_starts_from_the_linear_probe_its_seed_chose_and_waits_for_it(finished) -> None:  # noqa: ANN001
@@ -384,9 +384,9 @@ def test_sft_starts_from_the_linear_probe_its_seed_chose_and_waits_for_it(finish
         lp, sft = cells["linear_probe", f], cells["sft", f]
         for seed in exp.seeds:
             lp_final = lp.finals[seed]
-            assert sft.finals[seed]["probe_hparams"] == lp_final["hparams"]
-            assert sft.finals[seed]["probe_steps"] == lp_final["steps"] == 3
-            assert HParams(**lp_final["hparams"]).update(**lp.searches[seed].best_hparams) == HParams(**lp_final["hparams"])
+            assert sft.finals[seed].probe_hparams == lp_final.hparams
+            assert sft.finals[seed].probe_steps == lp_final.steps == 3
+            assert HParams(**lp_final.hparams).update(**lp.searches[seed].best_hparams) == HParams(**lp_final.hparams)
             order = [(i["kind"], i["cell"].method, i["cell"].fraction, i.get("seed")) for i in rec.items]
             lp_last = max(
                 k for k, i in enumerate(rec.items) if i["cell"] == lp.cell and i["kind"] == "trial" and i["seed"] == seed
@@ -757,3 +757,49 @@ def test_claims_liveness_and_recovery(tmp_path: Path) -> None:
     hb.attach(far_stale)
     hb.beat()
     assert hb.lost
+
+
+def test_a_freed_claim_gives_its_slot_back_instead_of_shifting_the_later_ones() -> None:
+    """Slots are taken, not ranked: a live claim (here another host's) counted when a later trial
+    took its slot, then freed, must leave its own slot free for the next claim. With rank-as-slot
+    the next claim drew slot 2 a second time and slot 1 never (CI: 3 workers on PostgreSQL, the
+    killed one a zombie until reaped, chose other hyperparameters than a one-worker run)."""
+    import datetime as dt
+
+    from optuna.trial import FrozenTrial
+
+    from bench.sweep import take_slot
+
+    now = time.time()
+
+    def trial(tid: int, state: TrialState, slot: int | None = None, owner: str = "far-node|boot|1|1") -> FrozenTrial:
+        attrs = {"owner": owner, "heartbeat": {"time": now, "progress": ""}}
+        if slot is not None:
+            attrs["slot"] = slot
+        return FrozenTrial(
+            number=tid,
+            state=state,
+            value=0.5 if state == TrialState.COMPLETE else None,
+            datetime_start=dt.datetime.now(),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs=attrs,
+            system_attrs={},
+            intermediate_values={},
+            trial_id=tid,
+        )
+
+    done0 = trial(0, TrialState.COMPLETE, 0)
+    far = trial(1, TrialState.RUNNING)  # another host's claim, live, its slot not yet recorded
+    mine = trial(2, TrialState.RUNNING)
+    assert take_slot([done0, far, mine], 2, 3, 180, now) == 2
+    assert take_slot([done0, far, mine], 1, 3, 180, now) == 1  # the far claim, asking at the same time, agrees
+    # The far claim dies and is freed; mine finished with slot 2. The next claim takes slot 1.
+    freed, mine = trial(1, TrialState.FAIL), trial(2, TrialState.COMPLETE, 2)
+    nxt = trial(3, TrialState.RUNNING)
+    assert take_slot([done0, freed, mine, nxt], 3, 3, 180, now) == 1
+    # A stale claim counts for nothing; a full budget gives None.
+    stale = trial(4, TrialState.RUNNING)
+    assert take_slot([done0, freed, mine, trial(3, TrialState.COMPLETE, 1), stale], 4, 3, 180, now) is None
+    assert take_slot([done0, mine, stale], 4, 3, 180, now + 1000) is None  # itself stale: not counted

@@ -1,4 +1,4 @@
-"""CLI commands `report` and `compare` (registered on cli.app); the work is in bench/report/.
+"""`report` and `compare`: tables, statistics and plots of finished sweeps (the work is in bench/report/).
 
 python cli.py report --results-dir results --experiment quick
 python cli.py compare results/quick results_gpu/quick --output quick-cpu-vs-gpu.md
@@ -14,16 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bench.cli.errors import fail
 from bench.registry import UserError
 
-console = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    """One line, no traceback, exit code 2 (the contract for bad input; same as cli.fail)."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+console = Console()  # no file of its own: it writes to whatever sys.stdout is at print time (CliRunner's too)
 
 
 def report(
@@ -50,7 +44,7 @@ def report(
         exp_dir = find_experiment_dir(results_dir, experiment)
         res = write_report(exp_dir, test=test, alpha=alpha, storage=storage)
     except UserError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     wtl = res.win_tie_loss
     if len(wtl):
         t = Table(title="against each baseline (significant after Holm)")
@@ -91,11 +85,11 @@ def compare(
         if out.exists() and out.is_dir():
             raise UserError(f"--output {out} is a folder; give a file name")
     except UserError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:  # the file first: a reader piping the table into `head` still gets it
         atomic_write_text(out, res.markdown())
     except OSError as exc:
-        _fail(f"cannot write {out}: {exc.strerror or exc}")
+        fail(f"cannot write {out}: {exc.strerror or exc}")
     t = Table(title=f"A = {res.label_a}   B = {res.label_b}")
     for col in res.HEAD:
         t.add_column(col, justify="left" if col in ("backbone", "method", "recipe", "test") else "right", no_wrap=True)
@@ -106,8 +100,3 @@ def compare(
     for note in res.notes():
         console.print(note, highlight=False, soft_wrap=True, markup=False)
     console.print(f"markdown: {out}", highlight=False, markup=False)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("report")(report)
-    app.command("compare")(compare)

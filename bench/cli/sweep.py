@@ -21,21 +21,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
-from rich.live import Live
+from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.progress import Progress as Bar
-from rich.table import Table
-from rich.text import Text
 
 from bench.budget import MIN_STEPS
+from bench.cli.display import PlainDisplay, RichDisplay, summary_table
+from bench.cli.errors import fail, warning_line
 from bench.registry import UserError
-
-
-def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def runtime_failure(exc: BaseException) -> str | None:
@@ -69,7 +61,8 @@ def runtime_failure(exc: BaseException) -> str | None:
     return None
 
 
-def _count(value: str | None, flag: str, minimum: int = 1) -> int | None:
+def _count(value: int | str | None, flag: str, minimum: int = 1) -> int | None:
+    """An integer flag given as text by a caller of `load` (the CLI passes ints, Typer checked them)."""
     if value is None:
         return None
     try:
@@ -79,193 +72,6 @@ def _count(value: str | None, flag: str, minimum: int = 1) -> int | None:
     if n < minimum:
         raise UserError(f"{flag} must be {'positive' if minimum == 1 else f'at least {minimum}'}, got {n}")
     return n
-
-
-def _hms(seconds: float | None) -> str:
-    if seconds is None:
-        return "measuring…"
-    seconds = int(seconds)
-    d, rest = divmod(seconds, 86400)
-    h, rest = divmod(rest, 3600)
-    m, s = divmod(rest, 60)
-    return (f"{d}d " if d else "") + f"{h}:{m:02d}:{s:02d}"
-
-
-# ---------------------------------------------------------------- displays
-
-
-def _status_line(name: str, status: Any, started: float) -> str:
-    from bench.sweep import GridStatus
-
-    assert isinstance(status, GridStatus)
-    cd, ct = status.cells_done
-    td, tt = status.trials
-    rd, rt = status.runs
-    return (
-        f"{name}: cells {cd}/{ct} · search trials {td}/{tt} · final runs {rd}/{rt} · "
-        f"elapsed {_hms(time.time() - started)} · ETA {_hms(status.eta_seconds) if not status.complete else '0:00:00'}"
-    )
-
-
-def summary_table(status: Any, title: str, limit: int | None = None) -> Table:
-    from bench.sweep import hparams_brief, summary_rows
-
-    table = Table(title=title, title_justify="left")
-    for col, just in (
-        ("backbone", "left"),
-        ("method", "left"),
-        ("recipe", "left"),
-        ("fraction", "right"),
-        ("n", "right"),
-        ("test acc % (mean ± sd)", "right"),
-        ("best val", "right"),
-        ("trials", "right"),
-        ("pruned/diverged", "right"),
-        ("hyperparameters", "left"),
-    ):
-        table.add_column(col, justify=just, overflow="fold")
-    rows = summary_rows(status)
-    if limit is not None and len(rows) > limit:
-        rows = sorted(rows, key=lambda r: (r["mean"] is None, -(r["mean"] or 0)))[:limit]
-    best: dict[tuple, float] = {}
-    for r in rows:
-        key = (r["cell"].backbone, r["cell"].fraction)
-        if r["mean"] is not None:
-            best[key] = max(best.get(key, -1.0), r["mean"])
-    for r in rows:
-        c = r["cell"]
-        acc = "" if r["mean"] is None else f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"
-        if r["mean"] is not None and r["mean"] == best.get((c.backbone, c.fraction)):
-            acc = f"[bold]{acc}[/]"
-        table.add_row(
-            c.backbone,
-            c.method,
-            c.recipe,
-            f"{c.fraction:g}",
-            str(r["n"]),
-            acc if not r["failed"] else f"[red]{escape(r['failed'])}[/]",
-            "" if r["best_val"] is None else f"{100 * r['best_val']:.2f}",
-            r["trials"],
-            f"{r['pruned']} / {r['diverged']}",
-            hparams_brief(r["hparams"]),
-        )
-    return table
-
-
-class RichDisplay:
-    """The live view: the grid's progress and ETA, the current trial or run with its epoch bar,
-    and the best results so far."""
-
-    def __init__(self, console: Console, name: str) -> None:
-        self.console, self.name = console, name
-        self.started = time.time()
-        self.status_obj: Any = None
-        self.item: Any = None
-        self.item_started = 0.0
-        self.bar = Bar(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self.task: Any = None
-        self.phase = ""
-        self.live = Live(self, console=console, refresh_per_second=4, transient=False)
-
-    def __enter__(self) -> RichDisplay:
-        self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.live.__exit__(*exc)
-
-    def __rich__(self) -> Group:
-        parts: list[Any] = []
-        if self.status_obj is not None:
-            parts.append(Text(_status_line(self.name, self.status_obj, self.started), style="bold"))
-            for r in self.status_obj.running[:8]:
-                parts.append(Text(f"  {r['worker']}: {r['item']} {r['progress']}", style="dim"))
-        if self.item is not None:
-            parts.append(Text(f"▶ {self.item.label}", style="cyan"))
-            parts.append(self.bar)
-        if self.status_obj is not None:
-            parts.append(summary_table(self.status_obj, "best results so far", limit=12))
-        return Group(*parts)
-
-    def status(self, status: Any) -> None:
-        self.status_obj = status
-
-    def item_start(self, item: Any) -> None:
-        self.item, self.item_started, self.phase = item, time.time(), ""
-        if self.task is not None:
-            self.bar.remove_task(self.task)
-            self.task = None
-
-    def epoch(self, row: dict) -> None:
-        if row["phase"] != self.phase or self.task is None:
-            if self.task is not None:
-                self.bar.remove_task(self.task)
-            self.phase = row["phase"]
-            self.task = self.bar.add_task(row["phase"], total=row["steps"], info="")
-        info = f"loss {row['loss']:.3f}  train acc {row['train_accuracy']:.3f}"
-        if "val_accuracy" in row:
-            info += f"  val acc {row['val_accuracy']:.3f}"
-        self.bar.update(self.task, completed=row["step"], info=info)
-
-    def item_end(self, item: Any, outcome: str) -> None:
-        self.console.print(
-            f"{time.strftime('%H:%M:%S')} {item.label}: {outcome} ({time.time() - self.item_started:.1f} s)",
-            highlight=False,
-            markup=False,
-        )
-        self.item = None
-
-    def log(self, message: str) -> None:
-        self.console.print(message, highlight=False, markup=False, soft_wrap=True)
-
-
-class PlainDisplay:
-    """`--quiet`: plain, timestamped log lines (for log files and schedulers)."""
-
-    def __init__(self, console: Console, name: str) -> None:
-        self.console, self.name = console, name
-        self.started = time.time()
-        self.last = ""
-        self.item_started = 0.0
-
-    def __enter__(self) -> PlainDisplay:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-    def _print(self, msg: str) -> None:
-        self.console.print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}", highlight=False, markup=False, soft_wrap=True)
-
-    def status(self, status: Any) -> None:
-        line = _status_line(self.name, status, self.started)
-        key = line.split(" · elapsed")[0]
-        if key != self.last:
-            self.last = key
-            self._print(line)
-
-    def item_start(self, item: Any) -> None:
-        self.item_started = time.time()
-        self._print(f"start {item.label}")
-
-    def epoch(self, row: dict) -> None:
-        info = f"  {row['phase']} {row['step']}/{row['steps']} loss {row['loss']:.4f} train acc {row['train_accuracy']:.4f}"
-        if "val_accuracy" in row:
-            info += f" val acc {row['val_accuracy']:.4f}"
-        self._print(info)
-
-    def item_end(self, item: Any, outcome: str) -> None:
-        self._print(f"done  {item.label}: {outcome} ({time.time() - self.item_started:.1f} s)")
-
-    def log(self, message: str) -> None:
-        self._print(message)
 
 
 # ---------------------------------------------------------------- the command
@@ -280,12 +86,12 @@ def load(
     backbones: str | None = None,
     methods: str | None = None,
     recipes: str | None = None,
-    seeds: str | None = None,
-    trials: str | None = None,
-    steps: str | None = None,
+    seeds: int | str | None = None,
+    trials: int | str | None = None,
+    steps: int | str | None = None,
     search: str | None = None,
-    cv_folds: str | None = None,
-    resolution: str | None = None,
+    cv_folds: int | str | None = None,
+    resolution: int | str | None = None,
     device: str | None = None,
     precision: str | None = None,
     compile_: bool | None = None,
@@ -443,16 +249,89 @@ def write_report(out: Path, console: Console) -> None:
         )
 
 
-def register(app: typer.Typer) -> None:
-    app.command("sweep")(sweep)
-
-
 class _Stop(KeyboardInterrupt):
     """SIGTERM (a scheduler stopping us): stop like Ctrl-C."""
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    """A scheduler's SIGTERM takes the Ctrl-C path: the claim is given back, the same command resumes."""
     raise _Stop()
+
+
+def _console() -> Console:
+    """stdout; a log file (not a terminal, no COLUMNS) gets 160 columns so the tables' rows stay on one line."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)
+    return console
+
+
+def _announce(exp: Any, dev: Any, warnings: list[str], console: Console) -> None:
+    """Before any work: the warnings, then the grid's size in one line (and a smoke test called one)."""
+    for w in warnings:
+        warning_line(w)
+    cells = exp.cells()
+    n_trials = sum(exp.trials * len(exp.search_seeds) for c in cells if c.recipe == "tuned")
+    n_runs = len(cells) * len(exp.seeds)
+    mode = "a search per seed" if exp.search.mode == "per_seed" else "one shared search per cell (seed 0's)"
+    console.print(
+        f"experiment [bold]{escape(exp.name)}[/]: {len(cells)} cells ({len(exp.backbones)} backbone(s) × methods × recipes × "
+        f"{len(exp.fractions)} fraction(s)), {n_trials} search trials ({mode}), {n_runs} final runs "
+        f"({len(exp.seeds)} seeds) on {dev}, results in {escape(str(exp.out_dir))}",
+        highlight=False,
+    )
+    if exp.steps is not None and exp.steps < MIN_STEPS:
+        warning_line(
+            f"steps = {exp.steps} is below the protocol's minimum of {MIN_STEPS}: a smoke test, and the report will say so"
+        )
+
+
+def _set_threads(threads: int | None, dev: Any, parallel: int) -> int | None:
+    """torch's CPU threads in this process: --threads, or the cores shared out among CPU workers
+    (K workers with a thread per core each would fight over the same cores). Returns the count set."""
+    if threads is None and dev.type == "cpu" and parallel > 1:
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return threads
+
+
+def _execute(exp: Any, data: Any, dev: Any, *, parallel: int, threads: int | None, quiet: bool, worker: bool) -> tuple[Any, int]:
+    """Write config.toml (the workers and a resumed sweep read it), then train here or in K workers.
+    SIGTERM stops like Ctrl-C. A fault of the machine (full disk, lost database) is one line, exit 1."""
+    from bench.sweep.experiment import to_toml
+    from bench.train.run import atomic_write
+
+    console = _console()
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        if not worker:
+            exp.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(exp.out_dir / "config.toml", lambda f: f.write(to_toml(exp)), mode="w")
+        if parallel > 1 and not worker:
+            return _run_parallel(exp, data, dev, parallel, threads, quiet, console)
+        return _run_here(exp, data, dev, quiet or worker, console)
+    except UserError as exc:  # e.g. a journal damaged by another program while we ran
+        fail(str(exc))
+    except Exception as exc:
+        message = runtime_failure(exc)
+        if message is None:
+            raise
+        fail(message, code=1)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _finish(exp: Any, status: Any, code: int, report: bool) -> None:
+    """The summary table and where the runs are; the report only after a complete sweep."""
+    console = _console()
+    console.print(summary_table(status, f"{exp.name}: test accuracy (%) over seeds, per cell"))
+    out = exp.out_dir
+    console.print(f"runs: {out / 'runs.csv'} ({status.runs[0]} of {status.runs[1]} final runs)", highlight=False, markup=False)
+    if code == 0 and report:
+        write_report(out, console)
 
 
 def sweep(
@@ -460,20 +339,24 @@ def sweep(
     experiment: Annotated[str | None, typer.Option("--experiment", help="NAME: experiments/NAME.toml.")] = None,
     name: Annotated[str | None, typer.Option(help="Experiment name (default: the file's `name`, or its stem).")] = None,
     fractions: Annotated[str | None, typer.Option(help="Label fractions, e.g. 0.01,0.1,1.0.")] = None,
-    backbones: Annotated[str | None, typer.Option(help="Comma-separated backbone names.")] = None,
-    methods: Annotated[str | None, typer.Option(help="Comma-separated method names (sft-mlp, sft-side for branches).")] = None,
+    backbones: Annotated[str | None, typer.Option(help="Comma-separated, of: {backbones}.")] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated, of: {methods}.")] = None,
     recipes: Annotated[str | None, typer.Option(help="tuned and/or seed.")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Number of seeds (0..N-1).")] = None,
-    trials: Annotated[str | None, typer.Option(help="Optuna trials per tuned cell.")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Number of seeds (0..N-1).")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials per tuned cell.")] = None,
     steps: Annotated[
-        str | None,
-        typer.Option(help="A fixed step budget for every cell (default: the protocol's rule, >= 500; less: a smoke test)."),
+        int | None,
+        typer.Option(
+            min=1, help="A fixed step budget for every cell (default: the protocol's rule, >= 500; less: a smoke test)."
+        ),
     ] = None,
     search: Annotated[
         str | None, typer.Option("--search", help="per_seed (each seed searches its own subset) or shared (seed 0's).")
     ] = None,
-    cv_folds: Annotated[str | None, typer.Option("--cv-folds", help="k-fold cross-validated trial scores (k >= 2).")] = None,
-    resolution: Annotated[str | None, typer.Option(help="Input pixels for every backbone.")] = None,
+    cv_folds: Annotated[
+        int | None, typer.Option("--cv-folds", min=1, help="k-fold cross-validated trial scores (k >= 2).")
+    ] = None,
+    resolution: Annotated[int | None, typer.Option(min=1, help="Input pixels for every backbone.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N].")] = None,
     precision: Annotated[str | None, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = None,
     compile_: Annotated[
@@ -484,9 +367,9 @@ def sweep(
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage: SQLAlchemy URL or journal file (default RESULTS_DIR/NAME/optuna.journal).")
     ] = None,
-    parallel: Annotated[str, typer.Option(help="Worker processes sharing the device.")] = "1",
+    parallel: Annotated[int, typer.Option(min=1, help="Worker processes sharing the device.")] = 1,
     threads: Annotated[
-        str | None, typer.Option(help="torch CPU threads per worker (default: all, divided by --parallel).")
+        int | None, typer.Option(min=1, help="torch CPU threads per worker (default: all, divided by --parallel).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of the live view.")] = False,
     dry_run: Annotated[
@@ -497,100 +380,28 @@ def sweep(
     worker: Annotated[bool, typer.Option("--worker", hidden=True, help="Internal: a child of --parallel.")] = False,
 ) -> None:
     """Run an experiment grid: validate it, search every cell on validation data, retrain per seed, test once."""
-    from bench.sweep.experiment import to_toml
-    from bench.train.run import atomic_write
-
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=160)  # log files: keep the tables' rows on one line
+    flags = dict(name=name, fractions=fractions, backbones=backbones, methods=methods, recipes=recipes, seeds=seeds)
+    flags |= dict(trials=trials, steps=steps, search=search, cv_folds=cv_folds, resolution=resolution, device=device)
+    flags |= dict(precision=precision, compile_=compile_, data_dir=data_dir, results_dir=results_dir, storage=storage)
     try:
-        n_parallel = _count(parallel, "--parallel")
-        n_threads = _count(threads, "--threads")
-        exp = load(
-            config,
-            experiment,
-            name=name,
-            fractions=fractions,
-            backbones=backbones,
-            methods=methods,
-            recipes=recipes,
-            seeds=seeds,
-            trials=trials,
-            steps=steps,
-            search=search,
-            cv_folds=cv_folds,
-            resolution=resolution,
-            device=device,
-            precision=precision,
-            compile_=compile_,
-            data_dir=data_dir,
-            results_dir=results_dir,
-            storage=storage,
-        )
-        data, dev, warnings = validate(exp, download=download, parallel=n_parallel or 1)
+        exp = load(config, experiment, **flags)
+        data, dev, warnings = validate(exp, download=download, parallel=parallel)
     except UserError as exc:
-        _fail(str(exc))
-    assert n_parallel is not None
-    cells = exp.cells()
-    n_trials = sum(exp.trials * len(exp.search_seeds) for c in cells if c.recipe == "tuned")
-    n_runs = len(cells) * len(exp.seeds)
+        fail(str(exc))
     if not worker:
-        for w in warnings:
-            Console(stderr=True).print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
-        mode = "a search per seed" if exp.search.mode == "per_seed" else "one shared search per cell (seed 0's)"
-        console.print(
-            f"experiment [bold]{escape(exp.name)}[/]: {len(cells)} cells ({len(exp.backbones)} backbone(s) × methods × recipes × "
-            f"{len(exp.fractions)} fraction(s)), {n_trials} search trials ({mode}), {n_runs} final runs "
-            f"({len(exp.seeds)} seeds) on {dev}, results in {escape(str(exp.out_dir))}",
-            highlight=False,
-        )
-        if exp.steps is not None and exp.steps < MIN_STEPS:
-            Console(stderr=True).print(
-                f"[yellow]warning:[/] steps = {exp.steps} is below the protocol's minimum of {MIN_STEPS}: "
-                "a smoke test, and the report will say so",
-                highlight=False,
-                soft_wrap=True,
-            )
+        _announce(exp, dev, warnings, _console())
     if dry_run:
-        _dry_run(exp, data, dev, console)
+        _dry_run(exp, data, dev, _console())
         return
-
-    if n_threads is None and dev.type == "cpu" and n_parallel > 1:
-        n_threads = max(1, (os.cpu_count() or 1) // n_parallel)
-    if n_threads is not None:
-        import torch
-
-        torch.set_num_threads(n_threads)
-    out = exp.out_dir
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        if not worker:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write(out / "config.toml", lambda f: f.write(to_toml(exp)), mode="w")
-        if n_parallel > 1 and not worker:
-            status, code = _run_parallel(exp, data, dev, n_parallel, n_threads, quiet, console)
-        else:
-            status, code = _run_here(exp, data, dev, quiet or worker, console)
-    except UserError as exc:  # e.g. a journal damaged by another program while we ran
-        _fail(str(exc))
-    except Exception as exc:
-        message = runtime_failure(exc)
-        if message is None:
-            raise
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-    if worker:
-        raise typer.Exit(code)
-    console.print(summary_table(status, f"{exp.name}: test accuracy (%) over seeds, per cell"))
-    console.print(f"runs: {out / 'runs.csv'} ({status.runs[0]} of {status.runs[1]} final runs)", highlight=False, markup=False)
-    if code == 0 and report:
-        write_report(out, console)
+    n_threads = _set_threads(threads, dev, parallel)
+    status, code = _execute(exp, data, dev, parallel=parallel, threads=n_threads, quiet=quiet, worker=worker)
+    if not worker:
+        _finish(exp, status, code, report)
     raise typer.Exit(code)
 
 
 def _run_here(exp: Any, data: Any, dev: Any, quiet: bool, console: Console) -> tuple[Any, int]:
+    """One worker, this process. Exit code: 0 complete, 1 incomplete, 130/143 interrupted (work kept)."""
     from bench.sweep import Sweep, export_runs
 
     display = PlainDisplay(console, exp.name) if quiet else RichDisplay(console, exp.name)
@@ -627,11 +438,13 @@ def _run_parallel(exp: Any, data: Any, dev: Any, k: int, threads: int | None, qu
     out = exp.out_dir
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    cli_path = Path(__file__).resolve().parent.parent / "cli.py"
-    cmd = [sys.executable, str(cli_path), "sweep", "--config", str(out / "config.toml"), "--worker", "--no-report"]
+    cmd = [sys.executable, "-m", "bench", "sweep", "--config", str(out / "config.toml"), "--worker", "--no-report"]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     env = dict(os.environ)
+    # `-m bench` finds this checkout from any working directory, installed or not.
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     if "://" in exp.storage:  # config.toml has the URL without its password: hand it over privately
         import sqlalchemy
 

@@ -1,4 +1,4 @@
-"""CLI command for the perf verb (registered on cli.app).
+"""`perf`: the speed benchmark against the hardware's ceiling and the article's pipeline (bench/perf/).
 
 python cli.py perf                          # resnet18@32, efficientnet_lite0@32 and @64 (about 10 min on 2 cores)
 python cli.py perf --quick --cases tiny@32  # a smoke run
@@ -15,17 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
+from bench.cli.errors import fail
 from bench.registry import UserError
 
 DEFAULT_CASES = "resnet18@32,efficientnet_lite0@32,efficientnet_lite0@64"
-
-
-def _fail(message: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _wait_for_quiet(threshold: float, max_wait: float, log: Callable[[str], None]) -> None:
@@ -71,14 +64,14 @@ def _command(ctx: typer.Context) -> str:
 
 def perf(
     ctx: typer.Context,
-    cases: Annotated[str, typer.Option(help="Comma-separated BACKBONE@PIXELS.")] = DEFAULT_CASES,
+    cases: Annotated[str, typer.Option(help="Comma-separated BACKBONE@PIXELS; BACKBONE: one of {backbones}.")] = DEFAULT_CASES,
     quick: Annotated[bool, typer.Option("--quick", help="Few steps per measurement: a smoke run, rough ratios.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Batch of (a) and (b); (c) uses the article's 100.")] = 256,
-    steps: Annotated[int | None, typer.Option(help="Timed training steps per measurement (at most).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch of (a) and (b); (c) uses the article's 100.")] = 256,
+    steps: Annotated[int | None, typer.Option(min=1, help="Timed training steps per measurement (at most).")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Time limit per measurement after warm-up.")] = None,
     precision: Annotated[str, typer.Option(help="Suite precision in (b), (d), (e): auto, fp32, bf16.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="Run (b) through torch.compile.")] = False,
-    workers: Annotated[int, typer.Option(help="DataLoader workers of the article's pipeline (c).")] = 2,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader workers of the article's pipeline (c).")] = 2,
     data_dir: Annotated[Path, typer.Option(help="Folder holding cifar-10-batches-py.")] = Path("data"),
     out: Annotated[Path, typer.Option(help="Where perf.csv, perf_summary.csv, perf.md and perf.json go.")] = Path("results/perf"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
@@ -102,17 +95,7 @@ def perf(
     try:
         if precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"precision '{precision}' is not one of: auto, fp32, bf16")
-        if workers < 0:
-            raise UserError(f"--workers must be >= 0, got {workers}")
-        if project is not None and not project.is_file():
-            raise UserError(f"grid {project} does not exist (write it, or leave out --project)")
-        if throughputs is not None and not throughputs.is_file():
-            raise UserError(f"throughput table {throughputs} does not exist (run `python cli.py perf` first)")
-        if sweep is not None and not sweep.is_dir():
-            raise UserError(f"sweep folder {sweep} does not exist (run `python cli.py sweep --config ...` first)")
-        P.check_writable(out)
-        if project is not None:
-            P.grid_runs(project)  # a bad grid fails now, not after minutes of measuring
+        _check_files(P, project, throughputs, sweep, out)
         # Report-only modes: nothing is measured.
         if throughputs is not None or (sweep is not None and project is None):
             rows = P.read_rows(throughputs) if throughputs is not None else []
@@ -127,20 +110,41 @@ def perf(
 
         data = get_data(data_dir)
     except UserError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if wait_load > 0:
         _wait_for_quiet(wait_load, wait_max, log)
 
     def reports(rows: list[dict]) -> str:
+        """perf.md's tail: the sweep's cost and the grid's projection from the rows just measured."""
         return _reports(P, rows, sweep, project)
 
     try:
         info, rows, summary, files = P.run_perf(selected, data, dev, settings, out, log=log, projection=reports, command=command)
     except UserError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
         log("interrupted; nothing written")
         raise typer.Exit(130) from None
+    console.print(_summary_table(info, summary))
+    for f in files:
+        log(f"wrote {f}")
+
+
+def _check_files(P: Any, project: Path | None, throughputs: Path | None, sweep: Path | None, out: Path) -> None:
+    """Every file and folder named on the command line, checked before minutes of measuring."""
+    if project is not None and not project.is_file():
+        raise UserError(f"grid {project} does not exist (write it, or leave out --project)")
+    if throughputs is not None and not throughputs.is_file():
+        raise UserError(f"throughput table {throughputs} does not exist (run `python cli.py perf` first)")
+    if sweep is not None and not sweep.is_dir():
+        raise UserError(f"sweep folder {sweep} does not exist (run `python cli.py sweep --config ...` first)")
+    P.check_writable(out)
+    if project is not None:
+        P.grid_runs(project)  # a bad grid fails now, not after the measurements
+
+
+def _summary_table(info: dict, summary: list[dict]) -> Any:
+    """Each ratio against its target, met or not: the figures a reader of perf.md looks for first."""
     from rich.table import Table
 
     table = Table(title=f"perf on {info['device']} (load {info['loadavg_start']:.2f} -> {info['loadavg_end']:.2f})")
@@ -150,10 +154,4 @@ def perf(
         met = {"yes": "[green]yes[/]", "no": "[red]no[/]"}.get(r["met"], "")
         target = "" if r["target"] is None else f">= {r['target']:g}"
         table.add_row(r["case"], r["metric"], f"{r['value']:.2f}", target, met, r["detail"])
-    console.print(table)
-    for f in files:
-        log(f"wrote {f}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("perf")(perf)
+    return table

@@ -1,0 +1,175 @@
+"""report.html: one self-contained page (figures inlined as PNG) with the summary, the protocol, provenance,
+every table, the comparisons, the plots and the notes of one experiment.
+
+Why one file with everything inlined: it can be mailed, archived or opened from a copied results folder
+without the tables/ and plots/ beside it, and it states how every number on it was computed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.report.figure import Figure
+from bench.report.load import StudyInfo
+from bench.report.protocol import protocol_info
+from bench.report.render import frame_html, to_html
+from bench.report.schema import BASELINE, TEST_NAMES, method_rank, recipe_rank
+from bench.report.tables import Tables
+from bench.report.text import DAGGER, fmt_p, frac_label
+
+CSS = """
+body{font-family:system-ui,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table.t{border-collapse:collapse;margin:.5em 0;font-size:.9em}
+table.t th,table.t td{border-top:1px solid #ddd;padding:.25em .6em;text-align:left}
+table.t thead th{border-bottom:2px solid #444}td.num{text-align:right;white-space:nowrap}
+ul.notes{font-size:.85em;color:#444}figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#444}pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.8em}
+.wtl{font-size:1.1em}
+"""
+
+
+def _protocol_items(df: pd.DataFrame, tables: Tables, studies: list[StudyInfo], has_steps: bool) -> list[str]:
+    """The protocol as this experiment ran it: backbones, methods, fractions, seeds, search and tests."""
+    fr = ", ".join(frac_label(f) for f in sorted(df["fraction"].unique()))
+    seeds = sorted(df["seed"].unique())
+    trials = sorted({sum(1 for t in s.trials if t.state.is_finished()) for s in studies})
+    per_seed = any(s.seed is not None for s in studies)
+    studies_txt = "study (one per seed and cell: per-seed search)" if per_seed else "study"
+    protocol = [
+        f"Backbones: {', '.join(sorted(df['backbone'].unique()))}.",
+        f"Methods: {', '.join(sorted(df['method'].unique(), key=method_rank))}; "
+        f"recipes: {', '.join(sorted(df['recipe'].unique(), key=recipe_rank))}.",
+        f"Label fractions (per class, nested for a seed): {fr}. Seeds: {', '.join(map(str, seeds))} (paired: seed s draws "
+        "the same labelled subset for every method).",
+        "Tuned cells: hyperparameters chosen by Optuna on a validation split carved from the labelled subset only "
+        + (f"({', '.join(map(str, trials))} finished trials per {studies_txt})" if trials else "(no study found in the storage)")
+        + "; then one final run per seed on the whole labelled subset, evaluated once on the test set.",
+        f"Comparisons: each method against {BASELINE}, and every sft* method also against linear_probe and lp_ft, of the "
+        f"same backbone and fraction, {TEST_NAMES[tables.test]} over paired seeds, Holm-corrected over all "
+        f"{tables.n_tests} comparisons, α = {tables.alpha:g}; {DAGGER} in the accuracy table: not significantly worse "
+        f"than the column's best (its own Holm family of {tables.n_best_tests}).",
+    ]
+    if has_steps:
+        protocol.append(
+            "Budgets in optimiser steps: S per cell (the same for every method of a (backbone, fraction) cell, search "
+            "trials and final runs alike); the head-only linear-probe steps that start sft* and lp_ft are compute "
+            "beside S, shown apart in the table below."
+        )
+    return protocol
+
+
+def _headline(wtl: pd.DataFrame, alpha: float) -> str:
+    """The summary's first lines: sft's win/tie/loss against each of its baselines."""
+    sft = wtl[wtl["method"] == "sft"]
+    if not len(sft):
+        return '<p class="wtl">No <code>sft</code> row with a baseline in this experiment: no win/tie/loss count.</p>'
+    items = []
+    for s in sft.itertuples(index=False):
+        items.append(
+            f"<li><b>sft vs {html.escape(s.baseline)}</b>: {s.win} win(s), {s.tie} tie(s), {s.loss} loss(es) "
+            f"(significant after Holm, α = {alpha:g}); {s.untested} cell(s) untested (fewer than 2 paired "
+            f"seeds). By mean alone: higher in {s.higher_mean}, lower in {s.lower_mean}.</li>"
+        )
+    return f'<ul class="wtl">{"".join(items)}</ul>'
+
+
+def _significance(tests: pd.DataFrame) -> str:
+    """Every comparison with a baseline, as a table (differences in accuracy points)."""
+    sig = tests.assign(
+        column=tests["fraction"].map(frac_label),
+        diff=tests["diff_mean"].map(lambda v: "–" if not math.isfinite(v) else f"{100 * v:+.2f}"),
+    )[["backbone", "recipe", "method", "column", "baseline", "n_pairs", "diff", "p", "p_holm", "mark", "reason"]]
+    sig = sig.rename(columns={"diff": "mean diff (points)", "column": "fraction"})
+    return frame_html(sig, {"p": fmt_p, "p_holm": fmt_p}) if len(sig) else "<p>No comparison: no baseline.</p>"
+
+
+def _figure(f: Figure) -> str:
+    """A figure inlined as PNG, with its caption and the names of its files under plots/."""
+    esc = html.escape
+    b64 = base64.b64encode(f.png).decode()
+    return (
+        f'<figure id="{esc(f.name)}"><img alt="{esc(f.title)}" src="data:image/png;base64,{b64}">'
+        f"<figcaption><b>{esc(f.title)}.</b> {esc(f.caption)} (plots/{esc(f.name)}.png, .pdf)</figcaption></figure>"
+    )
+
+
+def _protocol_section(
+    experiment_dir: Path, df: pd.DataFrame, tables: Tables, studies: list[StudyInfo], compute: pd.DataFrame | None
+) -> str:
+    """The Protocol section: the protocol's labels in bold, how this experiment ran, compute per cell, config.toml."""
+    esc = html.escape
+    info = tables.protocol or protocol_info(df)
+    label_items = "".join(f"<li><b>{esc(p)}</b></li>" for p in info.lines())
+    protocol = _protocol_items(df, tables, studies, info.has_steps)
+    compute_html = (
+        "<p>Compute per cell (from runs.csv; ranges where seeds differ):</p>" + frame_html(compute)
+        if compute is not None and len(compute)
+        else ""
+    )
+    cfg = Path(experiment_dir) / "config.toml"
+    cfg_html = f"<details><summary>config.toml</summary><pre>{esc(cfg.read_text())}</pre></details>" if cfg.is_file() else ""
+    return (
+        '<h2>Protocol</h2><ul class="protocol">'
+        + label_items
+        + "".join(f"<li>{esc(p)}</li>" for p in protocol)
+        + "</ul>"
+        + compute_html
+        + cfg_html
+    )
+
+
+def render_html(
+    experiment: str,
+    experiment_dir: Path,
+    df: pd.DataFrame,
+    tables: Tables,
+    tests: pd.DataFrame,
+    wtl: pd.DataFrame,
+    figs: list[Figure],
+    studies: list[StudyInfo],
+    prov: list[tuple[str, str]],
+    notes: list[str],
+    compute: pd.DataFrame | None = None,
+) -> str:
+    """The whole page, from what write_report computed; nothing here computes a number of its own."""
+    esc = html.escape
+    info = tables.protocol or protocol_info(df)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>sft-bench report: {esc(experiment)}</title><style>{CSS}</style></head><body>",
+        f"<h1>sft-bench report: {esc(experiment)}</h1>",
+        f"<p>{len(df)} final runs ({esc(info.label)}) from <code>{esc(str(Path(experiment_dir)))}/runs.csv</code> and "
+        f"{len(studies)} Optuna studies. Everything on this page is computed from those two; tables are also in "
+        "<code>tables/</code> (Markdown, LaTeX, CSV) and plots in <code>plots/</code> (PNG, PDF).</p>",
+        "<h2>Summary</h2>",
+        _headline(wtl, tables.alpha),
+        frame_html(wtl) if len(wtl) else "",
+        "<p>win/tie/loss per method against each of its baselines (finetune; for sft* also linear_probe and lp_ft), one "
+        "count per (backbone, fraction) cell.</p>",
+        _protocol_section(experiment_dir, df, tables, studies, compute),
+        "<h2>Provenance</h2>",
+        '<table class="t"><tbody>'
+        + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in prov)
+        + "</tbody></table>",
+        "<h2>Accuracy</h2>",
+        to_html(tables.accuracy()),
+        "<h2>sft against its baselines</h2>",
+        to_html(tables.sft_vs_baselines()),
+        "<h2>Label efficiency</h2>",
+        to_html(tables.efficiency()),
+        "<h2>Comparisons with baselines</h2>",
+        _significance(tests),
+        "<h2>Plots</h2>",
+        *(_figure(f) for f in figs),
+        "<h2>Notes</h2>",
+        "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else "<p>None.</p>",
+        "</body></html>\n",
+    ]
+    return "\n".join(parts)

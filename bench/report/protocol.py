@@ -1,0 +1,118 @@
+"""Which protocol produced a runs table, read from its columns so that old result folders stay readable.
+
+Why it matters: results of protocol v1 (budgets in epochs, BatchNorm in batch statistics) and v2 (optimiser-step
+budgets, one BatchNorm policy, per-seed or shared search) are not comparable, so every table, report.html and
+`compare` state the protocol, the search mode and any run whose step budget fell below the protocol's floor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+DEFAULT_MIN_STEPS = 500  # the protocol's floor on the optimiser-step budget (methods.md, version 2)
+SEARCH_MODE_TEXT = {
+    "per_seed": "per-seed search: the spread over seeds includes selection noise",
+    "shared": "shared search: seed 0's hyperparameters reused for every seed; the spread leaves selection noise out",
+}
+
+
+@dataclass
+class ProtocolInfo:
+    """What protocol produced a runs table, read from its columns so that old folders stay readable:
+    no `protocol` column means protocol v1 (budgets in epochs, one shared search, BatchNorm in batch
+    statistics whenever the backbone trained). Every table's notes and report.html say the version,
+    the search mode and any run whose step budget fell below the protocol's floor."""
+
+    versions: dict[int, int]  # protocol version -> number of runs
+    search_modes: dict[str, int]  # "per_seed" / "shared" -> runs (searched recipes only)
+    unsearched: int  # runs with no search (the seed recipe: search_mode "")
+    short: list[tuple[int, int, int]]  # (steps, floor, runs) below the floor
+    n_runs: int
+    has_steps: bool
+
+    @property
+    def v1(self) -> bool:
+        """Whether any run predates protocol version 2."""
+        return 1 in self.versions
+
+    @property
+    def label(self) -> str:
+        """The protocol as a label: "protocol v2", or "mixed protocols (v1: n runs, v2: m runs)"."""
+        if len(self.versions) == 1:
+            return f"protocol v{next(iter(self.versions))}"
+        return "mixed protocols (" + ", ".join(f"v{v}: {n} runs" for v, n in sorted(self.versions.items())) + ")"
+
+    @property
+    def step_unit(self) -> str:
+        """What the x axis of a trial's intermediate values counts: optimiser steps from v2 on."""
+        return "epoch" if self.versions and max(self.versions) < 2 else "step"
+
+    def search_label(self) -> str:
+        """How the hyperparameters were searched, and so what the spread over seeds includes."""
+        modes = sorted(self.search_modes)
+        if not modes:
+            if self.v1:
+                return (
+                    "shared search (protocol v1): the first seed's hyperparameters reused for every seed; the spread "
+                    "leaves selection noise out"
+                )
+            return "no search recorded (fixed hyperparameters only)"
+        if len(modes) == 1:
+            return SEARCH_MODE_TEXT.get(modes[0], f"search mode '{modes[0]}'")
+        return "mixed search modes: " + "; ".join(f"{SEARCH_MODE_TEXT.get(m, m)} ({self.search_modes[m]} runs)" for m in modes)
+
+    def short_lines(self) -> list[str]:
+        """One line per step budget below the protocol's floor: such runs are not the protocol's runs."""
+        return [
+            f"protocol minimum not met: {steps} steps < {floor} ({n} of {self.n_runs} runs)" for steps, floor, n in self.short
+        ]
+
+    def lines(self) -> list[str]:
+        """The protocol's notes, as every table and report.html states them."""
+        if self.v1 and len(self.versions) == 1:
+            head = (
+                "Protocol v1 (results written before protocol version 2 of methods.md): budgets in epochs, "
+                "BatchNorm in batch-statistics mode whenever the backbone trained; not comparable with protocol-v2 "
+                "results."
+            )
+        elif self.v1:
+            head = f"{self.label[0].upper()}{self.label[1:]}: rows from different protocols are not comparable."
+        else:
+            head = f"Protocol v{max(self.versions)}: step budgets, one BatchNorm policy and one search space for every method."
+        out = [head, f"Search: {self.search_label()}."]
+        if self.unsearched and self.search_modes:
+            out.append(f"{self.unsearched} run(s) of the seed recipe use fixed hyperparameters (no search).")
+        return out + self.short_lines()
+
+
+def protocol_info(df: pd.DataFrame) -> ProtocolInfo:
+    """Read the protocol columns of a runs table (absent columns: protocol v1, nothing more known)."""
+    n = len(df)
+    if "protocol" in df.columns:
+        ver = pd.to_numeric(df["protocol"], errors="coerce").fillna(1).astype(int)
+    else:
+        ver = pd.Series(1, index=df.index)
+    versions = {int(v): int(c) for v, c in ver.value_counts().sort_index().items()}
+    modes: dict[str, int] = {}
+    unsearched = 0
+    if "search_mode" in df.columns:
+        sm = df["search_mode"].fillna("").astype(str).str.strip()
+        unsearched = int((sm == "").sum())
+        modes = {str(m): int(c) for m, c in sm[sm != ""].value_counts().sort_index().items()}
+    short: list[tuple[int, int, int]] = []
+    has_steps = "steps" in df.columns and pd.to_numeric(df["steps"], errors="coerce").notna().any()
+    if has_steps:
+        steps = pd.to_numeric(df["steps"], errors="coerce")
+        floor = (
+            pd.to_numeric(df["min_steps"], errors="coerce").fillna(DEFAULT_MIN_STEPS)
+            if "min_steps" in df.columns
+            else pd.Series(DEFAULT_MIN_STEPS, index=df.index)
+        )
+        low = steps.notna() & (steps < floor)
+        if low.any():
+            pairs = pd.DataFrame({"steps": steps[low].astype(int), "floor": floor[low].astype(int)})
+            for (st_, fl), c in pairs.value_counts().sort_index().items():
+                short.append((int(st_), int(fl), int(c)))
+    return ProtocolInfo(versions, modes, unsearched, short, n, bool(has_steps))

@@ -1,0 +1,81 @@
+"""What a report reads and in which order it shows it: the runs table's columns, a cell's key, the baselines
+every method is compared with, and the display order of methods and recipes.
+
+Why a module of its own: every other part of the report (loading, statistics, tables, plots, compare) needs
+these few names, and they must agree; kept here, none of those modules has to import another for them. The
+method order is copied from the registry (bench/models/methods.py) so that a report never imports torch.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+BASELINE = "finetune"
+# Protocol v2: every sft* method is also compared with the two simpler methods it contains.
+EXTRA_BASELINES = ("linear_probe", "lp_ft")
+BASELINE_ORDER = (BASELINE, *EXTRA_BASELINES)
+METRIC = "test_accuracy"
+RUNS_CSV = "runs.csv"
+JOURNAL = "optuna.journal"
+REQUIRED = ("backbone", "method", "recipe", "fraction", "seed", METRIC)
+KEY = ["backbone", "recipe", "method", "fraction"]
+TESTS = ("ttest", "wilcoxon")
+TEST_NAMES = {"ttest": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
+# Display order (the registry's order in bench/models/methods.py); copied here so a report never imports
+# torch. Methods not listed follow alphabetically.
+METHOD_ORDER = (
+    "finetune",
+    "linear_probe",
+    "lp_ft",
+    "seed_sft",
+    "sft",
+    "sft-mlp",
+    "sft-side",
+    "sft-mlp-frozen",
+    "sft-side-frozen",
+)
+RECIPE_ORDER = ("tuned", "seed")
+
+
+def method_rank(m: str) -> tuple[int, str]:
+    """Sort key of a method: the registry's order, unknown methods after it alphabetically."""
+    return (METHOD_ORDER.index(m), "") if m in METHOD_ORDER else (len(METHOD_ORDER), m)
+
+
+def recipe_rank(r: str) -> tuple[int, str]:
+    """Sort key of a recipe: `tuned`, then `seed`, then any other alphabetically."""
+    return (RECIPE_ORDER.index(r), "") if r in RECIPE_ORDER else (len(RECIPE_ORDER), r)
+
+
+def row_sort_key(row: tuple[str, str, str]) -> tuple:
+    """Rows are (backbone, recipe, method): backbone, then method in registry order, then recipe."""
+    b, r, m = row
+    return (b, method_rank(m), recipe_rank(r))
+
+
+def cell_key(b: str, r: str, m: str, f: float) -> tuple:
+    """Sort key of a cell (backbone, recipe, method, fraction): its row's order, then the fraction."""
+    return (*row_sort_key((b, r, m)), f)
+
+
+def is_sft(method: str) -> bool:
+    """The supervision-branch family (`sft`, `sft-mlp`, `sft-side`, their frozen rows); not `seed_sft`,
+    the article's literal model, which has no probe inside it."""
+    return method.startswith("sft")
+
+
+def baselines_of(method: str) -> tuple[str, ...]:
+    """What a method is compared with: `finetune` always; an sft* method also with the two simpler
+    methods it contains (its f starts as the linear probe; lp_ft is that probe fine-tuned)."""
+    out = () if method == BASELINE else (BASELINE,)
+    return out + (EXTRA_BASELINES if is_sft(method) else ())
+
+
+def baseline_recipe(df: pd.DataFrame, backbone: str, recipe: str, method: str = BASELINE) -> str | None:
+    """Which run of baseline `method` a (backbone, recipe) row is compared with: same recipe, else `tuned`,
+    else any; None where the backbone has no such run."""
+    have = set(df.loc[(df["method"] == method) & (df["backbone"] == backbone), "recipe"])
+    for r in (recipe, *RECIPE_ORDER, *sorted(have)):
+        if r in have:
+            return r
+    return None

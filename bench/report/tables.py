@@ -1,0 +1,386 @@
+"""The report's tables, each built once as a format-free model (render.TableModel) from the statistics:
+accuracy per cell, sft* against each of its baselines, label efficiency, and compute per cell.
+
+Why models: the Markdown, LaTeX, CSV and HTML of a table are rendered from the same model by the renderers
+of render.py, so the numbers, marks and notes cannot differ between formats; this module decides what a table
+says (its rows, cells, notes and caption), never how a format typesets it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.report.protocol import ProtocolInfo
+from bench.report.render import AccuracyCell, DiffCell, TableModel, to_html, to_latex, to_markdown
+from bench.report.schema import BASELINE, BASELINE_ORDER, KEY, TEST_NAMES, cell_key, is_sft, row_sort_key
+from bench.report.text import DAGGER, DOWN, UP, fmt_needed, frac_label, pct, slug, tex_escape
+
+EFF_HEAD = ("reference (acc. %)", "labels for 90%", "labels for 95%", "AUC (%)", "AUC range")
+
+
+@dataclass
+class Tables:
+    """The accuracy, sft-vs-baselines and efficiency tables of one experiment: the cells and comparisons they
+    are built from, and one method per table that returns its model (`accuracy`, `sft_vs_baselines`,
+    `efficiency`); render.py turns a model into Markdown, LaTeX, CSV or HTML."""
+
+    experiment: str
+    rows: list[tuple[str, str, str]]  # (backbone, recipe, method)
+    fractions: list[float]
+    cells: pd.DataFrame  # tidy: one row per present cell with display fields
+    efficiency_frame: pd.DataFrame
+    show_recipe: bool
+    test: str
+    alpha: float
+    n_tests: int  # tested comparisons with baselines (the Holm family behind ↑/↓)
+    tests: pd.DataFrame = field(default_factory=pd.DataFrame)  # every comparison with a baseline
+    n_best_tests: int = 0  # tested comparisons with the column's best (the Holm family behind †)
+    protocol: ProtocolInfo | None = None
+
+    def __post_init__(self) -> None:
+        self.index = {(c["backbone"], c["recipe"], c["method"], c["fraction"]): c for c in self.cells.to_dict("records")}
+        recs = self.tests.to_dict("records") if len(self.tests) else []
+        self.test_index = {(t["backbone"], t["recipe"], t["method"], t["fraction"], t["baseline_method"]): t for t in recs}
+
+    def models(self) -> list[TableModel]:
+        """Every table of tables/, in the order the report writes them."""
+        return [self.accuracy(), self.efficiency(), self.sft_vs_baselines()]
+
+    # The accuracy table as one string per format: kept for callers of the single-module report
+    # (tests/test_report.py reads them); everything else renders `models()`.
+    def accuracy_markdown(self) -> str:
+        """The accuracy table as Markdown (tables/accuracy.md)."""
+        return to_markdown(self.accuracy())
+
+    def accuracy_latex(self) -> str:
+        """The accuracy table as a LaTeX float (tables/accuracy.tex)."""
+        return to_latex(self.accuracy())
+
+    def accuracy_html(self) -> str:
+        """The accuracy table as report.html shows it."""
+        return to_html(self.accuracy())
+
+    # -- shared pieces
+    def _head(self) -> list[str]:
+        """The label columns' headers: the recipe only where the experiment has more than one."""
+        return ["backbone", "method", *(["recipe"] if self.show_recipe else [])]
+
+    def _labels(self, row: tuple[str, str, str]) -> list[str]:
+        """A row's label cells, in the order of `_head`."""
+        b, r, m = row
+        return [b, m, *([r] if self.show_recipe else [])]
+
+    def protocol_notes(self) -> list[str]:
+        """The protocol's notes, under every table and inside every LaTeX float."""
+        return self.protocol.lines() if self.protocol else []
+
+    def _family(self) -> str:
+        """What the Holm family behind ↑/↓ holds, as every table's notes state it."""
+        return (
+            f"Holm-corrected over all {self.n_tests} comparisons with baselines in this experiment, α = {self.alpha:g}: "
+            f"every method against `{BASELINE}`, every sft* method also against `linear_probe` and `lp_ft`"
+        )
+
+    # -- accuracy
+    def _accuracy_cell(self, row: tuple[str, str, str], f: float) -> AccuracyCell | None:
+        """The cell of `row` at fraction `f` (None: not run)."""
+        c = self.index.get((*row, f))
+        if c is None:
+            return None
+        return AccuracyCell(c["mean"], c["std"], c["n"], c["bold"], c.get("vs_best") == "not worse", c["mark"])
+
+    def accuracy_notes(self) -> list[str]:
+        """How to read the accuracy table: the statistics behind each cell and each mark."""
+        test = TEST_NAMES[self.test]
+        return [
+            "Test accuracy (%) per cell: mean ± sample std over seeds, (n) = number of seeds; – : one seed, no std; — : not run.",
+            "Bold: the best mean (as shown) in the column within each backbone.",
+            f"{DAGGER}: not significantly worse than the column's best-mean cell ({test}, two-sided, over paired seeds, "
+            f"Holm-corrected over all {self.n_best_tests} such comparisons of this experiment, α = {self.alpha:g}); no "
+            f"{DAGGER}: the best cell itself, significantly worse, or untested (fewer than 2 paired seeds). Not rejecting "
+            "is not evidence of equality: with few seeds these tests have little power.",
+            f"{UP} / {DOWN}: significantly higher / lower than the row's `{BASELINE}` baseline ({test} over paired seeds, "
+            f"{self._family()}); no mark: not significant, the baseline itself, or untested (fewer than 2 paired seeds); "
+            "see tables/significance.csv and tables/sft_vs_baselines.md.",
+            *self.protocol_notes(),
+        ]
+
+    def accuracy(self) -> TableModel:
+        """Rows (backbone, method[, recipe]) by label fraction; the CSV is tidy: one line per cell, accuracy_mean/
+        std/ci95 as fractions at full precision (the other formats show them as percentages rounded to 2
+        decimals), the comparison with `finetune` behind the arrow, the one with the column's best behind the
+        dagger (vs_best_*), and the cell's step budget where runs.csv records it."""
+        test = TEST_NAMES[self.test]
+        return TableModel(
+            stem="accuracy",
+            head=[*self._head(), *(frac_label(f) for f in self.fractions)],
+            n_labels=len(self._head()),
+            rows=[(self._labels(row), [self._accuracy_cell(row, f) for f in self.fractions]) for row in self.rows],
+            notes=self.accuracy_notes(),
+            float_notes=self.protocol_notes(),
+            caption=f"Test accuracy (\\%) on CIFAR-10, experiment {tex_escape(self.experiment)}: mean $\\pm$ std over seeds "
+            f"(number of seeds in parentheses). Bold: best in the column per backbone. $^{{\\dagger}}$: not significantly "
+            f"worse than the column's best ({test}, Holm over {self.n_best_tests} comparisons). "
+            f"$^{{\\uparrow}}$/$^{{\\downarrow}}$: significantly higher/lower than {BASELINE} ({test}, "
+            f"Holm-corrected over {self.n_tests} comparisons with baselines, $\\alpha={self.alpha:g}$). --: one seed; "
+            "---: not run.",
+            tex_label=f"tab:accuracy-{slug(self.experiment)}",
+            tex_align="r" * len(self.fractions),
+            md_right=True,
+            frame=self.cells.rename(columns={"mean": "accuracy_mean", "std": "accuracy_std", "ci95": "accuracy_ci95"}),
+        )
+
+    # -- sft* against each of its baselines
+    def sft_rows(self) -> list[tuple[str, str, str, float]]:
+        """The sft* cells, in display order: (backbone, recipe, method, fraction)."""
+        return [
+            (c["backbone"], c["recipe"], c["method"], c["fraction"]) for c in self.cells.to_dict("records") if is_sft(c["method"])
+        ]
+
+    def sft_baselines(self) -> list[str]:
+        """The baselines the sft* rows were compared with: `finetune` always, linear_probe / lp_ft where run."""
+        have = {k[4] for k in self.test_index if is_sft(k[2])}
+        return [bm for bm in BASELINE_ORDER if bm in have or bm == BASELINE]
+
+    def _sft_cell(self, key: tuple[str, str, str, float], bm: str) -> DiffCell | None:
+        """The comparison of an sft* cell with baseline `bm` (None: no paired run of that baseline)."""
+        t = self.test_index.get((*key, bm))
+        return DiffCell(t["diff_mean"], t["n_pairs"], t["mark"]) if t is not None and t["n_pairs"] > 0 else None
+
+    def sft_notes(self) -> list[str]:
+        """How to read the sft-vs-baselines table: what a cell is, what a mark means."""
+        names = [f"`{bm}`" for bm in self.sft_baselines()]
+        base = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        out = [
+            f"Each sft* cell against {base} of the same backbone and fraction: mean paired difference (method − baseline, "
+            "accuracy points) over the seeds both share, (n) = paired seeds; the baseline of the same recipe, else the "
+            "`tuned` one (tables/significance.csv names it).",
+            f"{UP} / {DOWN}: significantly higher / lower ({TEST_NAMES[self.test]}, {self._family()}); no mark: not "
+            "significant, or untested (fewer than 2 paired seeds); —: no paired run of that baseline (not run at this "
+            "fraction, or no seed in common).",
+        ]
+        if not self.sft_rows():
+            out.insert(0, "No sft* method in this experiment: the table is empty.")
+        return out + self.protocol_notes()
+
+    def _sft_frame(self) -> pd.DataFrame:
+        """Wide: one line per sft* cell; per baseline method its run (method/recipe), paired seeds, mean paired
+        difference (fraction, not points), Holm-adjusted p and mark."""
+        recs = []
+        for key in self.sft_rows():
+            rec: dict[str, Any] = dict(zip(KEY, key, strict=True), column=frac_label(key[3]))
+            for bm in self.sft_baselines():
+                t = self.test_index.get((*key, bm))
+                rec[f"{bm}_baseline"] = t["baseline"] if t else ""
+                rec[f"{bm}_n_pairs"] = int(t["n_pairs"]) if t else 0
+                rec[f"{bm}_diff_mean"] = t["diff_mean"] if t else math.nan
+                rec[f"{bm}_p_holm"] = t["p_holm"] if t else math.nan
+                rec[f"{bm}_mark"] = t["mark"] if t else "no baseline"
+            recs.append(rec)
+        cols = [*KEY, "column"] + [
+            f"{bm}_{x}" for bm in self.sft_baselines() for x in ("baseline", "n_pairs", "diff_mean", "p_holm", "mark")
+        ]
+        return pd.DataFrame(recs, columns=cols)
+
+    def sft_vs_baselines(self) -> TableModel:
+        """Each sft* cell (rows with their fraction) against each of its baselines: mean paired difference."""
+        head = [*self._head(), "fraction", *(f"vs {bm}" for bm in self.sft_baselines())]
+        n_labels = len(self._head()) + 1
+        rows = []
+        for key in self.sft_rows():
+            b, r, m, f = key
+            rows.append(([*self._labels((b, r, m)), frac_label(f)], [self._sft_cell(key, bm) for bm in self.sft_baselines()]))
+        return TableModel(
+            stem="sft_vs_baselines",
+            head=head,
+            n_labels=n_labels,
+            rows=rows,
+            notes=self.sft_notes(),
+            float_notes=self.protocol_notes(),
+            caption=f"sft* against its baselines, experiment {tex_escape(self.experiment)}: mean paired difference in "
+            "test accuracy (points, method minus baseline; paired seeds in parentheses). "
+            f"$^{{\\uparrow}}$/$^{{\\downarrow}}$: significantly higher/lower ({TEST_NAMES[self.test]}, Holm-corrected over "
+            f"{self.n_tests} comparisons with baselines, $\\alpha={self.alpha:g}$). ---: baseline not run.",
+            tex_label=f"tab:sft-vs-baselines-{slug(self.experiment)}",
+            tex_align="r" * (len(head) - n_labels),
+            md_right=True,
+            frame=self._sft_frame(),
+        )
+
+    # -- label efficiency
+    @staticmethod
+    def _eff_values(e: dict) -> list[str]:
+        """An efficiency row's value cells as text: reference, labels for 90% / 95%, AUC, AUC range."""
+        auc = "n/a" if not math.isfinite(e["auc"]) else pct(e["auc"]) + ("*" if e["auc_partial"] else "")
+        ref = (
+            e["reference"] if not math.isfinite(e["reference_accuracy"]) else f"{e['reference']} ({pct(e['reference_accuracy'])})"
+        )
+        if e["reference"] != "n/a" and not e["full_label"]:
+            ref += " [not full-label]"
+        return [ref, fmt_needed(e["frac90"], e["frac90_bound"]), fmt_needed(e["frac95"], e["frac95_bound"]), auc, e["auc_range"]]
+
+    def efficiency_notes(self) -> list[str]:
+        """How to read the efficiency table: the reference, the interpolation, the bounds, the AUC."""
+        return [
+            f"Labels for 90% / 95%: the label fraction at which the method's mean accuracy first reaches 90% / 95% of the "
+            f"reference (the row's `{BASELINE}` baseline at the full label set), interpolated linearly on the log10-fraction "
+            "axis between measured fractions; ≤x: reached already at the smallest measured fraction x; >x: not reached "
+            "up to the largest measured fraction x.",
+            "[not full-label]: the experiment has no fraction-1 run of the baseline, so the reference is the baseline at its "
+            "largest fraction (stated in the reference column).",
+            "AUC: area under mean accuracy (%) against log10(fraction), divided by the width of the log10 range (the curve's "
+            "average accuracy over that range); * : the method lacks some of the backbone's fractions, so its range differs "
+            "and its AUC is not comparable with the other rows.",
+            *self.protocol_notes(),
+        ]
+
+    def efficiency(self) -> TableModel:
+        """Per row: the label fraction needed for 90% / 95% of the reference accuracy, and the normalised AUC;
+        the CSV is stats.label_efficiency's frame as it is."""
+        rows = [
+            (self._labels((e["backbone"], e["recipe"], e["method"])), list(self._eff_values(e)))
+            for e in self.efficiency_frame.to_dict("records")
+        ]
+        return TableModel(
+            stem="efficiency",
+            head=[*self._head(), *EFF_HEAD],
+            n_labels=len(self._head()),
+            rows=rows,
+            notes=self.efficiency_notes(),
+            float_notes=self.protocol_notes(),
+            caption=f"Label efficiency, experiment {tex_escape(self.experiment)}: label fraction needed to reach "
+            f"90\\% / 95\\% of the reference accuracy ({BASELINE} at the full label set, else at its largest fraction), "
+            "interpolated on the log-fraction axis; AUC: mean accuracy (\\%) over the log10-fraction range "
+            "(*: partial range).",
+            tex_label=f"tab:efficiency-{slug(self.experiment)}",
+            tex_align="lrrrl",
+            md_right=False,
+            frame=self.efficiency_frame,
+        )
+
+
+# ---------------------------------------------------------------- building the model
+
+
+def _per_cell(values: pd.Series) -> Any:
+    """A per-run quantity summarised per cell: the value when every seed agrees (the normal case: the
+    step budget is one per cell), else "min-max" so that a disagreement shows instead of averaging away."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    if v.empty:
+        return math.nan
+    lo, hi = int(v.min()), int(v.max())
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def build_tables(
+    experiment: str,
+    df: pd.DataFrame,
+    stats: pd.DataFrame,
+    tests: pd.DataFrame,
+    eff: pd.DataFrame,
+    test: str,
+    alpha: float,
+    best: pd.DataFrame | None = None,
+    protocol: ProtocolInfo | None = None,
+) -> Tables:
+    """One model for every table: cell statistics, the `finetune` comparison behind ↑/↓, the comparison with
+    the column's best behind †, and the cell's step budget (when runs.csv records one)."""
+    ft = tests[tests["baseline_method"] == BASELINE] if len(tests) else tests
+    cols = [*KEY, "baseline", "n_pairs", "diff_mean", "p", "p_holm", "mark", "reason"]
+    cells = stats.merge(ft[cols] if len(ft) else pd.DataFrame(columns=cols), on=KEY, how="left")
+    is_base = cells["baseline"].isna()
+    cells["baseline"] = cells["baseline"].fillna("")
+    # A row without a comparison is either the baseline itself or a row whose backbone has no finetune.
+    cells["mark"] = cells["mark"].where(~is_base, np.where(cells["method"] == BASELINE, "baseline", "no baseline"))
+    cells["reason"] = cells["reason"].fillna("")
+    cells["n_pairs"] = cells["n_pairs"].fillna(0).astype(int)
+    cells["n"] = cells["n"].astype(int)
+    if best is not None and len(best):
+        vb = best[[*KEY, "best", "vs_best", "n_pairs", "diff_mean", "p", "p_holm"]].rename(
+            columns={
+                "best": "best_cell",
+                "n_pairs": "vs_best_n_pairs",
+                "diff_mean": "vs_best_diff",
+                "p": "vs_best_p",
+                "p_holm": "vs_best_p_holm",
+            }
+        )
+        cells = cells.merge(vb, on=KEY, how="left")
+    for col in ("steps", "probe_steps"):
+        if col in df.columns and pd.to_numeric(df[col], errors="coerce").notna().any():
+            per = df.groupby(KEY, sort=False)[col].agg(_per_cell).rename(col).reset_index()
+            cells = cells.merge(per, on=KEY, how="left")
+    shown = cells["mean"].map(pct).astype(float)
+    top = shown.groupby([cells["backbone"], cells["fraction"]]).transform("max")
+    cells["bold"] = shown == top
+    rows = sorted({(b, r, m) for b, r, m in cells[["backbone", "recipe", "method"]].itertuples(index=False)}, key=row_sort_key)
+    order = {row: i for i, row in enumerate(rows)}
+    cells = cells.assign(_o=[order[(b, r, m)] for b, r, m in cells[["backbone", "recipe", "method"]].itertuples(index=False)])
+    cells = cells.sort_values(["_o", "fraction"]).drop(columns="_o").reset_index(drop=True)
+    cells.insert(4, "column", cells["fraction"].map(frac_label))
+    return Tables(
+        experiment=experiment,
+        rows=rows,
+        fractions=sorted(cells["fraction"].unique()),
+        cells=cells,
+        efficiency_frame=eff,
+        show_recipe=df["recipe"].nunique() > 1,
+        test=test,
+        alpha=alpha,
+        n_tests=int(np.isfinite(tests["p"]).sum()) if len(tests) else 0,
+        tests=tests,
+        n_best_tests=int(np.isfinite(best["p"]).sum()) if best is not None and len(best) else 0,
+        protocol=protocol,
+    )
+
+
+# ---------------------------------------------------------------- compute per cell
+
+
+COMPUTE_FIELDS = (  # runs.csv column -> compute-table header; only those the runs table has are shown
+    ("steps", "steps S"),
+    ("probe_steps", "probe steps"),
+    ("hp_epochs", "epochs (v1)"),
+    ("hp_probe_epochs", "probe epochs (v1)"),
+    ("augment", "augment"),
+    ("bn", "BN"),
+    ("search_mode", "search"),
+    ("n_train", "labelled images"),
+)
+
+
+def _values(col: pd.Series) -> str:
+    """A column's values within one cell, as text: one value, or "a-b" for numbers, or "a / b" otherwise."""
+    v = col.dropna()
+    v = v[v.astype(str).str.strip() != ""]
+    if v.empty:
+        return ""
+    num = pd.to_numeric(v, errors="coerce")
+    if num.notna().all() and v.map(lambda x: not isinstance(x, bool | np.bool_)).all():
+        lo, hi = num.min(), num.max()
+        show = (lambda x: f"{int(x)}") if (num == num.round()).all() else (lambda x: f"{x:g}")
+        return show(lo) if lo == hi else f"{show(lo)}-{show(hi)}"
+    return " / ".join(sorted({str(x).lower() if isinstance(x, bool | np.bool_) else str(x) for x in v}))
+
+
+def compute_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: runs, the optimiser-step budget S and the head-only probe steps beside it (protocol v2; the
+    epochs for protocol v1), whether training augmented, the BN policy, the search mode, and the mean
+    seconds per final run: the compute a cell's numbers cost, next to the numbers."""
+    fields = [(c, h) for c, h in COMPUTE_FIELDS if c in df.columns and df[c].notna().any()]
+    rows = []
+    for (b, r, m, f), g in df.groupby(KEY, sort=False):
+        rec: dict[str, Any] = dict(backbone=b, recipe=r, method=m, fraction=frac_label(f), runs=len(g))
+        for c, h in fields:
+            rec[h] = _values(g[c])
+        for c in ("train_seconds", "wall_seconds"):
+            if c in g.columns:
+                sec = pd.to_numeric(g[c], errors="coerce")
+                rec[f"mean {c.replace('_', ' ')}"] = round(float(sec.mean()), 1) if sec.notna().any() else math.nan
+        rows.append((cell_key(b, r, m, f), rec))
+    return pd.DataFrame([rec for _, rec in sorted(rows, key=lambda kr: kr[0])])
