@@ -59,6 +59,19 @@ def get_backbone(name: str) -> BackboneSpec:
     return BACKBONES.get(name)()
 
 
+ARTICLE_RESOLUTION = 32  # the article feeds CIFAR's 32 px images straight into the network
+
+
+def input_resolution(backbone: str, recipe: str, override: int | None = None) -> int:
+    """The one resolution rule (a run, a sweep's cells, a projection): an explicit value wins, else
+    the article's recipe runs at its 32 px, else the backbone's own input size."""
+    if override is not None:
+        return override
+    if recipe in ("seed", "article"):
+        return ARTICLE_RESOLUTION
+    return get_backbone(backbone).input_size
+
+
 def backbone_names() -> list[str]:
     return [*BACKBONES.names(), "timm:<name>"]
 
