@@ -20,7 +20,7 @@ PROTOCOL = 2  # the protocol version (../shared/docs/methods.md) this code imple
 MIN_STEPS = 500  # the protocol's floor; an experiment may go below it for smoke tests, and the report says so
 PASSES = 10  # passes over the labelled subset once the floor is exceeded
 REPORTS = 10  # validation reports per training phase (the pruner's resolution)
-SEED_EPOCHS = 10  # the article's recipe: 10 epochs at its batch size
+ARTICLE_EPOCHS = 10  # the article's recipe: 10 epochs at its batch size
 
 
 def step_budget(n_labelled: int, batch_size: int, min_steps: int = MIN_STEPS, passes: int = PASSES) -> int:
@@ -30,9 +30,9 @@ def step_budget(n_labelled: int, batch_size: int, min_steps: int = MIN_STEPS, pa
     return max(min_steps, math.ceil(passes * n_labelled / batch_size))
 
 
-def seed_recipe_steps(n_labelled: int, batch_size: int) -> int:
-    """The article's budget: SEED_EPOCHS passes at its own batch size (no floor: it is the article's)."""
-    return SEED_EPOCHS * math.ceil(n_labelled / batch_size)
+def article_recipe_steps(n_labelled: int, batch_size: int) -> int:
+    """The article's budget: ARTICLE_EPOCHS passes at its own batch size (no floor: it is the article's)."""
+    return ARTICLE_EPOCHS * math.ceil(n_labelled / batch_size)
 
 
 def report_interval(steps: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -35,10 +36,25 @@ def check_writable(folder: str | Path, option: str = "--results-dir", what: str 
         raise UserError(f"cannot write {what}to {folder}: {probe} is not a writable folder; choose another {option}")
 
 
+class RenamedWarning(FutureWarning):
+    """An old name was given for something renamed: it still works, and the user is told the new one.
+
+    A FutureWarning, not a DeprecationWarning: Python shows FutureWarning to the users of a
+    command by default, and hides DeprecationWarning outside `__main__`."""
+
+
+def renamed(kind: str, old: str, new: str) -> None:
+    """The one-line note for an old name that is mapped to its new one."""
+    warnings.warn(f"{kind} '{old}' is now called '{new}'; '{old}' still works and means '{new}'", RenamedWarning, stacklevel=3)
+
+
 class Registry(Generic[T]):
+    """Plug-ins of one kind by name; old names of renamed entries (`alias`) still resolve."""
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -49,7 +65,22 @@ class Registry(Generic[T]):
 
         return deco
 
+    def alias(self, old: str, new: str) -> None:
+        """`old` is read as `new` (a renamed entry); it is not listed among the names."""
+        if new not in self._items or old in self._items:
+            raise KeyError(f"{self.kind} alias '{old}' -> '{new}': '{new}' must exist and '{old}' must not")
+        self._aliases[old] = new
+
+    def canonical(self, name: str) -> str:
+        """The current name of `name`: an old name becomes the new one, with a RenamedWarning."""
+        new = self._aliases.get(name)
+        if new is None:
+            return name
+        renamed(self.kind, name, new)
+        return new
+
     def get(self, name: str) -> T:
+        name = self._aliases.get(name, name)
         if name not in self._items:
             raise UserError(f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())}; valid: {', '.join(self.names())}")
         return self._items[name]
@@ -58,7 +89,7 @@ class Registry(Generic[T]):
         return list(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)

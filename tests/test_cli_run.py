@@ -304,3 +304,29 @@ def test_python_dash_m_bench_is_the_same_cli() -> None:
     assert "sweep" in proc.stdout and "perf" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "bench", "sweep", "--trials", "0"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --trials must be positive, got 0", bad.stderr
+
+
+def test_recipe_seed_is_the_article_recipe_with_a_note(synthetic_dir: Path, tmp_path: Path) -> None:
+    """`--recipe seed` (and `--method seed_sft`), the old names, train the very run `--recipe article`
+    does (same config, same run id), and the user is told the new names."""
+    import warnings
+
+    from bench.registry import RenamedWarning
+
+    records, notes = {}, {}
+    for recipe, method in (("article", "article_sft"), ("seed", "seed_sft")):
+        args = ["run", "--backbone", "tiny", "--method", method, "--recipe", recipe, "--fraction", "0.1", "--steps", "2"]
+        args += ["--data-dir", str(synthetic_dir), "--record", str(tmp_path / f"{recipe}.json"), "--device", "cpu"]
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            result = runner.invoke(cli.app, args)
+        assert result.exit_code == 0, result.output
+        records[recipe] = json.loads((tmp_path / f"{recipe}.json").read_text())
+        notes[recipe] = " | ".join(str(w.message) for w in seen if issubclass(w.category, RenamedWarning))
+    assert notes["article"] == ""
+    assert "recipe 'seed' is now called 'article'" in notes["seed"]
+    assert "method 'seed_sft' is now called 'article_sft'" in notes["seed"]
+    old, new = records["seed"], records["article"]
+    assert old["run_id"] == new["run_id"] and old["config"] == new["config"]
+    assert (old["recipe"], old["method"]) == ("article", "article_sft")
+    assert old["test_accuracy"] == new["test_accuracy"]

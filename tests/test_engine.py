@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from bench.budget import MIN_STEPS, seed_recipe_steps, step_budget
+from bench.budget import MIN_STEPS, article_recipe_steps, step_budget
 from bench.models.methods import METHODS, HParams
 from bench.train.engine import Diverged, FitResult, classification_metrics, encode_all, fit, fit_probe, lr_factor, predict
 from bench.train.run import execute, make_config
@@ -30,7 +30,7 @@ CPU = torch.device("cpu")
 # chance = 0.10), tiny backbone. Measured minimum test accuracy over seeds 0-3 on this
 # machine (python /tmp/measure_learn.py, this file's settings), and the threshold asserted
 # (margin for other CPUs / torch versions):
-#   finetune 0.50 -> 0.4   linear_probe 0.95 -> 0.8   lp_ft 0.60 -> 0.5   seed_sft 0.505 -> 0.4
+#   finetune 0.50 -> 0.4   linear_probe 0.95 -> 0.8   lp_ft 0.60 -> 0.5   article_sft 0.505 -> 0.4
 #   sft 0.60 -> 0.5   sft-mlp 0.60 -> 0.5   sft-side 0.605 -> 0.5
 #   sft-mlp-frozen 0.70 -> 0.6   sft-side-frozen 1.0 -> 0.8
 LEARN = {"steps": 40, "lr": 0.01, "batch_size": 64}
@@ -44,7 +44,7 @@ LEARN_THRESHOLD = {
     "finetune": 0.4,
     "linear_probe": 0.8,
     "lp_ft": 0.5,
-    "seed_sft": 0.4,
+    "article_sft": 0.4,
     "sft": 0.5,
     "sft-mlp": 0.5,
     "sft-side": 0.5,
@@ -171,10 +171,10 @@ def test_warm_up_factor_by_hand() -> None:
 
 def test_step_budget_rule_is_the_same_for_trials_final_runs_and_every_method(synthetic_data) -> None:  # noqa: ANN001
     """S = max(500, ceil(10 n / batch)), n = the whole labelled subset, so a trial (which trains on
-    80% of it) and the final run of a cell get the same S; the seed recipe is the article's 10 epochs."""
+    80% of it) and the final run of a cell get the same S; the article recipe is the article's 10 epochs."""
     assert step_budget(100, 64) == MIN_STEPS == 500
     assert step_budget(5000, 64) == 782 and step_budget(50000, 128) == 3907
-    assert seed_recipe_steps(5000, 100) == 500 and seed_recipe_steps(450, 100) == 50
+    assert article_recipe_steps(5000, 100) == 500 and article_recipe_steps(450, 100) == 50
     budgets = {
         make_config("tiny", m, 0.5, 0, device=CPU, data=synthetic_data, stage=stage, overrides={"batch_size": 64}).hp.steps
         for m in METHODS.names()
@@ -183,7 +183,7 @@ def test_step_budget_rule_is_the_same_for_trials_final_runs_and_every_method(syn
     assert budgets == {step_budget(1500, 64)} == {500}
     full = make_config("tiny", "finetune", 1.0, 0, device=CPU, data=synthetic_data, overrides={"batch_size": 16})
     assert full.hp.steps == step_budget(3000, 16) == 1875
-    seed = make_config("tiny", "seed_sft", 1.0, 0, recipe="seed", device=CPU, data=synthetic_data)
+    seed = make_config("tiny", "article_sft", 1.0, 0, recipe="article", device=CPU, data=synthetic_data)
     assert seed.hp.steps == 10 * 30  # 3000 images at batch 100, 10 epochs
     assert make_config("tiny", "sft", 0.5, 0, device=CPU, data=synthetic_data, overrides={"steps": 7}).hp.steps == 7
 
@@ -382,20 +382,74 @@ def test_classification_metrics_by_hand() -> None:
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
 
-def test_seed_recipe_is_the_articles_settings(synthetic_data) -> None:  # noqa: ANN001
+def test_article_recipe_is_the_articles_settings(synthetic_data) -> None:  # noqa: ANN001
     """batch 100, SGD lr 0.001 momentum 0.9, constant rate without warm-up, 10 epochs (in steps),
     crop + flip, BatchNorm in train mode (the article never calls eval() while training), 32 px,
     normalisation 0.5 / 0.5 whatever the backbone's own (../shared/docs/methods.md)."""
-    from bench.models.methods import SEED_RECIPE
+    from bench.models.methods import ARTICLE_RECIPE
     from bench.train.run import build_model
 
-    cfg = make_config("efficientnet_lite0", "seed_sft", 0.1, 0, recipe="seed", device=CPU, data=synthetic_data)
-    assert cfg.hp == SEED_RECIPE.update(steps=10 * 3) and cfg.resolution == 32  # 300 labelled images
+    cfg = make_config("efficientnet_lite0", "article_sft", 0.1, 0, recipe="article", device=CPU, data=synthetic_data)
+    assert cfg.hp == ARTICLE_RECIPE.update(steps=10 * 3) and cfg.resolution == 32  # 300 labelled images
     hp = cfg.hp
     assert (hp.optimizer, hp.lr, hp.momentum, hp.batch_size, hp.schedule) == ("sgd", 0.001, 0.9, 100, "constant")
     assert hp.augment and hp.label_smoothing == 0.0 and hp.weight_decay == 0.0 and hp.warmup == 0.0 and hp.bn == "train"
-    tiny = make_config("tiny", "seed_sft", 0.1, 0, recipe="seed", device=CPU, data=synthetic_data)
+    tiny = make_config("tiny", "article_sft", 0.1, 0, recipe="article", device=CPU, data=synthetic_data)
     adapter = build_model(tiny, 10).adapter  # tiny's own normalisation is 0.5 / 0.25
     x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 32, 32)
     assert torch.allclose(adapter(x)[:, :, 0, 0], torch.tensor([[-1.0] * 3, [1.0] * 3]))
-    assert make_config("tiny", "seed_sft", 0.1, 0, recipe="seed", resolution=64, device=CPU, data=synthetic_data).resolution == 64
+    assert (
+        make_config("tiny", "article_sft", 0.1, 0, recipe="article", resolution=64, device=CPU, data=synthetic_data).resolution
+        == 64
+    )
+
+
+def test_old_recipe_and_method_names_give_the_article_config_with_a_note(synthetic_data) -> None:  # noqa: ANN001
+    """`seed` named both the random seed and the article's recipe; it is read as `article` (and
+    `seed_sft` as `article_sft`): the same RunConfig, so the same run id, and a note saying so."""
+    from bench.registry import RenamedWarning
+
+    article = make_config("tiny", "article_sft", 0.1, 0, recipe="article", device=CPU, data=synthetic_data)
+    with pytest.warns(RenamedWarning, match="recipe 'seed' is now called 'article'"):
+        old = make_config("tiny", "article_sft", 0.1, 0, recipe="seed", device=CPU, data=synthetic_data)
+    assert old == article and old.run_id == article.run_id and old.recipe == "article"
+    with pytest.warns(RenamedWarning) as notes:
+        oldest = make_config("tiny", "seed_sft", 0.1, 0, recipe="seed", device=CPU, data=synthetic_data)
+    assert oldest == article and oldest.method == "article_sft"
+    assert sorted(str(n.message).split(" is now")[0] for n in notes) == ["method 'seed_sft'", "recipe 'seed'"]
+    assert "seed_sft" not in METHODS.names() and METHODS.get("seed_sft") is METHODS.get("article_sft")
+    with pytest.raises(Exception, match="recipe 'seed'"):
+        type(article)(**{**article.__dict__, "recipe": "seed"})  # a RunConfig itself only takes current names
+
+
+def test_fits_share_caches_only_when_given_them(synthetic_data, tiny_net) -> None:  # noqa: ANN001
+    """No hidden process state: without `caches` every fit has fresh, private ones (nothing is
+    reused); with one `Caches` the second fit is served from it, bit-identical to recomputing."""
+    from bench.train.engine import Caches
+
+    x, y = synthetic_data.train_x[:200], synthetic_data.train_y[:200]
+    hp = HParams(steps=2, batch_size=64, lr=0.0)
+    probe = PROBE.update(steps=5)
+    spec = METHODS.get("sft")
+    alone = [fit(tiny_net("sft", hp), spec, hp, x, y, seed=0, probe=probe) for _ in range(2)]
+    assert not any(r.probe_cache_hit or r.feature_cache_hits for r in alone)
+    caches = Caches()
+    nets = [tiny_net("sft", hp) for _ in range(2)]
+    shared = [fit(net, spec, hp, x, y, seed=0, probe=probe, caches=caches) for net in nets]
+    assert not shared[0].probe_cache_hit and shared[1].probe_cache_hit and shared[1].feature_cache_hits == 1
+    assert caches.probes.hits == 1 and caches.features.hits == 1 and len(caches.features) == 1
+    fresh = tiny_net("sft", hp)
+    fit(fresh, spec, hp, x, y, seed=0, probe=probe)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in nets[1].state_dict().items())
+    assert shared[1].history == alone[1].history
+
+
+def test_the_feature_cache_is_sized_at_the_entry_point() -> None:
+    """SFT_BENCH_FEATURE_CACHE_MB is read by `Caches.from_env` (called by the commands), never at import."""
+    from bench.registry import UserError
+    from bench.train.engine import Caches, FeatureCache
+
+    assert Caches.from_env({}).features.max_bytes == FeatureCache().max_bytes == 1024 * 2**20
+    assert Caches.from_env({"SFT_BENCH_FEATURE_CACHE_MB": "2.5"}).features.max_bytes == int(2.5 * 2**20)
+    with pytest.raises(UserError, match="SFT_BENCH_FEATURE_CACHE_MB"):
+        Caches.from_env({"SFT_BENCH_FEATURE_CACHE_MB": "lots"})

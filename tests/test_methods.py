@@ -4,7 +4,7 @@ Why: the comparison SFT vs fine-tuning is only fair if each method is what
 ../shared/docs/methods.md (protocol v2) says: sft* and lp_ft start exactly at the
 linear_probe row's model (the branch's last layer is zero), frozen parts stay frozen
 (weights and BatchNorm statistics), one BatchNorm policy and one search space serve every
-method, seed_sft keeps the pretrained K-way classifier, and the trainable parameter counts
+method, article_sft keeps the pretrained K-way classifier, and the trainable parameter counts
 reported in tables are the ones that were trained.
 """
 
@@ -19,12 +19,12 @@ from torch import nn
 
 from bench.models.backbones import build_backbone, get_backbone
 from bench.models.methods import (
+    ARTICLE_RECIPE,
     BACKBONE_LR_MULT_CHOICES,
     BN_POLICIES,
     LABEL_SMOOTHING_CHOICES,
     LR_RANGE,
     METHODS,
-    SEED_RECIPE,
     WARMUP_CHOICES,
     WEIGHT_DECAY_RANGE,
     HParams,
@@ -32,7 +32,7 @@ from bench.models.methods import (
     method_name,
 )
 from bench.registry import UserError
-from bench.train.engine import fit
+from bench.train.engine import Caches, fit
 from bench.train.run import RunConfig, trainable_parameters
 
 SFT_VARIANTS = ["sft", "sft-mlp", "sft-side", "sft-mlp-frozen", "sft-side-frozen"]
@@ -51,7 +51,7 @@ HAND_COUNT = {
     "finetune": TINY_BACKBONE + HEAD,
     "linear_probe": HEAD,
     "lp_ft": TINY_BACKBONE + HEAD,
-    "seed_sft": TINY_BACKBONE + SEED_HEAD,
+    "article_sft": TINY_BACKBONE + SEED_HEAD,
     "sft": TINY_BACKBONE + 2 * HEAD,
     "sft-mlp": TINY_BACKBONE + HEAD + MLP_BRANCH,
     "sft-side": TINY_BACKBONE + HEAD + SIDE_BRANCH,
@@ -116,40 +116,38 @@ def test_sft_branch_is_trained(method: str, batch: tuple, tiny_net) -> None:
 def test_head_starts_as_the_linear_probe_rows_model(method: str, batch: tuple, tiny_net) -> None:
     """H_f is the linear_probe row's model: a `linear_probe` run with the probe's hyperparameters
     on the same data and seed reaches the very head the method starts from (methods.md)."""
-    from bench.train.engine import PROBES
-
+    caches = Caches()
     hp = _hp(method, lr=0.0, steps=1, batch_size=32)  # lr 0: the head stays where the probe left it
     net = tiny_net(method, hp)
     init = _snapshot(net.head)["weight"]
-    PROBES.clear()
-    result = fit(net, METHODS.get(method), hp, *batch, seed=3, probe=PROBE)
+    caches.probes.clear()
+    result = fit(net, METHODS.get(method), hp, *batch, seed=3, probe=PROBE, caches=caches)
     assert {row["phase"] for row in result.history} == {"probe", "train"}
     assert result.probe_steps == PROBE.steps and result.steps == 1
     assert not torch.allclose(net.head.weight, init), "the probe phase did not train the head"
 
     row = tiny_net("linear_probe", PROBE)
-    PROBES.clear()  # fitted again, not served from the cache
-    lp = fit(row, METHODS.get("linear_probe"), PROBE, *batch, seed=3)
+    caches.probes.clear()  # fitted again, not served from the cache
+    lp = fit(row, METHODS.get("linear_probe"), PROBE, *batch, seed=3, caches=caches)
     assert not lp.probe_cache_hit and lp.steps == PROBE.steps and lp.probe_steps == 0
     assert torch.equal(net.head.weight, row.head.weight) and torch.equal(net.head.bias, row.head.bias)
 
 
 def test_the_probe_is_fitted_once_and_a_cached_probe_is_bit_identical(batch: tuple, tiny_net) -> None:
-    from bench.train.engine import PROBES
-
-    PROBES.clear()
+    caches = Caches()
+    caches.probes.clear()
     hp = _hp("sft", lr=0.0, steps=1, batch_size=32)
-    first = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE)
+    first = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE, caches=caches)
     net = tiny_net("sft", hp)
-    second = fit(net, METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE)
-    assert not first.probe_cache_hit and second.probe_cache_hit and PROBES.hits == 1
+    second = fit(net, METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE, caches=caches)
+    assert not first.probe_cache_hit and second.probe_cache_hit and caches.probes.hits == 1
     cached = _snapshot(net.head)
-    PROBES.clear()
+    caches.probes.clear()
     net = tiny_net("sft", hp)
-    fit(net, METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE)
+    fit(net, METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE, caches=caches)
     assert all(torch.equal(v, net.head.state_dict()[k]) for k, v in cached.items())
     # another seed or other probe settings are another probe
-    other = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=2, probe=PROBE)
+    other = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=2, probe=PROBE, caches=caches)
     assert not other.probe_cache_hit
 
 
@@ -224,20 +222,20 @@ def test_trainable_parameter_counts_match_a_hand_count(method: str, batch: tuple
     assert sum(p.numel() for p in net.parameters() if p.grad is not None) == HAND_COUNT[method]
 
 
-def test_seed_sft_maps_the_pretrained_logits_to_classes_tiny(tiny_net) -> None:
+def test_article_sft_maps_the_pretrained_logits_to_classes_tiny(tiny_net) -> None:
     spec = get_backbone("tiny")
     _, pretrained_head = build_backbone(spec, True)
-    net = tiny_net("seed_sft")
+    net = tiny_net("article_sft")
     assert isinstance(net.head, nn.Sequential) and len(net.head) == 2
     assert torch.equal(net.head[0].weight, pretrained_head.weight)  # the pretrained K = 16 logits, kept
     assert (net.head[1].in_features, net.head[1].out_features) == (16, 10)
 
 
-def test_seed_sft_maps_the_pretrained_logits_to_classes_lite0() -> None:
+def test_article_sft_maps_the_pretrained_logits_to_classes_lite0() -> None:
     spec = get_backbone("efficientnet_lite0")
     feats, pretrained_head = build_backbone(spec, True)
     reference = pretrained_head.weight.detach().clone()
-    net = build_net("seed_sft", feats, pretrained_head, spec.feature_dim, 10, SEED_RECIPE, spec.mean, spec.std, 32).eval()
+    net = build_net("article_sft", feats, pretrained_head, spec.feature_dim, 10, ARTICLE_RECIPE, spec.mean, spec.std, 32).eval()
     assert torch.equal(net.head[0].weight, reference)  # the ImageNet classifier, K = 1000
     assert (net.head[1].in_features, net.head[1].out_features) == (1000, 10)
     with torch.no_grad():

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -108,13 +109,16 @@ def test_perf_bad_input_is_one_line_and_writes_nothing(syn: Path, tmp_path: Path
 def test_summary_ratios_and_targets() -> None:
     case = perf.PerfCase("m", 32)
 
-    def row(path: str, ips: float, precision: str = "fp32", fmt: str = "channels_last", note: str = "", sec: float = 1.0) -> dict:
-        return {**perf._row(case, "scratch", path, precision, fmt, 100, [(int(ips * sec), sec)], note), "images_per_second": ips}
+    def row(
+        path: str, ips: float, precision: str = "fp32", fmt: str = "channels_last", setting: str = "suite", sec: float = 1.0
+    ) -> perf.PerfRow:
+        rid = perf.RowId(case, path, precision, fmt, 100, setting)
+        return replace(perf.measured(rid, "scratch", [(int(ips * sec), sec)]), images_per_second=ips)
 
     rows = [
         row("a_train", 1000, "bf16"),
         row("a_train", 800),
-        row("a_train", 400, fmt="contiguous", note="article config"),
+        row("a_train", 400, fmt="contiguous", setting="article"),
         row("a_forward", 4000),
         row("b_suite_train", 760),
         row("c_article_train", 380, fmt="contiguous"),
@@ -135,7 +139,9 @@ def test_summary_ratios_and_targets() -> None:
 # ---------------------------------------------------------------- engine speed paths give the same model
 
 
-def _fit(data: object, method: str, overrides: dict, **kw: object) -> tuple[engine.FitResult, torch.nn.Module]:
+def _fit(
+    data: object, method: str, overrides: dict, caches: engine.Caches | None = None, **kw: object
+) -> tuple[engine.FitResult, torch.nn.Module]:
     cfg = make_config("tiny", method, 0.5, 0, overrides=overrides, stage="trial", device=CPU, data=data)
     torch.manual_seed(0)
     net = build_model(cfg, 10).to(memory_format=torch.channels_last)
@@ -143,29 +149,29 @@ def _fit(data: object, method: str, overrides: dict, **kw: object) -> tuple[engi
     val = (data.train_x[split.val], data.train_y[split.val])
     precision = kw.pop("precision", "fp32")
     x, y = data.train_x[split.train], data.train_y[split.train]
-    r = engine.fit(net, METHODS.get(method), cfg.hp, x, y, seed=0, precision=precision, val=val, **kw)
+    r = engine.fit(net, METHODS.get(method), cfg.hp, x, y, seed=0, precision=precision, val=val, caches=caches, **kw)
     return r, net
 
 
-def _fresh(data: object, method: str, overrides: dict, **kw: object) -> tuple[engine.FitResult, torch.nn.Module]:
-    engine.PROBES.clear()  # else a second fit of the same probe is served from the probe cache, untrained
-    return _fit(data, method, overrides, **kw)
+def _fresh(
+    data: object, method: str, overrides: dict, caches: engine.Caches, **kw: object
+) -> tuple[engine.FitResult, torch.nn.Module]:
+    caches.probes.clear()  # else a second fit of the same probe is served from the probe cache, untrained
+    return _fit(data, method, overrides, caches, **kw)
 
 
 @pytest.mark.parametrize("method", ["linear_probe", "sft-mlp-frozen"])
 def test_feature_cache_modes_train_the_same_model(data: object, method: str) -> None:
-    engine.FEATURES.clear()
+    caches = engine.Caches()
     overrides = {"steps": 4}
-    runs = {mode: _fresh(data, method, overrides, feature_cache=mode) for mode in ("off", "trial", "shared")}
-    again, _ = _fit(data, method, {**overrides, "lr": 0.01}, feature_cache="shared")  # another trial of the cell
+    runs = {mode: _fresh(data, method, overrides, caches, feature_cache=mode) for mode in ("off", "trial", "shared")}
+    again, _ = _fit(data, method, {**overrides, "lr": 0.01}, caches, feature_cache="shared")  # another trial of the cell
     losses = {mode: [h["loss"] for h in r.history] for mode, (r, _) in runs.items()}
     assert losses["off"] == pytest.approx(losses["trial"], rel=1e-5) and losses["trial"] == losses["shared"]
     vals = {mode: [h.get("val_accuracy") for h in r.history] for mode, (r, _) in runs.items()}
     assert vals["off"] == vals["trial"] == vals["shared"]
     assert runs["shared"][0].feature_cache_hits == 0 and again.feature_cache_hits == 2  # train and val features
     assert len(runs["off"][0].interval_seconds) == len(runs["off"][0].history) == (8 if method == "sft-mlp-frozen" else 4)
-    engine.FEATURES.clear()
-    engine.PROBES.clear()
 
 
 def test_feature_cache_keys_on_content(data: object) -> None:
@@ -258,7 +264,7 @@ def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
             study.tell(trial, 0.5)
     finals = optuna.create_study(study_name="q:final/tiny/sft/tuned/0.1", storage=storage, direction="maximize")
     finals.tell(finals.ask(), 0.7)  # the sweep's record of a final run: not a search trial
-    end = datetime.now(timezone.utc) + timedelta(seconds=90)
+    end = datetime.now(UTC) + timedelta(seconds=90)
     with open(tmp_path / "runs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["run_id", "wall_seconds", "finished_at"])
         w.writeheader()
@@ -270,11 +276,11 @@ def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
     assert "50.0%" in perf.sweep_markdown(cost)
 
 
-def _throughputs() -> list[dict]:
+def _throughputs() -> list[perf.PerfRow]:
     case = perf.PerfCase("tiny", 32)
     return [
-        perf._row(case, "x", "b_suite_train", "fp32", "channels_last", 8, [(1000, 1.0), (900, 1.0), (2000, 1.0)]),
-        perf._row(case, "x", "e_suite_eval", "fp32", "channels_last", 8, [(4000, 1.0)]),
+        perf.measured(perf.RowId(case, "b_suite_train", "fp32", "channels_last", 8), "x", [(1000, 1.0), (900, 1.0), (2000, 1.0)]),
+        perf.measured(perf.RowId(case, "e_suite_eval", "fp32", "channels_last", 8), "x", [(4000, 1.0)]),
     ]
 
 
@@ -282,11 +288,11 @@ def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
     grid = tmp_path / "g.toml"
     grid.write_text(
         'backbones = ["tiny", "resnet18"]\nmethods = ["finetune", "linear_probe", "sft"]\nfractions = [0.1]\n'
-        'seeds = 2\ntrials = 3\nresolution = 32\n[[include]]\nbackbones = ["tiny"]\nmethods = ["seed_sft"]\n'
-        'recipes = ["seed"]\n'
+        'seeds = 2\ntrials = 3\nresolution = 32\n[[include]]\nbackbones = ["tiny"]\nmethods = ["article_sft"]\n'
+        'recipes = ["article"]\n'
     )
     rows = _throughputs()
-    assert rows[0]["images_per_second"] == 1000.0 and rows[0]["repeats"] == 3  # the median unit's rate
+    assert rows[0].images_per_second == 1000.0 and rows[0].repeats == 3  # the median unit's rate
     proj = perf.project_grid(grid, rows, pruned_fraction=0.5)
     cells = {(c["backbone"], c["method"]): c for c in proj["cells"]}
     n_train, n_val = 4000, 1000  # 10% of 5000 per class, a fifth of it for validation
@@ -304,7 +310,7 @@ def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
     sft = cells[("tiny", "sft")]  # its probe's features: the training part of each search seed's split
     assert sft["train_images"] == ft["train_images"]
     assert sft["eval_images"] == ft["eval_images"] + 2 * n_train + 2 * (n_train + n_val)
-    seed = cells[("tiny", "seed_sft")]  # the article's 10 epochs at batch 100, no search
+    seed = cells[("tiny", "article_sft")]  # the article's 10 epochs at batch 100, no search
     assert (seed["steps"], seed["batch_size"], seed["trials"]) == (500, 100, 0)
     assert seed["train_images"] == 2 * 500 * 100 and seed["eval_images"] == 2 * 10_000
     assert proj["missing"] == ["resnet18@32"] and cells[("resnet18", "finetune")]["hours"] is None
@@ -336,7 +342,7 @@ def _v1_sweep_folder(folder: Path) -> Path:
         'name = "quick"\nbackbones = ["tiny"]\nmethods = ["finetune"]\nfractions = [0.1]\nmax_epochs = 6\n'
         "[search]\npruner_warmup_epochs = 1\nepochs = false\n"
     )
-    end = datetime.now(timezone.utc)
+    end = datetime.now(UTC)
     with open(folder / "runs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["run_id", "hp_epochs", "hp_probe_epochs", "wall_seconds", "finished_at"])
         w.writeheader()
@@ -365,7 +371,7 @@ def test_perf_projects_from_a_v1_sweep_folder(tmp_path: Path) -> None:
     study.tell(study.ask(), 0.5)
     study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
     table = tmp_path / "perf.csv"
-    table.write_text(perf.to_csv(_throughputs(), perf.COLUMNS))
+    table.write_text(perf.to_csv([r.as_dict() for r in _throughputs()], perf.COLUMNS))
     grid = tmp_path / "g.toml"
     grid.write_text('backbones = ["tiny"]\nmethods = ["finetune"]\nfractions = [0.1]\nseeds = 1\ntrials = 2\nresolution = 32\n')
     args = ["perf", "--project", str(grid), "--throughputs", str(table), "--sweep", str(sweep), "--out", str(tmp_path / "o")]

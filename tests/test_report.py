@@ -80,7 +80,7 @@ def make_experiment(
         ("tiny", "sft", "tuned"): {0.01: (0.06, 3), 0.1: (0.005, 3), 1.0: (0.0, 3)},
         ("tiny", "sft-mlp", "tuned"): {0.01: (0.04, 3), 0.1: (0.01, 3)},
         ("tiny", "sft-side-frozen", "tuned"): {0.01: (0.02, 3)},
-        ("tiny", "seed_sft", "seed"): {0.01: (-0.2, 3), 0.1: (-0.2, 3)},
+        ("tiny", "article_sft", "article"): {0.01: (-0.2, 3), 0.1: (-0.2, 3)},
         ("mini", "finetune", "tuned"): {f: (0.05, 3) for f in FRACTIONS},
         ("mini", "sft", "tuned"): {0.01: (0.02, 3), 0.1: (-0.01, 3), 1.0: (0.01, 3)},
     }
@@ -116,8 +116,8 @@ def make_experiment(
                 row.update(images_per_second=1000.0, peak_memory_mb=100.0, n_train=int(50000 * f), hparams=json.dumps(hp))
                 row.update({f"hp_{k}": v for k, v in hp.items()})
                 row.update(protocol=2, steps=STEPS[f], probe_steps=PROBE_STEPS if m.startswith(("sft", "lp_ft")) else 0)
-                row.update(min_steps=500, search_mode="" if r == "seed" else search_mode, augment=not frozen, bn="frozen")
-                row.update(study="" if r == "seed" else f"{name}/{b}/{m}/{r}/{f:g}", predictions=rel, git_commit="abc123")
+                row.update(min_steps=500, search_mode="" if r == "article" else search_mode, augment=not frozen, bn="frozen")
+                row.update(study="" if r == "article" else f"{name}/{b}/{m}/{r}/{f:g}", predictions=rel, git_commit="abc123")
                 row.update(
                     device="test CPU",
                     torch_version="2.x",
@@ -133,7 +133,7 @@ def make_experiment(
             "warmup": optuna.distributions.IntDistribution(0, 100),
         }
         for (b, m, r), cells in rows.items():
-            if r == "seed":
+            if r == "article":
                 continue
             for f, (_, n) in cells.items():
                 per_seed = [(s, f"/seed{s}") for s in seeds[:n]] if search_mode == "per_seed" else [(None, "")]
@@ -316,7 +316,7 @@ def test_tables_agree_with_each_other_and_with_pandas(built: tuple) -> None:
         assert (c.steps, c.probe_steps) == (sel["steps"].iloc[0], sel["probe_steps"].iloc[0])
     # the new methods sit in the registry's display order
     order = [m for b, m, _r, _c in md if b == "tiny"]
-    assert list(dict.fromkeys(order)) == ["finetune", "linear_probe", "lp_ft", "seed_sft", "sft", "sft-mlp", "sft-side-frozen"]
+    assert list(dict.fromkeys(order)) == ["finetune", "linear_probe", "lp_ft", "article_sft", "sft", "sft-mlp", "sft-side-frozen"]
 
 
 def holm_reference(p: list[float]) -> list[float]:
@@ -341,7 +341,7 @@ def test_holm_by_hand() -> None:
 
 def expected_comparisons(runs: pd.DataFrame) -> dict:
     """Written from the protocol, not from bench.report: every method against finetune of its backbone (the
-    fixture's baselines are all `tuned`), every sft* (not seed_sft) also against linear_probe and lp_ft where the
+    fixture's baselines are all `tuned`), every sft* (not article_sft) also against linear_probe and lp_ft where the
     backbone has them; paired by seed; scipy's paired t-test where 2+ pairs. {(b, r, m, f, baseline): (n, diff, p)}"""
     out = {}
     for (b, r, m, f), mine in runs.groupby(["backbone", "recipe", "method", "fraction"]):
@@ -366,7 +366,7 @@ def test_baselines_form_one_holm_family_that_agrees_with_scipy(built: tuple) -> 
     got = {(t.backbone, t.recipe, t.method, t.fraction, t.baseline_method): t for t in sig.itertuples(index=False)}
     assert set(got) == set(want)
     assert {k[4] for k in got if k[2] == "sft"} == {"finetune", "linear_probe", "lp_ft"}
-    assert not any(k[2] == "seed_sft" and k[4] != "finetune" for k in got)  # seed_sft is not an sft* method
+    assert not any(k[2] == "article_sft" and k[4] != "finetune" for k in got)  # article_sft is not an sft* method
     assert ("mini", "tuned", "sft", 0.1, "lp_ft") not in got  # mini has no lp_ft: no comparison invented
     keys = list(want)
     adj = dict(zip(keys, holm_reference([want[k][2] for k in keys]), strict=True))  # ONE family: all baselines
@@ -1037,3 +1037,19 @@ def test_compare_two_experiments(tmp_path: Path) -> None:
     assert R.resolve_experiment(str(tmp_path / "other"), results) == tmp_path / "other" / "a"  # its only experiment
     with pytest.raises(UserError, match="did you mean 'a'"):
         R.resolve_experiment("aa", results)
+
+
+def test_a_table_written_before_the_article_recipe_got_its_name_reports_under_the_new_name(built: tuple) -> None:
+    """runs.csv files from before the rename say recipe `seed` and method `seed_sft`: they load as
+    `article` / `article_sft`, so old and new tables report and compare alike."""
+    exp = built[0]
+    old = exp.parent / "old-names"
+    shutil.copytree(exp, old)
+    df = pd.read_csv(old / "runs.csv", dtype=str)
+    assert (df["recipe"] == "article").any()
+    df["recipe"] = df["recipe"].replace({"article": "seed"})
+    df["method"] = df["method"].replace({"article_sft": "seed_sft"})
+    df.to_csv(old / "runs.csv", index=False)
+    runs, _ = R.load_runs(old)
+    assert set(runs["recipe"]) == set(runs_of(exp)["recipe"]) and "seed" not in set(runs["recipe"])
+    assert set(runs["method"]) == set(runs_of(exp)["method"])

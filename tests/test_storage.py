@@ -20,7 +20,7 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from bench.sweep.storage import (
+from bench.sweep.journal import (
     BOOT_ID,
     HOST,
     LOCK_PREFIX,
@@ -164,7 +164,7 @@ def test_a_live_lock_is_waited_for(tmp_path: Path) -> None:
     path = tmp_path / "optuna.journal"
     make_journal(path, trials=1)
     lock = tmp_path / "optuna.journal.lock"
-    from bench.sweep.storage import owner_id
+    from bench.sweep.journal import owner_id
 
     os.symlink(LOCK_PREFIX + owner_id(), lock)  # this very process holds it
     backend = SafeJournalBackend(str(path))

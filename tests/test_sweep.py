@@ -151,7 +151,7 @@ fractions = [1.0]
         for f in (0.1, 1.0)
     ]
     expected = [c for c in expected if not (c.backbone == "efficientnet_lite0" and c.fraction == 1.0)]
-    expected += [Cell("tiny", "seed_sft", "seed", f) for f in (0.1, 1.0)]
+    expected += [Cell("tiny", "article_sft", "article", f) for f in (0.1, 1.0)]  # old names read as the new
     assert cells == expected
     assert exp.seeds == (0, 1, 2) and exp.data_seed == 0
     assert cells[0].study_name("g") == "g/tiny/finetune/tuned/0.1"
@@ -191,7 +191,7 @@ def test_shipped_experiments_resolve() -> None:
     )
     assert "resnet18" in paper.backbones and paper.search.mode == "per_seed"
     assert paper.fractions == (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0) and len(paper.seeds) == 5
-    assert any(c.recipe == "seed" and c.method == "seed_sft" for c in paper.cells())
+    assert any(c.recipe == "article" and c.method == "article_sft" for c in paper.cells())
     assert study.search.mode == "per_seed" and len(study.seeds) >= 5 and study.steps is None
     assert set(study.methods) == {
         "finetune",
@@ -803,3 +803,54 @@ def test_a_freed_claim_gives_its_slot_back_instead_of_shifting_the_later_ones() 
     stale = trial(4, TrialState.RUNNING)
     assert take_slot([done0, freed, mine, trial(3, TrialState.COMPLETE, 1), stale], 4, 3, 180, now) is None
     assert take_slot([done0, mine, stale], 4, 3, 180, now + 1000) is None  # itself stale: not counted
+
+
+def test_surveying_never_writes_a_dead_claim_stays_until_a_worker_frees_it(tmp_path: Path, synthetic_dir: Path) -> None:
+    """Reading the grid (survey, trials) writes nothing, from a worker or a monitor alike: a dead
+    process's claim stays RUNNING and the journal byte-identical. The claim simply does not count
+    (its slot is free to ask); only a worker's explicit step (before each scheduling step) frees it."""
+    from bench.sweep import BOOT_ID, HOST, Sweep, new_claim
+    from bench.train.run import get_data
+
+    text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
+    exp = experiment(tmp_path, synthetic_dir, text, name="ro")
+    data = get_data(synthetic_dir)
+    writer = Sweep(exp, data, CPU)
+    sid = writer.search_study(exp.cells()[0], exp.seeds[0])
+    assert sid is not None
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    new_claim(writer.storage, sid, {"kind": "trial", "owner": f"{HOST}|{BOOT_ID}|{dead}|1"})
+    path = exp.out_dir / "optuna.journal"
+    before = path.read_bytes()
+
+    for reader in (Sweep(exp, data, CPU), Sweep(exp, data, CPU, read_only=True)):
+        status = reader.survey()
+        assert [t.state for t in reader.trials(sid)] == [TrialState.RUNNING]
+        assert status.cells[0].searches[exp.seeds[0]].can_ask and not status.running  # dead: not counted
+    assert path.read_bytes() == before
+
+    writer.free_dead_claims()
+    (trial,) = writer.trials(sid)
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"].startswith("stale: worker")
+    assert path.read_bytes() != before
+
+
+def test_a_claim_whose_work_fails_is_marked_failed_with_the_reason(tmp_path: Path) -> None:
+    """The one claim skeleton (trials and final runs): an exception in the work marks the claim FAIL
+    with the reason and detaches the heartbeat; a claim someone else took over is left as it is."""
+    import bench.sweep as S
+
+    storage = S.signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
+    optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    sid = storage.get_study_id_from_name("s")
+    hb = S.Heartbeat(storage, interval=3600)
+    with pytest.raises(ValueError), S.claim(storage, sid, {"run_id": "a"}, hb) as tid:
+        assert hb.trial_id == tid
+        raise ValueError("disk on fire\nsecond line")
+    assert hb.trial_id is None
+    failed = storage.get_trial(tid)
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "ValueError: disk on fire"
+
+    with pytest.raises(S.LostClaim), S.claim(storage, sid, {"run_id": "b"}, hb) as tid:
+        raise S.LostClaim("taken over")
+    assert storage.get_trial(tid).state == TrialState.RUNNING and hb.trial_id is None

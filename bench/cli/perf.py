@@ -31,7 +31,7 @@ def _wait_for_quiet(threshold: float, max_wait: float, log: Callable[[str], None
         time.sleep(15)
 
 
-def _reports(P: Any, rows: list[dict], sweep: Path | None, project: Path | None) -> str:
+def _reports(P: Any, rows: list[Any], sweep: Path | None, project: Path | None) -> str:
     """The sweep-level cost of a finished sweep and the projection of a grid, as Markdown."""
     parts = []
     pruned, source = None, ""
@@ -106,20 +106,22 @@ def perf(
         kw.update({k: v for k, v in dict(steps=steps, max_seconds=max_seconds).items() if v is not None})
         settings = P.PerfSettings.quick(**kw) if quick else P.PerfSettings(**kw)
         dev = resolve_device(device)
-        from bench.train.run import get_data
+        from bench.train.caches import Caches
 
-        data = get_data(data_dir)
+        caches = Caches.from_env()  # SFT_BENCH_FEATURE_CACHE_MB is read here, at the entry point
+        data = caches.data.get(data_dir)
     except UserError as exc:
         fail(str(exc))
     if wait_load > 0:
         _wait_for_quiet(wait_load, wait_max, log)
 
-    def reports(rows: list[dict]) -> str:
+    def reports(rows: list[Any]) -> str:
         """perf.md's tail: the sweep's cost and the grid's projection from the rows just measured."""
         return _reports(P, rows, sweep, project)
 
     try:
-        info, rows, summary, files = P.run_perf(selected, data, dev, settings, out, log=log, projection=reports, command=command)
+        kw = dict(log=log, projection=reports, command=command, caches=caches)
+        info, rows, summary, files = P.run_perf(selected, data, dev, settings, out, **kw)
     except UserError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -160,16 +160,16 @@ def _check_inputs(opts: RunOptions) -> tuple[str, Any]:
     return name, dev
 
 
-def _prepare(opts: RunOptions) -> tuple[Any, Any, Any]:
+def _prepare(opts: RunOptions, caches: Any) -> tuple[Any, Any, Any]:
     """The run's config, its data and device; every bad input raises UserError before anything is written."""
     from bench.models.methods import METHODS, HParams
-    from bench.train.engine import default_probe
-    from bench.train.run import get_data, make_config
+    from bench.train.probe import default_probe
+    from bench.train.run import make_config
 
     overrides = opts.overrides()
     probe_changes = parse_set(opts.probe_set, "--probe-set")
     name, dev = _check_inputs(opts)
-    data = get_data(opts.data_dir)
+    data = caches.data.get(opts.data_dir)
     probe = None
     if probe_changes:
         base = HParams().update(**METHODS.get(name).defaults).update(**overrides)
@@ -206,11 +206,11 @@ def _announce(cfg: Any, dev: Any) -> None:
     )
 
 
-def _train(cfg: Any, data: Any, dev: Any, opts: RunOptions) -> Any:
+def _train(cfg: Any, data: Any, dev: Any, opts: RunOptions, caches: Any) -> Any:
     """Train with a progress bar per phase; divergence and Ctrl-C end the command with nothing written."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bench.train.engine import Diverged
+    from bench.train.loop import Diverged
     from bench.train.run import execute
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
@@ -236,6 +236,7 @@ def _train(cfg: Any, data: Any, dev: Any, opts: RunOptions) -> Any:
                 save_predictions=opts.save_predictions,
                 save_model=opts.save_model,
                 compile=opts.compile_,
+                caches=caches,
             )
         except UserError as exc:
             fail(str(exc))
@@ -271,10 +272,14 @@ def run(
     branch: Annotated[str | None, typer.Option(help="sft's branch: linear, mlp or side.")] = None,
     fraction: Annotated[float, typer.Option(help="Label fraction in (0, 1], per class.")] = 0.1,
     seed: Annotated[int, typer.Option(min=0, help="Data and training seed (at most 2**32 - 1).")] = 0,
-    recipe: Annotated[str, typer.Option(help="tuned (hyperparameters from flags) or seed (the article's).")] = "tuned",
+    recipe: Annotated[
+        str, typer.Option(help="tuned (hyperparameters from flags) or article (the article's; 'seed' is its old name).")
+    ] = "tuned",
     data_dir: Annotated[Path, typer.Option(help="Folder holding cifar-10-batches-py.")] = Path("data"),
     results_dir: Annotated[Path, typer.Option(help="Where the record goes by default.")] = Path("results"),
-    resolution: Annotated[int | None, typer.Option(help="Input pixels (default: the backbone's; 32 for --recipe seed).")] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help="Input pixels (default: the backbone's; 32 for --recipe article).")
+    ] = None,
     scratch: Annotated[bool, typer.Option("--scratch", help="Random initialisation instead of pretrained weights.")] = False,
     steps: Annotated[
         int | None,
@@ -307,14 +312,16 @@ def run(
 ) -> None:
     """Train and evaluate one (backbone, method, fraction, seed) run."""
     opts = RunOptions(**locals())  # first statement: locals() is exactly the options here
+    from bench.train.caches import Caches
     from bench.train.run import write_record
 
     try:
-        cfg, data, dev = _prepare(opts)
+        caches = Caches.from_env()  # SFT_BENCH_FEATURE_CACHE_MB is read here, at the entry point
+        cfg, data, dev = _prepare(opts, caches)
     except UserError as exc:
         fail(str(exc))
     _announce(cfg, dev)
-    rec = _train(cfg, data, dev, opts)
+    rec = _train(cfg, data, dev, opts, caches)
     path = opts.record or opts.results_dir / "runs" / f"{cfg.run_id}.json"
     write_record(path, rec)
     _print_result(cfg, rec, path)

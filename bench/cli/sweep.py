@@ -157,12 +157,12 @@ def load(
 def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list[str]]:
     """Everything that could fail later, checked now: device, weights, results folder, storage,
     data, fractions against the data, and settings of an existing experiment. Writes nothing."""
-    from bench.data import cv_folds, label_split, load_cifar10
+    from bench.data import cv_folds, label_split
     from bench.models.backbones import get_backbone
     from bench.provenance import resolve_device
     from bench.sweep import check_settings, check_storage, open_storage, storage_exists
     from bench.sweep.experiment import check_writable
-    from bench.train.run import _DATA, get_data
+    from bench.train.caches import Caches
 
     warnings = []
     device = resolve_device(exp.device)
@@ -178,12 +178,7 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
     warn = check_storage(exp)
     if warn:
         warnings.append(warn)
-    if not download:
-        key = str(Path(exp.data_dir).resolve())
-        data = _DATA.get(key) or load_cifar10(exp.data_dir, download_missing=False)
-        _DATA[key] = data
-    else:
-        data = get_data(exp.data_dir)
+    data = Caches.from_env().data.get(exp.data_dir, download_missing=download)
     for f in sorted({c.fraction for c in exp.cells()}):
         label_split(data.train_y, f, exp.data_seed, exp.val_fraction)
         if exp.cv_folds > 1:

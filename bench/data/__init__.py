@@ -1,4 +1,5 @@
-"""CIFAR-10 on the training device: loading (`cifar10`), label fractions (`splits`), batch augmentation (`batches`).
+"""CIFAR-10 on the training device: loading (`cifar10`), label fractions (`splits`), batch augmentation (`batches`),
+loaded datasets kept by their owner (`cache`).
 
 Why this shape: the whole dataset is 180 MB of uint8, so it lives on the training device and
 every batch is an index into it; augmentation (the article's random crop with 4 px padding and
@@ -10,6 +11,7 @@ workers on the hot path.
 """
 
 from bench.data.batches import augment
+from bench.data.cache import DataCache
 from bench.data.cifar10 import CLASSES, FOLDER, Cifar10, load_cifar10, safe_unpickle, synthetic_cifar
 from bench.data.splits import Split, check_fraction, cv_folds, label_split, labelled_count
 
@@ -17,6 +19,7 @@ __all__ = [
     "CLASSES",
     "FOLDER",
     "Cifar10",
+    "DataCache",
     "Split",
     "augment",
     "check_fraction",

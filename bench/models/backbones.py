@@ -2,7 +2,7 @@
 
 A backbone is built as (features, pretrained_head): `features(x)` maps normalised
 images to pooled vectors of size `feature_dim`, and `pretrained_head` is the original
-classifier (K outputs, e.g. 1000 ImageNet logits) that `seed_sft` keeps. Weights that
+classifier (K outputs, e.g. 1000 ImageNet logits) that `article_sft` keeps. Weights that
 cannot be had are a `UserError` before any training starts; random initialisation is
 only ever the explicit `pretrained=False` (`--scratch`).
 """

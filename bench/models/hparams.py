@@ -8,7 +8,7 @@ import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from bench.registry import UserError
+from bench.registry import UserError, renamed
 
 BN_POLICIES = ("frozen", "train")
 
@@ -101,7 +101,7 @@ class HParams:
 # cross-entropy, 10 epochs (steps = 10 x ceil(n / 100), set per run by make_config),
 # flip + crop(32, pad 4), constant learning rate without warm-up, and BatchNorm in
 # train mode (the article never calls eval() while training).
-SEED_RECIPE = HParams(
+ARTICLE_RECIPE = HParams(
     optimizer="sgd",
     lr=0.001,
     momentum=0.9,
@@ -114,4 +114,21 @@ SEED_RECIPE = HParams(
     augment=True,
     bn="train",
 )
-SEED_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+ARTICLE_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+# The recipes a run can have: `tuned` (searched hyperparameters) and `article` (the article's
+# fixed recipe above). The article's recipe was called `seed`, which also names the random
+# seed: that name is still read (old commands, experiment files and runs.csv files) and means
+# `article`, with a note.
+RECIPES = ("tuned", "article")
+RECIPE_ALIASES = {"seed": "article"}
+METHOD_ALIASES = {"seed_sft": "article_sft"}  # the article's model, named after its recipe
+
+
+def recipe_name(recipe: str) -> str:
+    """The recipe's current name: `seed` -> `article` (with a FutureWarning saying so), others as given."""
+    new = RECIPE_ALIASES.get(recipe)
+    if new is None:
+        return recipe
+    renamed("recipe", recipe, new)
+    return new

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models.hparams import BN_POLICIES, SEED_NORMALISATION, SEED_RECIPE, HParams  # noqa: F401 (re-exported)
+from bench.models.hparams import ARTICLE_NORMALISATION, ARTICLE_RECIPE, BN_POLICIES, METHOD_ALIASES, HParams  # noqa: F401 (re-exported)
 from bench.registry import Registry, UserError
 
 
@@ -188,11 +188,16 @@ register_method(
 
 
 @register_method(
-    "seed_sft", trains_backbone=True, summary="the article's model: full pretrained classifier (K logits) -> Linear(K, C)"
+    "article_sft", trains_backbone=True, summary="the article's model: full pretrained classifier (K logits) -> Linear(K, C)"
 )
-def _seed_sft(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, None, bool]:
+def _article_sft(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[nn.Module, None, bool]:
     k = pretrained_head.out_features if isinstance(pretrained_head, nn.Linear) else _out_features(pretrained_head)
     return nn.Sequential(pretrained_head, nn.Linear(k, c)), None, False
+
+
+# Its name until the recipe was renamed `article` (`seed` also names the random seed); still read.
+for _old, _new in METHOD_ALIASES.items():
+    METHODS.alias(_old, _new)
 
 
 def _out_features(module: nn.Module) -> int:

@@ -9,15 +9,16 @@ problem (UserError) before anything is computed or written.
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import tomllib
 
+from bench.models.hparams import METHOD_ALIASES, RECIPE_ALIASES
 from bench.registry import UserError, did_you_mean
-from bench.report.schema import JOURNAL, KEY, METRIC, REQUIRED, RUNS_CSV
+from bench.report.schema import JOURNAL, KEY, METRIC, REQUIRED, RUNS_CSV, STR_COLUMNS
 
 # ---------------------------------------------------------------- experiment folders
 
@@ -96,7 +97,7 @@ def load_runs(experiment_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     if not path.is_file():
         raise UserError(f"no runs table at {path}; run `python cli.py sweep` first")
     try:
-        df = pd.read_csv(path, dtype={"run_id": str, "study": str, "predictions": str, "git_commit": str})
+        df = pd.read_csv(path, dtype=dict.fromkeys(STR_COLUMNS, str))
     except pd.errors.EmptyDataError:
         raise UserError(f"{path} is empty; no finished runs to report yet") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
@@ -110,6 +111,9 @@ def load_runs(experiment_dir: Path) -> tuple[pd.DataFrame, list[str]]:
         if df[col].isna().any():
             raise UserError(f"{path}: {int(df[col].isna().sum())} row(s) have no {col}")
         df[col] = df[col].astype(str)
+    # Tables written before the article's recipe got its name say "seed" / "seed_sft".
+    df["recipe"] = df["recipe"].replace(RECIPE_ALIASES)
+    df["method"] = df["method"].replace(METHOD_ALIASES)
     for col in ("fraction", "seed", METRIC):
         num = pd.to_numeric(df[col], errors="coerce")
         bad = int(num.isna().sum())
@@ -186,18 +190,14 @@ def load_studies(experiment_dir: Path, experiment: str, storage: str | None, not
     The study's user_attrs win over its name where both are present."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     loc = storage_location(experiment_dir, storage)
     try:
-        if "://" in loc:
-            from bench.sweep.storage import with_password
+        if "://" not in loc and not Path(loc).is_file():
+            notes.append(f"No Optuna storage at {loc}: hyperparameter importances and optimisation histories are omitted.")
+            return []
+        from bench.sweep.storage import open_storage
 
-            store: Any = optuna.storages.RDBStorage(with_password(loc), skip_table_creation=True)
-        else:
-            if not Path(loc).is_file():
-                notes.append(f"No Optuna storage at {loc}: hyperparameter importances and optimisation histories are omitted.")
-                return []
-            store = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(loc))
+        store: Any = open_storage(loc, read_only=True)
         summaries = store.get_all_studies()
     except Exception as exc:  # a damaged or unreachable storage must not cost the whole report
         from bench.sweep.storage import masked

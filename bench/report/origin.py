@@ -83,7 +83,7 @@ def provenance(experiment_dir: Path, df: pd.DataFrame, studies: list[StudyInfo])
     items.append(
         (
             "report built",
-            f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}, commit {_git_commit()}, {', '.join(vers)}",
+            f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, commit {_git_commit()}, {', '.join(vers)}",
         )
     )
     return items

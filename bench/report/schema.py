@@ -8,7 +8,11 @@ method order is copied from the registry (bench/models/methods.py) so that a rep
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pandas as pd
+
+from bench.records import RunsRow
 
 BASELINE = "finetune"
 # Protocol v2: every sft* method is also compared with the two simpler methods it contains.
@@ -17,7 +21,10 @@ BASELINE_ORDER = (BASELINE, *EXTRA_BASELINES)
 METRIC = "test_accuracy"
 RUNS_CSV = "runs.csv"
 JOURNAL = "optuna.journal"
-REQUIRED = ("backbone", "method", "recipe", "fraction", "seed", METRIC)
+REQUIRED = ("backbone", "method", "recipe", "fraction", "seed", METRIC)  # the least a runs table must have
+# runs.csv's text columns, from the row type the sweep writes: read as text even when a value looks
+# numeric (a run id or a commit of digits only, an experiment named "1").
+STR_COLUMNS = tuple(f.name for f in fields(RunsRow) if f.type == "str")
 KEY = ["backbone", "recipe", "method", "fraction"]
 TESTS = ("ttest", "wilcoxon")
 TEST_NAMES = {"ttest": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
@@ -27,14 +34,14 @@ METHOD_ORDER = (
     "finetune",
     "linear_probe",
     "lp_ft",
-    "seed_sft",
+    "article_sft",
     "sft",
     "sft-mlp",
     "sft-side",
     "sft-mlp-frozen",
     "sft-side-frozen",
 )
-RECIPE_ORDER = ("tuned", "seed")
+RECIPE_ORDER = ("tuned", "article")
 
 
 def method_rank(m: str) -> tuple[int, str]:
@@ -43,7 +50,7 @@ def method_rank(m: str) -> tuple[int, str]:
 
 
 def recipe_rank(r: str) -> tuple[int, str]:
-    """Sort key of a recipe: `tuned`, then `seed`, then any other alphabetically."""
+    """Sort key of a recipe: `tuned`, then `article`, then any other alphabetically."""
     return (RECIPE_ORDER.index(r), "") if r in RECIPE_ORDER else (len(RECIPE_ORDER), r)
 
 
@@ -59,7 +66,7 @@ def cell_key(b: str, r: str, m: str, f: float) -> tuple:
 
 
 def is_sft(method: str) -> bool:
-    """The supervision-branch family (`sft`, `sft-mlp`, `sft-side`, their frozen rows); not `seed_sft`,
+    """The supervision-branch family (`sft`, `sft-mlp`, `sft-side`, their frozen rows); not `article_sft`,
     the article's literal model, which has no probe inside it."""
     return method.startswith("sft")
 

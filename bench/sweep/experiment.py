@@ -3,7 +3,8 @@
 Why a separate module: the sweep, its CLI, the tests and the written `config.toml` all
 need the same parsing and the same validation, and every check has to run before a
 single file is written or a single epoch trained (a multi-day grid that dies on a typo
-in cell 40 wastes a day). Every problem is a `UserError`: one line, exit code 2.
+in cell 40 wastes a day). Every problem is a `UserError`: one line, exit code 2. The
+checks themselves are in bench/sweep/validate.py; `resolve` calls them in reading order.
 
     name = "quick"                      # default: the file's stem
     backbones = ["efficientnet_lite0"]
@@ -25,36 +26,32 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from bench.budget import PROTOCOL
 from bench.records import Cell
 from bench.registry import UserError, did_you_mean
 from bench.registry import check_writable as registry_check_writable
+from bench.sweep import validate as checks
+from bench.sweep.validate import (  # noqa: F401  (the names a file may hold: the CLI, perf and tests read them here)
+    BOOL_WORDS,
+    FIRST_TRIALS,
+    GRID_KEYS,
+    MAX_SEED,
+    MAX_SEEDS,
+    PRECISIONS,
+    PRUNERS,
+    RECIPES,
+    SEARCH_MODES,
+    V1_KEYS,
+    V1_SEARCH_KEYS,
+    is_distribution,
+)
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
-RECIPES = ("tuned", "seed")
-SEARCH_MODES = ("per_seed", "shared")
-FIRST_TRIALS = ("defaults", "sampled")
-# Protocol v1 keys: budgets were epochs. Named here so an old file fails with the remedy.
-V1_KEYS = {
-    "max_epochs": "budgets are optimiser steps now (protocol v2): remove max_epochs; the step rule applies, or set steps = N",
-}
-V1_SEARCH_KEYS = {
-    "pruner_warmup_epochs": "the pruner never stops a trial before half its steps now: use search.pruner_warmup (>= 0.5)",
-    "epochs": "epochs are not searched in protocol v2 (budgets are steps): remove search.epochs",
-    "min_epochs": "epochs are not searched in protocol v2 (budgets are steps): remove search.min_epochs",
-}
-PRECISIONS = ("auto", "fp32", "bf16")
-PRUNERS = ("median", "none")
-GRID_KEYS = ("backbones", "methods", "recipes", "fractions")
-MAX_SEEDS = 1000  # a count beyond this is a typo, not an experiment
-MAX_SEED = 2**32 - 1  # what every generator the suite seeds accepts
-BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "0", "1")
 
 
 @dataclass(frozen=True)
@@ -131,6 +128,12 @@ class Experiment:
             return self.resolution.get(backbone)
         return self.resolution
 
+    def resolution_override(self, cell: Cell) -> int | None:
+        """The explicit resolution for `cell`, for bench.models.backbones.input_resolution: the
+        experiment's `resolution` applies to tuned cells; the article's recipe always runs at its
+        own 32 px (paper.toml's article cells beside its 128 px tuned ones)."""
+        return self.resolution_for(cell.backbone) if cell.recipe == "tuned" else None
+
     def startup_trials(self) -> int:
         s = self.search.startup_trials
         return s if s is not None else min(10, max(2, self.trials // 3))
@@ -146,7 +149,7 @@ class Experiment:
         return out
 
     def space_for(self, method: str) -> dict[str, dict]:
-        out = {k: v for k, v in self.space.items() if _is_distribution(v)}
+        out = {k: v for k, v in self.space.items() if is_distribution(v)}
         out.update(self.space.get(method, {}))
         return out
 
@@ -190,10 +193,6 @@ class Experiment:
 def _matches(cell: Cell, block: dict[str, Any]) -> bool:
     attr = {"backbones": cell.backbone, "methods": cell.method, "recipes": cell.recipe, "fractions": cell.fraction}
     return all(attr[k] in block[k] for k in GRID_KEYS if k in block)
-
-
-def _is_distribution(v: Any) -> bool:
-    return isinstance(v, dict) and ("choices" in v or "low" in v or "high" in v)
 
 
 # ---------------------------------------------------------------- loading
@@ -256,191 +255,24 @@ def parse_names(text: str, flag: str) -> list[str]:
 
 
 def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
-    """Validate a raw TOML dict (flags already merged in) into an Experiment, or raise UserError."""
-    from bench.models.backbones import BACKBONES, get_backbone
-    from bench.models.methods import METHODS, HParams, method_name
+    """Validate a raw TOML dict (flags already merged in) into an Experiment, or raise UserError.
 
-    for key, why in V1_KEYS.items():
-        if key in raw:
-            raise UserError(f"{source}: '{key}' is a protocol v1 key: {why}")
-    if isinstance(raw.get("search"), str):  # `search = "per_seed"`: the mode alone
-        raw = {**raw, "search": {"mode": raw["search"]}}
-    if isinstance(raw.get("search"), dict):
-        for key, why in V1_SEARCH_KEYS.items():
-            if key in raw["search"]:
-                raise UserError(f"{source}: 'search.{key}' is a protocol v1 key: {why}")
-    unknown = set(raw) - TOP_KEYS
-    if unknown:
-        key = sorted(unknown)[0]
-        raise UserError(f"{source}: unknown key '{key}'{did_you_mean(key, sorted(TOP_KEYS))}")
-    name = _str(raw, "name", source)
-    if not name or any(c in name for c in "/\\:") or name.startswith("."):
-        raise UserError(f"{source}: experiment name '{name}' must be non-empty without '/', '\\' or ':'")
+    The checks run in the order a reader meets the keys (bench/sweep/validate.py), so the first
+    mistake of a file is the one reported."""
+    from bench.models.methods import METHODS
 
-    def backbone(b: Any, where: str) -> str:
-        if not isinstance(b, str) or not b:
-            raise UserError(f"{source}: {where} must be backbone names, got {b!r}")
-        if b.startswith("timm:"):
-            get_backbone(b)  # raises with similar names when timm has no such model
-            return b
-        if b not in BACKBONES:
-            raise UserError(
-                f"{source}: unknown backbone '{b}'{did_you_mean(b, BACKBONES.names())}; "
-                f"valid: {', '.join(BACKBONES.names())}, timm:<name>"
-            )
-        return b
-
-    def method(m: Any, where: str) -> str:
-        if isinstance(m, dict):
-            extra = set(m) - {"name", "branch"}
-            if extra or "name" not in m:
-                raise UserError(f"{source}: {where}: a method table has keys name and branch, got {sorted(m)}")
-            m = method_name(str(m["name"]), m.get("branch"))
-        if not isinstance(m, str) or not m:
-            raise UserError(f"{source}: {where} must be method names, got {m!r}")
-        if m not in METHODS:
-            raise UserError(
-                f"{source}: unknown method '{m}'{did_you_mean(m, METHODS.names())}; valid: {', '.join(METHODS.names())}"
-            )
-        return m
-
-    def recipe(r: Any, where: str) -> str:
-        if r not in RECIPES:
-            raise UserError(
-                f"{source}: unknown recipe {r!r}{did_you_mean(str(r), list(RECIPES))} in {where}; valid: {', '.join(RECIPES)}"
-            )
-        return r
-
-    def fraction(f: Any, where: str) -> float:
-        if isinstance(f, bool) or not isinstance(f, int | float) or not math.isfinite(f):
-            raise UserError(f"{source}: {where}: fraction {f!r} is not a number")
-        if not 0.0 < f <= 1.0:
-            raise UserError(f"{source}: {where}: fraction {f:g} is outside (0, 1]; use e.g. 0.01 for 1% of the labels")
-        return float(f)
-
-    def grid_list(d: dict, key: str, conv: Any, where: str, required: bool = True) -> tuple:
-        if key not in d:
-            if required:
-                raise UserError(f"{source}: '{key}' is missing")
-            return ()
-        v = d[key]
-        items = v if isinstance(v, list) else [v]
-        if not items:
-            raise UserError(f"{source}: '{key}' is empty")
-        out = tuple(conv(x, f"{where}{key}") for x in items)
-        dupes = sorted({x for x in out if out.count(x) > 1}, key=str)
-        if dupes:
-            raise UserError(f"{source}: '{key}' lists {dupes[0]!r} twice")
-        return out
-
-    backbones = grid_list(raw, "backbones", backbone, "")
-    methods = grid_list(raw, "methods", method, "")
-    recipes = grid_list(raw, "recipes", recipe, "") if "recipes" in raw else ("tuned",)
-    fractions = grid_list(raw, "fractions", fraction, "")
-
-    seeds_raw = raw.get("seeds", 3)
-    if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool) and seeds_raw > MAX_SEEDS:
-        raise UserError(f"{source}: seeds = {seeds_raw} is more than {MAX_SEEDS} seeds; give a count up to {MAX_SEEDS}")
-    if isinstance(seeds_raw, bool) or not isinstance(seeds_raw, int | list):
-        raise UserError(f"{source}: seeds must be a count or a list of integers, got {seeds_raw!r}")
-    if isinstance(seeds_raw, int):
-        if seeds_raw <= 0:
-            raise UserError(f"{source}: seeds must be a positive count, got {seeds_raw}")
-        seeds = tuple(range(seeds_raw))
-    else:
-        if not seeds_raw or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds_raw):
-            raise UserError(f"{source}: seeds must be a non-empty list of integers in 0..{MAX_SEED}, got {seeds_raw!r}")
-        if len(set(seeds_raw)) != len(seeds_raw):
-            raise UserError(f"{source}: seeds lists a seed twice: {seeds_raw}")
-        seeds = tuple(seeds_raw)
-
-    trials = _positive_int(raw, "trials", 8, source)
-    steps = None if raw.get("steps") is None else _positive_int(raw, "steps", 500, source)
-    cv = _positive_int(raw, "cv_folds", 1, source)
-
-    resolution = raw.get("resolution")
-    if resolution is not None:
-        if isinstance(resolution, dict):
-            for b, px in resolution.items():
-                if b not in backbones and not any(b in blk.get("backbones", ()) for blk in raw.get("include", [])):
-                    raise UserError(f"{source}: resolution is given for '{b}', which is not a backbone of this experiment")
-                _check_resolution(px, f"resolution.{b}", source)
-        else:
-            _check_resolution(resolution, "resolution", source)
-
-    precision = _str(raw, "precision", source, "auto")
-    if precision not in PRECISIONS:
-        raise UserError(f"{source}: precision '{precision}' is not one of: {', '.join(PRECISIONS)}")
-    device = _str(raw, "device", source, "auto")
-    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
-        raise UserError(f"{source}: device '{device}' is not one of: auto, cpu, cuda, cuda:N")
-    compile_ = raw.get("compile", False)
-    if not isinstance(compile_, bool | str) or (isinstance(compile_, str) and compile_.lower() in BOOL_WORDS):
-        raise UserError(
-            f"{source}: compile must be true, false (TOML booleans, unquoted) or a torch.compile backend name, got {compile_!r}"
-        )
-    pretrained = raw.get("pretrained", True)
-    if not isinstance(pretrained, bool):
-        raise UserError(f"{source}: pretrained must be true or false, got {pretrained!r}")
-    val_fraction = raw.get("val_fraction", 0.2)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
-        raise UserError(f"{source}: val_fraction must be in (0, 1), got {val_fraction!r}")
-
-    search = _dataclass_table(Search, raw.get("search", {}), "search", source)
-    if search.mode not in SEARCH_MODES:
-        raise UserError(
-            f"{source}: search mode {search.mode!r}{did_you_mean(str(search.mode), list(SEARCH_MODES))} "
-            f"is not one of: {', '.join(SEARCH_MODES)}"
-        )
-    if search.pruner not in PRUNERS:
-        raise UserError(f"{source}: search.pruner '{search.pruner}' is not one of: {', '.join(PRUNERS)}")
-    for key in ("startup_trials", "pruner_startup_trials"):
-        v = getattr(search, key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-            raise UserError(f"{source}: search.{key} must be a positive integer, got {v!r}")
-    w = search.pruner_warmup
-    if isinstance(w, bool) or not isinstance(w, int | float) or not 0.5 <= w <= 1.0:
-        raise UserError(
-            f"{source}: search.pruner_warmup must be a fraction of the steps in [0.5, 1] "
-            f"(the protocol never prunes a trial before half its budget), got {w!r}"
-        )
-    if not isinstance(search.bn, bool):
-        raise UserError(f"{source}: search.bn must be true or false, got {search.bn!r}")
-    if search.first_trial not in FIRST_TRIALS:
-        raise UserError(f"{source}: search.first_trial {search.first_trial!r} is not one of: {', '.join(FIRST_TRIALS)}")
-    workers = _dataclass_table(Workers, raw.get("workers", {}), "workers", source)
-    for key in ("heartbeat_seconds", "stale_after_seconds"):
-        v = getattr(workers, key)
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
-            raise UserError(f"{source}: workers.{key} must be a positive, finite number of seconds, got {v!r}")
-    if not (0 < workers.heartbeat_seconds < workers.stale_after_seconds):
-        raise UserError(f"{source}: workers need 0 < heartbeat_seconds < stale_after_seconds")
-
-    hp_fields = {f.name for f in fields(HParams)}
-    hparams = _per_method_table(raw.get("hparams", {}), "hparams", source, hp_fields, METHODS.names(), lambda v, w: v)
-    space = _per_method_table(raw.get("space", {}), "space", source, hp_fields, METHODS.names(), _check_distribution(source))
-    # Fixed values must make valid hyperparameters.
-    for scope, values in [("hparams", {k: v for k, v in hparams.items() if not isinstance(v, dict)})] + [
-        (f"hparams.{m}", v) for m, v in hparams.items() if isinstance(v, dict)
-    ]:
-        try:
-            HParams().update(**values)
-        except (UserError, TypeError) as exc:
-            raise UserError(f"{source}: {scope}: {exc}") from None
-        if "steps" in values:
-            raise UserError(f"{source}: {scope}.steps: the step budget is one per cell for every method; use top-level steps")
-    for scope, _dist in _all_distributions(space):
-        if scope.endswith(".steps"):
-            raise UserError(f"{source}: {scope}: the step budget is not searched (one budget per cell for every method)")
-
-    include = tuple(
-        _grid_block(b, i, "include", source, backbone, method, recipe, fraction)
-        for i, b in enumerate(_blocks(raw, "include", source))
-    )
-    exclude = tuple(
-        _grid_block(b, i, "exclude", source, backbone, method, recipe, fraction)
-        for i, b in enumerate(_blocks(raw, "exclude", source))
-    )
+    raw = checks.check_v1_keys(raw, source)
+    name = checks.check_name(raw, source, TOP_KEYS)
+    backbones, methods, recipes, fractions = checks.grid_lists(raw, source)
+    seeds = checks.check_seeds(raw, source)
+    trials, steps, cv = checks.check_budgets(raw, source)
+    resolution = checks.check_resolution(raw, backbones, source)
+    runtime = checks.check_runtime(raw, source)
+    search = checks.check_search(raw, source, Search)
+    workers = checks.check_workers(raw, source, Workers)
+    hparams, space = checks.check_hparams_space(raw, source)
+    include = checks.grid_blocks(raw, "include", source)
+    exclude = checks.grid_blocks(raw, "exclude", source)
 
     exp = Experiment(
         name=name,
@@ -453,15 +285,11 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
         steps=steps,
         cv_folds=cv,
         resolution=resolution,
-        pretrained=pretrained,
-        precision=precision,
-        device=device,
-        compile=compile_,
-        val_fraction=float(val_fraction),
-        data_dir=_str(raw, "data_dir", source, "data"),
-        results_dir=_str(raw, "results_dir", source, "results"),
-        storage=_str(raw, "storage", source, ""),
-        description=_str(raw, "description", source, ""),
+        **runtime,
+        data_dir=checks.string(raw, "data_dir", source, "data"),
+        results_dir=checks.string(raw, "results_dir", source, "results"),
+        storage=checks.string(raw, "storage", source, ""),
+        description=checks.string(raw, "description", source, ""),
         search=search,
         workers=workers,
         hparams=hparams,
@@ -483,138 +311,6 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
     return exp
 
 
-def _str(raw: dict, key: str, source: str, default: str | None = None) -> str:
-    v = raw.get(key, default)
-    if not isinstance(v, str):
-        raise UserError(f"{source}: {key} must be a string, got {v!r}")
-    return v
-
-
-def _positive_int(raw: dict, key: str, default: int, source: str) -> int:
-    v = raw.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise UserError(f"{source}: {key} must be a positive integer, got {v!r}")
-    return v
-
-
-def _check_resolution(px: Any, where: str, source: str) -> None:
-    if isinstance(px, bool) or not isinstance(px, int) or not 8 <= px <= 1024:
-        raise UserError(f"{source}: {where} must be an integer number of pixels in 8..1024, got {px!r}")
-
-
-def _dataclass_table(cls: type, table: Any, key: str, source: str) -> Any:
-    if not isinstance(table, dict):
-        raise UserError(f"{source}: [{key}] must be a table")
-    known = [f.name for f in fields(cls)]
-    for k in table:
-        if k not in known:
-            raise UserError(f"{source}: unknown key '{key}.{k}'{did_you_mean(k, known)}; valid: {', '.join(known)}")
-    return cls(**table)
-
-
-def _per_method_table(table: Any, key: str, source: str, hp_fields: set, methods: list, check: Any) -> dict:
-    if not isinstance(table, dict):
-        raise UserError(f"{source}: [{key}] must be a table")
-    out: dict[str, Any] = {}
-    for k, v in table.items():
-        if k in methods:
-            if not isinstance(v, dict):
-                raise UserError(f"{source}: [{key}.{k}] must be a table of hyperparameters")
-            for f, fv in v.items():
-                if f not in hp_fields:
-                    raise UserError(f"{source}: unknown hyperparameter '{key}.{k}.{f}'{did_you_mean(f, sorted(hp_fields))}")
-                check(fv, f"{key}.{k}.{f}")
-            out[k] = dict(v)
-        elif k in hp_fields:
-            check(v, f"{key}.{k}")
-            out[k] = v
-        else:
-            raise UserError(
-                f"{source}: unknown name '{key}.{k}'{did_you_mean(k, sorted(hp_fields) + methods)}; "
-                "expected a hyperparameter or a method name"
-            )
-    return out
-
-
-def _check_distribution(source: str) -> Any:
-    def _check_values(name: str, values: list, where: str) -> None:
-        """Every value a distribution can give must make valid hyperparameters (checked now, not mid-sweep)."""
-        from bench.models.methods import HParams
-
-        for v in values:
-            if isinstance(v, dict | list):
-                raise UserError(f"{source}: {where}: {v!r} is not a value")
-            try:
-                HParams().update(**{name: v})
-            except (UserError, TypeError, ValueError) as exc:
-                raise UserError(f"{source}: {where}: {v!r} is not a valid value ({exc})") from None
-
-    def check(d: Any, where: str) -> None:
-        name = where.rsplit(".", 1)[-1]
-        if not isinstance(d, dict):
-            raise UserError(f"{source}: {where} must be a table: {{ low = .., high = .., log = true }} or {{ choices = [..] }}")
-        keys = set(d)
-        if "choices" in keys:
-            if keys != {"choices"} or not isinstance(d["choices"], list) or not d["choices"]:
-                raise UserError(f"{source}: {where}: a categorical distribution is {{ choices = [..] }} with a non-empty list")
-            _check_values(name, d["choices"], where)
-            return
-        if not {"low", "high"} <= keys or keys - {"low", "high", "log", "step"}:
-            raise UserError(f"{source}: {where}: a range distribution has low, high and optionally log, step; got {sorted(keys)}")
-        lo, hi = d["low"], d["high"]
-        if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in (lo, hi)) or not lo <= hi:
-            raise UserError(f"{source}: {where}: need finite numbers low <= high, got {lo!r}, {hi!r}")
-        if "log" in d and not isinstance(d["log"], bool):
-            raise UserError(f"{source}: {where}: log must be true or false (a TOML boolean, unquoted), got {d['log']!r}")
-        if d.get("log") and lo <= 0:
-            raise UserError(f"{source}: {where}: a log distribution needs low > 0, got {lo!r}")
-        if "step" in d:
-            step = d["step"]
-            if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step) or step <= 0:
-                raise UserError(f"{source}: {where}: step must be a positive number, got {step!r}")
-            if d.get("log"):
-                raise UserError(f"{source}: {where}: a distribution has step or log, not both")
-            if isinstance(lo, int) and isinstance(hi, int) and not isinstance(step, int):
-                raise UserError(f"{source}: {where}: an integer range needs an integer step, got {step!r}")
-        _check_values(name, [lo, hi], where)
-
-    return check
-
-
-def _all_distributions(space: dict) -> list[tuple[str, dict]]:
-    out = []
-    for k, v in space.items():
-        if _is_distribution(v):
-            out.append((f"space.{k}", v))
-        else:
-            out.extend((f"space.{k}.{f}", d) for f, d in v.items())
-    return out
-
-
-def _blocks(raw: dict, key: str, source: str) -> list[dict]:
-    v = raw.get(key, [])
-    if not isinstance(v, list) or not all(isinstance(b, dict) for b in v):
-        raise UserError(f"{source}: [[{key}]] must be an array of tables")
-    return v
-
-
-def _grid_block(block: dict, i: int, key: str, source: str, backbone: Any, method: Any, recipe: Any, fraction: Any) -> dict:
-    conv = {"backbones": backbone, "methods": method, "recipes": recipe, "fractions": fraction}
-    out = {}
-    for k, v in block.items():
-        if k not in conv:
-            raise UserError(
-                f"{source}: unknown key '{key}[{i}].{k}'{did_you_mean(k, list(GRID_KEYS))}; valid: {', '.join(GRID_KEYS)}"
-            )
-        items = v if isinstance(v, list) else [v]
-        if not items:
-            raise UserError(f"{source}: '{key}[{i}].{k}' is empty")
-        out[k] = tuple(conv[k](x, f"{key}[{i}].{k}") for x in items)
-    if not out:
-        raise UserError(f"{source}: [[{key}]] number {i + 1} is empty")
-    return out
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -632,8 +328,8 @@ def to_toml(exp: Experiment) -> str:
             continue
         lines.append(f"{k} = {_toml_value(v)}")
     for k, v in tables.items():
-        scalars = {a: b for a, b in v.items() if b is not None and not (isinstance(b, dict) and not _is_distribution(b))}
-        subs = {a: b for a, b in v.items() if isinstance(b, dict) and not _is_distribution(b)}
+        scalars = {a: b for a, b in v.items() if b is not None and not (isinstance(b, dict) and not is_distribution(b))}
+        subs = {a: b for a, b in v.items() if isinstance(b, dict) and not is_distribution(b)}
         lines += ["", f"[{k}]"] + [f"{a} = {_toml_value(b)}" for a, b in scalars.items()]
         for a, b in subs.items():
             lines += ["", f"[{k}.{a}]"] + [f"{x} = {_toml_value(y)}" for x, y in b.items()]

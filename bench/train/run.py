@@ -4,7 +4,7 @@ A frozen `RunConfig` describes the run completely; its hash is the run id, so a
 result is found again (and never recomputed) from the config alone.
 
     python cli.py run --backbone efficientnet_lite0 --method sft --fraction 0.1 --resolution 64
-    python cli.py run --recipe seed --method seed_sft --backbone resnet18   # the article
+    python cli.py run --recipe article --method article_sft --backbone resnet18   # the article
 """
 
 from __future__ import annotations
@@ -21,16 +21,20 @@ from typing import Any
 
 import torch
 
-from bench.budget import MIN_STEPS, PROTOCOL, seed_recipe_steps, step_budget
-from bench.data import Cifar10, check_fraction, cv_folds, label_split, labelled_count, load_cifar10
-from bench.models.backbones import build_backbone, get_backbone
-from bench.models.methods import METHODS, SEED_NORMALISATION, SEED_RECIPE, HParams, build_net
+from bench.budget import MIN_STEPS, PROTOCOL, article_recipe_steps, step_budget
+from bench.data import Cifar10, check_fraction, cv_folds, label_split, labelled_count
+from bench.models.backbones import build_backbone, get_backbone, input_resolution
+from bench.models.hparams import RECIPES, recipe_name
+from bench.models.methods import ARTICLE_NORMALISATION, ARTICLE_RECIPE, METHODS, HParams, build_net
 from bench.provenance import peak_memory_mb, provenance, resolve_device
 from bench.records import Provenance, RunRecord
 from bench.registry import UserError
-from bench.train.engine import FitResult, classification_metrics, default_probe, fit, predict
+from bench.train.caches import Caches
+from bench.train.evaluate import classification_metrics, predict
+from bench.train.fit import fit
+from bench.train.loop import FitResult
+from bench.train.probe import default_probe
 
-RECIPES = ("tuned", "seed")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -82,10 +86,12 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
+        """The first 16 hex digits of the SHA-256 of the config as sorted JSON: same config, same id."""
         blob = json.dumps(asdict(self), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
+        """The config as plain data (nested hyperparameters as dicts)."""
         return asdict(self)
 
 
@@ -110,24 +116,26 @@ def make_config(
     """Resolve defaults (recipe, method defaults, step budget, backbone resolution) into a RunConfig.
 
     The step budget is `overrides["steps"]` when given, else the protocol's rule of the
-    labelled-set size (bench/budget.py; the article's 10 epochs for the seed recipe).
-    `probe`: the linear probe a probe-initialised method starts from (the sweep passes the
-    linear_probe row's chosen hyperparameters); default: linear_probe's defaults at this budget.
+    labelled-set size (bench/budget.py; the article's 10 epochs for the article recipe).
+    The resolution is `input_resolution`'s (bench/models/backbones.py): the one rule the
+    sweep and perf's projection use too. `probe`: the linear probe a probe-initialised
+    method starts from (the sweep passes the linear_probe row's chosen hyperparameters);
+    default: linear_probe's defaults at this budget. The old names `recipe="seed"` and
+    `method="seed_sft"` are read as `article` / `article_sft` (same config, same run id),
+    with a RenamedWarning.
     """
+    recipe = recipe_name(recipe)
+    method = METHODS.canonical(method)
     spec = METHODS.get(method)
-    if recipe == "seed":
-        hp = SEED_RECIPE.update(**spec.defaults)
-        # The article feeds 32 px CIFAR images straight into the network.
-        resolution = 32 if resolution is None else resolution
-    else:
-        hp = HParams().update(**spec.defaults)
-        # `is None`, not `or`: an explicit 0 is bad input for RunConfig to refuse, not the default
-        resolution = get_backbone(backbone).input_size if resolution is None else resolution
+    article = recipe == "article"
+    hp = (ARTICLE_RECIPE if article else HParams()).update(**spec.defaults)
+    # `is None` inside: an explicit 0 is bad input for RunConfig to refuse, not the default
+    resolution = input_resolution(backbone, recipe, resolution)
     overrides = dict(overrides or {})
     hp = hp.update(**overrides)
     if "steps" not in overrides:
         n = labelled_count(data.train_y, fraction)
-        hp = hp.update(steps=seed_recipe_steps(n, hp.batch_size) if recipe == "seed" else step_budget(n, hp.batch_size))
+        hp = hp.update(steps=article_recipe_steps(n, hp.batch_size) if article else step_budget(n, hp.batch_size))
     if spec.probe_init and probe is None:
         probe = default_probe(hp)
     if precision == "auto":
@@ -151,29 +159,96 @@ def make_config(
     )
 
 
-_DATA: dict[str, Cifar10] = {}
-
-
-def get_data(data_dir: str | Path) -> Cifar10:
-    """Load once per process (the sweep runs hundreds of trainings on the same arrays)."""
-    key = str(Path(data_dir).resolve())
-    if key not in _DATA:
-        _DATA[key] = load_cifar10(data_dir)
-    return _DATA[key]
+def get_data(data_dir: str | Path, caches: Caches | None = None) -> Cifar10:
+    """The dataset in `data_dir`, from `caches.data` when given (loaded once per owner: the sweep runs
+    hundreds of trainings on the same arrays), else loaded now."""
+    return (caches if caches is not None else Caches()).data.get(data_dir)
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> torch.nn.Module:
+    """The run's network: its backbone (pretrained or not), the method's head and the input adapter
+    (the article's recipe normalises with 0.5 / 0.5, whatever the backbone's own statistics)."""
     bspec = get_backbone(cfg.backbone)
     feats, pretrained_head = build_backbone(bspec, cfg.pretrained)
-    mean, std = SEED_NORMALISATION if cfg.recipe == "seed" else (bspec.mean, bspec.std)
+    mean, std = ARTICLE_NORMALISATION if cfg.recipe == "article" else (bspec.mean, bspec.std)
     return build_net(cfg.method, feats, pretrained_head, bspec.feature_dim, num_classes, cfg.hp, mean, std, cfg.resolution)
 
 
 def trainable_parameters(net: torch.nn.Module, cfg: RunConfig) -> int:
+    """Parameters the run trains: the head and branch, and the backbone's when the method trains it."""
     spec = METHODS.get(cfg.method)
     backbone = sum(p.numel() for p in net.backbone.parameters()) if spec.train_backbone(cfg.hp) else 0
     rest = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("backbone."))
     return backbone + rest
+
+
+Fold = tuple[torch.Tensor, torch.Tensor | None]  # (training indices, validation indices or None: the test set)
+
+
+def run_folds(cfg: RunConfig, data: Cifar10) -> list[Fold]:
+    """What the run trains and scores on: the whole labelled subset then the test set (final), its
+    train / validation split (trial), or k stratified folds of it (trial, cv_folds > 1)."""
+    split = label_split(data.train_y, cfg.fraction, cfg.seed, cfg.val_fraction)
+    if cfg.stage == "final":
+        return [(split.labelled, None)]
+    if cfg.cv_folds > 1:
+        return list(cv_folds(data.train_y, cfg.fraction, cfg.seed, cfg.cv_folds))
+    return [(split.train, split.val)]
+
+
+@dataclass
+class FoldResult:
+    """One fold's training and its scores on what it was evaluated on."""
+
+    net: torch.nn.Module
+    fit: FitResult
+    probs: torch.Tensor
+    labels: torch.Tensor
+    metrics: dict
+    eval_seconds: float
+
+
+def run_fold(
+    cfg: RunConfig,
+    data: Cifar10,
+    device: torch.device,
+    fold: Fold,
+    progress: Callable[[dict], None] | None,
+    compile: bool | str,
+    caches: Caches,
+) -> FoldResult:
+    """Build the model, train it on the fold's training images, and score it on its validation
+    images (or on the test set: the only place a final run reads it)."""
+    train_idx, val_idx = fold
+    torch.manual_seed(cfg.seed)
+    net = build_model(cfg, data.num_classes).to(device).to(memory_format=torch.channels_last)
+    x = data.train_x[train_idx].to(device)
+    y = data.train_y[train_idx].to(device)
+    val = None if val_idx is None else (data.train_x[val_idx].to(device), data.train_y[val_idx].to(device))
+    spec = METHODS.get(cfg.method)
+    result = fit(
+        net,
+        spec,
+        cfg.hp,
+        x,
+        y,
+        seed=cfg.seed,
+        precision=cfg.precision,
+        val=val,
+        on_progress=progress,
+        compile=compile,
+        probe=cfg.probe,
+        caches=caches,
+    )
+    t0 = time.perf_counter()
+    if val is None:
+        ex, ey = data.test()
+        ex, ey = ex.to(device), ey.to(device)
+    else:
+        ex, ey = val
+    probs = predict(net, ex, cfg.precision)
+    seconds = time.perf_counter() - t0
+    return FoldResult(net, result, probs, ey, classification_metrics(probs, ey, data.num_classes), seconds)
 
 
 def execute(
@@ -185,114 +260,95 @@ def execute(
     save_predictions: Path | None = None,
     save_model: Path | None = None,
     compile: bool | str = False,
+    caches: Caches | None = None,
 ) -> RunRecord:
     """Train and evaluate one run; return its record.
 
     `compile` (torch.compile for the end-to-end phase) changes speed, not the result, so
-    it is not part of the RunConfig or its run id.
+    it is not part of the RunConfig or its run id. `caches`: the feature and probe caches
+    shared with the owner's other runs (a sweep's); default: fresh ones, private to this
+    run (the same record, less reuse). Process settings (cuDNN's kernel search) are the
+    entry point's (bench/cli/__init__.py, configure_runtime), not made here.
     """
     wall0 = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        torch.backends.cudnn.benchmark = True
-    spec = METHODS.get(cfg.method)
-    split = label_split(data.train_y, cfg.fraction, cfg.seed, cfg.val_fraction)
-    if cfg.stage == "final":
-        folds: list[tuple[torch.Tensor, torch.Tensor | None]] = [(split.labelled, None)]
-    elif cfg.cv_folds > 1:
-        folds = list(cv_folds(data.train_y, cfg.fraction, cfg.seed, cfg.cv_folds))
-    else:
-        folds = [(split.train, split.val)]
+    caches = Caches() if caches is None else caches
+    folds = run_folds(cfg, data)
     k = len(folds)
-    results: list[FitResult] = []
-    val_scores: list[dict] = []
-    t_eval = 0.0
-    for j, (train_idx, val_idx) in enumerate(folds):
-        torch.manual_seed(cfg.seed)
-        net = build_model(cfg, data.num_classes).to(device).to(memory_format=torch.channels_last)
-        x = data.train_x[train_idx].to(device)
-        y = data.train_y[train_idx].to(device)
-        val = None if val_idx is None else (data.train_x[val_idx].to(device), data.train_y[val_idx].to(device))
+    done: list[FoldResult] = []
+    for j, fold in enumerate(folds):
         # fold j's rows continue the step count of the folds before it: one axis for the pruner
-        fold_progress = None if on_progress is None else _fold_rows(on_progress, j, k)
-        result = fit(
-            net,
-            spec,
-            cfg.hp,
-            x,
-            y,
-            seed=cfg.seed,
-            precision=cfg.precision,
-            val=val,
-            on_progress=fold_progress,
-            compile=compile,
-            probe=cfg.probe,
-        )
-        results.append(result)
-        t0 = time.perf_counter()
-        if val is None:
-            ex, ey = data.test()
-            ex, ey = ex.to(device), ey.to(device)
-        else:
-            ex, ey = val
-        probs = predict(net, ex, cfg.precision)
-        t_eval += time.perf_counter() - t0
-        val_scores.append(classification_metrics(probs, ey, data.num_classes))
-    metrics = val_scores[0]
+        progress = None if on_progress is None else _fold_rows(on_progress, j, k)
+        done.append(run_fold(cfg, data, device, fold, progress, compile, caches))
+    record = _record(cfg, data, device, folds, done, time.perf_counter() - wall0)
+    last = done[-1]
+    if save_predictions is not None:
+        write_predictions(save_predictions, last.probs, last.labels, data.classes)
+    if save_model is not None:
+        save_checkpoint(save_model, last.net, cfg, data.classes)
+    return record
+
+
+def _record(
+    cfg: RunConfig, data: Cifar10, device: torch.device, folds: list[Fold], done: list[FoldResult], wall_seconds: float
+) -> RunRecord:
+    """The run's record from its folds: metrics (a trial's averaged over folds), counts, timings, provenance."""
+    k = len(done)
+    spec = METHODS.get(cfg.method)
+    metrics = done[0].metrics
     if cfg.stage == "trial":
         metrics = {
-            "val_accuracy": sum(m["test_accuracy"] for m in val_scores) / k,
-            "val_macro_f1": sum(m["macro_f1"] for m in val_scores) / k,
+            "val_accuracy": sum(d.metrics["test_accuracy"] for d in done) / k,
+            "val_macro_f1": sum(d.metrics["macro_f1"] for d in done) / k,
         }
         if k > 1:
-            metrics["fold_val_accuracy"] = [m["test_accuracy"] for m in val_scores]
-    history = [dict(r, fold=j) if k > 1 else r for j, res in enumerate(results) for r in res.history]
-    result = results[-1]
-    train_seconds = sum(r.train_seconds for r in results)
-    feature_seconds = sum(r.feature_seconds for r in results)
-    images = sum(r.images_seen for r in results)
+            metrics["fold_val_accuracy"] = [d.metrics["test_accuracy"] for d in done]
+    history = [dict(r, fold=j) if k > 1 else r for j, d in enumerate(done) for r in d.fit.history]
+    result = done[-1].fit
+    n_eval = len(done[-1].labels)
+    train_seconds = sum(d.fit.train_seconds for d in done)
+    feature_seconds = sum(d.fit.feature_seconds for d in done)
+    t_eval = sum(d.eval_seconds for d in done)
+    images = sum(d.fit.images_seen for d in done)
     config = cfg.to_dict()
-    record = RunRecord(
+    return RunRecord(
         run_id=cfg.run_id,
         config=config,
-        **{k: v for k, v in config.items() if k not in ("hp", "probe")},
+        **{key: v for key, v in config.items() if key not in ("hp", "probe")},
         hparams=asdict(cfg.hp),
         probe_hparams=None if cfg.probe is None else asdict(cfg.probe),
         **metrics,
         classes=list(data.classes),
         n_train=len(folds[0][0]),
-        n_eval=len(ey),
+        n_eval=n_eval,
         steps=result.steps,
         probe_steps=result.probe_steps,
         min_steps=MIN_STEPS,
         augment=result.augmented,
         bn=cfg.hp.bn if spec.trains_backbone else "frozen",
-        probe_cache_hit=any(r.probe_cache_hit for r in results),
-        trainable_params=trainable_parameters(net, cfg),
+        probe_cache_hit=any(d.fit.probe_cache_hit for d in done),
+        trainable_params=trainable_parameters(done[-1].net, cfg),
         train_seconds=train_seconds,
         feature_seconds=feature_seconds,
         eval_seconds=t_eval,
-        eval_images_per_second=k * len(ey) / t_eval if t_eval > 0 else 0.0,
-        wall_seconds=time.perf_counter() - wall0,
+        eval_images_per_second=k * n_eval / t_eval if t_eval > 0 else 0.0,
+        wall_seconds=wall_seconds,
         images_per_second=images / (train_seconds + feature_seconds) if train_seconds + feature_seconds > 0 else 0.0,
         peak_memory_mb=peak_memory_mb(device),
         history=history,
         provenance=Provenance(**provenance(device)),
     )
-    if save_predictions is not None:
-        write_predictions(save_predictions, probs, ey, data.classes)
-    if save_model is not None:
-        atomic_write(
-            save_model,
-            lambda f: torch.save(
-                {"state_dict": net.state_dict(), "config": json.loads(json.dumps(cfg.to_dict())), "classes": list(data.classes)},
-                f,
-            ),
-        )
-    return record
+
+
+def save_checkpoint(path: Path, net: torch.nn.Module, cfg: RunConfig, classes: tuple[str, ...]) -> None:
+    """The trained model with its config and classes (loads with weights_only=True)."""
+    blob = {"state_dict": net.state_dict(), "config": json.loads(json.dumps(cfg.to_dict())), "classes": list(classes)}
+    atomic_write(path, lambda f: torch.save(blob, f))
 
 
 def _fold_rows(on_progress: Callable[[dict], None], fold: int, folds: int) -> Callable[[dict], None]:
+    """`on_progress` for fold `fold`: its rows say their fold and count steps on from the folds before."""
     if folds == 1:
         return on_progress
 
@@ -335,8 +391,10 @@ def write_predictions(path: Path, probs: torch.Tensor, labels: torch.Tensor, cla
 
 
 def write_record(path: Path, record: RunRecord) -> None:
+    """The run's JSON record, written whole or not at all."""
     atomic_write(path, lambda f: f.write(json.dumps(record.to_dict(), indent=2)), mode="w")
 
 
 def default_device(name: str = "auto") -> torch.device:
+    """The torch device for a name (auto: CUDA when there is one)."""
     return resolve_device(name)

@@ -1,0 +1,315 @@
+"""The measurements of one case (`Bench`): (a) the ceiling, (b) the suite's loop, (c) the article's
+pipeline (article.py), (d) frozen-backbone trials with and without the caches, (e) evaluation.
+
+Every measurement warms up first (oneDNN and cuDNN pick and build kernels on the first
+calls) and then times whole steps between device syncs, stopping after `steps` steps or
+`max_seconds`, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from itertools import pairwise
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.budget import REPORTS, report_interval
+from bench.data import Cifar10, label_split
+from bench.models.backbones import get_backbone
+from bench.models.methods import METHODS, HParams
+from bench.perf.article import article_pipeline
+from bench.perf.rows import PerfRow, RowId, measured
+from bench.perf.settings import ARTICLE_BATCH, FORMATS, FORWARD_BATCHES, PerfCase, PerfSettings
+from bench.train.caches import Caches
+from bench.train.device import autocast, eval_batch, sync
+from bench.train.evaluate import predict
+from bench.train.fit import fit
+from bench.train.loop import make_optimizer
+from bench.train.run import RunConfig, build_model, make_config
+
+
+def timed(step: Callable[[], None], device: torch.device, warmup: int, steps: int, max_seconds: float) -> list[float]:
+    """Seconds of each timed call: `warmup` untimed calls, then up to `steps` calls or `max_seconds`."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    out: list[float] = []
+    while len(out) < steps:
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        out.append(time.perf_counter() - t0)
+        if len(out) >= 2 and sum(out) > max_seconds:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- the measurements
+
+
+class _Enough(Exception):
+    """Raised from `on_progress` once (b) has timed its intervals (as the sweep's pruner stops a trial)."""
+
+
+class Bench:
+    """All measurements of one case; builds every model the same way the suite does."""
+
+    def __init__(
+        self, case: PerfCase, data: Cifar10, device: torch.device, settings: PerfSettings, caches: Caches | None = None
+    ) -> None:
+        self.case, self.data, self.device, self.s = case, data, device, settings
+        self.caches = Caches() if caches is None else caches
+        spec = get_backbone(case.backbone)
+        ok, _ = spec.available()
+        # Speed does not depend on the weights' values, so a backbone without offline
+        # weights is measured from a random initialisation, and the table says so.
+        self.pretrained = ok
+        self.weights = "pretrained" if ok else "scratch (random init; same speed)"
+        self.suite_precision = make_config(
+            case.backbone, "finetune", 1.0, 0, device=device, data=data, pretrained=ok, precision=settings.precision
+        ).precision
+
+    def config(
+        self, method: str, overrides: dict, precision: str | None = None, stage: str = "final", fraction: float = 1.0
+    ) -> RunConfig:
+        """The run config the suite would make for `method` on this case (seed 0, the case's resolution)."""
+        return make_config(
+            self.case.backbone,
+            method,
+            fraction,
+            0,
+            resolution=self.case.resolution,
+            pretrained=self.pretrained,
+            overrides=overrides,
+            stage=stage,
+            precision=precision or self.suite_precision,
+            device=self.device,
+            data=self.data,
+        )
+
+    def net(self, cfg: RunConfig, fmt: str = "channels_last") -> nn.Module:
+        """The run's model as `execute` builds it (seed 0), in memory format `fmt`."""
+        torch.manual_seed(0)
+        return build_model(cfg, self.data.num_classes).to(self.device).to(memory_format=FORMATS[fmt])
+
+    # a: the ceiling
+    def ceiling(self) -> list[PerfRow]:
+        """(a) forward + backward + step on synthetic tensors in memory, every precision x memory format;
+        and forward only, at every batch of FORWARD_BATCHES in the fastest configuration."""
+        s, dev, res = self.s, self.device, self.case.resolution
+        hp = HParams().update(**METHODS.get("finetune").defaults, batch_size=s.batch_size)
+        cfg = self.config("finetune", {"batch_size": s.batch_size})
+        rows = []
+        gen = torch.Generator().manual_seed(0)
+        for precision in s.ceiling_precisions:
+            for fmt in s.ceiling_formats:
+                net = self.net(cfg, fmt).train()
+                x = torch.randn(s.batch_size, 3, res, res, generator=gen).to(dev).contiguous(memory_format=FORMATS[fmt])
+                y = torch.randint(0, 10, (s.batch_size,), generator=gen).to(dev)
+                opt = make_optimizer([{"params": list(net.parameters())}], hp)
+
+                def step(
+                    net: nn.Module = net, x: torch.Tensor = x, y: torch.Tensor = y, opt: Any = opt, p: str = precision
+                ) -> None:
+                    with autocast(dev, p):
+                        loss = F.cross_entropy(net.head(net.backbone(x)).float(), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+
+                units = [(s.batch_size, t) for t in timed(step, dev, s.warmup, s.steps, s.max_seconds)]
+                rows.append(measured(RowId(self.case, "a_train", precision, fmt, s.batch_size), self.weights, units))
+                del net, opt
+                rows.append(self.forward(cfg, precision, fmt, eval_batch(dev)))
+        by_id = {r.id: r for r in rows}
+        # The forward ceiling is also the fastest batch: try the others in the fastest configuration.
+        best = max((r.id for r in rows if r.id.path == "a_forward"), key=lambda i: by_id[i].images_per_second)
+        for batch in FORWARD_BATCHES:
+            if batch != best.batch_size:
+                rows.append(self.forward(cfg, best.precision, best.memory_format, batch))
+        return rows
+
+    def forward(self, cfg: RunConfig, precision: str, fmt: str, batch: int) -> PerfRow:
+        """(a) forward only: eval mode, inference mode, synthetic float input already in memory."""
+        s, dev, res = self.s, self.device, self.case.resolution
+        net = self.net(cfg, fmt).eval()
+        xe = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(2)).to(dev)
+        xe = xe.contiguous(memory_format=FORMATS[fmt])
+
+        @torch.inference_mode()
+        def fwd() -> None:
+            with autocast(dev, precision):
+                net.head(net.backbone(xe))
+
+        # about as many images as the training steps see, whatever the batch
+        steps = max(2, s.steps * s.batch_size // (2 * batch))
+        units = [(batch, t) for t in timed(fwd, dev, 1, steps, s.max_seconds)]
+        return measured(RowId(self.case, "a_forward", precision, fmt, batch), self.weights, units)
+
+    def ceiling_article_config(self) -> PerfRow:
+        """(a) in the article's configuration (fp32, default layout, batch 100, SGD): what its loader feeds."""
+        s, dev, res = self.s, self.device, self.case.resolution
+        cfg = self.config("finetune", {})
+        net = self.net(cfg, "contiguous").train()
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(ARTICLE_BATCH, 3, res, res, generator=gen).to(dev)
+        y = torch.randint(0, 10, (ARTICLE_BATCH,), generator=gen).to(dev)
+        opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+
+        def step() -> None:
+            loss = F.cross_entropy(net.head(net.backbone(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        units = [(ARTICLE_BATCH, t) for t in timed(step, dev, s.warmup, s.steps, s.max_seconds)]
+        rid = RowId(self.case, "a_train", "fp32", "contiguous", ARTICLE_BATCH, setting="article")
+        return measured(rid, self.weights, units, "article config")
+
+    # b: the suite's loop
+    def suite(self, precision: str | None = None) -> PerfRow:
+        """`engine.fit` (finetune) timed per history interval: the engine writes a row every
+        report_interval(S) steps, so a budget of REPORTS x k steps gives intervals of k steps.
+        The first interval warms up (kernel selection, compilation); the fit stops once the
+        timed ones are done, the rest of its budget would measure nothing new."""
+        s, dev = self.s, self.device
+        precision = precision or self.suite_precision
+        k = s.interval_steps
+        n = s.batch_size * k  # one interval is one pass over these images
+        steps = REPORTS * k
+        assert report_interval(steps) == k
+        cfg = self.config("finetune", {"batch_size": s.batch_size, "steps": steps}, precision=precision)
+        net = self.net(cfg)
+        x = self.data.train_x[:n].to(dev)
+        y = self.data.train_y[:n].to(dev)
+        ends: list[float] = []  # when each history row arrived (the engine has synced the device by then)
+
+        def progress(row: dict) -> None:
+            ends.append(time.perf_counter())
+            if len(ends) > s.intervals:
+                raise _Enough
+
+        try:
+            kw = dict(on_progress=progress, compile=s.compile, caches=self.caches)
+            fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision, **kw)
+        except _Enough:
+            pass
+        note = f"finetune, augmentation on, history intervals of {k} steps after a warm-up interval"
+        note += f", compile={s.compile}" if s.compile else ""
+        units = [(n, b - a) for a, b in pairwise(ends)]
+        return measured(RowId(self.case, "b_suite_train", precision, "channels_last", s.batch_size), self.weights, units, note)
+
+    # c: the article's pipeline
+    def article(self) -> PerfRow:
+        """(c) the article's own loop (article.py)."""
+        return article_pipeline(self)
+
+    # d: frozen-backbone trials
+    def frozen(self) -> list[PerfRow]:
+        """(d) linear_probe and sft-mlp-frozen trials: recomputing the backbone every step, then with the
+        caches cold (the cell's first trial) and warm (its later trials)."""
+        s, dev = self.s, self.device
+        # At least 5 images per class (a small test set), else the issue's 1% cell.
+        per_class = int(torch.bincount(self.data.train_y).min())
+        fraction = min(1.0, max(s.frozen_fraction, 5 / per_class))
+        split = label_split(self.data.train_y, fraction, 0)
+        x, y = self.data.train_x[split.train].to(dev), self.data.train_y[split.train].to(dev)
+        val = (self.data.train_x[split.val].to(dev), self.data.train_y[split.val].to(dev))
+        rows = []
+        # Both frozen rows train a head on cached features; sft-mlp-frozen first fits its linear
+        # probe (fit_probe), which a later trial of the cell takes from the probe cache.
+        for method in ("linear_probe", "sft-mlp-frozen"):
+            spec = METHODS.get(method)
+            cfg = self.config(method, {"steps": s.frozen_steps}, stage="trial", fraction=fraction)
+            # label, feature cache, repeats: the warm trials are later trials of the same cell
+            for label, mode, repeats in (("recompute", "off", 1), ("cached_cold", "shared", 1), ("cached_warm", "shared", 3)):
+                if label == "cached_cold":
+                    self.caches.clear()
+                units, hits, probe_hits = [], 0, 0
+                for k in range(repeats):
+                    # a later trial has other hyperparameters (so linear_probe's fit is not a
+                    # probe-cache hit); the probe sft-mlp-frozen starts from stays the cell's one
+                    hp = cfg.hp.update(lr=cfg.hp.lr * 0.5 ** (k + (label == "cached_warm")))
+                    net = self.net(cfg)
+                    sync(dev)
+                    t0 = time.perf_counter()
+                    prec = self.suite_precision
+                    kw = dict(val=val, feature_cache=mode, probe=cfg.probe, caches=self.caches)
+                    r = fit(net, spec, hp, x, y, seed=0, precision=prec, **kw)
+                    sync(dev)
+                    units.append((r.images_seen, time.perf_counter() - t0))
+                    hits += r.feature_cache_hits
+                    probe_hits += r.probe_cache_hit
+                probe = f" after a {r.probe_steps}-step linear probe" if r.probe_steps else ""
+                note = f"{method}, {r.steps} steps{probe}, {len(x)}+{len(val[0])} images"
+                note += f", cache hits {hits}, probe cache hits {probe_hits}" if mode == "shared" else ""
+                path = f"d_{method}_{label}"
+                prec = self.suite_precision
+                rows.append(measured(RowId(self.case, path, prec, "channels_last", hp.batch_size), self.weights, units, note))
+        self.caches.clear()
+        return rows
+
+    # e: evaluation
+    def evaluation(self) -> PerfRow:
+        """(e) `predict` on the test images, timed in chunks."""
+        s, dev = self.s, self.device
+        cfg = self.config("finetune", {})
+        net = self.net(cfg)
+        ex, _ = self.data.test()
+        if s.eval_images:
+            ex = ex[: s.eval_images]
+        ex = ex.to(dev)
+        batch = eval_batch(dev)
+        predict(net, ex[:2048], self.suite_precision)  # warm-up
+        units = []
+        chunk = 2048  # every test image once, in chunks timed one by one
+        for i in range(0, len(ex), chunk):
+            sync(dev)
+            t0 = time.perf_counter()
+            predict(net, ex[i : i + chunk], self.suite_precision)
+            sync(dev)
+            units.append((len(ex[i : i + chunk]), time.perf_counter() - t0))
+        note = f"engine.predict: uint8 -> probabilities, {len(ex)} test images in chunks of {chunk}"
+        rid = RowId(self.case, "e_suite_eval", self.suite_precision, "channels_last", batch)
+        return measured(rid, self.weights, units, note)
+
+
+def measure_case(
+    case: PerfCase,
+    data: Cifar10,
+    device: torch.device,
+    settings: PerfSettings,
+    log: Callable[[str], None],
+    caches: Caches | None = None,
+) -> list[PerfRow]:
+    """Every measurement of one case, in the order that keeps them comparable, each logged as it lands."""
+    b = Bench(case, data, device, settings, caches)
+    rows: list[PerfRow] = []
+
+    def add(new: PerfRow | list[PerfRow]) -> None:
+        for r in new if isinstance(new, list) else [new]:
+            rows.append(r)
+            log(f"{r.id.case.name:<22} {r.id.path:<30} {r.describe():>42}  (load {r.loadavg_1m:.2f})")
+
+    add(b.ceiling())
+    # Right after the ceiling, as in a run evaluation follows training: the allocator is in
+    # the same (warm) state for both, which moved the forward rate by 10-25% here.
+    add(b.evaluation())
+    add(b.ceiling_article_config())
+    add(b.suite())
+    best = max((r for r in rows if r.id.path == "a_train" and r.id.setting == "suite"), key=lambda r: r.images_per_second)
+    if best.id.precision != b.suite_precision:
+        add(alternative(b.suite(best.id.precision), f"at the ceiling's precision ({best.id.precision})"))
+    add(b.article())
+    add(b.frozen())
+    return rows
+
+
+def alternative(row: PerfRow, extra: str) -> PerfRow:
+    """`row` measured again in another configuration: its own path (`<path>_alt`) and a note saying how."""
+    return replace(row, id=replace(row.id, path=row.id.path + "_alt"), note=f"{row.note}; {extra}")

@@ -1,0 +1,341 @@
+"""The journal file: a storage that survives its own crashes, and who owns what.
+
+Why a module of its own: the sweep keeps all its state in one Optuna storage, and people
+leave sweeps running for days, so that storage meets full disks, power cuts, SIGKILLs and
+crowds of workers starting at once. Optuna's JournalFileBackend does not survive all of these:
+
+- It skips a partial last line (a write cut by a full disk or a power cut), then appends
+  the next write onto it: one unreadable line in the middle, and every later start fails.
+  `SafeJournalBackend` never appends onto a partial line, takes back its own half-written
+  append when a write fails, and `repair_journal` (run when the sweep opens the file) cuts
+  a torn tail, keeping what it cut beside the journal. A damaged line with readable lines
+  after it is refused, naming the line and the remedy.
+- Its symlink lock, left behind by a SIGKILLed process, stalls every start 30 s (the grace
+  period). `OwnedSymlinkLock` names its owner in the link, so a lock whose owner is dead on
+  this machine is broken at once.
+
+The owner identity (host, boot id, pid, process start time) is the one the claims carry too
+(bench/sweep/claims.py), and the temporary files a killed process left are recognised by it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+from bench.registry import UserError
+
+# ---------------------------------------------------------------- who owns what
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str:
+    stat = _read(f"/proc/{pid}/stat")
+    # Field 22 (start time in clock ticks); the command name (field 2) may contain spaces.
+    return stat.rsplit(")", 1)[-1].split()[19] if stat else ""
+
+
+BOOT_ID = _read("/proc/sys/kernel/random/boot_id")
+HOST = socket.gethostname()
+
+
+def owner_id() -> str:
+    pid = os.getpid()
+    return f"{HOST}|{BOOT_ID}|{pid}|{_process_start(pid)}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """True/False when the owner ran on this machine (since its last boot); None when unknown."""
+    try:
+        host, boot, pid, start = owner.split("|")
+    except ValueError:
+        return None
+    if host != HOST or boot != BOOT_ID or not boot:
+        return None
+    if not start:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _process_start(int(pid)) == start
+
+
+def pid_alive_here(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------- the journal file's lock
+
+LOCK_PREFIX = "sft-bench-lock:"
+
+
+class OwnedSymlinkLock(JournalFileSymlinkLock):
+    """Optuna's symlink lock (the same file, so processes of older versions still exclude us),
+    with its owner written into the link: a lock left by a process that died on this machine is
+    broken at once instead of after the 30 s grace period. A lock of unknown owner (another
+    machine, an older version) keeps the grace period, measured on the link itself (lstat)."""
+
+    def __init__(self, filepath: str, grace_period: float = 30.0) -> None:
+        self._lock_target_file = filepath
+        self._lock_file = filepath + ".lock"
+        self.grace_period = grace_period
+        self.broken: list[str] = []  # owners of stale locks this process broke
+
+    def acquire(self) -> bool:
+        me = LOCK_PREFIX + owner_id()
+        sleep, seen, since = 0.001, None, time.monotonic()
+        while True:
+            try:
+                os.symlink(me, self._lock_file)
+                return True
+            except FileExistsError:
+                pass
+            try:
+                target = os.readlink(self._lock_file)
+                mtime = os.lstat(self._lock_file).st_mtime_ns
+            except OSError:
+                continue  # released meanwhile
+            if target.startswith(LOCK_PREFIX) and owner_alive(target[len(LOCK_PREFIX) :]) is False:
+                self._break(target)
+                continue
+            if (target, mtime) != seen:
+                seen, since = (target, mtime), time.monotonic()
+            elif time.monotonic() - since > self.grace_period:
+                self._break(target)
+                continue
+            time.sleep(sleep)
+            sleep = min(sleep * 2, 0.25)
+
+    def _break(self, target: str) -> None:
+        """Remove the lock if it still is `target`. Breakers are serialised by flock on the journal,
+        and nobody can create the lock while it exists, so the check and the removal cannot race."""
+        with open(self._lock_target_file, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                if os.readlink(self._lock_file) == target:
+                    os.unlink(self._lock_file)
+                    self.broken.append(target)
+            except OSError:
+                pass
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def release(self) -> None:
+        aside = f"{self._lock_file}{uuid.uuid4()}.rename"
+        try:
+            os.rename(self._lock_file, aside)
+            os.unlink(aside)
+        except OSError:
+            raise RuntimeError("Error: did not possess lock") from None
+
+
+class _Locked:
+    def __init__(self, lock: OwnedSymlinkLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.lock.release()
+
+
+# ---------------------------------------------------------------- the journal file
+
+
+class JournalDamaged(UserError):
+    """A line in the middle of the journal cannot be read (refused: cutting it would drop work)."""
+
+
+def _bad(line: bytes) -> bool:
+    if not line.endswith(b"\n"):
+        return True
+    try:
+        json.loads(line)
+    except ValueError:
+        return True
+    return False
+
+
+def repair_journal(path: str | Path, lock: OwnedSymlinkLock | None = None) -> str | None:
+    """Cut a torn tail (a partial last line, or unreadable last lines) off the journal, keeping the
+    cut bytes in PATH.torn-TIME; return one line saying so, or None when the file is sound.
+
+    Run under the journal's lock, so no other process is in the middle of an append: what does
+    not end a line now was cut by a crash or a full disk and was never read by anyone (Optuna
+    skips it). A damaged line followed by readable ones is refused (JournalDamaged), naming it."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    lock = lock or OwnedSymlinkLock(str(path))
+    with _Locked(lock):
+        first_bad: tuple[int, int] | None = None  # (line number, byte offset)
+        offset = 0
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                if _bad(line):
+                    if first_bad is None:
+                        first_bad = (number, offset)
+                elif first_bad is not None:
+                    bad_line, _ = first_bad
+                    raise JournalDamaged(
+                        f"journal {path}: line {bad_line} is damaged (not a complete JSON line) and line {number} after it "
+                        f"is readable, so it cannot be cut safely; keep a copy, then either restore the journal from a "
+                        f"backup or keep lines 1-{bad_line - 1} (head -n {bad_line - 1} {path}.bad > {path}), "
+                        "which loses the work recorded after it"
+                    )
+                offset += len(line)
+        if first_bad is None:
+            return None
+        number, cut_at = first_bad
+        size = path.stat().st_size
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = path.with_name(f"{path.name}.torn-{stamp}-{os.getpid()}")
+        with open(path, "rb") as f:
+            f.seek(cut_at)
+            torn = f.read()
+        aside.write_bytes(torn)
+        with open(path, "r+b") as f:
+            f.truncate(cut_at)
+            f.flush()
+            os.fsync(f.fileno())
+        return (
+            f"journal {path}: cut a torn tail from line {number} ({size - cut_at} bytes a crash or a full disk left "
+            f"unfinished; nobody had read them); kept in {aside}"
+        )
+
+
+class SafeJournalBackend(JournalFileBackend):
+    """JournalFileBackend whose appends never land on a partial line and never stay half-written."""
+
+    def __init__(self, file_path: str) -> None:
+        self.lock = OwnedSymlinkLock(file_path)
+        super().__init__(file_path, lock_obj=self.lock)
+        self.notes: list[str] = []
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode("utf-8")
+        with _Locked(self.lock):
+            fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    os.close(fd)
+                    fd = -1
+                    note = self._cut_tail_locked()
+                    if note:
+                        self.notes.append(note)
+                    fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND)
+                    size = os.fstat(fd).st_size
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                except OSError as exc:
+                    # Take back what landed: the next append must start on a fresh line.
+                    try:
+                        os.ftruncate(fd, size)
+                        os.fsync(fd)
+                    except OSError:
+                        pass
+                    raise OSError(exc.errno, exc.strerror, self._file_path) from None
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+
+    def _cut_tail_locked(self) -> str | None:
+        """The file does not end a line (a crash mid-append): cut the partial line, keeping it aside."""
+        path = Path(self._file_path)
+        with open(path, "rb") as f:
+            data = f.read()
+        cut_at = data.rfind(b"\n") + 1
+        aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        aside.write_bytes(data[cut_at:])
+        with open(path, "r+b") as f:
+            f.truncate(cut_at)
+            os.fsync(f.fileno())
+        return f"journal {path}: cut a partial last line ({len(data) - cut_at} bytes); kept in {aside}"
+
+
+def open_journal(path: str, notes: list[str] | None = None) -> Any:
+    import optuna
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    backend = SafeJournalBackend(path)
+    note = repair_journal(path, backend.lock)
+    if note and notes is not None:
+        notes.append(note)
+    if backend.lock.broken and notes is not None:
+        notes.append(f"journal {path}: removed the lock a killed process left ({backend.lock.broken[0]})")
+    return optuna.storages.JournalStorage(backend)
+
+
+# ---------------------------------------------------------------- leftovers of killed processes
+
+_TMP_PID = re.compile(r"^\..*\.(\d+)\.(?:csv|tmp)$")
+
+
+def clean_leftovers(folders: list[Path], older_than: float) -> list[Path]:
+    """Remove temporary files (".NAME.PID.csv", ".NAME.PID.tmp") whose process is gone from this
+    machine and that nobody has touched for `older_than` seconds (a live process on another machine
+    sharing the folder keeps touching its own, and finishes it within seconds)."""
+    removed = []
+    now = time.time()
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            m = _TMP_PID.match(p.name)
+            if not m or not p.is_file() or p.is_symlink():
+                continue
+            if int(m.group(1)) == os.getpid() or pid_alive_here(int(m.group(1))):
+                continue
+            try:
+                if now - p.stat().st_mtime < older_than:
+                    continue
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def open_nofollow(path: Path) -> Any:
+    """Open a lock file for appending without ever following a symbolic link planted there
+    (which would make us create or lock a file elsewhere): a link is removed and replaced."""
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            return os.fdopen(fd, "a")
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            path.unlink(missing_ok=True)
+    raise OSError(errno.ELOOP, "keeps being replaced by a symbolic link", str(path))

@@ -1,0 +1,276 @@
+"""The state of a grid, read from its storage: what is done, what runs, what is free, how long.
+
+Why READ-ONLY: the live display, `sweep --parallel`'s monitor, the export of runs.csv and the
+worker's scheduling all read the grid, some of them from processes that must never change it
+(a monitor on another machine, a report). So surveying never writes: not a study, not a
+freed claim. Freeing the claims of dead processes is the worker's explicit step
+(bench/sweep/worker.py calls `recover` before each scheduling step); until then, a dead claim
+simply does not count as running (`is_live`).
+
+linear_probe cells are read first: a probe-initialised cell's trials and final runs for seed s
+start from the linear probe that linear_probe's search chose for s, so they wait until that
+search is complete.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from bench.data import Cifar10
+from bench.models.backbones import input_resolution
+from bench.models.methods import METHODS, HParams
+from bench.records import Cell, CellStatus, Claim, GridStatus, RunRecord, SearchStatus
+from bench.sweep.claims import FINISHED, is_live, trial_id
+from bench.sweep.experiment import Experiment
+from bench.sweep.studies import find_study, search_name
+from bench.train.run import RunConfig, make_config
+
+
+class Grid:
+    """An experiment's grid as its storage holds it (read-only), and the run configs of its items."""
+
+    def __init__(self, exp: Experiment, data: Cifar10, device: torch.device, storage: Any) -> None:
+        self.exp, self.data, self.device = exp, data, device
+        self.storage: optuna.storages.BaseStorage = storage
+        self.cells = exp.cells()
+        self._found: dict[str, int] = {}  # study name -> id, once seen (ids never change)
+        self._resolution: dict[tuple[str, str], int] = {}
+
+    # ------------------------------------------------ studies, read-only
+
+    def find(self, name: str) -> int | None:
+        """The id of study `name`, or None while nobody has created it."""
+        if name not in self._found:
+            sid = find_study(self.storage, name)
+            if sid is None:
+                return None
+            self._found[name] = sid
+        return self._found[name]
+
+    def search_name(self, cell: Cell, seed: int) -> str:
+        return search_name(self.exp, cell, seed)
+
+    def search_id(self, cell: Cell, seed: int) -> int | None:
+        return self.find(self.search_name(cell, seed))
+
+    def finals_id(self, cell: Cell) -> int | None:
+        return self.find(cell.finals_name(self.exp.name))
+
+    def trials(self, study_id: int | None) -> list[FrozenTrial]:
+        """A study's trials as they are (dead claims included: they are not live, and only a worker frees them)."""
+        if study_id is None:
+            return []
+        return self.storage.get_all_trials(study_id, deepcopy=False)
+
+    # ------------------------------------------------ run configs
+
+    def resolution(self, cell: Cell) -> int:
+        """The cell's input resolution (bench.models.backbones.input_resolution, the one rule)."""
+        key = (cell.backbone, cell.recipe)
+        if key not in self._resolution:
+            self._resolution[key] = input_resolution(cell.backbone, cell.recipe, self.exp.resolution_override(cell))
+        return self._resolution[key]
+
+    def config(self, cell: Cell, seed: int, overrides: dict | None, stage: str, probe: HParams | None = None) -> RunConfig:
+        """The run config of a trial or final run of `cell` for `seed`: searched values apply to
+        tuned cells only; a fixed `steps` (smoke tests) to every cell alike."""
+        changes = dict(overrides or {}) if cell.recipe == "tuned" else {}
+        if self.exp.steps is not None:  # a fixed budget (smoke tests), for every cell alike
+            changes["steps"] = self.exp.steps
+        return make_config(
+            cell.backbone,
+            cell.method,
+            cell.fraction,
+            seed,
+            recipe=cell.recipe,
+            resolution=self.resolution(cell),
+            pretrained=self.exp.pretrained,
+            overrides=changes,
+            stage=stage,
+            precision=self.exp.precision,
+            device=self.device,
+            data=self.data,
+            val_fraction=self.exp.val_fraction,
+            probe=probe,
+            cv_folds=self.exp.cv_folds if stage == "trial" else 1,
+        )
+
+    def probe_cell(self, cell: Cell) -> Cell | None:
+        """The linear_probe row whose model a probe-initialised method starts from."""
+        if not METHODS.get(cell.method).probe_init:
+            return None
+        return Cell(cell.backbone, "linear_probe", cell.recipe, cell.fraction)
+
+    def probe_hparams(self, lp: CellStatus, seed: int, stage: str) -> HParams | None:
+        """The linear probe that seed `seed`'s trial or final run starts from: the linear_probe row's
+        hyperparameters as its search chose them for that seed (None until that search is complete)."""
+        if lp.cell.recipe != "tuned":
+            return self.config(lp.cell, seed, None, stage).hp
+        ss = lp.searches.get(self.exp.searched_by(seed))
+        if ss is None or not ss.complete or ss.best_hparams is None:
+            return None
+        return self.config(lp.cell, seed, ss.best_hparams, stage).hp
+
+    # ------------------------------------------------ survey
+
+    def survey(self) -> GridStatus:
+        """Read the whole grid's state from the storage. Writes nothing (see the module's docstring)."""
+        now = time.time()
+        running: list[Claim] = []
+        by_cell: dict[Cell, CellStatus] = {}
+        for cell in sorted(self.cells, key=lambda c: self.probe_cell(c) is not None):
+            by_cell[cell] = self._survey_cell(cell, by_cell, now, running)
+        status = GridStatus([by_cell[c] for c in self.cells], running)
+        status.eta_seconds = eta(status)
+        return status
+
+    def _survey_cell(self, cell: Cell, by_cell: dict[Cell, CellStatus], now: float, running: list[Claim]) -> CellStatus:
+        seeds = self.exp.search_seeds if cell.recipe == "tuned" else ()
+        cs = CellStatus(cell, self.exp.trials * len(seeds), finals_total=len(self.exp.seeds))
+        probe_of = self.probe_cell(cell)
+        lp = by_cell.get(probe_of) if probe_of is not None else None
+        for seed in seeds:
+            ss = SearchStatus(seed, self.search_id(cell, seed), self.exp.trials)
+            ready = lp is None or self.probe_hparams(lp, seed, "trial") is not None
+            self._survey_search(ss, cell, now, running, ready)
+            lp_search = None if lp is None else lp.searches.get(self.exp.searched_by(seed))
+            if not ready and lp_search is not None and lp_search.failed:
+                ss.failed = f"its linear probe could not be chosen (linear_probe: {lp_search.failed})"
+            cs.searches[seed] = ss
+        if cs.search_done:
+            failed = [ss for ss in cs.searches.values() if ss.failed]
+            if failed and len(failed) == len(cs.searches):
+                cs.failed = failed[0].failed
+            else:
+                self._survey_finals(cs, lp, now, running)
+        return cs
+
+    def _survey_search(self, ss: SearchStatus, cell: Cell, now: float, running: list[Claim], ready: bool) -> None:
+        stale_after = self.exp.workers.stale_after_seconds
+        trials = self.trials(ss.study_id)
+        finished = sorted((t for t in trials if t.state in FINISHED), key=trial_id)
+        live = [t for t in trials if is_live(t, stale_after, now)]
+        counted = finished[: ss.budget]
+        ss.done = len(finished)
+        ss.pruned = sum(t.state == TrialState.PRUNED for t in counted)
+        ss.diverged = sum("pruned_reason" in t.user_attrs for t in counted)
+        ss.trial_seconds = [
+            (t.datetime_complete - t.datetime_start).total_seconds() for t in finished if t.datetime_complete and t.datetime_start
+        ]
+        ss.can_ask = ready and not ss.complete and len(finished) + len(live) < ss.budget
+        running += [self._running(t, "trial", cell) for t in live]
+        complete = [t for t in counted if t.state == TrialState.COMPLETE]
+        if complete:
+            # ties go to the lowest slot, not the lowest trial id: slots are the same whatever order
+            # workers (or a killed and re-asked trial) created the trials in
+            best = max(complete, key=lambda t: (t.value, -int(t.user_attrs.get("slot", trial_id(t)))))
+            ss.best_value, ss.best_hparams = best.value, best.user_attrs.get("hparams")
+        elif ss.complete:
+            ss.failed = f"all {ss.budget} trials were pruned or diverged; no hyperparameters to retrain with"
+
+    def _survey_finals(self, cs: CellStatus, lp: CellStatus | None, now: float, running: list[Claim]) -> None:
+        stale_after = self.exp.workers.stale_after_seconds
+        by_run: dict[str, list[FrozenTrial]] = {}
+        for t in self.trials(self.finals_id(cs.cell)):
+            by_run.setdefault(t.user_attrs.get("run_id", ""), []).append(t)
+        for seed in self.exp.seeds:
+            cfg = self._final_config(cs, lp, seed)
+            if cfg is None:
+                continue
+            cs.run_ids[seed] = cfg.run_id
+            claims = sorted(by_run.get(cfg.run_id, []), key=trial_id)
+            done = [t for t in claims if t.state == TrialState.COMPLETE]
+            diverged = [t for t in claims if t.state == TrialState.FAIL and "diverged" in t.user_attrs]
+            live = [t for t in claims if is_live(t, stale_after, now)]
+            if done:
+                cs.finals[seed] = RunRecord.from_json(done[0].user_attrs["record"])
+            elif diverged:
+                cs.diverged[seed] = diverged[0].user_attrs["diverged"]
+            elif live:
+                running.append(self._running(live[0], "final", cs.cell))
+            else:
+                cs.free_finals.append((seed, cfg))
+
+    def _final_config(self, cs: CellStatus, lp: CellStatus | None, seed: int) -> RunConfig | None:
+        """Seed `seed`'s final run, or None: not yet (its linear probe's search runs), or never
+        (its search or its linear probe failed: the reason goes to `cs.diverged`)."""
+        hparams = None
+        if cs.cell.recipe == "tuned":
+            ss = cs.searches[self.exp.searched_by(seed)]
+            if ss.failed:
+                cs.diverged[seed] = f"no final run: seed {ss.seed}'s search failed ({ss.failed})"
+                return None
+            hparams = ss.best_hparams
+        probe = None if lp is None else self.probe_hparams(lp, seed, "final")
+        if lp is not None and probe is None:
+            own = lp.searches.get(self.exp.searched_by(seed))
+            reason = lp.failed or (own.failed if own is not None else "")
+            if reason:  # else: linear_probe's search for this seed is not complete yet
+                cs.diverged[seed] = f"no final run: its linear probe could not be chosen ({reason})"
+            return None
+        return self.config(cs.cell, seed, hparams, "final", probe=probe)
+
+    def _running(self, t: FrozenTrial, kind: str, cell: Cell) -> Claim:
+        hb = t.user_attrs.get("heartbeat") or {}
+        what = f"trial {t.number + 1}" if kind == "trial" else f"final seed {t.user_attrs.get('seed')}"
+        return Claim(t.user_attrs.get("worker", "?"), f"{what} · {cell.label}", hb.get("progress", ""))
+
+
+# ---------------------------------------------------------------- ETA
+
+
+def eta(status: GridStatus) -> float | None:
+    """Remaining seconds from the measured times of finished trials and runs (any process's).
+
+    An item is estimated from items of the same backbone, method and kind: the mean at its
+    own fraction when measured, else a line through the measured fractions (time = fixed
+    cost + cost per label fraction), else proportional to the one measured fraction; with
+    nothing measured for its method, from every method's items alike."""
+    samples: dict[tuple, list[tuple[float, float]]] = {}
+    for cs in status.cells:
+        c = cs.cell
+        points = [("trial", s) for s in cs.trial_seconds] + [("final", r.wall_seconds) for r in cs.finals.values()]
+        for kind, seconds in points:
+            for key in ((c.backbone, c.method, kind), (kind,)):
+                samples.setdefault(key, []).append((c.fraction, seconds))
+    total = 0.0
+    for cs in status.cells:
+        if cs.done:
+            continue
+        left = (("trial", max(0, cs.trials_budget - cs.trials_done)), ("final", cs.finals_total - cs.finals_done))
+        for kind, n in left:
+            if n:
+                t = _estimate(samples, cs.cell, kind)
+                if t is None:
+                    return None
+                total += n * t
+    workers = max(1, len({r.worker for r in status.running}))
+    return total / workers
+
+
+def _estimate(samples: dict[tuple, list[tuple[float, float]]], c: Cell, kind: str) -> float | None:
+    """Seconds for one item of `kind` in cell `c` (see eta), or None with nothing measured at all."""
+    pts = samples.get((c.backbone, c.method, kind)) or samples.get((kind,))
+    scale = 1.0
+    if not pts:  # no final run measured yet: a trial on all labels plus the test set, roughly
+        other = "trial" if kind == "final" else "final"
+        pts = samples.get((c.backbone, c.method, other)) or samples.get((other,))
+        scale = 1.25 if kind == "final" else 0.8
+    if not pts:
+        return None
+    same = [s for f, s in pts if f == c.fraction]
+    if same:
+        return scale * sum(same) / len(same)
+    fs = sorted({f for f, _ in pts})
+    mean_f = sum(f for f, _ in pts) / len(pts)
+    mean_s = sum(s for _, s in pts) / len(pts)
+    if len(fs) >= 2:
+        var = sum((f - mean_f) ** 2 for f, _ in pts)
+        slope = max(0.0, sum((f - mean_f) * (s - mean_s) for f, s in pts) / var)
+        return scale * max(0.0, mean_s + slope * (c.fraction - mean_f))
+    return scale * mean_s * c.fraction / fs[0]

@@ -1,0 +1,428 @@
+"""The checks an experiment file passes before anything runs.
+
+Why: every check has to run before a single file is written or a single epoch trained (a
+multi-day grid that dies on a typo in cell 40 wastes a day). Every problem is a `UserError`:
+one line naming the key, the value and the remedy, exit code 2. The checks run in the order
+`bench.sweep.experiment.resolve` calls them, so a file with several mistakes is told about
+the first one in the file's reading order.
+
+The values a file may hold are named here (recipes, search modes, pruners, ...), and the keys of
+protocol v1 (epoch budgets), so an old file fails with the remedy instead of "unknown key".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any
+
+from bench.registry import UserError, did_you_mean
+
+RECIPES = ("tuned", "article")  # "seed": the old name of "article" (bench.models.hparams.RECIPE_ALIASES)
+SEARCH_MODES = ("per_seed", "shared")
+FIRST_TRIALS = ("defaults", "sampled")
+# Protocol v1 keys: budgets were epochs. Named here so an old file fails with the remedy.
+V1_KEYS = {
+    "max_epochs": "budgets are optimiser steps now (protocol v2): remove max_epochs; the step rule applies, or set steps = N",
+}
+V1_SEARCH_KEYS = {
+    "pruner_warmup_epochs": "the pruner never stops a trial before half its steps now: use search.pruner_warmup (>= 0.5)",
+    "epochs": "epochs are not searched in protocol v2 (budgets are steps): remove search.epochs",
+    "min_epochs": "epochs are not searched in protocol v2 (budgets are steps): remove search.min_epochs",
+}
+PRECISIONS = ("auto", "fp32", "bf16")
+PRUNERS = ("median", "none")
+GRID_KEYS = ("backbones", "methods", "recipes", "fractions")
+MAX_SEEDS = 1000  # a count beyond this is a typo, not an experiment
+MAX_SEED = 2**32 - 1  # what every generator the suite seeds accepts
+BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "0", "1")
+
+
+def is_distribution(v: Any) -> bool:
+    """A [space] value that is a distribution (not a method's table of them)."""
+    return isinstance(v, dict) and ("choices" in v or "low" in v or "high" in v)
+
+
+# ---------------------------------------------------------------- the top level
+
+
+def check_v1_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """Refuse protocol v1 keys with their remedy; `search = "per_seed"` (the mode alone) becomes a table."""
+    for key, why in V1_KEYS.items():
+        if key in raw:
+            raise UserError(f"{source}: '{key}' is a protocol v1 key: {why}")
+    if isinstance(raw.get("search"), str):  # `search = "per_seed"`: the mode alone
+        raw = {**raw, "search": {"mode": raw["search"]}}
+    if isinstance(raw.get("search"), dict):
+        for key, why in V1_SEARCH_KEYS.items():
+            if key in raw["search"]:
+                raise UserError(f"{source}: 'search.{key}' is a protocol v1 key: {why}")
+    return raw
+
+
+def check_name(raw: dict[str, Any], source: str, top_keys: set[str]) -> str:
+    """No unknown top-level key; the experiment's name, usable as a folder and a study prefix."""
+    unknown = set(raw) - top_keys
+    if unknown:
+        key = sorted(unknown)[0]
+        raise UserError(f"{source}: unknown key '{key}'{did_you_mean(key, sorted(top_keys))}")
+    name = string(raw, "name", source)
+    if not name or any(c in name for c in "/\\:") or name.startswith("."):
+        raise UserError(f"{source}: experiment name '{name}' must be non-empty without '/', '\\' or ':'")
+    return name
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def backbone(b: Any, where: str, source: str) -> str:
+    from bench.models.backbones import BACKBONES, get_backbone
+
+    if not isinstance(b, str) or not b:
+        raise UserError(f"{source}: {where} must be backbone names, got {b!r}")
+    if b.startswith("timm:"):
+        get_backbone(b)  # raises with similar names when timm has no such model
+        return b
+    if b not in BACKBONES:
+        raise UserError(
+            f"{source}: unknown backbone '{b}'{did_you_mean(b, BACKBONES.names())}; "
+            f"valid: {', '.join(BACKBONES.names())}, timm:<name>"
+        )
+    return b
+
+
+def method(m: Any, where: str, source: str) -> str:
+    from bench.models.methods import METHODS, method_name
+
+    if isinstance(m, dict):
+        extra = set(m) - {"name", "branch"}
+        if extra or "name" not in m:
+            raise UserError(f"{source}: {where}: a method table has keys name and branch, got {sorted(m)}")
+        m = method_name(str(m["name"]), m.get("branch"))
+    if not isinstance(m, str) or not m:
+        raise UserError(f"{source}: {where} must be method names, got {m!r}")
+    if m not in METHODS:
+        raise UserError(f"{source}: unknown method '{m}'{did_you_mean(m, METHODS.names())}; valid: {', '.join(METHODS.names())}")
+    return METHODS.canonical(m)
+
+
+def recipe(r: Any, where: str, source: str) -> str:
+    from bench.models.hparams import recipe_name
+
+    r = recipe_name(r) if isinstance(r, str) else r
+    if r not in RECIPES:
+        raise UserError(
+            f"{source}: unknown recipe {r!r}{did_you_mean(str(r), list(RECIPES))} in {where}; valid: {', '.join(RECIPES)}"
+        )
+    return r
+
+
+def fraction(f: Any, where: str, source: str) -> float:
+    if isinstance(f, bool) or not isinstance(f, int | float) or not math.isfinite(f):
+        raise UserError(f"{source}: {where}: fraction {f!r} is not a number")
+    if not 0.0 < f <= 1.0:
+        raise UserError(f"{source}: {where}: fraction {f:g} is outside (0, 1]; use e.g. 0.01 for 1% of the labels")
+    return float(f)
+
+
+def grid_list(d: dict, key: str, conv: Any, where: str, source: str, required: bool = True) -> tuple:
+    """One of the grid's lists (a single value is a list of one), each item checked, none twice."""
+    if key not in d:
+        if required:
+            raise UserError(f"{source}: '{key}' is missing")
+        return ()
+    v = d[key]
+    items = v if isinstance(v, list) else [v]
+    if not items:
+        raise UserError(f"{source}: '{key}' is empty")
+    out = tuple(conv(x, f"{where}{key}", source) for x in items)
+    dupes = sorted({x for x in out if out.count(x) > 1}, key=str)
+    if dupes:
+        raise UserError(f"{source}: '{key}' lists {dupes[0]!r} twice")
+    return out
+
+
+def grid_lists(raw: dict[str, Any], source: str) -> tuple[tuple, tuple, tuple, tuple]:
+    """backbones, methods, recipes (default: tuned), fractions."""
+    backbones = grid_list(raw, "backbones", backbone, "", source)
+    methods = grid_list(raw, "methods", method, "", source)
+    recipes = grid_list(raw, "recipes", recipe, "", source) if "recipes" in raw else ("tuned",)
+    fractions = grid_list(raw, "fractions", fraction, "", source)
+    return backbones, methods, recipes, fractions
+
+
+def grid_blocks(raw: dict[str, Any], key: str, source: str) -> tuple[dict[str, Any], ...]:
+    """[[include]] or [[exclude]]: matrix-style blocks of the grid's keys."""
+    return tuple(_grid_block(b, i, key, source) for i, b in enumerate(_blocks(raw, key, source)))
+
+
+def check_seeds(raw: dict[str, Any], source: str) -> tuple[int, ...]:
+    """`seeds`: a count (0, 1, ..., n-1) or a list of distinct seeds every generator accepts."""
+    seeds_raw = raw.get("seeds", 3)
+    if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool) and seeds_raw > MAX_SEEDS:
+        raise UserError(f"{source}: seeds = {seeds_raw} is more than {MAX_SEEDS} seeds; give a count up to {MAX_SEEDS}")
+    if isinstance(seeds_raw, bool) or not isinstance(seeds_raw, int | list):
+        raise UserError(f"{source}: seeds must be a count or a list of integers, got {seeds_raw!r}")
+    if isinstance(seeds_raw, int):
+        if seeds_raw <= 0:
+            raise UserError(f"{source}: seeds must be a positive count, got {seeds_raw}")
+        return tuple(range(seeds_raw))
+    if not seeds_raw or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds_raw):
+        raise UserError(f"{source}: seeds must be a non-empty list of integers in 0..{MAX_SEED}, got {seeds_raw!r}")
+    if len(set(seeds_raw)) != len(seeds_raw):
+        raise UserError(f"{source}: seeds lists a seed twice: {seeds_raw}")
+    return tuple(seeds_raw)
+
+
+def check_budgets(raw: dict[str, Any], source: str) -> tuple[int, int | None, int]:
+    """trials (per tuned cell and seed), steps (None: the protocol's rule), cv_folds."""
+    trials = _positive_int(raw, "trials", 8, source)
+    steps = None if raw.get("steps") is None else _positive_int(raw, "steps", 500, source)
+    cv = _positive_int(raw, "cv_folds", 1, source)
+    return trials, steps, cv
+
+
+def check_resolution(raw: dict[str, Any], backbones: tuple, source: str) -> int | dict[str, int] | None:
+    """`resolution`: pixels for every backbone, or a table per backbone of this experiment."""
+    resolution = raw.get("resolution")
+    if resolution is not None:
+        if isinstance(resolution, dict):
+            for b, px in resolution.items():
+                if b not in backbones and not any(b in blk.get("backbones", ()) for blk in raw.get("include", [])):
+                    raise UserError(f"{source}: resolution is given for '{b}', which is not a backbone of this experiment")
+                _check_resolution(px, f"resolution.{b}", source)
+        else:
+            _check_resolution(resolution, "resolution", source)
+    return resolution
+
+
+def check_runtime(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """precision, device, compile, pretrained, val_fraction: how each run trains."""
+    precision = string(raw, "precision", source, "auto")
+    if precision not in PRECISIONS:
+        raise UserError(f"{source}: precision '{precision}' is not one of: {', '.join(PRECISIONS)}")
+    device = string(raw, "device", source, "auto")
+    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"{source}: device '{device}' is not one of: auto, cpu, cuda, cuda:N")
+    compile_ = raw.get("compile", False)
+    if not isinstance(compile_, bool | str) or (isinstance(compile_, str) and compile_.lower() in BOOL_WORDS):
+        raise UserError(
+            f"{source}: compile must be true, false (TOML booleans, unquoted) or a torch.compile backend name, got {compile_!r}"
+        )
+    pretrained = raw.get("pretrained", True)
+    if not isinstance(pretrained, bool):
+        raise UserError(f"{source}: pretrained must be true or false, got {pretrained!r}")
+    val_fraction = raw.get("val_fraction", 0.2)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
+        raise UserError(f"{source}: val_fraction must be in (0, 1), got {val_fraction!r}")
+    return {
+        "precision": precision,
+        "device": device,
+        "compile": compile_,
+        "pretrained": pretrained,
+        "val_fraction": float(val_fraction),
+    }
+
+
+# ---------------------------------------------------------------- [search], [workers]
+
+
+def check_search(raw: dict[str, Any], source: str, cls: type) -> Any:
+    """[search] as a `cls` (bench.sweep.experiment.Search), every value checked."""
+    search = _dataclass_table(cls, raw.get("search", {}), "search", source)
+    if search.mode not in SEARCH_MODES:
+        raise UserError(
+            f"{source}: search mode {search.mode!r}{did_you_mean(str(search.mode), list(SEARCH_MODES))} "
+            f"is not one of: {', '.join(SEARCH_MODES)}"
+        )
+    if search.pruner not in PRUNERS:
+        raise UserError(f"{source}: search.pruner '{search.pruner}' is not one of: {', '.join(PRUNERS)}")
+    for key in ("startup_trials", "pruner_startup_trials"):
+        v = getattr(search, key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise UserError(f"{source}: search.{key} must be a positive integer, got {v!r}")
+    w = search.pruner_warmup
+    if isinstance(w, bool) or not isinstance(w, int | float) or not 0.5 <= w <= 1.0:
+        raise UserError(
+            f"{source}: search.pruner_warmup must be a fraction of the steps in [0.5, 1] "
+            f"(the protocol never prunes a trial before half its budget), got {w!r}"
+        )
+    if not isinstance(search.bn, bool):
+        raise UserError(f"{source}: search.bn must be true or false, got {search.bn!r}")
+    if search.first_trial not in FIRST_TRIALS:
+        raise UserError(f"{source}: search.first_trial {search.first_trial!r} is not one of: {', '.join(FIRST_TRIALS)}")
+    return search
+
+
+def check_workers(raw: dict[str, Any], source: str, cls: type) -> Any:
+    """[workers] as a `cls` (bench.sweep.experiment.Workers): a heartbeat well inside the stale limit."""
+    workers = _dataclass_table(cls, raw.get("workers", {}), "workers", source)
+    for key in ("heartbeat_seconds", "stale_after_seconds"):
+        v = getattr(workers, key)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            raise UserError(f"{source}: workers.{key} must be a positive, finite number of seconds, got {v!r}")
+    if not (0 < workers.heartbeat_seconds < workers.stale_after_seconds):
+        raise UserError(f"{source}: workers need 0 < heartbeat_seconds < stale_after_seconds")
+    return workers
+
+
+# ---------------------------------------------------------------- [hparams], [space]
+
+
+def check_hparams_space(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """[hparams] (fixed values) and [space] (distributions), all methods or per method: every
+    value must make valid hyperparameters, and the step budget is neither fixed per method nor searched."""
+    from bench.models.methods import METHODS, HParams
+
+    hp_fields = {f.name for f in fields(HParams)}
+    hparams = _per_method_table(raw.get("hparams", {}), "hparams", source, hp_fields, METHODS.names(), lambda v, w: v)
+    space = _per_method_table(raw.get("space", {}), "space", source, hp_fields, METHODS.names(), _check_distribution(source))
+    # Fixed values must make valid hyperparameters.
+    for scope, values in [("hparams", {k: v for k, v in hparams.items() if not isinstance(v, dict)})] + [
+        (f"hparams.{m}", v) for m, v in hparams.items() if isinstance(v, dict)
+    ]:
+        try:
+            HParams().update(**values)
+        except (UserError, TypeError) as exc:
+            raise UserError(f"{source}: {scope}: {exc}") from None
+        if "steps" in values:
+            raise UserError(f"{source}: {scope}.steps: the step budget is one per cell for every method; use top-level steps")
+    for scope, _dist in _all_distributions(space):
+        if scope.endswith(".steps"):
+            raise UserError(f"{source}: {scope}: the step budget is not searched (one budget per cell for every method)")
+    return hparams, space
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def string(raw: dict, key: str, source: str, default: str | None = None) -> str:
+    v = raw.get(key, default)
+    if not isinstance(v, str):
+        raise UserError(f"{source}: {key} must be a string, got {v!r}")
+    return v
+
+
+def _positive_int(raw: dict, key: str, default: int, source: str) -> int:
+    v = raw.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise UserError(f"{source}: {key} must be a positive integer, got {v!r}")
+    return v
+
+
+def _check_resolution(px: Any, where: str, source: str) -> None:
+    if isinstance(px, bool) or not isinstance(px, int) or not 8 <= px <= 1024:
+        raise UserError(f"{source}: {where} must be an integer number of pixels in 8..1024, got {px!r}")
+
+
+def _dataclass_table(cls: type, table: Any, key: str, source: str) -> Any:
+    if not isinstance(table, dict):
+        raise UserError(f"{source}: [{key}] must be a table")
+    known = [f.name for f in fields(cls)]
+    for k in table:
+        if k not in known:
+            raise UserError(f"{source}: unknown key '{key}.{k}'{did_you_mean(k, known)}; valid: {', '.join(known)}")
+    return cls(**table)
+
+
+def _per_method_table(table: Any, key: str, source: str, hp_fields: set, methods: list, check: Any) -> dict:
+    if not isinstance(table, dict):
+        raise UserError(f"{source}: [{key}] must be a table")
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if k in methods:
+            if not isinstance(v, dict):
+                raise UserError(f"{source}: [{key}.{k}] must be a table of hyperparameters")
+            for f, fv in v.items():
+                if f not in hp_fields:
+                    raise UserError(f"{source}: unknown hyperparameter '{key}.{k}.{f}'{did_you_mean(f, sorted(hp_fields))}")
+                check(fv, f"{key}.{k}.{f}")
+            out[k] = dict(v)
+        elif k in hp_fields:
+            check(v, f"{key}.{k}")
+            out[k] = v
+        else:
+            raise UserError(
+                f"{source}: unknown name '{key}.{k}'{did_you_mean(k, sorted(hp_fields) + methods)}; "
+                "expected a hyperparameter or a method name"
+            )
+    return out
+
+
+def _check_distribution(source: str) -> Any:
+    def _check_values(name: str, values: list, where: str) -> None:
+        """Every value a distribution can give must make valid hyperparameters (checked now, not mid-sweep)."""
+        from bench.models.methods import HParams
+
+        for v in values:
+            if isinstance(v, dict | list):
+                raise UserError(f"{source}: {where}: {v!r} is not a value")
+            try:
+                HParams().update(**{name: v})
+            except (UserError, TypeError, ValueError) as exc:
+                raise UserError(f"{source}: {where}: {v!r} is not a valid value ({exc})") from None
+
+    def check(d: Any, where: str) -> None:
+        name = where.rsplit(".", 1)[-1]
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: {where} must be a table: {{ low = .., high = .., log = true }} or {{ choices = [..] }}")
+        keys = set(d)
+        if "choices" in keys:
+            if keys != {"choices"} or not isinstance(d["choices"], list) or not d["choices"]:
+                raise UserError(f"{source}: {where}: a categorical distribution is {{ choices = [..] }} with a non-empty list")
+            _check_values(name, d["choices"], where)
+            return
+        if not {"low", "high"} <= keys or keys - {"low", "high", "log", "step"}:
+            raise UserError(f"{source}: {where}: a range distribution has low, high and optionally log, step; got {sorted(keys)}")
+        lo, hi = d["low"], d["high"]
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in (lo, hi)) or not lo <= hi:
+            raise UserError(f"{source}: {where}: need finite numbers low <= high, got {lo!r}, {hi!r}")
+        if "log" in d and not isinstance(d["log"], bool):
+            raise UserError(f"{source}: {where}: log must be true or false (a TOML boolean, unquoted), got {d['log']!r}")
+        if d.get("log") and lo <= 0:
+            raise UserError(f"{source}: {where}: a log distribution needs low > 0, got {lo!r}")
+        if "step" in d:
+            step = d["step"]
+            if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step) or step <= 0:
+                raise UserError(f"{source}: {where}: step must be a positive number, got {step!r}")
+            if d.get("log"):
+                raise UserError(f"{source}: {where}: a distribution has step or log, not both")
+            if isinstance(lo, int) and isinstance(hi, int) and not isinstance(step, int):
+                raise UserError(f"{source}: {where}: an integer range needs an integer step, got {step!r}")
+        _check_values(name, [lo, hi], where)
+
+    return check
+
+
+def _all_distributions(space: dict) -> list[tuple[str, dict]]:
+    out = []
+    for k, v in space.items():
+        if is_distribution(v):
+            out.append((f"space.{k}", v))
+        else:
+            out.extend((f"space.{k}.{f}", d) for f, d in v.items())
+    return out
+
+
+def _blocks(raw: dict, key: str, source: str) -> list[dict]:
+    v = raw.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(b, dict) for b in v):
+        raise UserError(f"{source}: [[{key}]] must be an array of tables")
+    return v
+
+
+def _grid_block(block: dict, i: int, key: str, source: str) -> dict:
+    conv = {"backbones": backbone, "methods": method, "recipes": recipe, "fractions": fraction}
+    out = {}
+    for k, v in block.items():
+        if k not in conv:
+            raise UserError(
+                f"{source}: unknown key '{key}[{i}].{k}'{did_you_mean(k, list(GRID_KEYS))}; valid: {', '.join(GRID_KEYS)}"
+            )
+        items = v if isinstance(v, list) else [v]
+        if not items:
+            raise UserError(f"{source}: '{key}[{i}].{k}' is empty")
+        out[k] = tuple(conv[k](x, f"{key}[{i}].{k}", source) for x in items)
+    if not out:
+        raise UserError(f"{source}: [[{key}]] number {i + 1} is empty")
+    return out

@@ -1,0 +1,402 @@
+"""One worker process: pick the next free item of the grid, claim it, train it, record it; repeat.
+
+State lives in the Optuna storage, never in one process's memory, so any number of workers
+(one machine or several) can share one grid, and a process killed at any moment loses only
+the trial or run it was in the middle of:
+
+- A search trial: the worker claims a slot (bench/sweep/claims.py: COMPLETE, PRUNED and live
+  RUNNING trials count toward the budget, so killed trials are redone and the budget is never
+  exceeded), asks its hyperparameters with the slot's seeded sampler (bench/sweep/search.py),
+  trains, and tells Optuna the validation accuracy (or PRUNED: the pruner, a divergence).
+- A final run: the worker claims the run id; the lowest live claim wins, the others step back.
+  It trains on the labelled subset, tests once, saves the predictions and the record, and
+  rewrites runs.csv (bench/sweep/export.py).
+
+Each loop frees the claims of dead processes first (`recover`): surveying never writes, so
+this is the one place where the grid's dead claims are given back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gzip
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+import torch
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from bench.data import Cifar10
+from bench.models.methods import METHODS, HParams
+from bench.records import Cell, CellStatus, GridStatus, RunRecord
+from bench.sweep.claims import (
+    Heartbeat,
+    LostClaim,
+    ask_first,
+    claim,
+    finish,
+    open_trial,
+    recover,
+    take_slot,
+    won,
+)
+from bench.sweep.experiment import Experiment
+from bench.sweep.export import export_runs
+from bench.sweep.journal import clean_leftovers
+from bench.sweep.search import default_params, pruner, sample_hparams, sampler
+from bench.sweep.signals import signals_deferred
+from bench.sweep.status import Grid
+from bench.sweep.storage import is_url, open_storage, storage_location
+from bench.sweep.studies import ensure_study, finals_attrs, search_attrs
+from bench.train.caches import Caches
+from bench.train.engine import Diverged
+from bench.train.run import RunConfig, atomic_write, execute, write_record
+
+
+class Progress(Protocol):
+    """What the sweep tells its display (bench/cli/display.py has a rich one and a plain one)."""
+
+    def status(self, status: GridStatus) -> None: ...
+    def item_start(self, item: WorkItem) -> None: ...
+    def epoch(self, row: dict) -> None: ...
+    def item_end(self, item: WorkItem, outcome: str) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+class NullProgress:
+    """A Progress that shows nothing (library use, tests)."""
+
+    def status(self, status: GridStatus) -> None:
+        pass
+
+    def item_start(self, item: WorkItem) -> None:
+        pass
+
+    def epoch(self, row: dict) -> None:
+        pass
+
+    def item_end(self, item: WorkItem, outcome: str) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class WorkItem:
+    kind: str  # "trial" or "final"
+    cell: Cell
+    study_id: int
+    slot: int = 0  # trial: the slot number; final: the seed
+    cfg: RunConfig | None = None
+    seed: int = 0  # trial: the seed whose subset it searches on
+    probe: HParams | None = None  # trial: the linear probe it starts from (probe_init methods)
+    per_seed: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.kind == "trial":
+            return f"trial {self.slot + 1}{f' · seed {self.seed}' if self.per_seed else ''} · {self.cell.label}"
+        return f"final seed {self.slot} · {self.cell.label}"
+
+
+class Sweep(Grid):
+    """One worker process on an experiment's storage; `run()` works until the grid is done.
+
+    `read_only=True` makes a monitor (`sweep --parallel`'s display, a dry run): it surveys the
+    grid and builds run configs, and never creates a study or runs anything."""
+
+    def __init__(
+        self,
+        exp: Experiment,
+        data: Cifar10,
+        device: torch.device,
+        *,
+        storage: optuna.storages.BaseStorage | None = None,
+        progress: Progress | None = None,
+        poll_seconds: float = 2.0,
+        read_only: bool = False,
+        caches: Caches | None = None,
+    ) -> None:
+        self.progress = progress or NullProgress()
+        # One owner for the features and probes its runs share (a final run reuses the probe its
+        # trials fitted); the feature cache's size comes from the environment, read here.
+        self.caches = caches if caches is not None else Caches.from_env()
+        notes: list[str] = []
+        super().__init__(exp, data, device, storage or open_storage(exp, notes))
+        for note in notes:
+            self.progress.log(note)
+        self.poll_seconds = poll_seconds
+        self.read_only = read_only
+        self.out = exp.out_dir
+        self._ensured: dict[str, int] = {}  # studies this process created or completed
+        self.heartbeat = Heartbeat(self.storage, exp.workers.heartbeat_seconds)
+        self.executed: list[WorkItem] = []  # what this process trained (tests, summary)
+        self._started: dict[str, int] = {}  # items started by kind (SFT_BENCH_TEST_FAULT)
+
+    # ------------------------------------------------ studies (created by a worker only)
+
+    def study_id(self, name: str, attrs: dict[str, Any]) -> int | None:
+        """Study `name`, created and completed (a read-only sweep only looks it up)."""
+        if self.read_only:
+            return self.find(name)
+        if name not in self._ensured:
+            self._ensured[name] = self._found[name] = ensure_study(self.storage, name, attrs)
+        return self._ensured[name]
+
+    def search_study(self, cell: Cell, seed: int) -> int | None:
+        return self.study_id(self.search_name(cell, seed), search_attrs(self.exp, cell, seed))
+
+    def finals_study(self, cell: Cell) -> int | None:
+        return self.study_id(cell.finals_name(self.exp.name), finals_attrs(self.exp, cell))
+
+    def ensure_search_studies(self) -> None:
+        """Create (or complete) every search study of the grid, in survey order, before any work:
+        another worker started with other settings is then refused (check_settings) for every
+        cell, not only for those that had started."""
+        for cell in sorted(self.cells, key=lambda c: self.probe_cell(c) is not None):
+            for seed in self.exp.search_seeds if cell.recipe == "tuned" else ():
+                self.search_study(cell, seed)
+
+    def free_dead_claims(self) -> None:
+        """Give back the claims of dead processes (FAIL), adopt the results they had saved
+        (COMPLETE): the one place where this happens, right before each scheduling step."""
+        stale_after = self.exp.workers.stale_after_seconds
+        for cell in self.cells:
+            seeds = self.exp.search_seeds if cell.recipe == "tuned" else ()
+            for sid in [self.search_id(cell, s) for s in seeds] + [self.finals_id(cell)]:
+                if sid is not None:
+                    running = self.storage.get_all_trials(sid, deepcopy=False, states=(TrialState.RUNNING,))
+                    recover(self.storage, running, stale_after)
+
+    # ------------------------------------------------ the work loop
+
+    def run(self) -> GridStatus:
+        """Work until every cell is done (waiting while other processes hold the last items)."""
+        if self.read_only:
+            raise RuntimeError("a read-only sweep cannot run")
+        self.out.mkdir(parents=True, exist_ok=True)
+        # Temporary files of processes killed outright (SIGKILL, power cut) on this machine.
+        leftovers = clean_leftovers(
+            [self.out, self.out / "predictions", self.out / "records"], older_than=self.exp.workers.stale_after_seconds
+        )
+        if leftovers:
+            self.progress.log(f"removed {len(leftovers)} temporary file(s) killed processes left in {self.out}")
+        self.ensure_search_studies()
+        self.heartbeat.start()
+        try:
+            while True:
+                self.free_dead_claims()
+                status = self.survey()
+                self.progress.status(status)
+                item = self._next(status)
+                if item is None:
+                    if status.complete or not status.running:
+                        return status
+                    time.sleep(self.poll_seconds)
+                    continue
+                if item.kind == "trial":
+                    self._trial(item)
+                else:
+                    self._final(item)
+        finally:
+            self.heartbeat.stop()
+
+    def _next(self, status: GridStatus) -> WorkItem | None:
+        """Final runs first (they finish cells), linear_probe cells before the cells waiting on them."""
+        lp: dict[Cell, CellStatus] = {cs.cell: cs for cs in status.cells if METHODS.get(cs.cell.method).is_probe}
+        for cs in sorted(status.cells, key=lambda cs: not METHODS.get(cs.cell.method).is_probe):
+            if cs.free_finals:
+                seed, cfg = cs.free_finals[0]
+                sid = self.finals_study(cs.cell)
+                assert sid is not None
+                return WorkItem("final", cs.cell, sid, seed, cfg)
+            for ss in cs.searches.values():
+                if ss.can_ask:
+                    probe_of = self.probe_cell(cs.cell)
+                    probe = None if probe_of is None else self.probe_hparams(lp[probe_of], ss.seed, "trial")
+                    per_seed = self.exp.search.mode == "per_seed"
+                    sid = self.search_study(cs.cell, ss.seed)
+                    assert sid is not None
+                    return WorkItem("trial", cs.cell, sid, ss.done, seed=ss.seed, probe=probe, per_seed=per_seed)
+        return None
+
+    @contextlib.contextmanager
+    def _claimed(self, item: WorkItem, attrs: dict[str, Any]) -> Iterator[int]:
+        """claims.claim for this item; a claim another process took over is dropped with one line."""
+        try:
+            with claim(self.storage, item.study_id, attrs, self.heartbeat) as tid:
+                yield tid
+        except LostClaim as exc:
+            self.progress.log(f"{item.label}: {exc}; dropped")
+
+    def _begin(self, item: WorkItem) -> None:
+        """The claim is ours: show it, count it, and (tests only) fault here."""
+        self.progress.item_start(item)
+        self.executed.append(item)
+        self._test_fault(item.kind)
+
+    def _on_progress(self, row: dict) -> None:
+        self.heartbeat.progress = f"{row['phase']} {row['step']}/{row['steps']}"
+        self.progress.epoch(row)
+        if self.heartbeat.lost:
+            raise LostClaim("another process declared this trial stale and took it over")
+
+    # ------------------------------------------------ one search trial
+
+    def _trial(self, item: WorkItem) -> None:
+        exp = self.exp
+        with self._claimed(item, {"kind": "trial"}) as tid:
+            trials = self.storage.get_all_trials(item.study_id, deepcopy=False)
+            slot = take_slot(trials, tid, exp.trials, exp.workers.stale_after_seconds, time.time())
+            if slot is None:
+                finish(self.storage, tid, TrialState.FAIL, "over budget: another process took the last slot")
+                return
+            item.slot = slot
+            study, trial, cfg = self._ask(item, tid)
+            self._begin(item)
+            self._train_trial(item, study, trial, cfg)
+
+    def _ask(self, item: WorkItem, tid: int) -> tuple[optuna.Study, optuna.Trial, RunConfig]:
+        """Our claim as an Optuna trial of its study: its hyperparameters asked, its config built."""
+        exp, cell = self.exp, item.cell
+        name = self.search_name(cell, item.seed)
+        study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler(exp, name, item.seed, item.slot))
+        if item.slot == 0 and exp.search.first_trial == "defaults":
+            # the first slot asks the method's defaults: Optuna's enqueue_trial stores the same attribute
+            ask_first(self.storage, tid, default_params(exp, cell.method))
+        trial = open_trial(study, tid)
+        changes = sample_hparams(trial, exp, cell.method)
+        cfg = self.config(cell, item.seed, changes, "trial", probe=item.probe)
+        study.pruner = pruner(exp, cfg)
+        trial.set_user_attr("hparams", json.loads(json.dumps(changes)))
+        trial.set_user_attr("run_id", cfg.run_id)
+        trial.set_user_attr("slot", item.slot)
+        return study, trial, cfg
+
+    def _train_trial(self, item: WorkItem, study: optuna.Study, trial: optuna.Trial, cfg: RunConfig) -> None:
+        """Train the trial, reporting validation accuracy to the pruner; tell Optuna the outcome."""
+
+        def on_progress(row: dict) -> None:
+            self._on_progress(row)
+            if row["phase"] == "train" and "val_accuracy" in row:
+                trial.report(row["val_accuracy"], row["step"])
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"median at step {row['step']} (val acc {row['val_accuracy']:.4f})")
+
+        try:
+            rec = execute(cfg, self.data, self.device, on_progress=on_progress, compile=self.exp.compile, caches=self.caches)
+        except (optuna.TrialPruned, Diverged) as exc:
+            pruned = isinstance(exc, optuna.TrialPruned)
+            self.heartbeat.detach()
+            with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
+                if pruned:
+                    trial.set_user_attr("pruned_by", str(exc))
+                else:
+                    trial.set_user_attr("pruned_reason", f"diverged: {exc}")
+                study.tell(trial, state=TrialState.PRUNED)
+            self.progress.item_end(item, f"pruned ({exc})" if pruned else f"pruned: diverged ({exc})")
+            return
+        value = rec.val_accuracy
+        with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
+            trial.set_user_attr("wall_seconds", rec.wall_seconds)
+            trial.set_user_attr("result_value", value)
+            self.heartbeat.detach()
+            study.tell(trial, value)
+        self.progress.item_end(item, f"val acc {value:.4f}")
+
+    # ------------------------------------------------ one final run
+
+    def _final(self, item: WorkItem) -> None:
+        cfg = item.cfg
+        assert cfg is not None
+        with self._claimed(item, {"kind": "final", "run_id": cfg.run_id, "seed": item.slot}) as tid:
+            look_twice = is_url(storage_location(self.exp))
+            if not won(self.storage, item.study_id, tid, cfg.run_id, self.exp.workers.stale_after_seconds, look_twice=look_twice):
+                finish(self.storage, tid, TrialState.FAIL, "lost claim: another process runs it")
+                return
+            self._begin(item)
+            rec = self._train_final(item, tid, cfg)
+            if rec is not None:
+                self._record_final(item, tid, rec)
+
+    def _train_final(self, item: WorkItem, tid: int, cfg: RunConfig) -> RunRecord | None:
+        """Train and test once, keeping the predictions; None when the run diverged (recorded as such)."""
+        preds_dir = self.out / "predictions"
+        preds_dir.mkdir(parents=True, exist_ok=True)
+        tmp = preds_dir / f".{cfg.run_id}.{os.getpid()}.csv"
+        try:
+            rec = execute(
+                cfg,
+                self.data,
+                self.device,
+                on_progress=self._on_progress,
+                save_predictions=tmp,
+                compile=self.exp.compile,
+                caches=self.caches,
+            )
+            atomic_write(preds_dir / f"{cfg.run_id}.csv.gz", lambda f: _gzip_into(tmp, f))
+        except Diverged as exc:
+            self.heartbeat.detach()
+            with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
+                self.storage.set_trial_user_attr(tid, "diverged", str(exc))
+                self.storage.set_trial_state_values(tid, TrialState.FAIL)
+            self.progress.item_end(item, f"diverged ({exc})")
+            return None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return rec
+
+    def _record_final(self, item: WorkItem, tid: int, rec: RunRecord) -> None:
+        """Complete the record, write it, and mark the claim COMPLETE, all or nothing under a Ctrl-C."""
+        cell, run_id = item.cell, rec.run_id
+        tuned = cell.recipe == "tuned"
+        rec = replace(
+            rec,
+            experiment=self.exp.name,
+            study=self.search_name(cell, self.exp.searched_by(item.slot)) if tuned else "",
+            search_mode=self.exp.search.mode if tuned else "",
+            predictions=f"predictions/{run_id}.csv.gz",
+            finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        with signals_deferred():  # a finished run is never lost to a Ctrl-C here
+            write_record(self.out / "records" / f"{run_id}.json", rec)
+            self.heartbeat.detach()
+            try:
+                self.storage.set_trial_user_attr(tid, "record", rec.to_json())
+                self.storage.set_trial_user_attr(tid, "result_value", rec.test_accuracy)
+                self.storage.set_trial_state_values(tid, TrialState.COMPLETE, [rec.test_accuracy])
+            except UpdateFinishedTrialError:
+                raise LostClaim("another process declared this run stale") from None
+            self.progress.item_end(item, f"test acc {rec.test_accuracy:.4f}")
+            export_runs(self)
+
+    def _test_fault(self, kind: str) -> None:
+        """Tests only: SFT_BENCH_TEST_FAULT="final:2:KILL,trial:1:INT" sends this process the signal when
+        it starts its 2nd final run (its 1st trial), claim made and training not begun: a fault at a
+        known point, instead of a signal after a sleep that a fast machine outruns."""
+        spec = os.environ.get("SFT_BENCH_TEST_FAULT")
+        if not spec:
+            return
+        self._started[kind] = self._started.get(kind, 0) + 1
+        for part in spec.split(","):
+            k, n, sig = part.strip().split(":")
+            if k == kind and int(n) == self._started[kind]:
+                os.kill(os.getpid(), getattr(signal, f"SIG{sig.upper()}"))
+                time.sleep(0.1)  # let the handler run here, at this point
+
+
+def _gzip_into(src: Path, f: Any) -> None:
+    """Gzip the predictions without a timestamp: the same run gives the same bytes."""
+    with open(src, "rb") as s, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as g:
+        shutil.copyfileobj(s, g)

@@ -1,0 +1,273 @@
+"""`fit`: one model trained by one method, top to bottom.
+
+    fit(net, spec, hp, x, y, ...)      # uint8 images and labels, already on the device
+      1. frozen-backbone features, computed once (linear_probe, frozen rows, and the probe
+         of sft* / lp_ft) from the content-keyed feature cache of the `Caches` given
+      2. linear_probe: the row *is* the probe: `fit_probe` on those features. sft* / lp_ft:
+         H_f = the linear_probe row's model for the same data, seed and probe hyperparameters
+         (`fit_probe` again, served from the probe cache when already fitted with these caches)
+      3. hp.steps optimiser steps (the cell's budget S, bench/budget.py) with a linear
+         warm-up, end to end on augmented batches, or on cached features for frozen rows
+      4. every S/10 steps a history row (loss, train accuracy, validation accuracy when a
+         validation split is given) -> on_progress (Optuna reports and prunes there)
+
+BatchNorm (protocol v2, one policy for every method): a frozen backbone is always in eval
+mode; a trained one keeps its pretrained running statistics in train and eval when
+`hp.bn == "frozen"` (its affine parameters still train), or uses batch statistics when
+`hp.bn == "train"`. So at step 0 every probe-initialised model's logits are the linear
+probe's, and a step at learning rate 0 leaves them there (tests/test_engine.py).
+
+Precision: bf16 autocast where asked (`precision="bf16"`), fp32 otherwise; channels_last
+memory format always for conv nets (it is faster on CPU and on CUDA here).
+
+Speed (measured in docs/benchmarks.md, `python cli.py perf`):
+- frozen-backbone features come from the `Caches` given (a sweep's: one per process), keyed
+  by the content of the weights, the input adapter, the precision and the images, so the
+  trials of one sweep cell encode their images once, not once per trial
+  (`feature_cache="trial"` recomputes per fit, `"off"` on every batch: the baselines);
+- `compile=True` (or a backend name) runs the end-to-end forward/backward through
+  `torch.compile`; it changes speed, not results, so it is not part of a run's id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from bench.data import augment
+from bench.models.methods import HParams, MethodSpec, Net
+from bench.registry import UserError
+from bench.train.caches import Caches
+from bench.train.evaluate import predict
+from bench.train.features import FeatureCache, encode_all
+from bench.train.loop import FitResult, freeze, set_train_mode, train_steps
+from bench.train.probe import ProbeCache, default_probe, fit_probe
+
+FEATURE_CACHE_MODES = ("shared", "trial", "off")
+
+
+def check_fit(spec: MethodSpec, hp: HParams, feature_cache: str) -> None:
+    """Refuse what `fit` cannot do, before any work: an unknown cache mode, a method that trains
+    the backbone at multiplier 0, an augmented frozen row."""
+    if feature_cache not in FEATURE_CACHE_MODES:
+        raise ValueError(f"feature_cache '{feature_cache}' is not one of: {', '.join(FEATURE_CACHE_MODES)}")
+    if spec.trains_backbone and hp.backbone_lr_mult <= 0:
+        raise UserError(
+            f"{spec.name} trains the backbone, so backbone_lr_mult must be > 0 (got {hp.backbone_lr_mult}); "
+            "a frozen backbone is a row of its own: linear_probe, sft-mlp-frozen, sft-side-frozen"
+        )
+    if not spec.trains_backbone and hp.augment:
+        raise UserError(
+            f"{spec.name} trains on cached features of a frozen backbone, which cannot be augmented; set augment=false"
+        )
+
+
+class FrozenFeatures:
+    """The frozen backbone's features of one fit's images, from where `mode` says ("shared": the
+    given cache; "trial": computed once here; "off": the backbone again on every batch).
+
+    Called with a batch's indices it gives that batch's features, whatever the mode."""
+
+    def __init__(self, net: Net, x: torch.Tensor, precision: str, mode: str, cache: FeatureCache, result: FitResult) -> None:
+        self.net, self.x, self.precision, self.mode, self.cache, self.result = net, x, precision, mode, cache, result
+        self.train: torch.Tensor | None = None
+        self.val: torch.Tensor | None = None
+        self._net_key: str | None = None
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.mode == "shared":
+            self._net_key = self._net_key or self.cache.net_key(self.net, self.precision)  # hash the weights once per fit
+            out, hit = self.cache.encode(self.net, images, self.precision, self._net_key)
+            self.result.feature_cache_hits += int(hit)
+            return out
+        return encode_all(self.net, images, self.precision)
+
+    def compute(self, val_images: torch.Tensor | None) -> None:
+        """Encode the training images (and `val_images`, for frozen rows) once, unless the mode is "off"."""
+        if self.mode == "off":
+            return
+        t0 = time.perf_counter()
+        self.train = self._encode(self.x)
+        if val_images is not None:
+            self.val = self._encode(val_images)
+        self.result.feature_seconds = time.perf_counter() - t0
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.train is not None:
+            return self.train[idx]
+        with torch.no_grad():  # feature_cache="off": the frozen backbone again, as encode_all runs it
+            self.net.backbone.eval()
+            return self.net.encode(self.x[idx]).float()
+
+
+def _evaluator(
+    net: Net, val: tuple[torch.Tensor, torch.Tensor] | None, precision: str, val_feats: torch.Tensor | None
+) -> Callable[[], float] | None:
+    """Validation accuracy of `net` as it is now (None without a validation split)."""
+    if val is None:
+        return None
+    vx, vy = val
+
+    def evaluate() -> float:
+        probs = predict(net, vx, precision, feats=val_feats)
+        return float((probs.argmax(1) == vy).float().mean())
+
+    return evaluate
+
+
+def fit(
+    net: Net,
+    spec: MethodSpec,
+    hp: HParams,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int,
+    precision: str = "fp32",
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+    feature_cache: str = "shared",
+    compile: bool | str = False,
+    probe: HParams | None = None,
+    caches: Caches | None = None,
+) -> FitResult:
+    """Train `net` on uint8 images `x` with labels `y` (both on the training device).
+
+    `probe`: the linear probe's hyperparameters for probe-initialised methods (the
+    linear_probe row's, chosen by its own search; default: `default_probe(hp)`).
+    `caches`: the feature and probe caches shared with other fits (default: fresh ones,
+    private to this fit; the model is the same either way). `feature_cache`: where
+    frozen-backbone features come from: "shared" (the feature cache of `caches`), "trial"
+    (computed once in this fit) or "off" (the backbone is run again on every batch, as a
+    naive loop would). All three give the same model; only the time differs. `compile`:
+    True (inductor) or a torch.compile backend name for the end-to-end phase; speed only.
+    """
+    check_fit(spec, hp, feature_cache)
+    caches = Caches() if caches is None else caches
+    trains = spec.trains_backbone
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    result = FitResult()
+    feats = FrozenFeatures(net, x, precision, feature_cache, caches.features, result)
+    if spec.probe_init or not trains:
+        feats.compute(val[0] if val is not None and not trains else None)
+    evaluate = _evaluator(net, val, precision, feats.val)
+    if spec.is_probe or spec.probe_init:
+        probe_hp = hp if spec.is_probe else (probe or default_probe(hp))
+        _probe_phase(net, spec, probe_hp, y, seed, precision, result, feats, caches.probes, evaluate, on_progress)
+        if spec.is_probe:
+            return result
+    _train_phase(net, spec, hp, x, y, gen, precision, result, feats, evaluate, on_progress, compile)
+    return result
+
+
+def _probe_phase(
+    net: Net,
+    spec: MethodSpec,
+    probe_hp: HParams,
+    y: torch.Tensor,
+    seed: int,
+    precision: str,
+    result: FitResult,
+    feats: FrozenFeatures,
+    probes: ProbeCache,
+    evaluate: Callable[[], float] | None,
+    on_progress: Callable[[dict], None] | None,
+) -> None:
+    """The linear probe into `net.head`: the row itself (linear_probe) or H_f's start (sft*, lp_ft)."""
+    num_classes = _out_features(net.head)
+    d = feats.train.shape[1] if feats.train is not None else net.head.in_features
+    key = None if feats.train is None else ProbeCache.key(feats.train, y, probe_hp, seed, num_classes, precision)
+
+    def evaluate_head(head: nn.Module) -> float:
+        net.head.load_state_dict(head.state_dict())
+        return evaluate()
+
+    state = fit_probe(
+        feats,
+        d,
+        y,
+        num_classes,
+        probe_hp,
+        seed,
+        precision,
+        result,
+        phase="train" if spec.is_probe else "probe",
+        cache_key=key,
+        probes=probes,
+        evaluate=evaluate_head if spec.is_probe and evaluate is not None else None,
+        on_progress=on_progress,  # the contract: on_progress sees "probe" rows too (progress bars, heartbeats)
+    )
+    net.head.load_state_dict(state)
+    if spec.is_probe:
+        result.steps = probe_hp.steps
+    else:
+        result.probe_steps = probe_hp.steps
+
+
+def _train_phase(
+    net: Net,
+    spec: MethodSpec,
+    hp: HParams,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gen: torch.Generator,
+    precision: str,
+    result: FitResult,
+    feats: FrozenFeatures,
+    evaluate: Callable[[], float] | None,
+    on_progress: Callable[[dict], None] | None,
+    compile: bool | str,
+) -> None:
+    """The method's own hp.steps steps: end to end on (augmented) images, or on cached features
+    when the backbone is frozen."""
+    trains = spec.trains_backbone
+    freeze(net, False)
+    freeze(net.backbone, not trains)
+    head_params = [p for name, p in net.named_parameters() if not name.startswith("backbone.")]
+    groups = [{"params": head_params}]
+    if trains:
+        groups.append({"params": list(net.backbone.parameters()), "lr": hp.lr * hp.backbone_lr_mult})
+        model = compiled(net, compile)
+        forward = lambda idx, g: model(augment(x[idx], g) if hp.augment else x[idx])  # noqa: E731
+    else:
+
+        def forward(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            # a side branch sees the same (unaugmented) view as the cached features
+            return net.from_features(feats(idx), x[idx] if net.branch_on_image else None)
+
+    train_steps(
+        groups,
+        hp,
+        len(x),
+        forward,
+        y,
+        gen,
+        precision,
+        result,
+        "train",
+        train_mode=lambda: set_train_mode(net, trains, hp.bn),
+        evaluate=evaluate,
+        on_progress=on_progress,
+        augmented=trains and hp.augment,
+    )
+    result.steps = hp.steps
+
+
+def _out_features(head: nn.Module) -> int:
+    return [m for m in head.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+
+def compiled(net: nn.Module, compile: bool | str) -> nn.Module:
+    """`net` through torch.compile (shares its parameters), or `net` itself when not asked.
+
+    Static shapes: the last, smaller batch of an epoch compiles once more instead of
+    turning every batch into a dynamic-shape graph.
+    """
+    if not compile:
+        return net
+    backend = compile if isinstance(compile, str) else "inductor"
+    return torch.compile(net, backend=backend, dynamic=False)

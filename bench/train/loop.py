@@ -1,0 +1,189 @@
+"""The step loop every phase of every method runs (`train_steps`): an optimiser, a schedule
+with linear warm-up, shuffled passes over the examples, and a history row every S/10 steps.
+
+Speed (docs/benchmarks.md): the optimiser is the fused (one kernel) implementation where
+torch has one; loss and accuracy are summed on the device, so there is one host sync per
+history row, not one per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.budget import report_interval
+from bench.models.methods import HParams, Net
+from bench.train.device import autocast, sync
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the sweep prunes such a trial and records why."""
+
+
+@dataclass
+class FitResult:
+    """What one `fit` did: its history rows, its step counts and where its time went."""
+
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    feature_seconds: float = 0.0
+    # one (images, seconds) per history row: steady-state speed for `perf`
+    interval_seconds: list[tuple[int, float]] = field(default_factory=list)
+    feature_cache_hits: int = 0
+    steps: int = 0  # optimiser steps of the method's own training (the budget S)
+    probe_steps: int = 0  # head-only steps of the linear probe it started from (compute beside S)
+    probe_cache_hit: bool = False
+    augmented: bool = False  # whether any training batch was augmented
+
+    @property
+    def images_per_second(self) -> float:
+        """Training images per second, the one-off feature pass of frozen phases included."""
+        seconds = self.train_seconds + self.feature_seconds
+        return self.images_seen / seconds if seconds > 0 else 0.0
+
+
+def _fusable(groups: list[dict]) -> bool:
+    """torch's fused optimisers take floating-point tensors on CPU or CUDA only."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
+
+def make_optimizer(groups: list[dict], hp: HParams) -> torch.optim.Optimizer:
+    """SGD (with momentum) or AdamW over the parameter groups, as `hp` asks.
+
+    fused: one kernel over all parameters instead of a Python loop of small ops per
+    tensor (see docs/benchmarks.md for what it is worth)."""
+    fused = _fusable(groups)
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, fused=fused)
+    return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
+
+
+def lr_factor(hp: HParams, total_steps: int) -> Callable[[int], float]:
+    """The factor on each group's lr at step k (0-based): linear warm-up over round(warmup * S)
+    steps, reaching 1 at the last warm-up step, then cosine to 0 or constant."""
+    w = round(hp.warmup * total_steps)
+    rest = max(1, total_steps - w)
+
+    def factor(k: int) -> float:
+        if k < w:
+            return (k + 1) / w
+        if hp.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(k - w, rest) / rest))
+        return 1.0
+
+    return factor
+
+
+def make_scheduler(opt: torch.optim.Optimizer, hp: HParams, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of `hp` over `total_steps` steps (stepped once per step)."""
+    if hp.schedule == "onecycle":  # its own warm-up (pct_start) replaces the linear one
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=[g["lr"] for g in opt.param_groups],
+            total_steps=max(total_steps, 2),
+            pct_start=hp.warmup if hp.warmup > 0 else 0.3,
+        )
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(hp, total_steps))
+
+
+def freeze(module: nn.Module, frozen: bool) -> None:
+    """Whether `module`'s parameters get gradients."""
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
+
+
+def set_train_mode(net: Net, trains_backbone: bool, bn: str) -> None:
+    """Train mode under the protocol's BatchNorm policy (one for every method).
+
+    A frozen backbone runs in eval mode (its statistics are never touched). A trained one
+    with `bn == "frozen"` keeps every BatchNorm layer in eval mode: the pretrained running
+    statistics normalise in training as in evaluation, and the affine parameters still
+    train. `bn == "train"` uses (and updates) batch statistics."""
+    net.train()
+    if not trains_backbone:
+        net.backbone.eval()
+    elif bn == "frozen":
+        for m in net.backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def train_steps(
+    groups: list[dict],
+    hp: HParams,
+    n: int,
+    forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    y: torch.Tensor,
+    gen: torch.Generator,
+    precision: str,
+    result: FitResult,
+    phase: str,
+    *,
+    train_mode: Callable[[], None],
+    evaluate: Callable[[], float] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+    augmented: bool = False,
+) -> None:
+    """hp.steps optimiser steps over shuffled passes of the n examples; `forward(idx, gen)`
+    gives the logits of a batch. A history row every `report_interval(steps)` steps."""
+    steps, bs = hp.steps, hp.batch_size
+    device = y.device
+    opt = make_optimizer(groups, hp)
+    sched = make_scheduler(opt, hp, steps)
+    params = [p for g in groups for p in g["params"]]
+    interval = report_interval(steps)
+    train_mode()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    perm, pos = None, n
+    sync(device)
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        if pos >= n:  # a new shuffled pass; its last batch may be smaller
+            perm, pos = torch.randperm(n, generator=gen, device=gen.device).to(device), 0
+        idx = perm[pos : pos + bs]
+        pos += bs
+        with autocast(device, precision):
+            logits = forward(idx, gen)
+            loss = F.cross_entropy(logits.float(), y[idx], label_smoothing=hp.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if hp.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, hp.grad_clip)
+        opt.step()
+        sched.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(1) == y[idx]).sum()
+        seen += len(idx)
+        if step % interval and step != steps:
+            continue
+        sync(device)
+        seconds = time.perf_counter() - t0
+        result.train_seconds += seconds
+        result.interval_seconds.append((seen, seconds))
+        result.images_seen += seen
+        loss_value = float(loss_sum) / seen
+        if not math.isfinite(loss_value):
+            raise Diverged(f"{phase} loss became {loss_value} by step {step} (lr {hp.lr:g})")
+        row = {"phase": phase, "step": step, "steps": steps, "loss": loss_value, "train_accuracy": float(correct) / seen}
+        if evaluate is not None:
+            row["val_accuracy"] = evaluate()
+            train_mode()  # evaluation switched to eval mode
+        result.history.append(row)
+        if on_progress is not None:
+            on_progress(row)
+        loss_sum.zero_()
+        correct.zero_()
+        seen = 0
+        sync(device)
+        t0 = time.perf_counter()
+    result.augmented = result.augmented or augmented
