@@ -161,6 +161,7 @@ def small_disk(tmp_path: Path):  # noqa: ANN201
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_same_command_resumes_exactly(tmp_path: Path, synthetic_dir: Path, small_disk) -> None:  # noqa: ANN001
     disk, grow = small_disk
     config = tmp_path / "t.toml"
@@ -183,6 +184,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes_exactly(tmp_path: 
     assert rows(tmp_path / "r") == rows(tmp_path / "ref")
 
 
+@pytest.mark.slow
 def test_a_read_only_results_folder_mid_run_is_one_line_and_resumes(tmp_path: Path, synthetic_dir: Path) -> None:
     """The results folder turns read-only after the journal is written (a remount, an NFS hiccup)."""
     config = tmp_path / "t.toml"
@@ -224,6 +226,7 @@ def fault_matrix():  # noqa: ANN201 (the module)
     return module
 
 
+@pytest.mark.slow
 def test_a_database_connection_killed_mid_query_is_one_line_and_the_same_command_resumes(
     tmp_path: Path,
     synthetic_dir: Path,

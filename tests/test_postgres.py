@@ -105,6 +105,7 @@ def rows(results: Path) -> list[tuple]:
         return sorted((r["method"], r["seed"], r["run_id"], r["test_accuracy"]) for r in csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_three_workers_at_once_on_an_empty_database_one_killed_give_the_journal_rows(
     tmp_path: Path, synthetic_dir: Path, empty_db: str
 ) -> None:
@@ -162,6 +163,7 @@ def test_three_workers_at_once_on_an_empty_database_one_killed_give_the_journal_
     assert not any(password in o for o in outs + [again.stdout, again.stderr])
 
 
+@pytest.mark.slow
 def test_parallel_workers_read_the_password_the_parent_was_given(tmp_path: Path, synthetic_dir: Path, empty_db: str) -> None:
     """--parallel workers read config.toml, which has no password: the parent hands it over privately."""
     config = tmp_path / "t.toml"
@@ -191,6 +193,7 @@ def test_parallel_workers_read_the_password_the_parent_was_given(tmp_path: Path,
     assert str(url.password) not in bare.stderr
 
 
+@pytest.mark.slow
 def test_a_claim_from_another_host_is_freed_after_the_stale_period(tmp_path: Path, synthetic_dir: Path, empty_db: str) -> None:
     """A worker in its own UTS namespace (another hostname) is killed holding a claim: this machine
     cannot tell whether it lives, so the claim is freed once its heartbeat is older than the stale period."""

@@ -20,6 +20,7 @@ from bench.models.backbones import build_backbone, get_backbone
 from bench.models.methods import InputAdapter
 from bench.train.run import execute, get_data, make_config
 
+pytestmark = pytest.mark.slow  # real CIFAR-10 (60,000 images) built and read
 CPU = torch.device("cpu")
 
 # ImageNet-1k classes that are a CIFAR-10 class (deer has no ImageNet counterpart).

@@ -969,6 +969,7 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exit_2_one_line(tmp_path: Path) -> None:
     for args in (
         ["report", "--results-dir", str(tmp_path / "nowhere")],

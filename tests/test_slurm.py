@@ -47,6 +47,7 @@ def slurm_conf() -> str:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_slurm_array_of_workers_on_one_database_gives_the_journal_rows(
     tmp_path: Path,
     synthetic_dir: Path,

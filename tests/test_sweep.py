@@ -571,6 +571,7 @@ class Watch:
         )
 
 
+@pytest.mark.slow
 def test_killed_and_interrupted_sweeps_resume_to_the_same_rows(tmp_path: Path, synthetic_dir: Path) -> None:
     config = write_toml(tmp_path / "cfg", "k", SMALL)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
@@ -625,6 +626,7 @@ def test_killed_and_interrupted_sweeps_resume_to_the_same_rows(tmp_path: Path, s
     assert len(completed) == len(set(completed)) == 4
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_grid_without_duplicates(tmp_path: Path, synthetic_dir: Path) -> None:
     config = write_toml(tmp_path / "cfg", "c", SMALL)
     results = tmp_path / "results"

@@ -32,14 +32,20 @@ def search_name(exp: Experiment, cell: Cell, seed: int) -> str:
     return cell.study_name(exp.name, seed if exp.search.mode == "per_seed" else None)
 
 
-def search_attrs(exp: Experiment, cell: Cell, seed: int) -> dict[str, Any]:
-    """What a search study records about itself (report, check_settings, optuna-dashboard read it)."""
+def _cell_attrs(exp: Experiment, cell: Cell) -> dict[str, Any]:
     return {
         "experiment": exp.name,
         "backbone": cell.backbone,
         "method": cell.method,
         "recipe": cell.recipe,
         "fraction": cell.fraction,
+    }
+
+
+def search_attrs(exp: Experiment, cell: Cell, seed: int) -> dict[str, Any]:
+    """What a search study records about itself (report, check_settings, optuna-dashboard read it)."""
+    return {
+        **_cell_attrs(exp, cell),
         "kind": "search",
         "seed": seed,
         "search_mode": exp.search.mode,
@@ -51,11 +57,7 @@ def search_attrs(exp: Experiment, cell: Cell, seed: int) -> dict[str, Any]:
 def finals_attrs(exp: Experiment, cell: Cell) -> dict[str, Any]:
     """What a finals study records about itself."""
     return {
-        "experiment": exp.name,
-        "backbone": cell.backbone,
-        "method": cell.method,
-        "recipe": cell.recipe,
-        "fraction": cell.fraction,
+        **_cell_attrs(exp, cell),
         "kind": "final",
         "protocol": PROTOCOL,
     }
