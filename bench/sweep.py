@@ -487,6 +487,33 @@ def default_params(exp: Experiment, method: str) -> dict[str, Any]:
     return probe.params
 
 
+def take_slot(trials: list[FrozenTrial], tid: int, budget: int, stale_after: float, now: float) -> int | None:
+    """The slot of claim `tid` among a search's trials, or None when the budget is spent.
+
+    The trials that count are the finished ones and the live claims. Each keeps the slot it
+    recorded; the claims that have not recorded one yet take the lowest free slots in claim (trial
+    id) order. Not the claim's rank: a counted claim freed later (a worker that died, a zombie
+    not yet reaped, another host's claim gone stale) would shift every later rank, so one slot
+    would be drawn twice and another never, and a parallel search would choose otherwise than a
+    one-worker run.
+    """
+    counted = sorted(
+        (t for t in trials if t.state in FINISHED or (t.state == TrialState.RUNNING and is_live(t, stale_after, now))),
+        key=lambda t: t._trial_id,
+    )
+    if tid not in {t._trial_id for t in counted}:
+        return None
+    taken = {t.user_attrs["slot"] for t in counted if "slot" in t.user_attrs and t._trial_id != tid}
+    free = iter([s for s in range(budget) if s not in taken])
+    for t in counted:
+        if "slot" in t.user_attrs and t._trial_id != tid:
+            continue
+        slot = next(free, None)
+        if t._trial_id == tid:
+            return slot
+    return None
+
+
 def slot_seed(study_name: str, data_seed: int, slot: int) -> int:
     return int(hashlib.sha256(f"{study_name}|{data_seed}|{slot}".encode()).hexdigest()[:8], 16)
 
@@ -1001,18 +1028,12 @@ class Sweep:
             with signals_deferred():
                 tid = new_claim(storage, item.study_id, {"kind": "trial"})
                 self.heartbeat.attach(tid)
-            # Rank among the trials that count (finished, or running and live): the slot.
             trials = storage.get_all_trials(item.study_id, deepcopy=False)
-            now = time.time()
-            counted = sorted(
-                t._trial_id
-                for t in trials
-                if t.state in FINISHED or (t.state == TrialState.RUNNING and is_live(t, exp.workers.stale_after_seconds, now))
-            )
-            if tid not in counted or counted.index(tid) >= exp.trials:
+            slot = take_slot(trials, tid, exp.trials, exp.workers.stale_after_seconds, time.time())
+            if slot is None:
                 finish(storage, tid, TrialState.FAIL, "over budget: another process took the last slot")
                 return
-            item.slot = counted.index(tid)
+            item.slot = slot
             name = self.search_name(cell, item.seed)
             sampler = optuna.samplers.TPESampler(
                 seed=slot_seed(name, item.seed, item.slot), n_startup_trials=exp.startup_trials()

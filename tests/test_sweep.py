@@ -757,3 +757,49 @@ def test_claims_liveness_and_recovery(tmp_path: Path) -> None:
     hb.attach(far_stale)
     hb.beat()
     assert hb.lost
+
+
+def test_a_freed_claim_gives_its_slot_back_instead_of_shifting_the_later_ones() -> None:
+    """Slots are taken, not ranked: a live claim (here another host's) counted when a later trial
+    took its slot, then freed, must leave its own slot free for the next claim. With rank-as-slot
+    the next claim drew slot 2 a second time and slot 1 never (CI: 3 workers on PostgreSQL, the
+    killed one a zombie until reaped, chose other hyperparameters than a one-worker run)."""
+    import datetime as dt
+
+    from optuna.trial import FrozenTrial
+
+    from bench.sweep import take_slot
+
+    now = time.time()
+
+    def trial(tid: int, state: TrialState, slot: int | None = None, owner: str = "far-node|boot|1|1") -> FrozenTrial:
+        attrs = {"owner": owner, "heartbeat": {"time": now, "progress": ""}}
+        if slot is not None:
+            attrs["slot"] = slot
+        return FrozenTrial(
+            number=tid,
+            state=state,
+            value=0.5 if state == TrialState.COMPLETE else None,
+            datetime_start=dt.datetime.now(),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs=attrs,
+            system_attrs={},
+            intermediate_values={},
+            trial_id=tid,
+        )
+
+    done0 = trial(0, TrialState.COMPLETE, 0)
+    far = trial(1, TrialState.RUNNING)  # another host's claim, live, its slot not yet recorded
+    mine = trial(2, TrialState.RUNNING)
+    assert take_slot([done0, far, mine], 2, 3, 180, now) == 2
+    assert take_slot([done0, far, mine], 1, 3, 180, now) == 1  # the far claim, asking at the same time, agrees
+    # The far claim dies and is freed; mine finished with slot 2. The next claim takes slot 1.
+    freed, mine = trial(1, TrialState.FAIL), trial(2, TrialState.COMPLETE, 2)
+    nxt = trial(3, TrialState.RUNNING)
+    assert take_slot([done0, freed, mine, nxt], 3, 3, 180, now) == 1
+    # A stale claim counts for nothing; a full budget gives None.
+    stale = trial(4, TrialState.RUNNING)
+    assert take_slot([done0, freed, mine, trial(3, TrialState.COMPLETE, 1), stale], 4, 3, 180, now) is None
+    assert take_slot([done0, mine, stale], 4, 3, 180, now + 1000) is None  # itself stale: not counted
