@@ -98,5 +98,6 @@ def test_a_slurm_array_of_workers_on_one_database_gives_the_journal_rows(
             assert len(ids) == len(set(ids)) == 2, s.study_name  # each final run trained once
         trials += storage.get_all_trials(s._study_id)
     assert not any(t.state == TrialState.RUNNING for t in trials)
-    workers = {t.user_attrs["worker"] for t in trials if t.state == TrialState.COMPLETE}
-    assert len(workers) >= 2, workers  # the tasks shared the grid (two run at once on 2 CPUs)
+    # Not asserted: that more than one task found work. Slurm starts array tasks seconds apart on a
+    # loaded machine, and a tiny grid can be done before the second one starts (seen in CI); sharing
+    # among workers that do overlap is tests/test_postgres.py's three-workers test.
