@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,6 +68,11 @@ def test_perf_cli_writes_tables(syn: Path, tmp_path: Path) -> None:
     assert tuple(summary[0]) == perf.SUMMARY_COLUMNS
     metrics = {r["metric"] for r in summary}
     assert {"b/a", "b/c", "d linear_probe warm", "d sft-mlp-frozen warm", "e/a"} <= metrics
+    # --quick measures every compared pair in 3 alternating rounds: each has its range
+    alternating = {r["metric"]: r for r in summary if r["rounds"]}
+    assert {"b/a", "b/c", "d linear_probe warm", "d sft-mlp-frozen warm", "e/a"} <= set(alternating)
+    assert all(r["rounds"] == "3" and float(r["low"]) <= float(r["value"]) <= float(r["high"]) for r in alternating.values())
+    assert all(r["met"] in ("yes", "no", "untrusted", "") for r in summary)
     by_path = {r["path"]: r for r in rows}
     assert by_path["b_suite_train"]["repeats"] == "2"  # --quick: two timed history intervals after a warm-up one
     assert "history intervals of 2 steps" in by_path["b_suite_train"]["note"]
@@ -126,14 +132,52 @@ def test_summary_ratios_and_targets() -> None:
         row("d_sft-mlp-frozen_cached_warm", 1, sec=0.5),
         row("e_suite_eval", 3800),
     ]
-    got = {r["metric"]: r for r in perf.summarise(rows, "cpu")}
-    assert got["b/a"]["value"] == pytest.approx(0.76) and got["b/a"]["met"] == "no"  # against the fastest (bf16) ceiling
-    assert got["b/a same config"]["value"] == pytest.approx(0.95)
-    assert got["b/c"]["value"] == pytest.approx(2.0) and got["b/c"]["target"] == 1.5 and got["b/c"]["met"] == "yes"
-    assert got["c/a article config"]["value"] == pytest.approx(0.95)
-    assert got["d sft-mlp-frozen warm"]["value"] == pytest.approx(40.0) and got["d sft-mlp-frozen warm"]["met"] == "yes"
-    assert got["e/a"]["value"] == pytest.approx(0.95) and got["e/a"]["met"] == "yes"
-    assert {r["metric"]: r for r in perf.summarise(rows, "cuda")}["b/c"]["target"] == 3.0
+    got = {r.metric: r for r in perf.summarise(rows, "cpu")}
+    assert got["b/a"].value == pytest.approx(0.76) and got["b/a"].met == "no"  # against the fastest (bf16) ceiling
+    assert got["b/a same config"].value == pytest.approx(0.95)
+    assert got["b/c"].value == pytest.approx(2.0) and got["b/c"].target == 1.5 and got["b/c"].met == "yes"
+    assert got["c/a article config"].value == pytest.approx(0.95)
+    assert got["d sft-mlp-frozen warm"].value == pytest.approx(40.0) and got["d sft-mlp-frozen warm"].met == "yes"
+    assert got["e/a"].value == pytest.approx(0.95) and got["e/a"].met == "yes"
+    assert {r.metric: r for r in perf.summarise(rows, "cuda")}["b/c"].target == 3.0
+
+    # Measured in alternation too: the median replaces the sequential figure, with its range; a
+    # range wider than SPREAD_LIMIT of the median is flagged, not judged against the target.
+    steady = perf.Interleaved("m@32", "b/a", (0.93, 0.95, 0.94, 0.96, 0.95), "suite", "ceiling")
+    noisy = perf.Interleaved("m@32", "b/c", (0.9, 3.9, 1.6), "suite", "article")
+    alt = {r.metric: r for r in perf.summarise(rows, "cpu", [steady, noisy])}
+    assert alt["b/a"].value == pytest.approx(0.95) and (alt["b/a"].low, alt["b/a"].high, alt["b/a"].rounds) == (0.93, 0.96, 5)
+    assert alt["b/a"].met == "yes" and "alternating rounds" in alt["b/a"].detail
+    assert alt["b/c"].met == "untrusted" and alt["b/c"].value == pytest.approx(1.6)
+    assert alt["b/a same config"].rounds is None  # measured once: no range
+
+
+def test_interleave_alternates_the_order_and_takes_per_round_ratios() -> None:
+    """Each round runs both sides, the order flipping (den num, num den, ...), after a warm-up round;
+    a load that slows whatever runs second hits both sides alike over two rounds."""
+    calls: list[str] = []
+    slow_second = {"on": False}
+
+    def side(name: str, images: int) -> Callable[[], tuple[int, float]]:
+        def sample() -> tuple[int, float]:
+            calls.append(name)
+            seconds = 1.0 * (1.5 if slow_second["on"] and len(calls) % 2 == 0 else 1.0)
+            return images, seconds
+
+        return sample
+
+    ratios = perf.interleave(side("num", 200), side("den", 100), rounds=4)
+    assert calls == ["den", "num"] + ["den", "num", "num", "den"] * 2  # warm-up, then alternating
+    assert ratios == (2.0, 2.0, 2.0, 2.0)
+    calls.clear()
+    slow_second["on"] = True  # the second sample of every round takes 1.5x as long
+    ratios = perf.interleave(side("num", 200), side("den", 100), rounds=4, warmup=0)
+    assert sorted(ratios) == pytest.approx([2 / 1.5, 2 / 1.5, 3.0, 3.0])  # flipped order: a bias on either side shows as spread
+    m = perf.Interleaved("c", "x", ratios, "num", "den")
+    assert not m.trusted and m.spread > perf.SPREAD_LIMIT
+    assert perf.Interleaved("c", "x", (1.0, 1.02), "n", "d").trusted is False  # two rounds never make a result
+    with pytest.raises(ValueError):
+        perf.interleave(side("num", 1), side("den", 1), rounds=0)
 
 
 # ---------------------------------------------------------------- engine speed paths give the same model

@@ -72,6 +72,9 @@ def perf(
     precision: Annotated[str, typer.Option(help="Suite precision in (b), (d), (e): auto, fp32, bf16.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="Run (b) through torch.compile.")] = False,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers of the article's pipeline (c).")] = 2,
+    rounds: Annotated[
+        int | None, typer.Option(min=0, help="Alternating rounds per compared pair (A B, B A, ...); 0: none. Default 5.")
+    ] = None,
     data_dir: Annotated[Path, typer.Option(help="Folder holding cifar-10-batches-py.")] = Path("data"),
     out: Annotated[Path, typer.Option(help="Where perf.csv, perf_summary.csv, perf.md and perf.json go.")] = Path("results/perf"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
@@ -103,7 +106,7 @@ def perf(
             return
         selected = P.parse_cases(cases)
         kw = dict(batch_size=batch_size, precision=precision, compile=compile, workers=workers)
-        kw.update({k: v for k, v in dict(steps=steps, max_seconds=max_seconds).items() if v is not None})
+        kw.update({k: v for k, v in dict(steps=steps, max_seconds=max_seconds, rounds=rounds).items() if v is not None})
         settings = P.PerfSettings.quick(**kw) if quick else P.PerfSettings(**kw)
         dev = resolve_device(device)
         from bench.train.caches import Caches
@@ -145,15 +148,19 @@ def _check_files(P: Any, project: Path | None, throughputs: Path | None, sweep: 
         P.grid_runs(project)  # a bad grid fails now, not after the measurements
 
 
-def _summary_table(info: dict, summary: list[dict]) -> Any:
+def _summary_table(info: dict, summary: list[Any]) -> Any:
     """Each ratio against its target, met or not: the figures a reader of perf.md looks for first."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"perf on {info['device']} (load {info['loadavg_start']:.2f} -> {info['loadavg_end']:.2f})")
-    for col in ("case", "metric", "value", "target", "met", "detail"):
-        table.add_column(col, justify="right" if col in ("value", "target") else "left")
+    for col in ("case", "metric", "value", "range", "target", "met", "detail"):
+        table.add_column(col, justify="right" if col in ("value", "range", "target") else "left")
     for r in summary:
-        met = {"yes": "[green]yes[/]", "no": "[red]no[/]"}.get(r["met"], "")
-        target = "" if r["target"] is None else f">= {r['target']:g}"
-        table.add_row(r["case"], r["metric"], f"{r['value']:.2f}", target, met, r["detail"])
+        met = {"yes": "[green]yes[/]", "no": "[red]no[/]", "untrusted": "[yellow]untrusted[/]"}.get(r.met, "")
+        target = "" if r.target is None else f">= {r.target:g}"
+        # An untrusted ratio is not printed as a result: its range says why.
+        value = "" if r.value is None or r.met == "untrusted" else f"{r.value:.2f}"
+        spread = "" if r.low is None else f"{r.low:.2f}-{r.high:.2f}"
+        table.add_row(r.case, r.metric, value, spread, target, met, escape(r.detail))
     return table

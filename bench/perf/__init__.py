@@ -28,6 +28,7 @@ One idea per module:
     machine.py      the machine and its load
     rows.py         PerfRow and its typed identity RowId (perf.csv's columns)
     measure.py      Bench: (a), (b), (d), (e) of one case; article.py: (c)
+    interleave.py   the compared pairs measured in alternation: median ratio, range, trusted or not
     summary.py      the ratios against the issue's targets
     output.py       perf.csv, perf_summary.csv, perf.md, perf.json (and perf.csv read back)
     sweep_cost.py   what a finished sweep cost (`--sweep`)
@@ -43,6 +44,7 @@ from pathlib import Path
 import torch
 
 from bench.data import Cifar10
+from bench.perf.interleave import SPREAD_LIMIT, Interleaved, interleave
 from bench.perf.machine import cpu_flags, loadavg, machine
 from bench.perf.measure import Bench, alternative, measure_case, timed
 from bench.perf.output import check_writable, markdown, md_table, read_rows, to_csv, write_outputs
@@ -65,7 +67,7 @@ from bench.perf.settings import (
     PerfSettings,
     parse_cases,
 )
-from bench.perf.summary import SUMMARY_COLUMNS, TARGETS, summarise, summarise_case
+from bench.perf.summary import SUMMARY_COLUMNS, TARGETS, Ratio, summarise, summarise_case
 from bench.perf.sweep_cost import PROTOCOLS, sweep_cost, sweep_markdown, sweep_protocol
 from bench.train.caches import Caches
 
@@ -90,11 +92,14 @@ def run_perf(
     info = machine(device, command)
     info["settings"] = {k: v for k, v in asdict(settings).items()}
     rows: list[PerfRow] = []
+    pairs: list[Interleaved] = []
     for case in cases:
         log(f"-- {case.name} (load {loadavg():.2f})")
-        rows += measure_case(case, data, device, settings, log, caches)
+        case_rows, case_pairs = measure_case(case, data, device, settings, log, caches)
+        rows += case_rows
+        pairs += case_pairs
     info["loadavg_end"] = loadavg()
-    summary = summarise(rows, device.type)
+    summary = summarise(rows, device.type, pairs)
     text = projection(rows) if projection else ""
     files = write_outputs(out, info, rows, summary, text)
     return info, rows, summary, files
@@ -113,6 +118,10 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "TARGETS",
     "Bench",
+    "Interleaved",
+    "Ratio",
+    "SPREAD_LIMIT",
+    "interleave",
     "GridRun",
     "PerfCase",
     "PerfRow",

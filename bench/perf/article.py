@@ -54,7 +54,7 @@ def article_transform(resolution: int) -> Callable:
     )
 
 
-def article_pipeline(bench: Bench) -> PerfRow:
+def article_units(bench: Bench) -> list[tuple[int, float]]:
     """Time the article's training loop on the case's backbone; a step is timed from the end of the
     previous one, so waiting for the loader counts."""
     s, dev, res = bench.s, bench.device, bench.case.resolution
@@ -83,9 +83,15 @@ def article_pipeline(bench: Bench) -> PerfRow:
             if len(times) >= s.article_steps or (len(times) >= 2 and sum(times) > s.max_seconds):
                 break
         t0 = t1
+    return [(ARTICLE_BATCH, t) for t in times]
+
+
+def article_pipeline(bench: Bench) -> PerfRow:
+    """(c) as a row: `article_units` once."""
+    s, res = bench.s, bench.case.resolution
     note = f"PIL transforms, DataLoader(num_workers={s.workers}), SGD, loss.item() per step" + (
         ", Resize on PIL" if res != 32 else ""
     )
-    units = [(ARTICLE_BATCH, t) for t in times]
+    units = article_units(bench)
     rid = RowId(bench.case, "c_article_train", "fp32", "contiguous", ARTICLE_BATCH)
     return measured(rid, bench.weights, units, note)

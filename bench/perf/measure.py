@@ -9,10 +9,9 @@ calls) and then times whole steps between device syncs, stopping after `steps` s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from itertools import pairwise
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,14 +21,15 @@ from bench.budget import REPORTS, report_interval
 from bench.data import Cifar10, label_split
 from bench.models.backbones import get_backbone
 from bench.models.methods import METHODS, HParams
-from bench.perf.article import article_pipeline
+from bench.perf.article import article_pipeline, article_units
+from bench.perf.interleave import Interleaved, interleave
 from bench.perf.rows import PerfRow, RowId, measured
 from bench.perf.settings import ARTICLE_BATCH, FORMATS, FORWARD_BATCHES, PerfCase, PerfSettings
 from bench.train.caches import Caches
 from bench.train.device import autocast, eval_batch, sync
 from bench.train.evaluate import predict
 from bench.train.fit import fit
-from bench.train.loop import make_optimizer
+from bench.train.loop import FitResult, make_optimizer
 from bench.train.run import RunConfig, build_model, make_config
 
 
@@ -101,30 +101,17 @@ class Bench:
     def ceiling(self) -> list[PerfRow]:
         """(a) forward + backward + step on synthetic tensors in memory, every precision x memory format;
         and forward only, at every batch of FORWARD_BATCHES in the fastest configuration."""
-        s, dev, res = self.s, self.device, self.case.resolution
+        s, dev = self.s, self.device
         hp = HParams().update(**METHODS.get("finetune").defaults, batch_size=s.batch_size)
         cfg = self.config("finetune", {"batch_size": s.batch_size})
         rows = []
         gen = torch.Generator().manual_seed(0)
         for precision in s.ceiling_precisions:
             for fmt in s.ceiling_formats:
-                net = self.net(cfg, fmt).train()
-                x = torch.randn(s.batch_size, 3, res, res, generator=gen).to(dev).contiguous(memory_format=FORMATS[fmt])
-                y = torch.randint(0, 10, (s.batch_size,), generator=gen).to(dev)
-                opt = make_optimizer([{"params": list(net.parameters())}], hp)
-
-                def step(
-                    net: nn.Module = net, x: torch.Tensor = x, y: torch.Tensor = y, opt: Any = opt, p: str = precision
-                ) -> None:
-                    with autocast(dev, p):
-                        loss = F.cross_entropy(net.head(net.backbone(x)).float(), y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-
+                step = self.train_step(cfg, hp, precision, fmt, gen)
                 units = [(s.batch_size, t) for t in timed(step, dev, s.warmup, s.steps, s.max_seconds)]
                 rows.append(measured(RowId(self.case, "a_train", precision, fmt, s.batch_size), self.weights, units))
-                del net, opt
+                del step
                 rows.append(self.forward(cfg, precision, fmt, eval_batch(dev)))
         by_id = {r.id: r for r in rows}
         # The forward ceiling is also the fastest batch: try the others in the fastest configuration.
@@ -133,6 +120,23 @@ class Bench:
             if batch != best.batch_size:
                 rows.append(self.forward(cfg, best.precision, best.memory_format, batch))
         return rows
+
+    def train_step(self, cfg: RunConfig, hp: HParams, precision: str, fmt: str, gen: torch.Generator) -> Callable[[], None]:
+        """(a)'s unit: one forward + backward + optimiser step of a fresh model on synthetic tensors in memory."""
+        s, dev, res = self.s, self.device, self.case.resolution
+        net = self.net(cfg, fmt).train()
+        x = torch.randn(s.batch_size, 3, res, res, generator=gen).to(dev).contiguous(memory_format=FORMATS[fmt])
+        y = torch.randint(0, 10, (s.batch_size,), generator=gen).to(dev)
+        opt = make_optimizer([{"params": list(net.parameters())}], hp)
+
+        def step() -> None:
+            with autocast(dev, precision):
+                loss = F.cross_entropy(net.head(net.backbone(x)).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
 
     def forward(self, cfg: RunConfig, precision: str, fmt: str, batch: int) -> PerfRow:
         """(a) forward only: eval mode, inference mode, synthetic float input already in memory."""
@@ -172,7 +176,7 @@ class Bench:
         return measured(rid, self.weights, units, "article config")
 
     # b: the suite's loop
-    def suite(self, precision: str | None = None) -> PerfRow:
+    def suite_units(self, precision: str | None = None) -> list[tuple[int, float]]:
         """`engine.fit` (finetune) timed per history interval: the engine writes a row every
         report_interval(S) steps, so a budget of REPORTS x k steps gives intervals of k steps.
         The first interval warms up (kernel selection, compilation); the fit stops once the
@@ -199,10 +203,17 @@ class Bench:
             fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision, **kw)
         except _Enough:
             pass
+        return [(n, b - a) for a, b in pairwise(ends)]
+
+    def suite(self, precision: str | None = None) -> PerfRow:
+        """(b) as a row: `suite_units` once."""
+        precision = precision or self.suite_precision
+        k = self.s.interval_steps
         note = f"finetune, augmentation on, history intervals of {k} steps after a warm-up interval"
-        note += f", compile={s.compile}" if s.compile else ""
-        units = [(n, b - a) for a, b in pairwise(ends)]
-        return measured(RowId(self.case, "b_suite_train", precision, "channels_last", s.batch_size), self.weights, units, note)
+        note += f", compile={self.s.compile}" if self.s.compile else ""
+        units = self.suite_units(precision)
+        rid = RowId(self.case, "b_suite_train", precision, "channels_last", self.s.batch_size)
+        return measured(rid, self.weights, units, note)
 
     # c: the article's pipeline
     def article(self) -> PerfRow:
@@ -210,21 +221,38 @@ class Bench:
         return article_pipeline(self)
 
     # d: frozen-backbone trials
-    def frozen(self) -> list[PerfRow]:
-        """(d) linear_probe and sft-mlp-frozen trials: recomputing the backbone every step, then with the
-        caches cold (the cell's first trial) and warm (its later trials)."""
+    def frozen_data(self) -> tuple[float, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """(d)'s cell: (fraction, its training part, its validation part) on the device."""
         s, dev = self.s, self.device
         # At least 5 images per class (a small test set), else the issue's 1% cell.
         per_class = int(torch.bincount(self.data.train_y).min())
         fraction = min(1.0, max(s.frozen_fraction, 5 / per_class))
         split = label_split(self.data.train_y, fraction, 0)
-        x, y = self.data.train_x[split.train].to(dev), self.data.train_y[split.train].to(dev)
+        train = (self.data.train_x[split.train].to(dev), self.data.train_y[split.train].to(dev))
         val = (self.data.train_x[split.val].to(dev), self.data.train_y[split.val].to(dev))
+        return fraction, train, val
+
+    def frozen_trial(
+        self, cfg: RunConfig, hp: HParams, train: tuple[torch.Tensor, torch.Tensor], val: tuple, mode: str
+    ) -> tuple[FitResult, float]:
+        """One frozen-row trial as the sweep runs it: (its FitResult, seconds), the feature cache `mode`."""
+        net = self.net(cfg)
+        sync(self.device)
+        t0 = time.perf_counter()
+        kw = dict(val=val, feature_cache=mode, probe=cfg.probe, caches=self.caches)
+        r = fit(net, METHODS.get(cfg.method), hp, *train, seed=0, precision=self.suite_precision, **kw)
+        sync(self.device)
+        return r, time.perf_counter() - t0
+
+    def frozen(self) -> list[PerfRow]:
+        """(d) linear_probe and sft-mlp-frozen trials: recomputing the backbone every step, then with the
+        caches cold (the cell's first trial) and warm (its later trials)."""
+        s = self.s
+        fraction, (x, y), val = self.frozen_data()
         rows = []
         # Both frozen rows train a head on cached features; sft-mlp-frozen first fits its linear
         # probe (fit_probe), which a later trial of the cell takes from the probe cache.
         for method in ("linear_probe", "sft-mlp-frozen"):
-            spec = METHODS.get(method)
             cfg = self.config(method, {"steps": s.frozen_steps}, stage="trial", fraction=fraction)
             # label, feature cache, repeats: the warm trials are later trials of the same cell
             for label, mode, repeats in (("recompute", "off", 1), ("cached_cold", "shared", 1), ("cached_warm", "shared", 3)):
@@ -235,14 +263,8 @@ class Bench:
                     # a later trial has other hyperparameters (so linear_probe's fit is not a
                     # probe-cache hit); the probe sft-mlp-frozen starts from stays the cell's one
                     hp = cfg.hp.update(lr=cfg.hp.lr * 0.5 ** (k + (label == "cached_warm")))
-                    net = self.net(cfg)
-                    sync(dev)
-                    t0 = time.perf_counter()
-                    prec = self.suite_precision
-                    kw = dict(val=val, feature_cache=mode, probe=cfg.probe, caches=self.caches)
-                    r = fit(net, spec, hp, x, y, seed=0, precision=prec, **kw)
-                    sync(dev)
-                    units.append((r.images_seen, time.perf_counter() - t0))
+                    r, seconds = self.frozen_trial(cfg, hp, (x, y), val, mode)
+                    units.append((r.images_seen, seconds))
                     hits += r.feature_cache_hits
                     probe_hits += r.probe_cache_hit
                 probe = f" after a {r.probe_steps}-step linear probe" if r.probe_steps else ""
@@ -279,6 +301,93 @@ class Bench:
         return measured(rid, self.weights, units, note)
 
 
+# ---------------------------------------------------------------- in alternation
+
+
+def _total(units: list[tuple[int, float]]) -> tuple[int, float]:
+    return sum(n for n, _ in units), sum(t for _, t in units)
+
+
+def alternating(b: Bench, rows: list[PerfRow], rounds: int) -> list[Interleaved]:
+    """The issue's ratios measured again in alternation (interleave.py), each side a short sample:
+    b/a (the suite's loop against the fastest ceiling configuration, same batch), b/c (against the
+    article's pipeline), e/a (evaluation against the fastest forward-only configuration), and d
+    (a warm cached frozen trial against one recomputing the backbone)."""
+    s, name = b.s, b.case.name
+    out: list[Interleaved] = []
+    best = max((r for r in rows if r.id.path == "a_train" and r.id.setting == "suite"), key=lambda r: r.images_per_second)
+    hp = HParams().update(**METHODS.get("finetune").defaults, batch_size=s.batch_size)
+    cfg = b.config("finetune", {"batch_size": s.batch_size})
+    step = b.train_step(cfg, hp, best.id.precision, best.id.memory_format, torch.Generator().manual_seed(0))
+    k = s.interval_steps * s.intervals  # the ceiling's sample trains as many steps as the suite's
+
+    def ceiling() -> tuple[int, float]:
+        return s.batch_size * k, sum(timed(step, b.device, 0, k, float("inf")))
+
+    def suite() -> tuple[int, float]:
+        return _total(b.suite_units())
+
+    suite_desc = f"suite ({b.suite_precision}, channels_last, batch {s.batch_size})"
+    ceiling_desc = f"ceiling ({best.id.precision}, {best.id.memory_format}, batch {s.batch_size})"
+    out.append(Interleaved(name, "b/a", interleave(suite, ceiling, rounds), suite_desc, ceiling_desc))
+    out.append(Interleaved(name, "b/c", interleave(suite, lambda: _total(article_units(b)), rounds), suite_desc, "article"))
+    out.append(_eval_against_forward(b, rows, rounds))
+    out += _frozen_against_recompute(b, rounds)
+    return out
+
+
+def _eval_against_forward(b: Bench, rows: list[PerfRow], rounds: int) -> Interleaved:
+    """e/a: `predict` on test images against the fastest forward-only configuration, same images."""
+    dev = b.device
+    fwd = max((r for r in rows if r.id.path == "a_forward"), key=lambda r: r.images_per_second)
+    ex = b.data.test()[0][:2048].to(dev)
+    cfg = b.config("finetune", {})
+    net = b.net(cfg)
+    ref = b.net(cfg, fwd.id.memory_format).eval()
+    xe = torch.randn(len(ex), 3, b.case.resolution, b.case.resolution, generator=torch.Generator().manual_seed(2)).to(dev)
+    xe = xe.contiguous(memory_format=FORMATS[fwd.id.memory_format])
+
+    def evaluation() -> tuple[int, float]:
+        sync(dev)
+        t0 = time.perf_counter()
+        predict(net, ex, b.suite_precision)
+        sync(dev)
+        return len(ex), time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def forward() -> tuple[int, float]:
+        sync(dev)
+        t0 = time.perf_counter()
+        with autocast(dev, fwd.id.precision):
+            for i in range(0, len(xe), fwd.id.batch_size):
+                ref.head(ref.backbone(xe[i : i + fwd.id.batch_size]))
+        sync(dev)
+        return len(xe), time.perf_counter() - t0
+
+    den = f"forward ceiling ({fwd.id.precision}, {fwd.id.memory_format}, batch {fwd.id.batch_size})"
+    return Interleaved(b.case.name, "e/a", interleave(evaluation, forward, rounds), f"eval of {len(ex)} test images", den)
+
+
+def _frozen_against_recompute(b: Bench, rounds: int) -> list[Interleaved]:
+    """d: a later (warm) trial of a frozen row against the same trial recomputing the backbone every step."""
+    fraction, train, val = b.frozen_data()
+    out = []
+    for method in ("linear_probe", "sft-mlp-frozen"):
+        cfg = b.config(method, {"steps": b.s.frozen_steps}, stage="trial", fraction=fraction)
+        tick = iter(range(1, 10**6))
+
+        def trial(mode: str, cfg: RunConfig = cfg, tick: Iterator[int] = tick) -> tuple[int, float]:
+            hp = cfg.hp.update(lr=cfg.hp.lr * 0.5 ** next(tick))  # a later trial: other hyperparameters
+            r, seconds = b.frozen_trial(cfg, hp, train, val, mode)
+            return r.images_seen, seconds
+
+        b.caches.clear()
+        ratios = interleave(lambda: trial("shared"), lambda: trial("off"), rounds)  # warm-up round fills the caches
+        out.append(Interleaved(b.case.name, f"d {method} warm", ratios, "cached (warm) trial", "trial recomputing"))
+    b.caches.clear()
+    return out
+
+
 def measure_case(
     case: PerfCase,
     data: Cifar10,
@@ -286,8 +395,9 @@ def measure_case(
     settings: PerfSettings,
     log: Callable[[str], None],
     caches: Caches | None = None,
-) -> list[PerfRow]:
-    """Every measurement of one case, in the order that keeps them comparable, each logged as it lands."""
+) -> tuple[list[PerfRow], list[Interleaved]]:
+    """Every measurement of one case, in the order that keeps them comparable, each logged as it lands;
+    then the compared pairs again in alternation (`settings.rounds` rounds; 0: not at all)."""
     b = Bench(case, data, device, settings, caches)
     rows: list[PerfRow] = []
 
@@ -307,7 +417,14 @@ def measure_case(
         add(alternative(b.suite(best.id.precision), f"at the ceiling's precision ({best.id.precision})"))
     add(b.article())
     add(b.frozen())
-    return rows
+    pairs: list[Interleaved] = []
+    if settings.rounds:
+        log(f"{case.name:<22} in alternation, {settings.rounds} rounds ...")
+        pairs = alternating(b, rows, settings.rounds)
+        for m in pairs:
+            flag = "" if m.trusted else "  UNTRUSTED (range too wide)"
+            log(f"{case.name:<22} {m.metric:<30} {m.describe()}{flag}")
+    return rows, pairs
 
 
 def alternative(row: PerfRow, extra: str) -> PerfRow:

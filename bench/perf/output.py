@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.perf.interleave import SPREAD_LIMIT
 from bench.perf.rows import COLUMNS, PerfRow
-from bench.perf.summary import SUMMARY_COLUMNS
+from bench.perf.summary import SUMMARY_COLUMNS, Ratio
 from bench.registry import UserError
 from bench.registry import check_writable as registry_check_writable
 from bench.train.run import atomic_write
@@ -40,7 +41,7 @@ def md_table(rows: list[dict], columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def markdown(info: dict, rows: list[PerfRow], summary: list[dict], projection: str = "") -> str:
+def markdown(info: dict, rows: list[PerfRow], summary: list[Ratio], projection: str = "") -> str:
     """perf.md: the machine and command, the ratios against their targets, every measurement, the projection."""
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     parts = [
@@ -56,7 +57,11 @@ def markdown(info: dict, rows: list[PerfRow], summary: list[dict], projection: s
         "",
         "## Ratios and targets",
         "",
-        md_table(summary, SUMMARY_COLUMNS),
+        md_table([r.as_dict() for r in summary], SUMMARY_COLUMNS),
+        "",
+        f"`low`-`high`: the range of the per-round ratios when the two sides were measured in alternation "
+        f"(`rounds` rounds, A B then B A ...); `untrusted`: that range is wider than {100 * SPREAD_LIMIT:.0f}% of "
+        "the median, so the figure is weather, not a result.",
         "",
         "## Measurements",
         "",
@@ -68,15 +73,16 @@ def markdown(info: dict, rows: list[PerfRow], summary: list[dict], projection: s
     return "\n".join(parts)
 
 
-def write_outputs(out: Path, info: dict, rows: list[PerfRow], summary: list[dict], projection: str = "") -> list[Path]:
+def write_outputs(out: Path, info: dict, rows: list[PerfRow], summary: list[Ratio], projection: str = "") -> list[Path]:
     """perf.csv (every measurement), perf_summary.csv (ratios), perf.md, perf.json; each written whole or not at all."""
     out = Path(out)
     table = [r.as_dict() for r in rows]
+    ratios = [r.as_dict() for r in summary]
     files = {
         out / "perf.csv": to_csv(table, COLUMNS),
-        out / "perf_summary.csv": to_csv(summary, SUMMARY_COLUMNS),
+        out / "perf_summary.csv": to_csv(ratios, SUMMARY_COLUMNS),
         out / "perf.md": markdown(info, rows, summary, projection),
-        out / "perf.json": json.dumps({"machine": info, "rows": table, "summary": summary}, indent=2, default=str),
+        out / "perf.json": json.dumps({"machine": info, "rows": table, "summary": ratios}, indent=2, default=str),
     }
     for path, text in files.items():
         atomic_write(path, lambda f, text=text: f.write(text), mode="w")
