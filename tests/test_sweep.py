@@ -856,3 +856,35 @@ def test_a_claim_whose_work_fails_is_marked_failed_with_the_reason(tmp_path: Pat
     with pytest.raises(S.LostClaim), S.claim(storage, sid, {"run_id": "b"}, hb) as tid:
         raise S.LostClaim("taken over")
     assert storage.get_trial(tid).state == TrialState.RUNNING and hb.trial_id is None
+
+
+@pytest.mark.parametrize("pruner", ["halving", "hyperband"])
+def test_multi_fidelity_pruners_never_stop_a_trial_before_half_its_steps(
+    tmp_path: Path, synthetic_dir: Path, pruner: str
+) -> None:
+    """`[search] pruner = "halving"` / `"hyperband"`: Optuna's successive halving / Hyperband on the
+    optimiser step, the first rung at pruner_warmup of the budget (methods.md: never before half),
+    the same for every method. Some trials stop there; none before."""
+    import optuna.pruners
+
+    from bench.sweep import Sweep
+    from bench.sweep.search import pruner as make_pruner
+    from bench.train.run import get_data
+
+    text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
+    text = text.replace("trials = 3", "trials = 6").replace("steps = 3", "steps = 20")
+    text = text.replace("[search]", f'[search]\npruner = "{pruner}"')
+    exp = experiment(tmp_path, synthetic_dir, text, name=pruner)
+    sweep = Sweep(exp, get_data(synthetic_dir), CPU)
+    cfg = sweep.config(exp.cells()[0], 0, {}, "trial")
+    p = make_pruner(exp, cfg)
+    kind = optuna.pruners.SuccessiveHalvingPruner if pruner == "halving" else optuna.pruners.HyperbandPruner
+    assert isinstance(p, kind)
+    sweep.run()
+    study = optuna.load_study(study_name=f"{pruner}/tiny/finetune/tuned/0.1", storage=journal(tmp_path / "results", pruner))
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == 6
+    pruned = [t for t in done if t.state == TrialState.PRUNED]
+    assert all(max(t.intermediate_values) >= 10 for t in pruned)  # half of the 20 steps, at least
+    if pruner == "halving":
+        assert pruned, "successive halving keeps the better half at its rung: some trial stops there"

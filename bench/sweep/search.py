@@ -126,14 +126,23 @@ def sampler(exp: Experiment, study_name: str, data_seed: int, slot: int) -> optu
     return optuna.samplers.TPESampler(seed=slot_seed(study_name, data_seed, slot), n_startup_trials=exp.startup_trials())
 
 
+REDUCTION_FACTOR = 2  # with the first rung at half the budget, one rung: the better half of the trials finish
+
+
 def pruner(exp: Experiment, cfg: RunConfig) -> optuna.pruners.BasePruner:
     """The experiment's pruner for a trial of this config.
 
     The pruner's clock is the optimiser step; it never stops a trial before
     pruner_warmup (>= half) of its budget: slow starters are methods too."""
+    total = cfg.hp.steps * cfg.cv_folds  # the steps a trial reports over (k folds continue one axis)
+    first = math.ceil(exp.search.pruner_warmup * total)
     if exp.search.pruner == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=exp.pruner_startup_trials(),
-            n_warmup_steps=math.ceil(exp.search.pruner_warmup * cfg.hp.steps * cfg.cv_folds),
-        )
+        return optuna.pruners.MedianPruner(n_startup_trials=exp.pruner_startup_trials(), n_warmup_steps=first)
+    # Multi-fidelity (methods.md allows it when every method gets it, which the sweep does: one pruner
+    # per experiment). The resource is the optimiser step; the first rung is the warm-up, so a trial
+    # is never stopped before it either: from there only the best 1/reduction_factor go on.
+    if exp.search.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=REDUCTION_FACTOR)
+    if exp.search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=total, reduction_factor=REDUCTION_FACTOR)
     return optuna.pruners.NopPruner()

@@ -31,7 +31,7 @@ V1_SEARCH_KEYS = {
     "min_epochs": "epochs are not searched in protocol v2 (budgets are steps): remove search.min_epochs",
 }
 PRECISIONS = ("auto", "fp32", "bf16")
-PRUNERS = ("median", "none")
+PRUNERS = ("median", "halving", "hyperband", "none")
 GRID_KEYS = ("backbones", "methods", "recipes", "fractions")
 MAX_SEEDS = 1000  # a count beyond this is a typo, not an experiment
 MAX_SEED = 2**32 - 1  # what every generator the suite seeds accepts
