@@ -109,6 +109,7 @@ class RunRecord:
     augment: bool = False
     bn: str = "frozen"
     probe_cache_hit: bool = False
+    feature_cache_hits: int = 0  # feature passes (training, validation, test images) served from a cache, memory or disk
     trainable_params: int = 0
     train_seconds: float = 0.0
     feature_seconds: float = 0.0

@@ -130,8 +130,9 @@ class Sweep(Grid):
     ) -> None:
         self.progress = progress or NullProgress()
         # One owner for the features and probes its runs share (a final run reuses the probe its
-        # trials fitted); the feature cache's size comes from the environment, read here.
-        self.caches = caches if caches is not None else Caches.from_env()
+        # trials fitted), in memory and in the experiment's on-disk store, which every worker and
+        # every resume shares (RESULTS/NAME/cache; SFT_BENCH_FEATURE_STORE moves it or turns it off).
+        self.caches = caches if caches is not None else Caches.from_env(default_store=exp.out_dir / "cache")
         notes: list[str] = []
         super().__init__(exp, data, device, storage or open_storage(exp, notes))
         for note in notes:
@@ -192,6 +193,9 @@ class Sweep(Grid):
         )
         if leftovers:
             self.progress.log(f"removed {len(leftovers)} temporary file(s) killed processes left in {self.out}")
+        store = self.caches.store
+        if store is not None and (leftovers := store.clean()):
+            self.progress.log(f"removed {len(leftovers)} temporary file(s) killed processes left in {store.root}")
         self.ensure_search_studies()
         self.heartbeat.start()
         try:
@@ -211,6 +215,8 @@ class Sweep(Grid):
                     self._final(item)
         finally:
             self.heartbeat.stop()
+            if store is not None:
+                self.progress.log(store.summary())
 
     def _next(self, status: GridStatus) -> WorkItem | None:
         """Final runs first (they finish cells), linear_probe cells before the cells waiting on them."""

@@ -7,6 +7,7 @@ loop.py       train_steps, optimiser and schedule, FitResult, Diverged: the step
 fit.py        fit: one model trained by one method, top to bottom (start reading here)
 evaluate.py   predict, classification_metrics
 caches.py     Caches: the feature, probe and data caches one owner shares across fits
+store.py      FeatureStore: features and probes on disk, shared by processes and resumes
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bench.train.loop import (
     train_steps,
 )
 from bench.train.probe import ProbeCache, default_probe, fit_probe
+from bench.train.store import FeatureStore
 
 # the former private names, for callers written against the one-file engine
 _optimizer = make_optimizer
@@ -40,6 +42,7 @@ __all__ = [
     "Caches",
     "Diverged",
     "FeatureCache",
+    "FeatureStore",
     "FitResult",
     "HParams",
     "ProbeCache",

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from bench.models.methods import Net
 from bench.train.device import autocast, eval_batch
+
+if TYPE_CHECKING:
+    from bench.train.store import FeatureStore
 
 DEFAULT_FEATURE_CACHE_MB = 1024.0  # SFT_BENCH_FEATURE_CACHE_MB overrides it, read at the entry point (caches.py)
 
@@ -51,11 +54,14 @@ class FeatureCache:
     1 GB/s here: about 50 ms for ResNet-18's weights, once per fit.
 
     Whoever runs many trainings (a sweep, `perf`) owns one (see `Caches`); its size is
-    given here, never read from the environment by this class.
+    given here, never read from the environment by this class. `disk`: a `FeatureStore` behind
+    the memory (shared by processes and resumes): a memory miss reads it, a computation is
+    written to it.
     """
 
-    def __init__(self, max_mb: float = DEFAULT_FEATURE_CACHE_MB) -> None:
+    def __init__(self, max_mb: float = DEFAULT_FEATURE_CACHE_MB, disk: FeatureStore | None = None) -> None:
         self.max_bytes = int(max_mb * 2**20)
+        self.disk = disk
         self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -86,17 +92,28 @@ class FeatureCache:
             self._store.move_to_end(k)
             self.hits += 1
             return self._store[k], True
+        if self.disk is not None and (feats := self.disk.load_features(k, len(x), x.device)) is not None:
+            self.hits += 1
+            self._keep(k, feats)
+            return feats, True
         self.misses += 1
         feats = encode_all(net, x, precision)
+        if self.disk is not None:
+            self.disk.save_features(k, feats)
+        self._keep(k, feats)
+        return feats, False
+
+    def _keep(self, k: str, feats: torch.Tensor) -> None:
+        """Keep `feats` in memory within the budget, evicting the least recently used."""
         size = feats.numel() * feats.element_size()
         if size <= self.max_bytes:
             self._store[k] = feats
             while sum(v.numel() * v.element_size() for v in self._store.values()) > self.max_bytes:
                 self._store.popitem(last=False)
-        return feats, False
 
     def clear(self) -> None:
-        """Forget every entry and the hit counts (perf's cold measurements start here)."""
+        """Forget every entry in memory and the hit counts (perf's cold measurements start here; a
+        `disk` store keeps its files: perf never gives its caches one)."""
         self._store.clear()
         self.hits = self.misses = 0
 

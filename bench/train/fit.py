@@ -21,9 +21,10 @@ Precision: bf16 autocast where asked (`precision="bf16"`), fp32 otherwise; chann
 memory format always for conv nets (it is faster on CPU and on CUDA here).
 
 Speed (measured in docs/benchmarks.md, `python cli.py perf`):
-- frozen-backbone features come from the `Caches` given (a sweep's: one per process), keyed
-  by the content of the weights, the input adapter, the precision and the images, so the
-  trials of one sweep cell encode their images once, not once per trial
+- frozen-backbone features come from the `Caches` given (a sweep's: one per process, over the
+  on-disk store its workers and resumes share), keyed by the content of the weights, the input
+  adapter, the precision and the images, so the trials of one sweep cell encode their images
+  once, not once per trial (nor once per worker)
   (`feature_cache="trial"` recomputes per fit, `"off"` on every batch: the baselines);
 - `compile=True` (or a backend name) runs the end-to-end forward/backward through
   `torch.compile`; it changes speed, not results, so it is not part of a run's id.

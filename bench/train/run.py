@@ -246,7 +246,14 @@ def run_fold(
         ex, ey = ex.to(device), ey.to(device)
     else:
         ex, ey = val
-    probs = predict(net, ex, cfg.precision)
+    feats = None
+    if not spec.trains_backbone:
+        # a frozen backbone's features of the evaluation images: computed once per backbone and
+        # image set (the test set: once for every final run of every frozen row), bit-identical to
+        # the full forward pass `predict` would run (the same batches, the same kernels)
+        feats, hit = caches.features.encode(net, ex, cfg.precision)
+        result.feature_cache_hits += int(hit)
+    probs = predict(net, ex, cfg.precision, feats=feats)
     seconds = time.perf_counter() - t0
     return FoldResult(net, result, probs, ey, classification_metrics(probs, ey, data.num_classes), seconds)
 
@@ -328,6 +335,7 @@ def _record(
         augment=result.augmented,
         bn=cfg.hp.bn if spec.trains_backbone else "frozen",
         probe_cache_hit=any(d.fit.probe_cache_hit for d in done),
+        feature_cache_hits=sum(d.fit.feature_cache_hits for d in done),
         trainable_params=trainable_parameters(done[-1].net, cfg),
         train_seconds=train_seconds,
         feature_seconds=feature_seconds,
