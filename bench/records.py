@@ -110,6 +110,7 @@ class RunRecord:
     bn: str = "frozen"
     probe_cache_hit: bool = False
     feature_cache_hits: int = 0  # feature passes (training, validation, test images) served from a cache, memory or disk
+    backbone_images: int = 0  # images through the backbone's forward pass (a cache hit: none)
     trainable_params: int = 0
     train_seconds: float = 0.0
     feature_seconds: float = 0.0
@@ -192,6 +193,7 @@ class RunsRow:
     wall_seconds: float
     images_per_second: float
     peak_memory_mb: float
+    backbone_images: int
     n_train: int
     protocol: int
     steps: int
@@ -234,6 +236,7 @@ class RunsRow:
             wall_seconds=rec.wall_seconds,
             images_per_second=rec.images_per_second,
             peak_memory_mb=rec.peak_memory_mb,
+            backbone_images=rec.backbone_images,
             n_train=rec.n_train,
             protocol=rec.protocol,
             steps=rec.steps,

@@ -453,3 +453,23 @@ def test_the_feature_cache_is_sized_at_the_entry_point() -> None:
     assert Caches.from_env({"SFT_BENCH_FEATURE_CACHE_MB": "2.5"}).features.max_bytes == int(2.5 * 2**20)
     with pytest.raises(UserError, match="SFT_BENCH_FEATURE_CACHE_MB"):
         Caches.from_env({"SFT_BENCH_FEATURE_CACHE_MB": "lots"})
+
+
+def test_records_count_the_images_through_the_backbone_and_a_cache_hit_counts_none(synthetic_data) -> None:  # noqa: ANN001
+    """`backbone_images`: every image the backbone's forward pass saw (training steps, evaluation,
+    feature passes); what the grid-cost figures count, and what computing a thing once saves."""
+    from bench.train.caches import Caches
+    from bench.train.run import BackboneMeter
+
+    ft = run(synthetic_data, "finetune", {"steps": 5, "batch_size": 64}, fraction=0.1)
+    # five batches over 300 images: 64 x 4, then the epoch's last 44; then the 200 test images once
+    assert (ft.n_train, ft.n_eval, ft.backbone_images) == (300, 200, 300 + 200)
+    caches = Caches()
+    cold = run(synthetic_data, "linear_probe", {"steps": 5, "batch_size": 64}, fraction=0.1, caches=caches)
+    assert cold.backbone_images == cold.n_train + cold.n_eval  # one feature pass each, then head-only steps
+    warm = run(synthetic_data, "linear_probe", {"steps": 5, "batch_size": 64, "lr": 0.01}, fraction=0.1, caches=caches)
+    assert warm.backbone_images == 0 and warm.feature_cache_hits == 2  # both passes from the cache
+    meter = BackboneMeter()  # an owner's meter keeps counting across runs (a pruned trial leaves it its count)
+    run(synthetic_data, "finetune", {"steps": 5, "batch_size": 64}, fraction=0.1, meter=meter)
+    run(synthetic_data, "finetune", {"steps": 5, "batch_size": 64}, fraction=0.1, meter=meter)
+    assert meter.images == 2 * ft.backbone_images

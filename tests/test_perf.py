@@ -302,6 +302,8 @@ def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
     for i, state in enumerate(["complete", "pruned", "complete", "pruned"]):
         trial = study.ask()
         trial.report(0.1 * i, 1)
+        if i:  # the first trial was recorded before the sweep counted images through the backbone
+            trial.set_user_attr("backbone_images", 1000 * i)
         if state == "pruned":
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
@@ -317,7 +319,10 @@ def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
     assert cost["trials"] == 4 and cost["states"] == {"COMPLETE": 2, "PRUNED": 2}
     assert cost["pruned_fraction"] == 0.5 and cost["final_runs"] == 1 and cost["final_trials"] == 1 and cost["studies"] == 1
     assert 85 <= cost["wall_seconds"] <= 200
-    assert "50.0%" in perf.sweep_markdown(cost)
+    assert (cost["trial_backbone_images"], cost["trials_uncounted"]) == (6000, 1)
+    assert (cost["final_backbone_images"], cost["finals_uncounted"]) == (0, 1)  # runs.csv without the column
+    md = perf.sweep_markdown(cost)
+    assert "50.0%" in md and "6,000 (1 run(s) without a count)" in md
 
 
 def _throughputs() -> list[perf.PerfRow]:

@@ -888,3 +888,10 @@ def test_multi_fidelity_pruners_never_stop_a_trial_before_half_its_steps(
     assert all(max(t.intermediate_values) >= 10 for t in pruned)  # half of the 20 steps, at least
     if pruner == "halving":
         assert pruned, "successive halving keeps the better half at its rung: some trial stops there"
+    # What each trial cost in images through the backbone, pruned ones included (the grid-cost figures)
+    assert all(t.user_attrs["backbone_images"] > 0 for t in done)
+    if pruned:
+        full = max(t.user_attrs["backbone_images"] for t in done if t.state == TrialState.COMPLETE)
+        assert all(t.user_attrs["backbone_images"] < full for t in pruned)
+    rows = read_rows(tmp_path / "results" / pruner / "runs.csv")
+    assert int(rows[0]["backbone_images"]) > 0

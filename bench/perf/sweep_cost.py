@@ -22,6 +22,8 @@ def sweep_cost(folder: Path) -> dict:
     out: dict[str, Any] = {"folder": str(folder), "trials": 0, "states": {}, "studies": 0, "final_trials": 0}
     out["protocol"] = sweep_protocol(folder)
     starts, ends, trial_seconds, final_seconds = [], [], [], []
+    # images through the backbone (the sweep records them since the grid-cost issue): searches' here
+    out["trial_backbone_images"], out["trials_uncounted"] = 0, 0
     journal = folder / "optuna.journal"
     if journal.is_file():
         from bench.sweep.storage import open_storage
@@ -38,6 +40,10 @@ def sweep_cost(folder: Path) -> dict:
                 else:
                     out["trials"] += 1
                     out["states"][t.state.name] = out["states"].get(t.state.name, 0) + 1
+                    if "backbone_images" in t.user_attrs:
+                        out["trial_backbone_images"] += int(t.user_attrs["backbone_images"])
+                    elif t.state.name in ("COMPLETE", "PRUNED"):
+                        out["trials_uncounted"] += 1
                 if t.datetime_start:
                     starts.append(t.datetime_start.astimezone(UTC))
                 if t.datetime_complete:
@@ -52,11 +58,15 @@ def sweep_cost(folder: Path) -> dict:
     runs = folder / "runs.csv"
     out["final_runs"] = 0
     out["final_run_seconds"] = 0.0
+    out["final_backbone_images"], out["finals_uncounted"] = 0, 0
     if runs.is_file():
         with open(runs, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         out["final_runs"] = len(rows)
         out["final_run_seconds"] = sum(float(r.get("wall_seconds") or 0) for r in rows)
+        counted = [r for r in rows if r.get("backbone_images")]
+        out["final_backbone_images"] = sum(int(r["backbone_images"]) for r in counted)
+        out["finals_uncounted"] = len(rows) - len(counted)
         for r in rows:
             if r.get("finished_at"):
                 end = datetime.fromisoformat(r["finished_at"].replace("Z", "+00:00"))
@@ -104,6 +114,13 @@ def sweep_markdown(cost: dict) -> str:
         f"| search trial time, summed | {cost['trial_seconds'] / 60:.1f} min |",
         f"| final runs recorded in the journal | {cost['final_trials']}, {cost['final_trial_seconds'] / 60:.1f} min summed |",
         f"| final runs (runs.csv) | {cost['final_runs']}, {cost['final_run_seconds'] / 60:.1f} min summed |",
+        f"| images through the backbone: searches | {_images(cost['trial_backbone_images'], cost['trials_uncounted'])} |",
+        f"| images through the backbone: final runs | {_images(cost['final_backbone_images'], cost['finals_uncounted'])} |",
         f"| from | {cost['first_start']} to {cost['last_end']} |",
     ]
     return "\n".join(lines)
+
+
+def _images(n: int, uncounted: int) -> str:
+    """A count of images, saying how many runs carried none (folders written before it was recorded)."""
+    return f"{n:,}" + (f" ({uncounted} run(s) without a count)" if uncounted else "")

@@ -60,7 +60,7 @@ from bench.sweep.storage import is_url, open_storage, storage_location
 from bench.sweep.studies import ensure_study, finals_attrs, search_attrs
 from bench.train.caches import Caches
 from bench.train.engine import Diverged
-from bench.train.run import RunConfig, atomic_write, execute, write_record
+from bench.train.run import BackboneMeter, RunConfig, atomic_write, execute, write_record
 
 
 class Progress(Protocol):
@@ -298,14 +298,20 @@ class Sweep(Grid):
             if row["phase"] == "train" and "val_accuracy" in row:
                 trial.report(row["val_accuracy"], row["step"])
                 if trial.should_prune():
-                    raise optuna.TrialPruned(f"median at step {row['step']} (val acc {row['val_accuracy']:.4f})")
+                    raise optuna.TrialPruned(
+                        f"{self.exp.search.pruner} at step {row['step']} (val acc {row['val_accuracy']:.4f})"
+                    )
 
+        meter = BackboneMeter()
         try:
-            rec = execute(cfg, self.data, self.device, on_progress=on_progress, compile=self.exp.compile, caches=self.caches)
+            rec = execute(
+                cfg, self.data, self.device, on_progress=on_progress, compile=self.exp.compile, caches=self.caches, meter=meter
+            )
         except (optuna.TrialPruned, Diverged) as exc:
             pruned = isinstance(exc, optuna.TrialPruned)
             self.heartbeat.detach()
             with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
+                trial.set_user_attr("backbone_images", meter.images)
                 if pruned:
                     trial.set_user_attr("pruned_by", str(exc))
                 else:
@@ -316,6 +322,7 @@ class Sweep(Grid):
         value = rec.val_accuracy
         with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
             trial.set_user_attr("wall_seconds", rec.wall_seconds)
+            trial.set_user_attr("backbone_images", rec.backbone_images)
             trial.set_user_attr("result_value", value)
             self.heartbeat.detach()
             study.tell(trial, value)

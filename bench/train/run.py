@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,19 @@ def run_folds(cfg: RunConfig, data: Cifar10) -> list[Fold]:
 
 
 @dataclass
+class BackboneMeter:
+    """Images through the backbone's forward pass, counted by a hook: training steps, validation
+    reports, evaluation and feature passes alike, while a cache or store hit counts nothing. The
+    unit the issue on a grid's cost asks for (what computing each thing once saves), and one that
+    a pruned trial, which returns no record, still leaves with its owner."""
+
+    images: int = 0
+
+    def count(self, module: torch.nn.Module, inputs: tuple, output: Any) -> None:
+        self.images += int(inputs[0].shape[0])
+
+
+@dataclass
 class FoldResult:
     """One fold's training and its scores on what it was evaluated on."""
 
@@ -216,12 +229,15 @@ def run_fold(
     progress: Callable[[dict], None] | None,
     compile: bool | str,
     caches: Caches,
+    meter: BackboneMeter | None = None,
 ) -> FoldResult:
     """Build the model, train it on the fold's training images, and score it on its validation
     images (or on the test set: the only place a final run reads it)."""
     train_idx, val_idx = fold
     torch.manual_seed(cfg.seed)
     net = build_model(cfg, data.num_classes).to(device).to(memory_format=torch.channels_last)
+    if meter is not None:
+        net.backbone.register_forward_hook(meter.count)  # the net lives for this fold only
     x = data.train_x[train_idx].to(device)
     y = data.train_y[train_idx].to(device)
     val = None if val_idx is None else (data.train_x[val_idx].to(device), data.train_y[val_idx].to(device))
@@ -268,27 +284,33 @@ def execute(
     save_model: Path | None = None,
     compile: bool | str = False,
     caches: Caches | None = None,
+    meter: BackboneMeter | None = None,
 ) -> RunRecord:
     """Train and evaluate one run; return its record.
 
     `compile` (torch.compile for the end-to-end phase) changes speed, not the result, so
     it is not part of the RunConfig or its run id. `caches`: the feature and probe caches
     shared with the owner's other runs (a sweep's); default: fresh ones, private to this
-    run (the same record, less reuse). Process settings (cuDNN's kernel search) are the
+    run (the same record, less reuse). `meter`: counts the images through the backbone (the
+    record's `backbone_images`; pass one to read the count of a run that raises, as a pruned
+    trial does). Process settings (cuDNN's kernel search) are the
     entry point's (bench/cli/__init__.py, configure_runtime), not made here.
     """
     wall0 = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     caches = Caches() if caches is None else caches
+    meter = BackboneMeter() if meter is None else meter
+    before = meter.images
     folds = run_folds(cfg, data)
     k = len(folds)
     done: list[FoldResult] = []
     for j, fold in enumerate(folds):
         # fold j's rows continue the step count of the folds before it: one axis for the pruner
         progress = None if on_progress is None else _fold_rows(on_progress, j, k)
-        done.append(run_fold(cfg, data, device, fold, progress, compile, caches))
+        done.append(run_fold(cfg, data, device, fold, progress, compile, caches, meter))
     record = _record(cfg, data, device, folds, done, time.perf_counter() - wall0)
+    record = replace(record, backbone_images=meter.images - before)
     last = done[-1]
     if save_predictions is not None:
         write_predictions(save_predictions, last.probs, last.labels, data.classes)
