@@ -1054,3 +1054,18 @@ def test_a_table_written_before_the_article_recipe_got_its_name_reports_under_th
     runs, _ = R.load_runs(old)
     assert set(runs["recipe"]) == set(runs_of(exp)["recipe"]) and "seed" not in set(runs["recipe"])
     assert set(runs["method"]) == set(runs_of(exp)["method"])
+
+
+def test_the_same_folder_reports_to_the_same_bytes(built: tuple) -> None:
+    """Two reports of one folder: every table and figure byte-identical, the importances included
+    (report.html differs only in its "report built" row): a report is a function of its folder."""
+    exp = built[0]
+    copy = exp.parent / "twice"
+    shutil.copytree(exp, copy)
+    R.write_report(copy)
+    first = {p.relative_to(copy): p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()}
+    R.write_report(copy)
+    second = {p.relative_to(copy): p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()}
+    assert any("optuna_importance" in str(k) for k in first), "the fixture draws importances"
+    differ = [str(k) for k in first if first[k] != second.get(k)]
+    assert differ in ([], ["report.html"]), differ
