@@ -1056,6 +1056,7 @@ def test_a_table_written_before_the_article_recipe_got_its_name_reports_under_th
     assert set(runs["method"]) == set(runs_of(exp)["method"])
 
 
+@pytest.mark.slow
 def test_the_same_folder_reports_to_the_same_bytes(built: tuple) -> None:
     """Two reports of one folder: every table and figure byte-identical, the importances included
     (report.html differs only in its "report built" row): a report is a function of its folder."""
