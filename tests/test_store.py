@@ -43,6 +43,7 @@ VOLATILE = {
     "peak_memory_mb",
     "feature_cache_hits",
     "probe_cache_hit",
+    "backbone_images",  # what a hit saves: fewer with a warm store (asserted below)
 }
 
 
@@ -78,6 +79,7 @@ def test_a_warm_store_gives_bit_identical_runs_and_reports_hits(tmp_path: Path, 
         assert (tmp_path / f"plain-{i}.csv").read_bytes() == (tmp_path / f"warm-{i}.csv").read_bytes()
         assert w.feature_cache_hits > 0, w.method  # every method here encodes with the frozen backbone
         assert w.probe_cache_hit, w.method  # all four fit or start from the linear probe
+        assert w.backbone_images < p.backbone_images, w.method  # the store's saving, in images through B
     assert cold_caches.store.counts.writes > 0 and cold_caches.store.counts.hits == 0
     counts = warm_caches.store.counts
     assert counts.hits > 0 and counts.writes == 0 and counts.rejected == 0
