@@ -33,6 +33,7 @@ from typing import Any
 
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
+from bench.processes import pid_alive_here
 from bench.registry import UserError
 
 # ---------------------------------------------------------------- who owns what
@@ -78,16 +79,6 @@ def owner_alive(owner: str) -> bool | None:
             return True
         return True
     return _process_start(int(pid)) == start
-
-
-def pid_alive_here(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------- the journal file's lock

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.processes import pid_alive_here
+
 STORE_FAULT_ENV = "SFT_BENCH_TEST_STORE_PAUSE"  # tests only: seconds to sleep with half a temporary file written
 STALE_TMP_SECONDS = 3600.0  # a temporary file this old is abandoned, whoever wrote it (another machine too)
 _DIGEST = 32  # bytes of the SHA-256 trailer after a feature file's array
@@ -56,16 +58,6 @@ class StoreCounts:
 def _host() -> str:
     """This machine's name as it goes into temporary file names (no dots: they separate fields)."""
     return socket.gethostname().split(".")[0].replace("_", "-") or "host"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
@@ -205,7 +197,7 @@ class FeatureStore:
                 parts = p.name.rsplit(".", 3)  # ".<name>", host, pid, "tmp"
                 try:
                     mine = len(parts) == 4 and parts[1] == host
-                    dead = mine and int(parts[2]) != os.getpid() and not _pid_alive(int(parts[2]))
+                    dead = mine and int(parts[2]) != os.getpid() and not pid_alive_here(int(parts[2]))
                     if dead or now - p.stat().st_mtime > older_than:
                         p.unlink()
                         removed.append(p)
