@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -473,3 +474,29 @@ def test_input_adapter_equals_the_plain_arithmetic(resolution: int) -> None:
     before = f.clone()
     ad(f)
     assert torch.equal(f, before)  # a float input of the caller is never modified in place
+
+
+@pytest.mark.slow
+def test_grid_cost_script_alternates_whole_sweeps_and_checks_the_results_agree(tmp_path: Path, syn: Path) -> None:
+    """scripts/grid_cost.py (the grid-cost figures): A then B in round 0, B then A in round 1, each a
+    whole sweep into its own folder; images through the backbone per side; results compared."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "t.toml"
+    config.write_text(
+        'backbones = ["tiny"]\nmethods = ["linear_probe"]\nfractions = [0.1]\nseeds = 1\ntrials = 2\nsteps = 3\n'
+        '[search]\nmode = "shared"\npruner = "none"\n'
+    )
+    out = tmp_path / "gc"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "grid_cost.py"
+    args = [sys.executable, str(script), "--config", str(config), "--out", str(out), "--rounds", "2"]
+    args += ["--a-env", "SFT_BENCH_FEATURE_STORE=off", "--a-name", "off", "--b-name", "on", "--"]
+    args += ["--data-dir", str(syn), "--threads", "1"]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    sweeps = json.loads((out / "grid_cost.json").read_text())
+    assert [(w["side"], w["round"]) for w in sweeps] == [("off", 0), ("on", 0), ("on", 1), ("off", 1)]
+    assert all(w["exit_code"] == 0 and w["trial_images"] > 0 and w["final_images"] > 0 for w in sweeps)
+    assert not (out / "off-0" / "results" / "t" / "cache").exists() and (out / "on-0" / "results" / "t" / "cache").is_dir()
+    assert "Results identical on every sweep (test accuracy per run id): yes." in (out / "grid_cost.md").read_text()
