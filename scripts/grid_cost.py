@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 
 @dataclass
@@ -79,8 +80,7 @@ def run_sweep(side: Side, config: Path, out: Path, extra: list[str]) -> tuple[fl
 
 
 def measure(side: Side, i: int, config: Path, out: Path, extra: list[str]) -> Sweep:
-    sys.path.insert(0, str(REPO))
-    from bench.perf.sweep_cost import sweep_cost
+    from bench.perf.sweep_cost import sweep_cost  # this checkout's counting, whichever side ran
 
     folder = out / f"{side.name}-{i}"
     folder.mkdir(parents=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_postgres import GRID
 
 from bench.models.methods import METHODS
 from bench.records import RunRecord
@@ -236,20 +237,9 @@ def test_the_store_is_placed_by_its_owner_and_the_environment(tmp_path: Path) ->
 
 # ---------------------------------------------------------------- a sweep: --parallel 2, killed, resumed
 
-# linear_probe and finetune at 10%, one shared search of 3 seeded random trials (no TPE, no pruner:
-# what a trial asks does not depend on what other workers finished), 2 seeds, 3 steps a run
-GRID = """
-backbones = ["tiny"]
-methods = ["finetune", "linear_probe"]
-fractions = [0.1]
-seeds = 2
-trials = 3
-steps = 3
-[search]
-mode = "shared"
-startup_trials = 3
-pruner = "none"
-"""
+# GRID (tests/test_postgres.py): linear_probe and finetune at 10%, one shared search of 3 seeded random
+# trials (no TPE, no pruner: what a trial asks does not depend on what other workers finished), 2 seeds,
+# 3 steps a run
 
 
 def _sweep(config: Path, data_dir: Path, results: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -71,13 +71,7 @@ def owner_alive(owner: str) -> bool | None:
     if host != HOST or boot != BOOT_ID or not boot:
         return None
     if not start:
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive_here(int(pid))
     return _process_start(int(pid)) == start
 
 
