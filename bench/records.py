@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, astuple, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from bench.models.hparams import HParams
@@ -163,6 +163,35 @@ _STAGE_METRICS = {
     "final": ("test_accuracy", "macro_f1", "per_class_accuracy"),
     "trial": ("val_accuracy", "val_macro_f1"),
 }
+
+
+@dataclass(frozen=True)
+class CacheCounts:
+    """What the caches of one owner served and computed, cumulatively: subtract two snapshots
+    for one run's share. A feature pass is one image set through the frozen backbone (served
+    from memory or disk, or computed); a probe is one fitted linear probe (reused, or fitted)."""
+
+    feature_hits: int = 0
+    feature_misses: int = 0
+    feature_hit_images: int = 0
+    feature_miss_images: int = 0
+    probe_hits: int = 0
+    probe_misses: int = 0
+
+    def __sub__(self, other: CacheCounts) -> CacheCounts:
+        return CacheCounts(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def to_attr(self) -> dict[str, int]:
+        """As a JSON user attribute of an Optuna trial (the sweep's journal)."""
+        return asdict(self)
+
+    @classmethod
+    def from_attr(cls, attr: dict[str, int] | None) -> CacheCounts:
+        """From a trial's user attribute; none (a folder from before it was recorded): zeros."""
+        return cls(**{k: int(v) for k, v in (attr or {}).items() if k in cls.__dataclass_fields__})
+
+    def __add__(self, other: CacheCounts) -> CacheCounts:
+        return CacheCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 # ---------------------------------------------------------------- runs.csv

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from bench import perf
 from bench.data import label_split, load_cifar10, synthetic_cifar
 from bench.models.methods import METHODS
+from bench.records import CacheCounts
 from bench.train import engine
 from bench.train.run import build_model, execute, make_config
 
@@ -305,12 +306,25 @@ def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
         trial.report(0.1 * i, 1)
         if i:  # the first trial was recorded before the sweep counted images through the backbone
             trial.set_user_attr("backbone_images", 1000 * i)
+            trial.set_user_attr(
+                "cache",
+                {
+                    "feature_hits": i,
+                    "feature_misses": 1,
+                    "feature_hit_images": 100 * i,
+                    "feature_miss_images": 100,
+                    "probe_hits": 1,
+                    "probe_misses": 0,
+                },
+            )
         if state == "pruned":
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(trial, 0.5)
     finals = optuna.create_study(study_name="q:final/tiny/sft/tuned/0.1", storage=storage, direction="maximize")
-    finals.tell(finals.ask(), 0.7)  # the sweep's record of a final run: not a search trial
+    final = finals.ask()
+    final.set_user_attr("cache", {"feature_hits": 0, "feature_misses": 2, "feature_miss_images": 500, "probe_misses": 1})
+    finals.tell(final, 0.7)  # the sweep's record of a final run: not a search trial
     end = datetime.now(UTC) + timedelta(seconds=90)
     with open(tmp_path / "runs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["run_id", "wall_seconds", "finished_at"])
@@ -322,8 +336,12 @@ def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
     assert 85 <= cost["wall_seconds"] <= 200
     assert (cost["trial_backbone_images"], cost["trials_uncounted"]) == (6000, 1)
     assert (cost["final_backbone_images"], cost["finals_uncounted"]) == (0, 1)  # runs.csv without the column
+    # the caches: 1+2+3 passes served of 9, 600 of 900 images; the final run's only misses
+    assert cost["trial_cache"] == CacheCounts(6, 3, 600, 300, 3, 0)
+    assert cost["final_cache"] == CacheCounts(0, 2, 0, 500, 0, 1)
     md = perf.sweep_markdown(cost)
     assert "50.0%" in md and "6,000 (1 run(s) without a count)" in md
+    assert "6 of 9 (67%); 600 of 900 images (67%)" in md and "| 3 of 3 (100%); 0 of 1 (0%) |" in md
 
 
 def _throughputs() -> list[perf.PerfRow]:

@@ -285,6 +285,14 @@ def test_parallel_workers_and_a_resume_share_one_store_and_write_the_same_rows(t
         if r["method"] == "linear_probe":
             assert r["probe_cache_hit"] and r["feature_cache_hits"] == 2, r["run_id"]  # labelled subset and test set
     assert re.search(rf"feature store {re.escape(str(store))}: [1-9]\d* read, 0 missing, 0 written", other.stdout)
+    # the journal's per-trial cache counts (perf --sweep's hit rates) say the same: nothing computed again
+    from bench.perf.sweep_cost import sweep_cost
+
+    again, plain = sweep_cost(tmp_path / "again" / "g"), sweep_cost(tmp_path / "plain" / "g")
+    for stage in ("trial_cache", "final_cache"):
+        assert again[stage].feature_misses == 0 and again[stage].feature_hits > 0, (stage, again[stage])
+        assert again[stage].probe_misses == 0, (stage, again[stage])
+    assert plain["trial_cache"].feature_misses > 0 and plain["trial_cache"].feature_miss_images > 0
 
 
 @pytest.mark.parametrize(

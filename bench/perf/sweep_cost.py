@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.records import CacheCounts
+
 
 def sweep_cost(folder: Path) -> dict:
     """Wall time, trial states and final runs of a finished sweep folder (runs.csv, optuna.journal).
@@ -24,6 +26,8 @@ def sweep_cost(folder: Path) -> dict:
     starts, ends, trial_seconds, final_seconds = [], [], [], []
     # images through the backbone (the sweep records them since the grid-cost issue): searches' here
     out["trial_backbone_images"], out["trials_uncounted"] = 0, 0
+    # what the feature and probe caches served (recorded per trial and final run since the same issue)
+    trial_cache, final_cache = CacheCounts(), CacheCounts()
     journal = folder / "optuna.journal"
     if journal.is_file():
         from bench.sweep.storage import open_storage
@@ -37,7 +41,9 @@ def sweep_cost(folder: Path) -> dict:
             for t in storage.get_all_trials(storage.get_study_id_from_name(st.study_name), deepcopy=False):
                 if final:
                     out["final_trials"] += 1
+                    final_cache += CacheCounts.from_attr(t.user_attrs.get("cache"))
                 else:
+                    trial_cache += CacheCounts.from_attr(t.user_attrs.get("cache"))
                     out["trials"] += 1
                     out["states"][t.state.name] = out["states"].get(t.state.name, 0) + 1
                     if "backbone_images" in t.user_attrs:
@@ -72,6 +78,7 @@ def sweep_cost(folder: Path) -> dict:
                 end = datetime.fromisoformat(r["finished_at"].replace("Z", "+00:00"))
                 ends.append(end if end.tzinfo else end.replace(tzinfo=UTC))
                 starts.append(ends[-1] - timedelta(seconds=float(r.get("wall_seconds") or 0)))
+    out["trial_cache"], out["final_cache"] = trial_cache, final_cache
     out["wall_seconds"] = (max(ends) - min(starts)).total_seconds() if starts and ends else None
     out["first_start"] = min(starts).isoformat(timespec="seconds") if starts else None
     out["last_end"] = max(ends).isoformat(timespec="seconds") if ends else None
@@ -116,9 +123,27 @@ def sweep_markdown(cost: dict) -> str:
         f"| final runs (runs.csv) | {cost['final_runs']}, {cost['final_run_seconds'] / 60:.1f} min summed |",
         f"| images through the backbone: searches | {_images(cost['trial_backbone_images'], cost['trials_uncounted'])} |",
         f"| images through the backbone: final runs | {_images(cost['final_backbone_images'], cost['finals_uncounted'])} |",
+        f"| feature passes served by a cache (memory or the store): searches | {hit_rate(cost['trial_cache'])} |",
+        f"| feature passes served by a cache: final runs | {hit_rate(cost['final_cache'])} |",
+        f"| linear probes reused (searches; final runs) | {probe_rate(cost['trial_cache'])}; {probe_rate(cost['final_cache'])} |",
         f"| from | {cost['first_start']} to {cost['last_end']} |",
     ]
     return "\n".join(lines)
+
+
+def hit_rate(c: CacheCounts) -> str:
+    """Feature passes served from a cache out of all, and the same in images."""
+    passes, images = c.feature_hits + c.feature_misses, c.feature_hit_images + c.feature_miss_images
+    if not passes:
+        return "none recorded"
+    share = f"{c.feature_hits} of {passes} ({c.feature_hits / passes:.0%})"
+    return f"{share}; {c.feature_hit_images:,} of {images:,} images ({c.feature_hit_images / images:.0%})"
+
+
+def probe_rate(c: CacheCounts) -> str:
+    """Probes reused out of all asked for."""
+    n = c.probe_hits + c.probe_misses
+    return f"{c.probe_hits} of {n} ({c.probe_hits / n:.0%})" if n else "none recorded"
 
 
 def _images(n: int, uncounted: int) -> str:

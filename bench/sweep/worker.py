@@ -38,7 +38,7 @@ from optuna.trial import TrialState
 
 from bench.data import Cifar10
 from bench.models.methods import METHODS, HParams
-from bench.records import Cell, CellStatus, GridStatus, RunRecord
+from bench.records import CacheCounts, Cell, CellStatus, GridStatus, RunRecord
 from bench.sweep.claims import (
     Heartbeat,
     LostClaim,
@@ -302,7 +302,7 @@ class Sweep(Grid):
                         f"{self.exp.search.pruner} at step {row['step']} (val acc {row['val_accuracy']:.4f})"
                     )
 
-        meter = BackboneMeter()
+        meter, before = BackboneMeter(), self.caches.counts()
         try:
             rec = execute(
                 cfg, self.data, self.device, on_progress=on_progress, compile=self.exp.compile, caches=self.caches, meter=meter
@@ -312,6 +312,7 @@ class Sweep(Grid):
             self.heartbeat.detach()
             with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
                 trial.set_user_attr("backbone_images", meter.images)
+                trial.set_user_attr("cache", (self.caches.counts() - before).to_attr())
                 if pruned:
                     trial.set_user_attr("pruned_by", str(exc))
                 else:
@@ -323,6 +324,7 @@ class Sweep(Grid):
         with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
             trial.set_user_attr("wall_seconds", rec.wall_seconds)
             trial.set_user_attr("backbone_images", rec.backbone_images)
+            trial.set_user_attr("cache", (self.caches.counts() - before).to_attr())
             trial.set_user_attr("result_value", value)
             self.heartbeat.detach()
             study.tell(trial, value)
@@ -339,9 +341,10 @@ class Sweep(Grid):
                 finish(self.storage, tid, TrialState.FAIL, "lost claim: another process runs it")
                 return
             self._begin(item)
+            before = self.caches.counts()
             rec = self._train_final(item, tid, cfg)
             if rec is not None:
-                self._record_final(item, tid, rec)
+                self._record_final(item, tid, rec, self.caches.counts() - before)
 
     def _train_final(self, item: WorkItem, tid: int, cfg: RunConfig) -> RunRecord | None:
         """Train and test once, keeping the predictions; None when the run diverged (recorded as such)."""
@@ -370,7 +373,7 @@ class Sweep(Grid):
             tmp.unlink(missing_ok=True)
         return rec
 
-    def _record_final(self, item: WorkItem, tid: int, rec: RunRecord) -> None:
+    def _record_final(self, item: WorkItem, tid: int, rec: RunRecord, cache: CacheCounts) -> None:
         """Complete the record, write it, and mark the claim COMPLETE, all or nothing under a Ctrl-C."""
         cell, run_id = item.cell, rec.run_id
         tuned = cell.recipe == "tuned"
@@ -387,6 +390,7 @@ class Sweep(Grid):
             self.heartbeat.detach()
             try:
                 self.storage.set_trial_user_attr(tid, "record", rec.to_json())
+                self.storage.set_trial_user_attr(tid, "cache", cache.to_attr())
                 self.storage.set_trial_user_attr(tid, "result_value", rec.test_accuracy)
                 self.storage.set_trial_state_values(tid, TrialState.COMPLETE, [rec.test_accuracy])
             except UpdateFinishedTrialError:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.data.cache import DataCache
+from bench.records import CacheCounts
 from bench.registry import UserError
 from bench.train.features import DEFAULT_FEATURE_CACHE_MB, FeatureCache
 from bench.train.probe import ProbeCache
@@ -78,6 +79,11 @@ class Caches:
         folder = feature_store_dir(default_store, environ)
         store = None if folder is None else FeatureStore(folder)
         return cls(features=FeatureCache(feature_cache_mb(environ)), store=store)
+
+    def counts(self) -> CacheCounts:
+        """A snapshot of the hit and miss counters (per process, since creation or `clear`)."""
+        f, p = self.features, self.probes
+        return CacheCounts(f.hits, f.misses, f.hit_images, f.miss_images, p.hits, p.misses)
 
     def clear(self) -> None:
         """Forget features and probes in memory (not the datasets, not the store's files): perf's

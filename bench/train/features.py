@@ -65,6 +65,8 @@ class FeatureCache:
         self._store: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.hit_images = 0  # images whose features a hit served (a grid's hit rate, in the unit of its cost)
+        self.miss_images = 0
 
     @staticmethod
     def net_key(net: Net, precision: str) -> str:
@@ -91,12 +93,15 @@ class FeatureCache:
         if k in self._store:
             self._store.move_to_end(k)
             self.hits += 1
+            self.hit_images += len(x)
             return self._store[k], True
         if self.disk is not None and (feats := self.disk.load_features(k, len(x), x.device)) is not None:
             self.hits += 1
+            self.hit_images += len(x)
             self._keep(k, feats)
             return feats, True
         self.misses += 1
+        self.miss_images += len(x)
         feats = encode_all(net, x, precision)
         if self.disk is not None:
             self.disk.save_features(k, feats)
@@ -115,7 +120,7 @@ class FeatureCache:
         """Forget every entry in memory and the hit counts (perf's cold measurements start here; a
         `disk` store keeps its files: perf never gives its caches one)."""
         self._store.clear()
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.hit_images = self.miss_images = 0
 
     def __len__(self) -> int:
         return len(self._store)
