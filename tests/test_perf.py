@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -518,3 +519,17 @@ def test_grid_cost_script_alternates_whole_sweeps_and_checks_the_results_agree(t
     assert all(w["exit_code"] == 0 and w["trial_images"] > 0 and w["final_images"] > 0 for w in sweeps)
     assert not (out / "off-0" / "results" / "t" / "cache").exists() and (out / "on-0" / "results" / "t" / "cache").is_dir()
     assert "Results identical on every sweep (test accuracy per run id): yes." in (out / "grid_cost.md").read_text()
+    assert all(w["cache"]["feature_hits"] + w["cache"]["feature_misses"] > 0 for w in sweeps)  # hit rates recorded
+
+    # two configs (as the default search against multi-fidelity): the results differ, and the
+    # summary shows each cell's mean test accuracy side by side instead of calling them equal
+    other = tmp_path / "t2.toml"
+    other.write_text(config.read_text().replace("steps = 3", "steps = 5"))
+    out2 = tmp_path / "gc2"
+    args2 = [sys.executable, str(script), "--a-config", str(config), "--b-config", str(other), "--out", str(out2)]
+    args2 += ["--rounds", "1", "--a-name", "s3", "--b-name", "s5", "--", "--data-dir", str(syn), "--threads", "1"]
+    run = subprocess.run(args2, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    md = (out2 / "grid_cost.md").read_text()
+    assert "Results identical on every sweep (test accuracy per run id): NO; within each side: yes." in md
+    assert re.search(r"\| linear_probe 0\.1 \| \d+\.\d\d \| \d+\.\d\d \| [+-]\d+\.\d\d \|", md), md
