@@ -49,12 +49,14 @@ def _app() -> object:
 def test_perf_cli_writes_tables(syn: Path, tmp_path: Path) -> None:
     out = tmp_path / "perf"
     args = ["perf", "--quick", "--cases", "tiny@32", "--data-dir", str(syn), "--out", str(out)]
-    args += ["--batch-size", "16", "--steps", "2", "--max-seconds", "0.2"]
+    args += ["--batch-size", "16", "--steps", "2", "--max-seconds", "0.2", "--frozen-steps", "3"]
     res = CliRunner().invoke(_app(), args)
     assert res.exit_code == 0, res.output
     with open(out / "perf.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == perf.COLUMNS
+    frozen = [r for r in rows if r["path"].startswith("d_linear_probe")]
+    assert frozen and all(r["note"].startswith("linear_probe, 3 steps") for r in frozen), frozen  # --frozen-steps
     paths = {r["path"] for r in rows}
     expected = {"a_train", "a_forward", "b_suite_train", "c_article_train", "e_suite_eval"}
     expected |= {f"d_{m}_{k}" for m in ("linear_probe", "sft-mlp-frozen") for k in ("recompute", "cached_cold", "cached_warm")}

@@ -72,6 +72,10 @@ def perf(
     precision: Annotated[str, typer.Option(help="Suite precision in (b), (d), (e): auto, fp32, bf16.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="Run (b) through torch.compile.")] = False,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers of the article's pipeline (c).")] = 2,
+    frozen_steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Steps of (d)'s frozen trial. Default 20 (protocol trials: >= 500, slower to measure)."),
+    ] = None,
     rounds: Annotated[
         int | None, typer.Option(min=0, help="Alternating rounds per compared pair (A B, B A, ...); 0: none. Default 5.")
     ] = None,
@@ -106,7 +110,8 @@ def perf(
             return
         selected = P.parse_cases(cases)
         kw = dict(batch_size=batch_size, precision=precision, compile=compile, workers=workers)
-        kw.update({k: v for k, v in dict(steps=steps, max_seconds=max_seconds, rounds=rounds).items() if v is not None})
+        given = dict(steps=steps, max_seconds=max_seconds, rounds=rounds, frozen_steps=frozen_steps)
+        kw.update({k: v for k, v in given.items() if v is not None})
         settings = P.PerfSettings.quick(**kw) if quick else P.PerfSettings(**kw)
         dev = resolve_device(device)
         from bench.train.caches import Caches
