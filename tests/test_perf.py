@@ -81,7 +81,7 @@ def test_perf_cli_writes_tables(syn: Path, tmp_path: Path) -> None:
     by_path = {r["path"]: r for r in rows}
     assert by_path["b_suite_train"]["repeats"] == "2"  # --quick: two timed history intervals after a warm-up one
     assert "history intervals of 2 steps" in by_path["b_suite_train"]["note"]
-    assert "20-step linear probe" in by_path["d_sft-mlp-frozen_recompute"]["note"]
+    assert "3-step linear probe" in by_path["d_sft-mlp-frozen_recompute"]["note"]
     md = (out / "perf.md").read_text()
     for needle in (
         "command: `python cli.py perf --cases tiny@32 --quick --batch-size 16",

@@ -589,6 +589,9 @@ def test_killed_and_interrupted_sweeps_resume_to_the_same_rows(tmp_path: Path, s
         capture_output=True,
         text=True,
         timeout=300,
+        # a Ctrl-C as at a terminal, even when pytest itself runs in the background (`cmd &` in a
+        # script ignores SIGINT, the child inherits that, and Python then never raises KeyboardInterrupt)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 130, out
