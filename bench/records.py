@@ -193,6 +193,19 @@ class CacheCounts:
     def __add__(self, other: CacheCounts) -> CacheCounts:
         return CacheCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
+    # the totals every hit share is taken of (perf --sweep's sentence, grid_cost.py's table cell)
+    @property
+    def feature_passes(self) -> int:
+        return self.feature_hits + self.feature_misses
+
+    @property
+    def feature_images(self) -> int:
+        return self.feature_hit_images + self.feature_miss_images
+
+    @property
+    def probes(self) -> int:
+        return self.probe_hits + self.probe_misses
+
 
 # ---------------------------------------------------------------- runs.csv
 

@@ -62,7 +62,7 @@ class Sweep:
     uncounted: int  # trials or runs without a count (a checkout from before it was recorded)
     accuracies: dict[str, str]  # run id -> test accuracy, as runs.csv writes it
     cells: dict[str, float]  # "method fraction" -> mean test accuracy over the seeds
-    cache: dict[str, int]  # what the caches served, searches and final runs together (CacheCounts)
+    cache: CacheCounts  # what the caches served, searches and final runs together
 
 
 def parse_env(text: str) -> dict[str, str]:
@@ -107,27 +107,22 @@ def measure(side: Side, i: int, out: Path, extra: list[str]) -> Sweep:
         i,
         seconds,
         code,
-        cost["trial_backbone_images"],
-        cost["final_backbone_images"],
-        cost["trials_uncounted"] + cost["finals_uncounted"],
+        cost.trial_backbone_images,
+        cost.final_backbone_images,
+        cost.trials_uncounted + cost.finals_uncounted,
         accs,
         {k: statistics.mean(v) for k, v in sorted(per_cell.items())},
-        (cost["trial_cache"] + cost["final_cache"]).to_attr(),
+        cost.trial_cache + cost.final_cache,
     )
 
 
-def hit_share(cache: dict[str, int]) -> str:
-    """Feature passes (and images) a cache served, and probes reused, out of all asked for."""
-    c = CacheCounts.from_attr(cache)
-    passes, images, probes = (
-        c.feature_hits + c.feature_misses,
-        c.feature_hit_images + c.feature_miss_images,
-        c.probe_hits + c.probe_misses,
-    )
-    if not passes:
+def hit_share(c: CacheCounts) -> str:
+    """Feature passes (and images) a cache served, and probes reused, out of all asked for: a
+    table cell's worth of perf --sweep's hit_rate and probe_rate."""
+    if not c.feature_passes:
         return "not recorded"
-    out = f"{c.feature_hits}/{passes} passes, {c.feature_hit_images / images:.0%} of images"
-    return out + (f"; probes {c.probe_hits}/{probes}" if probes else "")
+    out = f"{c.feature_hits}/{c.feature_passes} passes, {c.feature_hit_images / c.feature_images:.0%} of images"
+    return out + (f"; probes {c.probe_hits}/{c.probes}" if c.probes else "")
 
 
 def summary(sides: list[Side], sweeps: list[Sweep]) -> str:

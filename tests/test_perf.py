@@ -334,14 +334,15 @@ def test_sweep_cost_reads_journal_and_runs(tmp_path: Path) -> None:
         w.writeheader()
         w.writerow({"run_id": "a", "wall_seconds": 30.0, "finished_at": end.isoformat()})
     cost = perf.sweep_cost(tmp_path)
-    assert cost["trials"] == 4 and cost["states"] == {"COMPLETE": 2, "PRUNED": 2}
-    assert cost["pruned_fraction"] == 0.5 and cost["final_runs"] == 1 and cost["final_trials"] == 1 and cost["studies"] == 1
-    assert 85 <= cost["wall_seconds"] <= 200
-    assert (cost["trial_backbone_images"], cost["trials_uncounted"]) == (6000, 1)
-    assert (cost["final_backbone_images"], cost["finals_uncounted"]) == (0, 1)  # runs.csv without the column
+    assert cost.trials == 4 and cost.states == {"COMPLETE": 2, "PRUNED": 2}
+    assert cost.pruned_fraction == 0.5 and cost.final_runs == 1 and cost.final_trials == 1 and cost.studies == 1
+    assert cost.wall_seconds is not None and 85 <= cost.wall_seconds <= 200
+    assert (cost.trial_backbone_images, cost.trials_uncounted) == (6000, 1)
+    assert (cost.final_backbone_images, cost.finals_uncounted) == (0, 1)  # runs.csv without the column
     # the caches: 1+2+3 passes served of 9, 600 of 900 images; the final run's only misses
-    assert cost["trial_cache"] == CacheCounts(6, 3, 600, 300, 3, 0)
-    assert cost["final_cache"] == CacheCounts(0, 2, 0, 500, 0, 1)
+    assert cost.trial_cache == CacheCounts(6, 3, 600, 300, 3, 0)
+    assert cost.final_cache == CacheCounts(0, 2, 0, 500, 0, 1)
+    assert (cost.trial_cache.feature_passes, cost.trial_cache.feature_images, cost.final_cache.probes) == (9, 900, 1)
     md = perf.sweep_markdown(cost)
     assert "50.0%" in md and "6,000 (1 run(s) without a count)" in md
     assert "6 of 9 (67%); 600 of 900 images (67%)" in md and "| 3 of 3 (100%); 0 of 1 (0%) |" in md
@@ -424,7 +425,7 @@ def _v1_sweep_folder(folder: Path) -> Path:
 def test_sweep_protocol_of_old_and_new_folders(tmp_path: Path) -> None:
     v1 = _v1_sweep_folder(tmp_path / "v1")
     cost = perf.sweep_cost(v1)
-    assert cost["protocol"] == 1 and cost["final_runs"] == 1 and cost["final_run_seconds"] == 12.0
+    assert cost.protocol == 1 and cost.final_runs == 1 and cost.final_run_seconds == 12.0
     assert "v1 (epoch budgets)" in perf.sweep_markdown(cost)
     v2 = tmp_path / "v2"
     v2.mkdir()

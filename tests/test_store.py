@@ -289,10 +289,10 @@ def test_parallel_workers_and_a_resume_share_one_store_and_write_the_same_rows(t
     from bench.perf.sweep_cost import sweep_cost
 
     again, plain = sweep_cost(tmp_path / "again" / "g"), sweep_cost(tmp_path / "plain" / "g")
-    for stage in ("trial_cache", "final_cache"):
-        assert again[stage].feature_misses == 0 and again[stage].feature_hits > 0, (stage, again[stage])
-        assert again[stage].probe_misses == 0, (stage, again[stage])
-    assert plain["trial_cache"].feature_misses > 0 and plain["trial_cache"].feature_miss_images > 0
+    for stage, counts in (("searches", again.trial_cache), ("final runs", again.final_cache)):
+        assert counts.feature_misses == 0 and counts.feature_hits > 0, (stage, counts)
+        assert counts.probe_misses == 0, (stage, counts)
+    assert plain.trial_cache.feature_misses > 0 and plain.trial_cache.feature_miss_images > 0
 
 
 @pytest.mark.parametrize(

@@ -37,9 +37,9 @@ def _reports(P: Any, rows: list[Any], sweep: Path | None, project: Path | None) 
     pruned, source = None, ""
     if sweep is not None:
         cost = P.sweep_cost(sweep)
-        pruned = cost["pruned_fraction"]
+        pruned = cost.pruned_fraction
         # a protocol v1 folder (results/quick) stays readable; the projection says what its pruning was measured under
-        protocol = P.PROTOCOLS[cost["protocol"]]
+        protocol = P.PROTOCOLS[cost.protocol]
         source = f"measured on {sweep}, protocol {protocol}" if pruned is not None else f"{sweep} has no finished trials"
         parts.append(P.sweep_markdown(cost))
     if project is not None:

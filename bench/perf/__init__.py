@@ -68,7 +68,7 @@ from bench.perf.settings import (
     parse_cases,
 )
 from bench.perf.summary import SUMMARY_COLUMNS, TARGETS, Ratio, summarise, summarise_case
-from bench.perf.sweep_cost import PROTOCOLS, sweep_cost, sweep_markdown, sweep_protocol
+from bench.perf.sweep_cost import PROTOCOLS, SweepCost, sweep_cost, sweep_markdown, sweep_protocol
 from bench.train.caches import Caches
 
 
@@ -144,6 +144,7 @@ __all__ = [
     "run_perf",
     "summarise",
     "summarise_case",
+    "SweepCost",
     "sweep_cost",
     "sweep_markdown",
     "sweep_protocol",

@@ -3,53 +3,82 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from bench.records import CacheCounts
 
 
-def sweep_cost(folder: Path) -> dict:
-    """Wall time, trial states and final runs of a finished sweep folder (runs.csv, optuna.journal).
+@dataclass(frozen=True)
+class SweepCost:
+    """What a finished sweep folder cost: `perf --sweep`'s table, the projection's pruned
+    fraction and scripts/grid_cost.py's per-sweep figures all read these fields.
 
-    The wall time is from the first trial's start to the last final run's finish (or the
-    last trial's end when there is no runs.csv): the time a user waits, not a sum over
-    runs. The fraction pruned counts every finished trial of every study in the journal.
-    `protocol`: the methods.md version the folder was produced under (1: epoch budgets, as
-    results/quick; 2: step budgets; None: no readable config.toml), so a reader knows what
-    its figures (the pruned fraction above all) were measured under.
+    `wall_seconds` runs from the first trial's start to the last final run's finish (or the
+    last trial's end when there is no runs.csv): the time a user waits, not a sum over runs.
+    `pruned_fraction` counts every finished search trial of every study in the journal (None:
+    none finished). `protocol` is the methods.md version the folder was produced under (1:
+    epoch budgets, as results/quick; 2: step budgets; None: no readable config.toml), so a
+    reader knows what its figures, the pruned fraction above all, were measured under.
+    Images through the backbone and cache counts are recorded since the grid-cost issue; the
+    `*_uncounted` fields say how many trials or runs came from code that did not record them.
     """
+
+    folder: str
+    protocol: int | None
+    studies: int  # searches: one per cell, or per cell and seed
+    trials: int  # search trials
+    states: dict[str, int]  # search trials per Optuna state name
+    final_trials: int  # the sweep's journal records of final runs
+    pruned_fraction: float | None
+    trial_seconds: float  # summed over search trials
+    final_trial_seconds: float
+    final_runs: int  # rows of runs.csv
+    final_run_seconds: float
+    trial_backbone_images: int
+    trials_uncounted: int
+    final_backbone_images: int
+    finals_uncounted: int
+    trial_cache: CacheCounts
+    final_cache: CacheCounts
+    wall_seconds: float | None
+    first_start: str | None
+    last_end: str | None
+
+
+def sweep_cost(folder: Path) -> SweepCost:
+    """Wall time, trial states, images and cache counts of a finished sweep folder (runs.csv,
+    optuna.journal); folders from older code read with what they recorded."""
     folder = Path(folder)
-    out: dict[str, Any] = {"folder": str(folder), "trials": 0, "states": {}, "studies": 0, "final_trials": 0}
-    out["protocol"] = sweep_protocol(folder)
-    starts, ends, trial_seconds, final_seconds = [], [], [], []
-    # images through the backbone (the sweep records them since the grid-cost issue): searches' here
-    out["trial_backbone_images"], out["trials_uncounted"] = 0, 0
-    # what the feature and probe caches served (recorded per trial and final run since the same issue)
+    studies = trials = final_trials = trial_images = trials_uncounted = 0
+    states: dict[str, int] = {}
+    starts: list[datetime] = []
+    ends: list[datetime] = []
+    trial_seconds: list[float] = []
+    final_seconds: list[float] = []
     trial_cache, final_cache = CacheCounts(), CacheCounts()
     journal = folder / "optuna.journal"
     if journal.is_file():
         from bench.sweep.storage import open_storage
 
         storage = open_storage(journal, read_only=True)
-        studies = storage.get_all_studies()
-        for st in studies:
+        for st in storage.get_all_studies():
             # The sweep records its final runs in studies named "<experiment>:final/...": not search trials.
             final = ":final/" in st.study_name
-            out["studies"] += 0 if final else 1
+            studies += 0 if final else 1
             for t in storage.get_all_trials(storage.get_study_id_from_name(st.study_name), deepcopy=False):
                 if final:
-                    out["final_trials"] += 1
+                    final_trials += 1
                     final_cache += CacheCounts.from_attr(t.user_attrs.get("cache"))
                 else:
                     trial_cache += CacheCounts.from_attr(t.user_attrs.get("cache"))
-                    out["trials"] += 1
-                    out["states"][t.state.name] = out["states"].get(t.state.name, 0) + 1
+                    trials += 1
+                    states[t.state.name] = states.get(t.state.name, 0) + 1
                     if "backbone_images" in t.user_attrs:
-                        out["trial_backbone_images"] += int(t.user_attrs["backbone_images"])
+                        trial_images += int(t.user_attrs["backbone_images"])
                     elif t.state.name in ("COMPLETE", "PRUNED"):
-                        out["trials_uncounted"] += 1
+                        trials_uncounted += 1
                 if t.datetime_start:
                     starts.append(t.datetime_start.astimezone(UTC))
                 if t.datetime_complete:
@@ -57,32 +86,40 @@ def sweep_cost(folder: Path) -> dict:
                     if t.datetime_start:
                         seconds = (t.datetime_complete - t.datetime_start).total_seconds()
                         (final_seconds if final else trial_seconds).append(seconds)
-    finished = sum(out["states"].get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
-    out["pruned_fraction"] = out["states"].get("PRUNED", 0) / finished if finished else None
-    out["trial_seconds"] = sum(trial_seconds)
-    out["final_trial_seconds"] = sum(final_seconds)
-    runs = folder / "runs.csv"
-    out["final_runs"] = 0
-    out["final_run_seconds"] = 0.0
-    out["final_backbone_images"], out["finals_uncounted"] = 0, 0
-    if runs.is_file():
-        with open(runs, newline="", encoding="utf-8") as f:
+    finished = sum(states.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+    rows: list[dict[str, str]] = []
+    if (folder / "runs.csv").is_file():
+        # read by column name on purpose: folders from older code lack the newer columns
+        with open(folder / "runs.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        out["final_runs"] = len(rows)
-        out["final_run_seconds"] = sum(float(r.get("wall_seconds") or 0) for r in rows)
-        counted = [r for r in rows if r.get("backbone_images")]
-        out["final_backbone_images"] = sum(int(r["backbone_images"]) for r in counted)
-        out["finals_uncounted"] = len(rows) - len(counted)
-        for r in rows:
-            if r.get("finished_at"):
-                end = datetime.fromisoformat(r["finished_at"].replace("Z", "+00:00"))
-                ends.append(end if end.tzinfo else end.replace(tzinfo=UTC))
-                starts.append(ends[-1] - timedelta(seconds=float(r.get("wall_seconds") or 0)))
-    out["trial_cache"], out["final_cache"] = trial_cache, final_cache
-    out["wall_seconds"] = (max(ends) - min(starts)).total_seconds() if starts and ends else None
-    out["first_start"] = min(starts).isoformat(timespec="seconds") if starts else None
-    out["last_end"] = max(ends).isoformat(timespec="seconds") if ends else None
-    return out
+    counted = [r for r in rows if r.get("backbone_images")]
+    for r in rows:
+        if r.get("finished_at"):
+            end = datetime.fromisoformat(r["finished_at"].replace("Z", "+00:00"))
+            ends.append(end if end.tzinfo else end.replace(tzinfo=UTC))
+            starts.append(ends[-1] - timedelta(seconds=float(r.get("wall_seconds") or 0)))
+    return SweepCost(
+        folder=str(folder),
+        protocol=sweep_protocol(folder),
+        studies=studies,
+        trials=trials,
+        states=states,
+        final_trials=final_trials,
+        pruned_fraction=states.get("PRUNED", 0) / finished if finished else None,
+        trial_seconds=sum(trial_seconds),
+        final_trial_seconds=sum(final_seconds),
+        final_runs=len(rows),
+        final_run_seconds=sum(float(r.get("wall_seconds") or 0) for r in rows),
+        trial_backbone_images=trial_images,
+        trials_uncounted=trials_uncounted,
+        final_backbone_images=sum(int(r["backbone_images"]) for r in counted),
+        finals_uncounted=len(rows) - len(counted),
+        trial_cache=trial_cache,
+        final_cache=final_cache,
+        wall_seconds=(max(ends) - min(starts)).total_seconds() if starts and ends else None,
+        first_start=min(starts).isoformat(timespec="seconds") if starts else None,
+        last_end=max(ends).isoformat(timespec="seconds") if ends else None,
+    )
 
 
 def sweep_protocol(folder: Path) -> int | None:
@@ -103,47 +140,44 @@ def sweep_protocol(folder: Path) -> int | None:
 PROTOCOLS = {1: "v1 (epoch budgets)", 2: "v2 (step budgets)", None: "unknown (no config.toml)"}
 
 
-def sweep_markdown(cost: dict) -> str:
+def sweep_markdown(cost: SweepCost) -> str:
     """The sweep's cost as a Markdown table (perf.md's tail, or `perf --sweep` alone)."""
-    states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(cost["states"].items())) or "no journal"
-    wall = cost["wall_seconds"]
-    pruned = cost["pruned_fraction"]
+    states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(cost.states.items())) or "no journal"
+    wall, pruned = cost.wall_seconds, cost.pruned_fraction
     lines = [
-        f"## Sweep-level cost: `{cost['folder']}`",
+        f"## Sweep-level cost: `{cost.folder}`",
         "",
         "| quantity | value |",
         "|---|---|",
         f"| wall time (first trial start to last final run end) | {'n/a' if wall is None else f'{wall / 60:.1f} min'} |",
-        f"| protocol (../shared/docs/methods.md) | {PROTOCOLS[cost.get('protocol')]} |",
-        f"| studies (searches: one per cell, or per cell and seed) | {cost['studies']} |",
-        f"| trials | {cost['trials']} ({states}) |",
+        f"| protocol (../shared/docs/methods.md) | {PROTOCOLS[cost.protocol]} |",
+        f"| studies (searches: one per cell, or per cell and seed) | {cost.studies} |",
+        f"| trials | {cost.trials} ({states}) |",
         f"| fraction of finished trials pruned | {'n/a' if pruned is None else f'{pruned:.1%}'} |",
-        f"| search trial time, summed | {cost['trial_seconds'] / 60:.1f} min |",
-        f"| final runs recorded in the journal | {cost['final_trials']}, {cost['final_trial_seconds'] / 60:.1f} min summed |",
-        f"| final runs (runs.csv) | {cost['final_runs']}, {cost['final_run_seconds'] / 60:.1f} min summed |",
-        f"| images through the backbone: searches | {_images(cost['trial_backbone_images'], cost['trials_uncounted'])} |",
-        f"| images through the backbone: final runs | {_images(cost['final_backbone_images'], cost['finals_uncounted'])} |",
-        f"| feature passes served by a cache (memory or the store): searches | {hit_rate(cost['trial_cache'])} |",
-        f"| feature passes served by a cache: final runs | {hit_rate(cost['final_cache'])} |",
-        f"| linear probes reused (searches; final runs) | {probe_rate(cost['trial_cache'])}; {probe_rate(cost['final_cache'])} |",
-        f"| from | {cost['first_start']} to {cost['last_end']} |",
+        f"| search trial time, summed | {cost.trial_seconds / 60:.1f} min |",
+        f"| final runs recorded in the journal | {cost.final_trials}, {cost.final_trial_seconds / 60:.1f} min summed |",
+        f"| final runs (runs.csv) | {cost.final_runs}, {cost.final_run_seconds / 60:.1f} min summed |",
+        f"| images through the backbone: searches | {_images(cost.trial_backbone_images, cost.trials_uncounted)} |",
+        f"| images through the backbone: final runs | {_images(cost.final_backbone_images, cost.finals_uncounted)} |",
+        f"| feature passes served by a cache (memory or the store): searches | {hit_rate(cost.trial_cache)} |",
+        f"| feature passes served by a cache: final runs | {hit_rate(cost.final_cache)} |",
+        f"| linear probes reused (searches; final runs) | {probe_rate(cost.trial_cache)}; {probe_rate(cost.final_cache)} |",
+        f"| from | {cost.first_start} to {cost.last_end} |",
     ]
     return "\n".join(lines)
 
 
 def hit_rate(c: CacheCounts) -> str:
     """Feature passes served from a cache out of all, and the same in images."""
-    passes, images = c.feature_hits + c.feature_misses, c.feature_hit_images + c.feature_miss_images
-    if not passes:
+    if not c.feature_passes:
         return "none recorded"
-    share = f"{c.feature_hits} of {passes} ({c.feature_hits / passes:.0%})"
-    return f"{share}; {c.feature_hit_images:,} of {images:,} images ({c.feature_hit_images / images:.0%})"
+    share = f"{c.feature_hits} of {c.feature_passes} ({c.feature_hits / c.feature_passes:.0%})"
+    return f"{share}; {c.feature_hit_images:,} of {c.feature_images:,} images ({c.feature_hit_images / c.feature_images:.0%})"
 
 
 def probe_rate(c: CacheCounts) -> str:
     """Probes reused out of all asked for."""
-    n = c.probe_hits + c.probe_misses
-    return f"{c.probe_hits} of {n} ({c.probe_hits / n:.0%})" if n else "none recorded"
+    return f"{c.probe_hits} of {c.probes} ({c.probe_hits / c.probes:.0%})" if c.probes else "none recorded"
 
 
 def _images(n: int, uncounted: int) -> str:
