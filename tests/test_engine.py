@@ -376,10 +376,10 @@ def test_classification_metrics_by_hand() -> None:
     y = torch.tensor([0, 0, 1, 1, 2])
     pred = torch.tensor([0, 1, 1, 1, 0])
     m = classification_metrics(F.one_hot(pred, 3).float(), y, 3)
-    assert m["test_accuracy"] == pytest.approx(3 / 5)
-    assert m["per_class_accuracy"] == pytest.approx([0.5, 1.0, 0.0])
+    assert m.accuracy == pytest.approx(3 / 5)
+    assert m.per_class == pytest.approx([0.5, 1.0, 0.0])
     # precision [1/2, 2/3, 0], recall [1/2, 1, 0] -> F1 [1/2, 4/5, 0]
-    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert m.macro_f1 == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
 
 def test_article_recipe_is_the_articles_settings(synthetic_data) -> None:  # noqa: ANN001

@@ -3,6 +3,8 @@ record reports from them (`classification_metrics`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from bench.models.methods import Net
@@ -30,7 +32,17 @@ def predict(
     return torch.cat(outs)
 
 
-def classification_metrics(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+@dataclass(frozen=True)
+class Scores:
+    """What one evaluation measured: a final run's test metrics, or a trial fold's validation
+    metrics (the record names them by stage)."""
+
+    accuracy: float
+    macro_f1: float
+    per_class: list[float]  # accuracy (recall) per class, in the dataset's class order
+
+
+def classification_metrics(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> Scores:
     """Accuracy, macro F1 and per-class accuracy (recall) of the arg-max predictions, from one
     confusion matrix (a class never predicted has precision 0, never a division by zero)."""
     pred = probs.argmax(1).cpu()
@@ -42,8 +54,4 @@ def classification_metrics(probs: torch.Tensor, y: torch.Tensor, num_classes: in
     precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
     recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(tp))
-    return {
-        "test_accuracy": float(tp.sum() / conf.sum()),
-        "macro_f1": float(f1.mean()),
-        "per_class_accuracy": recall.tolist(),
-    }
+    return Scores(float(tp.sum() / conf.sum()), float(f1.mean()), recall.tolist())

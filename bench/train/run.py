@@ -30,7 +30,7 @@ from bench.provenance import peak_memory_mb, provenance, resolve_device
 from bench.records import Provenance, RunRecord
 from bench.registry import UserError
 from bench.train.caches import Caches
-from bench.train.evaluate import classification_metrics, predict
+from bench.train.evaluate import Scores, classification_metrics, predict
 from bench.train.fit import fit
 from bench.train.loop import FitResult
 from bench.train.probe import default_probe
@@ -217,7 +217,7 @@ class FoldResult:
     fit: FitResult
     probs: torch.Tensor
     labels: torch.Tensor
-    metrics: dict
+    scores: Scores
     eval_seconds: float
 
 
@@ -325,14 +325,8 @@ def _record(
     """The run's record from its folds: metrics (a trial's averaged over folds), counts, timings, provenance."""
     k = len(done)
     spec = METHODS.get(cfg.method)
-    metrics = done[0].metrics
-    if cfg.stage == "trial":
-        metrics = {
-            "val_accuracy": sum(d.metrics["test_accuracy"] for d in done) / k,
-            "val_macro_f1": sum(d.metrics["macro_f1"] for d in done) / k,
-        }
-        if k > 1:
-            metrics["fold_val_accuracy"] = [d.metrics["test_accuracy"] for d in done]
+    # a final run is scored once, on the test set; a trial on its validation fold(s), averaged
+    trial, scores = cfg.stage == "trial", [d.scores for d in done]
     history = [dict(r, fold=j) if k > 1 else r for j, d in enumerate(done) for r in d.fit.history]
     result = done[-1].fit
     n_eval = len(done[-1].labels)
@@ -347,7 +341,12 @@ def _record(
         **{key: v for key, v in config.items() if key not in ("hp", "probe")},
         hparams=asdict(cfg.hp),
         probe_hparams=None if cfg.probe is None else asdict(cfg.probe),
-        **metrics,
+        test_accuracy=None if trial else scores[0].accuracy,
+        macro_f1=None if trial else scores[0].macro_f1,
+        per_class_accuracy=None if trial else scores[0].per_class,
+        val_accuracy=sum(s.accuracy for s in scores) / k if trial else None,
+        val_macro_f1=sum(s.macro_f1 for s in scores) / k if trial else None,
+        fold_val_accuracy=[s.accuracy for s in scores] if trial and k > 1 else None,
         classes=list(data.classes),
         n_train=len(folds[0][0]),
         n_eval=n_eval,
