@@ -10,8 +10,10 @@ depend on load; wall time does, so it gets rounds and a range.
     # the feature store off (memory caches only, per process) against on, 2 rounds each, 2 workers
     python scripts/grid_cost.py --config experiments/quick.toml --out /tmp/gc --rounds 2 \\
         --a-env SFT_BENCH_FEATURE_STORE=off --a-name no-store --b-name store -- --parallel 2
-    # another checkout (e.g. `git worktree add /tmp/before 9e41928`) against this one
-    python scripts/grid_cost.py --config experiments/quick.toml --out /tmp/gc --a-code /tmp/before
+    # another checkout (e.g. `git worktree add /tmp/before 9e41928`) against this one; each sweep
+    # runs in its own checkout, so an absolute --data-dir gives both sides this one's data
+    python scripts/grid_cost.py --config experiments/quick.toml --out /tmp/gc --a-code /tmp/before \
+        -- --data-dir "$PWD/data"
     # the default search against multi-fidelity on the same grid (other hyperparameters: the
     # accuracy each cell's choice gave, side by side)
     python scripts/grid_cost.py --a-config experiments/quick.toml --b-config experiments/quick-halving.toml \\
