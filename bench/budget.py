@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-PROTOCOL = 2  # the protocol version (../shared/docs/methods.md) this code implements
+PROTOCOL = 3  # the protocol version (../shared/docs/methods.md) this code implements
 MIN_STEPS = 500  # the protocol's floor; an experiment may go below it for smoke tests, and the report says so
 PASSES = 10  # passes over the labelled subset once the floor is exceeded
 REPORTS = 10  # validation reports per training phase (the pruner's resolution)

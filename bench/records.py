@@ -65,6 +65,9 @@ class Provenance:
     device_type: str
     threads: int  # CPU results depend slightly on it (reduction order); runs.csv and the report carry it
     hostname: str
+    # protocol v3: which copy of CIFAR-10 ("official": the md5 sums of the official files; "derived": another
+    # copy, such as the shared JPEG-derived one, whose numbers are not comparable with published ones)
+    data_copy: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class RunRecord:
     protocol: int
     hparams: dict[str, Any]
     probe_hparams: dict[str, Any] | None
+    pool: list[int] = field(default_factory=list)  # a pooled trial's seeds (protocol v3); empty otherwise
     test_accuracy: float | None = None
     macro_f1: float | None = None
     per_class_accuracy: list[float] | None = None
@@ -109,6 +113,8 @@ class RunRecord:
     augment: bool = False
     bn: str = "frozen"
     probe_cache_hit: bool = False
+    probe_l2: float | None = None  # the linear probe's L2 strength, chosen by cross-validation (protocol v3)
+    probe_converged: bool | None = None  # whether its fit reached the gradient tolerance of probe_hparams
     feature_cache_hits: int = 0  # feature passes (training, validation, test images) served from a cache, memory or disk
     backbone_images: int = 0  # images through the backbone's forward pass (a cache hit: none)
     trainable_params: int = 0
@@ -240,6 +246,7 @@ class RunsRow:
     protocol: int
     steps: int
     probe_steps: int
+    probe_l2: float | None
     min_steps: int
     search_mode: str
     augment: bool
@@ -248,6 +255,7 @@ class RunsRow:
     study: str
     predictions: str
     git_commit: str
+    data_copy: str
     device: str
     threads: int | str
     torch_version: str
@@ -283,6 +291,7 @@ class RunsRow:
             protocol=rec.protocol,
             steps=rec.steps,
             probe_steps=rec.probe_steps,
+            probe_l2=rec.probe_l2,
             min_steps=rec.min_steps,
             search_mode=rec.search_mode,
             augment=rec.augment,
@@ -291,6 +300,7 @@ class RunsRow:
             study=rec.study,
             predictions=rec.predictions,
             git_commit=prov.git_commit if prov else "",
+            data_copy=prov.data_copy if prov else "",
             device=prov.device if prov else "",
             threads=prov.threads if prov else "",
             torch_version=(prov.versions.get("torch") or "") if prov else "",

@@ -50,7 +50,6 @@ steps = 3
 [search]
 mode = "shared"
 startup_trials = 1
-pruner_startup_trials = 1
 """
 
 

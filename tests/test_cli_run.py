@@ -20,6 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 import cli
+from bench.models.hparams import ProbeSpec
 from bench.models.methods import HParams
 from bench.train.engine import predict
 from bench.train.run import RunConfig, build_model
@@ -47,9 +48,9 @@ def cli_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         "--batch-size",
         "64",
         "--probe-set",
-        "steps=30",
+        "folds=3",
         "--probe-set",
-        "lr=0.03",
+        "l2_grid=[0.01, 0.1]",
         "--set",
         "label_smoothing=0.1",
         "--data-dir",
@@ -85,9 +86,10 @@ def test_record_has_metrics_costs_hparams_and_provenance(cli_run: dict) -> None:
     assert rec["peak_memory_mb"] > 0
     assert rec["hparams"]["steps"] == 20 and rec["hparams"]["label_smoothing"] == 0.1
     assert HParams(**rec["hparams"]) == HParams(steps=20, batch_size=64, label_smoothing=0.1)
-    assert HParams(**rec["probe_hparams"]) == HParams(steps=30, lr=0.03, batch_size=64, augment=False)
-    assert (rec["steps"], rec["probe_steps"], rec["min_steps"], rec["bn"], rec["augment"]) == (20, 30, 500, "frozen", True)
-    assert [r["phase"] for r in rec["history"]] == ["probe"] * 10 + ["train"] * 10
+    assert ProbeSpec.from_dict(rec["probe_hparams"]) == ProbeSpec(folds=3, l2_grid=(0.01, 0.1))
+    assert rec["probe_l2"] in (0.01, 0.1) and rec["probe_converged"] is True and rec["probe_steps"] > 0
+    assert (rec["steps"], rec["min_steps"], rec["bn"], rec["augment"]) == (20, 500, "frozen", True)
+    assert [r["phase"] for r in rec["history"]] == ["probe_cv"] * 2 + ["probe"] + ["train"] * 10  # 2 strengths cross-validated
     prov = rec["provenance"]
     assert {"python", "versions", "git_commit", "device", "device_type", "hostname"} <= prov.keys()
     assert prov["device_type"] == "cpu" and prov["versions"]["torch"] and prov["versions"]["timm"]
@@ -158,7 +160,11 @@ BAD = {
     "set float steps": (["--set", "steps=2.5"], "steps must be of type int"),
     "bad bn policy": (["--method", "finetune", "--bn", "eval"], "bn 'eval' is not one of"),
     "zero multiplier": (["--method", "finetune", "--backbone-lr-mult", "0"], "a frozen backbone is a row of its own"),
-    "augmenting a frozen row": (["--set", "augment=true"], "cannot be augmented"),
+    "augmenting a frozen row": (["--method", "sft-mlp-frozen", "--set", "augment=true"], "cannot be augmented"),
+    "training settings for the probe": (
+        ["--method", "linear_probe", "--lr", "0.1"],
+        "linear_probe has no training hyperparameters",
+    ),
     "probe settings for finetune": (["--method", "finetune", "--probe-set", "lr=0.1"], "--probe-set applies to"),
     "set negative decay": (["--set", "weight_decay=-1"], "weight_decay must be >= 0"),
     "nan lr": (["--lr", "nan"], "lr must be a finite number"),

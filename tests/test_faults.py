@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 TINY = """
 backbones = ["tiny"]
-methods = ["linear_probe"]
+methods = ["finetune"]
 fractions = [0.1]
 seeds = 1
 trials = 1
@@ -20,7 +20,6 @@ steps = 3
 [search]
 mode = "shared"
 startup_trials = 1
-pruner_startup_trials = 1
 """
 
 

@@ -1,8 +1,8 @@
 """bench.models.methods (with the engine's probe phase): what each method builds and trains.
 
 Why: the comparison SFT vs fine-tuning is only fair if each method is what
-../shared/docs/methods.md (protocol v2) says: sft* and lp_ft start exactly at the
-linear_probe row's model (the branch's last layer is zero), frozen parts stay frozen
+../shared/docs/methods.md (protocol v3) says: sft* and lp_ft start exactly at the
+linear_probe row's model (a converged logistic regression) (the branch's last layer is zero), frozen parts stay frozen
 (weights and BatchNorm statistics), one BatchNorm policy and one search space serve every
 method, article_sft keeps the pretrained K-way classifier, and the trainable parameter counts
 reported in tables are the ones that were trained.
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bench.models.backbones import build_backbone, get_backbone
+from bench.models.hparams import ProbeSpec
 from bench.models.methods import (
     ARTICLE_RECIPE,
     BACKBONE_LR_MULT_CHOICES,
@@ -38,7 +39,7 @@ from bench.train.run import RunConfig, trainable_parameters
 SFT_VARIANTS = ["sft", "sft-mlp", "sft-side", "sft-mlp-frozen", "sft-side-frozen"]
 PROBE_METHODS = {"sft", "sft-mlp", "sft-side", "lp_ft", "sft-mlp-frozen", "sft-side-frozen"}
 FROZEN_ROWS = {"linear_probe", "sft-mlp-frozen", "sft-side-frozen"}
-PROBE = HParams(steps=30, lr=0.01, batch_size=32, augment=False)  # the linear probe sft*/lp_ft start from here
+PROBE = ProbeSpec(folds=3)  # the linear probe sft*/lp_ft start from here
 
 # Hand count for the tiny backbone (feature size d = 32, K = 16 pretrained logits) and
 # C = 10 classes, default branch width 256.
@@ -122,14 +123,15 @@ def test_head_starts_as_the_linear_probe_rows_model(method: str, batch: tuple, t
     init = _snapshot(net.head)["weight"]
     caches.probes.clear()
     result = fit(net, METHODS.get(method), hp, *batch, seed=3, probe=PROBE, caches=caches)
-    assert {row["phase"] for row in result.history} == {"probe", "train"}
-    assert result.probe_steps == PROBE.steps and result.steps == 1
-    assert not torch.allclose(net.head.weight, init), "the probe phase did not train the head"
+    assert {row["phase"] for row in result.history} == {"probe_cv", "probe", "train"}
+    assert result.probe_steps > 0 and result.steps == 1 and result.probe_converged
+    assert not torch.allclose(net.head.weight, init), "the probe phase did not fit the head"
 
-    row = tiny_net("linear_probe", PROBE)
+    lp_hp = _hp("linear_probe")
+    row = tiny_net("linear_probe", lp_hp)
     caches.probes.clear()  # fitted again, not served from the cache
-    lp = fit(row, METHODS.get("linear_probe"), PROBE, *batch, seed=3, caches=caches)
-    assert not lp.probe_cache_hit and lp.steps == PROBE.steps and lp.probe_steps == 0
+    lp = fit(row, METHODS.get("linear_probe"), lp_hp, *batch, seed=7, probe=PROBE, caches=caches)
+    assert not lp.probe_cache_hit and lp.steps == 0 and lp.probe_steps == result.probe_steps
     assert torch.equal(net.head.weight, row.head.weight) and torch.equal(net.head.bias, row.head.bias)
 
 
@@ -146,9 +148,14 @@ def test_the_probe_is_fitted_once_and_a_cached_probe_is_bit_identical(batch: tup
     net = tiny_net("sft", hp)
     fit(net, METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE, caches=caches)
     assert all(torch.equal(v, net.head.state_dict()[k]) for k, v in cached.items())
-    # another seed or other probe settings are another probe
-    other = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=2, probe=PROBE, caches=caches)
+    # the probe is deterministic (protocol v3): another seed is the same probe; other settings or
+    # other images are another
+    same = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=2, probe=PROBE, caches=caches)
+    assert same.probe_cache_hit
+    other = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE.update(folds=2), caches=caches)
     assert not other.probe_cache_hit
+    fewer = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, batch[0][1:], batch[1][1:], seed=1, probe=PROBE, caches=caches)
+    assert not fewer.probe_cache_hit
 
 
 @pytest.mark.parametrize("feature_cache", ["shared", "off"])
@@ -316,7 +323,9 @@ def test_numbers_are_normalised_so_equal_settings_share_a_run_id() -> None:
     run = lambda hp, probe=PROBE: RunConfig("tiny", "sft", 0.1, 0, hp=hp, probe=probe).run_id  # noqa: E731
     assert run(a) == run(b)
     assert run(a) != run(b.update(lr=0.5))
-    assert run(a) != run(a, PROBE.update(lr=0.02)), "the probe it starts from is part of a run's id"
+    assert run(a) != run(a, PROBE.update(folds=4)), "the probe it starts from is part of a run's id"
+    assert run(a, None) == run(a, ProbeSpec()), "no probe named: the default one, the same id"
+    assert ProbeSpec(l2_grid=(1, 0.1)) == ProbeSpec(l2_grid=(1.0, 0.1))
 
 
 def test_branch_names() -> None:
@@ -328,3 +337,34 @@ def test_branch_names() -> None:
         method_name("sft", "cnn")
     with pytest.raises(UserError, match="did you mean 'sft'"):
         METHODS.get("sftt")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_sft_linear_is_lp_ft_with_a_doubled_head_step(optimizer: str, batch: tuple, tiny_net) -> None:
+    """methods.md v3: with the linear branch, y = (W + V) B(x) + (b + c), and W and V get identical
+    gradients, so W + V moves by twice lp_ft's head step while the backbone sees the same gradients.
+    Without weight decay (on two copies it differs), sft at lr, multiplier m is lp_ft at 2 lr, m / 2:
+    the same logits after training, up to float rounding. The report therefore does not count sft
+    and lp_ft as independent evidence."""
+    x, y = batch
+    common = dict(optimizer=optimizer, weight_decay=0.0, steps=6, batch_size=32, warmup=0.0, bn="frozen")
+    sft_hp = _hp("sft", lr=0.01, backbone_lr_mult=1.0, **common)
+    lp_hp = _hp("lp_ft", lr=0.02, backbone_lr_mult=0.5, **common)
+    sft, lp = tiny_net("sft", sft_hp), tiny_net("lp_ft", lp_hp)
+    fit(sft, METHODS.get("sft"), sft_hp, x, y, seed=5, probe=PROBE)
+    fit(lp, METHODS.get("lp_ft"), lp_hp, x, y, seed=5, probe=PROBE)
+    start = tiny_net("lp_ft", lp_hp)
+    fit(start, METHODS.get("lp_ft"), lp_hp.update(lr=0.0), x, y, seed=5, probe=PROBE)
+    with torch.no_grad():
+        a, b = sft.eval()(x), lp.eval()(x)
+        moved = float((b - start.eval()(x)).abs().max())
+    assert moved > 1e-2, "the runs must have trained for the identity to mean something"
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # with weight decay the two differ (decay on two copies of the head)
+    decay = dict(common, weight_decay=0.1)
+    sft_wd = tiny_net("sft", _hp("sft", lr=0.01, backbone_lr_mult=1.0, **decay))
+    lp_wd = tiny_net("lp_ft", _hp("lp_ft", lr=0.02, backbone_lr_mult=0.5, **decay))
+    fit(sft_wd, METHODS.get("sft"), _hp("sft", lr=0.01, backbone_lr_mult=1.0, **decay), x, y, seed=5, probe=PROBE)
+    fit(lp_wd, METHODS.get("lp_ft"), _hp("lp_ft", lr=0.02, backbone_lr_mult=0.5, **decay), x, y, seed=5, probe=PROBE)
+    with torch.no_grad():
+        assert not torch.allclose(sft_wd.eval()(x), lp_wd.eval()(x), rtol=1e-4, atol=1e-4)

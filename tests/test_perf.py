@@ -55,11 +55,11 @@ def test_perf_cli_writes_tables(syn: Path, tmp_path: Path) -> None:
     with open(out / "perf.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == perf.COLUMNS
-    frozen = [r for r in rows if r["path"].startswith("d_linear_probe")]
-    assert frozen and all(r["note"].startswith("linear_probe, 3 steps") for r in frozen), frozen  # --frozen-steps
+    frozen = [r for r in rows if r["path"].startswith("d_sft-mlp-frozen")]
+    assert frozen and all(r["note"].startswith("sft-mlp-frozen, 3 steps") for r in frozen), frozen  # --frozen-steps
     paths = {r["path"] for r in rows}
     expected = {"a_train", "a_forward", "b_suite_train", "c_article_train", "e_suite_eval"}
-    expected |= {f"d_{m}_{k}" for m in ("linear_probe", "sft-mlp-frozen") for k in ("recompute", "cached_cold", "cached_warm")}
+    expected |= {f"d_sft-mlp-frozen_{k}" for k in ("recompute", "cached_cold", "cached_warm")}
     assert expected <= paths, expected - paths
     # every precision x memory format of the ceiling, plus the article's own configuration
     ceiling = {(r["precision"], r["memory_format"], r["batch_size"]) for r in rows if r["path"] == "a_train"}
@@ -72,16 +72,16 @@ def test_perf_cli_writes_tables(syn: Path, tmp_path: Path) -> None:
         summary = list(csv.DictReader(f))
     assert tuple(summary[0]) == perf.SUMMARY_COLUMNS
     metrics = {r["metric"] for r in summary}
-    assert {"b/a", "b/c", "d linear_probe warm", "d sft-mlp-frozen warm", "e/a"} <= metrics
+    assert {"b/a", "b/c", "d sft-mlp-frozen warm", "e/a"} <= metrics
     # --quick measures every compared pair in 3 alternating rounds: each has its range
     alternating = {r["metric"]: r for r in summary if r["rounds"]}
-    assert {"b/a", "b/c", "d linear_probe warm", "d sft-mlp-frozen warm", "e/a"} <= set(alternating)
+    assert {"b/a", "b/c", "d sft-mlp-frozen warm", "e/a"} <= set(alternating)
     assert all(r["rounds"] == "3" and float(r["low"]) <= float(r["value"]) <= float(r["high"]) for r in alternating.values())
     assert all(r["met"] in ("yes", "no", "untrusted", "") for r in summary)
     by_path = {r["path"]: r for r in rows}
     assert by_path["b_suite_train"]["repeats"] == "2"  # --quick: two timed history intervals after a warm-up one
     assert "history intervals of 2 steps" in by_path["b_suite_train"]["note"]
-    assert "3-step linear probe" in by_path["d_sft-mlp-frozen_recompute"]["note"]
+    assert "after its linear probe" in by_path["d_sft-mlp-frozen_recompute"]["note"]
     md = (out / "perf.md").read_text()
     for needle in (
         "command: `python cli.py perf --cases tiny@32 --quick --batch-size 16",
@@ -209,18 +209,19 @@ def _fresh(
     return _fit(data, method, overrides, caches, **kw)
 
 
-@pytest.mark.parametrize("method", ["linear_probe", "sft-mlp-frozen"])
+@pytest.mark.parametrize("method", ["sft-mlp-frozen", "sft-side-frozen"])
 def test_feature_cache_modes_train_the_same_model(data: object, method: str) -> None:
     caches = engine.Caches()
     overrides = {"steps": 4}
     runs = {mode: _fresh(data, method, overrides, caches, feature_cache=mode) for mode in ("off", "trial", "shared")}
     again, _ = _fit(data, method, {**overrides, "lr": 0.01}, caches, feature_cache="shared")  # another trial of the cell
-    losses = {mode: [h["loss"] for h in r.history] for mode, (r, _) in runs.items()}
+    losses = {mode: [h["loss"] for h in r.history if "loss" in h] for mode, (r, _) in runs.items()}
     assert losses["off"] == pytest.approx(losses["trial"], rel=1e-5) and losses["trial"] == losses["shared"]
-    vals = {mode: [h.get("val_accuracy") for h in r.history] for mode, (r, _) in runs.items()}
+    vals = {mode: [h.get("val_accuracy") for h in r.history if h["phase"] == "train"] for mode, (r, _) in runs.items()}
     assert vals["off"] == vals["trial"] == vals["shared"]
     assert runs["shared"][0].feature_cache_hits == 0 and again.feature_cache_hits == 2  # train and val features
-    assert len(runs["off"][0].interval_seconds) == len(runs["off"][0].history) == (8 if method == "sft-mlp-frozen" else 4)
+    train_rows = [h for h in runs["off"][0].history if h["phase"] == "train"]
+    assert len(runs["off"][0].interval_seconds) == len(train_rows) == 4
 
 
 def test_feature_cache_keys_on_content(data: object) -> None:
@@ -360,8 +361,8 @@ def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
     grid = tmp_path / "g.toml"
     grid.write_text(
         'backbones = ["tiny", "resnet18"]\nmethods = ["finetune", "linear_probe", "sft"]\nfractions = [0.1]\n'
-        'seeds = 2\ntrials = 3\nresolution = 32\n[[include]]\nbackbones = ["tiny"]\nmethods = ["article_sft"]\n'
-        'recipes = ["article"]\n'
+        'seeds = 2\ntrials = 3\nresolution = 32\n[search]\nmode = "per_seed"\n[[include]]\nbackbones = ["tiny"]\n'
+        'methods = ["article_sft"]\nrecipes = ["article"]\n'
     )
     rows = _throughputs()
     assert rows[0].images_per_second == 1000.0 and rows[0].repeats == 3  # the median unit's rate
@@ -376,9 +377,10 @@ def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
     assert ft["eval_images"] == search * 10 * n_val + 2 * 10_000  # 10 validation reports per trial
     assert ft["hours"] == pytest.approx((ft["train_images"] / 1000 + ft["eval_images"] / 4000) / 3600)
     lp = cells[("tiny", "linear_probe")]
-    # trials and finals train heads on cached features: one feature pass per search seed and per final run
-    assert lp["frozen"] and lp["train_images"] == 0
-    assert lp["eval_images"] == 2 * (n_train + n_val) + 2 * (n_train + n_val + 10_000)
+    # no search (protocol v3: its strength is cross-validated inside the fit); its final runs solve
+    # a probe on cached features: one feature pass per final run
+    assert lp["frozen"] and lp["train_images"] == 0 and lp["trials"] == 0
+    assert lp["eval_images"] == 2 * (n_train + n_val + 10_000)
     sft = cells[("tiny", "sft")]  # its probe's features: the training part of each search seed's split
     assert sft["train_images"] == ft["train_images"]
     assert sft["eval_images"] == ft["eval_images"] + 2 * n_train + 2 * (n_train + n_val)
@@ -507,7 +509,7 @@ def test_grid_cost_script_alternates_whole_sweeps_and_checks_the_results_agree(t
 
     config = tmp_path / "t.toml"
     config.write_text(
-        'backbones = ["tiny"]\nmethods = ["linear_probe"]\nfractions = [0.1]\nseeds = 1\ntrials = 2\nsteps = 3\n'
+        'backbones = ["tiny"]\nmethods = ["sft-mlp-frozen"]\nfractions = [0.1]\nseeds = 1\ntrials = 2\nsteps = 3\n'
         '[search]\nmode = "shared"\npruner = "none"\n'
     )
     out = tmp_path / "gc"
@@ -535,4 +537,4 @@ def test_grid_cost_script_alternates_whole_sweeps_and_checks_the_results_agree(t
     assert run.returncode == 0, run.stdout + run.stderr
     md = (out2 / "grid_cost.md").read_text()
     assert "Results identical on every sweep (test accuracy per run id): NO; within each side: yes." in md
-    assert re.search(r"\| linear_probe 0\.1 \| \d+\.\d\d \| \d+\.\d\d \| [+-]\d+\.\d\d \|", md), md
+    assert re.search(r"\| sft-mlp-frozen 0\.1 \| \d+\.\d\d \| \d+\.\d\d \| [+-]\d+\.\d\d \|", md), md

@@ -205,7 +205,7 @@ def test_the_runs_lock_never_follows_a_symlink(tmp_path: Path) -> None:
 
 ONE = """
 backbones = ["tiny"]
-methods = ["linear_probe"]
+methods = ["finetune"]
 fractions = [0.1]
 seeds = 2
 trials = 2
@@ -213,7 +213,6 @@ steps = 3
 [search]
 mode = "shared"
 startup_trials = 1
-pruner_startup_trials = 1
 """
 
 

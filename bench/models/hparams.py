@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from bench.registry import UserError, renamed
@@ -97,6 +97,53 @@ class HParams:
         return replace(self, **changes)
 
 
+def _l2_grid() -> tuple[float, ...]:
+    """10^-4 ... 10^1, two values a decade: from almost no penalty to one that flattens the probe."""
+    return tuple(float(f"{10 ** (-4 + i / 2):.6g}") for i in range(11))
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """The linear probe of protocol v3 (bench/train/logreg.py): L2-regularised logistic regression
+    on frozen features, solved by full-batch L-BFGS until the largest absolute gradient entry of the
+    mean objective is at most `tol`, its strength chosen from `l2_grid` by stratified `folds`-fold
+    cross-validation on the images it is fitted on. Deterministic for given features and labels, so
+    it has no seed; part of the run id of every run that fits one (linear_probe, lp_ft, sft*)."""
+
+    l2_grid: tuple[float, ...] = field(default_factory=_l2_grid)
+    folds: int = 5
+    tol: float = 1e-5
+    max_iter: int = 500
+    fallback_l2: float = 1e-3  # when a class has fewer than 2 images, cross-validation is impossible
+
+    def __post_init__(self) -> None:
+        grid = tuple(float(v) for v in self.l2_grid)
+        if not grid or any(not math.isfinite(v) or v <= 0 for v in grid) or len(set(grid)) != len(grid):
+            raise UserError(f"probe l2_grid must be distinct positive numbers, got {list(self.l2_grid)}")
+        object.__setattr__(self, "l2_grid", grid)
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
+            raise UserError(f"probe folds must be an integer >= 2, got {self.folds!r}")
+        if not (isinstance(self.tol, int | float) and 0 < self.tol < 1):
+            raise UserError(f"probe tol must be in (0, 1), got {self.tol!r}")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise UserError(f"probe max_iter must be a positive integer, got {self.max_iter!r}")
+        if not (isinstance(self.fallback_l2, int | float) and self.fallback_l2 > 0):
+            raise UserError(f"probe fallback_l2 must be positive, got {self.fallback_l2!r}")
+        object.__setattr__(self, "tol", float(self.tol))
+        object.__setattr__(self, "fallback_l2", float(self.fallback_l2))
+
+    def update(self, **changes: Any) -> ProbeSpec:
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise UserError(f"unknown probe setting(s) {sorted(unknown)}; valid: {sorted(known)}")
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProbeSpec:
+        return cls(**{**d, "l2_grid": tuple(d.get("l2_grid", _l2_grid()))})
+
+
 # The article's example (../shared/seed/): batch 100, SGD lr 0.001 momentum 0.9,
 # cross-entropy, 10 epochs (steps = 10 x ceil(n / 100), set per run by make_config),
 # flip + crop(32, pad 4), constant learning rate without warm-up, and BatchNorm in
@@ -116,11 +163,12 @@ ARTICLE_RECIPE = HParams(
 )
 ARTICLE_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
-# The recipes a run can have: `tuned` (searched hyperparameters) and `article` (the article's
-# fixed recipe above). The article's recipe was called `seed`, which also names the random
+# The recipes a run can have: `tuned` (searched hyperparameters), `defaults` (protocol v3: each
+# method's defaults, no search; beside `tuned` it shows what the search added) and `article` (the
+# article's fixed recipe above). The article's recipe was called `seed`, which also names the random
 # seed: that name is still read (old commands, experiment files and runs.csv files) and means
 # `article`, with a note.
-RECIPES = ("tuned", "article")
+RECIPES = ("tuned", "defaults", "article")
 RECIPE_ALIASES = {"seed": "article"}
 METHOD_ALIASES = {"seed_sft": "article_sft"}  # the article's model, named after its recipe
 

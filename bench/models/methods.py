@@ -106,6 +106,13 @@ class MethodSpec:
     trains_backbone: bool  # False: a frozen-backbone row, trained on cached features (never augmented)
     probe_init: bool  # H_f starts as the linear_probe row's model (sft*, lp_ft)
     is_probe: bool = False  # the linear probe itself: its fit is the probe every probe_init method starts from
+
+    @property
+    def searched(self) -> bool:
+        """Whether a tuned cell of this method searches: not the linear probe (protocol v3), whose one
+        setting, its L2 strength, is cross-validated inside its fit."""
+        return not self.is_probe
+
     extra_space: Callable[[Any], dict[str, Any]] | None = None  # method-specific hyperparameters (branch width)
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""

@@ -11,8 +11,8 @@ process, on the same model and machine:
                   interval (the engine's unit of bookkeeping: one host sync per interval)
     c  article    the article's pipeline: torchvision transforms on PIL images,
                   DataLoader(num_workers=2), batch 100, fp32, default memory format
-    d  frozen     one frozen-backbone trial (linear_probe, sft-mlp-frozen: both train a
-                  head on cached features, sft-mlp-frozen after its linear probe) with the
+    d  frozen     one frozen-backbone trial (sft-mlp-frozen: a head trained on cached
+                  features after its linear probe; protocol v2 also timed linear_probe) with the
                   feature cache (cold: first trial; warm: any later trial of the cell)
                   against the same trial recomputing the backbone on every step
     e  eval       `engine.predict` on the test images, against (a)'s forward-only rate

@@ -32,6 +32,8 @@ from bench.train.fit import fit
 from bench.train.loop import FitResult, make_optimizer
 from bench.train.run import RunConfig, build_model, make_config
 
+FROZEN_TRIALS = ("sft-mlp-frozen",)  # (d): the frozen rows whose searches train a head on cached features
+
 
 def timed(step: Callable[[], None], device: torch.device, warmup: int, steps: int, max_seconds: float) -> list[float]:
     """Seconds of each timed call: `warmup` untimed calls, then up to `steps` calls or `max_seconds`."""
@@ -245,14 +247,15 @@ class Bench:
         return r, time.perf_counter() - t0
 
     def frozen(self) -> list[PerfRow]:
-        """(d) linear_probe and sft-mlp-frozen trials: recomputing the backbone every step, then with the
-        caches cold (the cell's first trial) and warm (its later trials)."""
+        """(d) sft-mlp-frozen trials: recomputing the backbone every step, then with the caches cold (the
+        cell's first trial) and warm (its later trials). Protocol v3's linear_probe has no trials (it is
+        solved, its strength cross-validated inside the fit), so it is no longer measured here."""
         s = self.s
         fraction, (x, y), val = self.frozen_data()
         rows = []
-        # Both frozen rows train a head on cached features; sft-mlp-frozen first fits its linear
-        # probe (fit_probe), which a later trial of the cell takes from the probe cache.
-        for method in ("linear_probe", "sft-mlp-frozen"):
+        # sft-mlp-frozen trains a head on cached features after its linear probe (fit_probe), which
+        # a later trial of the cell takes from the probe cache.
+        for method in FROZEN_TRIALS:
             cfg = self.config(method, {"steps": s.frozen_steps}, stage="trial", fraction=fraction)
             # label, feature cache, repeats: the warm trials are later trials of the same cell
             for label, mode, repeats in (("recompute", "off", 1), ("cached_cold", "shared", 1), ("cached_warm", "shared", 3)):
@@ -260,14 +263,13 @@ class Bench:
                     self.caches.clear()
                 units, hits, probe_hits = [], 0, 0
                 for k in range(repeats):
-                    # a later trial has other hyperparameters (so linear_probe's fit is not a
-                    # probe-cache hit); the probe sft-mlp-frozen starts from stays the cell's one
+                    # a later trial has other hyperparameters; the probe it starts from stays the cell's one
                     hp = cfg.hp.update(lr=cfg.hp.lr * 0.5 ** (k + (label == "cached_warm")))
                     r, seconds = self.frozen_trial(cfg, hp, (x, y), val, mode)
                     units.append((r.images_seen, seconds))
                     hits += r.feature_cache_hits
                     probe_hits += r.probe_cache_hit
-                probe = f" after a {r.probe_steps}-step linear probe" if r.probe_steps else ""
+                probe = " after its linear probe" if r.probe_steps else ""
                 note = f"{method}, {r.steps} steps{probe}, {len(x)}+{len(val[0])} images"
                 note += f", cache hits {hits}, probe cache hits {probe_hits}" if mode == "shared" else ""
                 path = f"d_{method}_{label}"
@@ -372,7 +374,7 @@ def _frozen_against_recompute(b: Bench, rounds: int) -> list[Interleaved]:
     """d: a later (warm) trial of a frozen row against the same trial recomputing the backbone every step."""
     fraction, train, val = b.frozen_data()
     out = []
-    for method in ("linear_probe", "sft-mlp-frozen"):
+    for method in FROZEN_TRIALS:
         cfg = b.config(method, {"steps": b.s.frozen_steps}, stage="trial", fraction=fraction)
         tick = iter(range(1, 10**6))
 

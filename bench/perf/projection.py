@@ -32,7 +32,7 @@ class GridRun:
     final_runs: int
     steps: int  # the cell's step budget S: every trial and final run of every method trains S steps
     batch_size: int
-    folds: int  # trainings per trial (k-fold cross-validation; 1: one validation split)
+    folds: int  # trainings per trial (k folds x pooled seeds; 1: one validation split of one seed)
     frozen: bool  # the backbone never trains: its runs train a head on cached features
     features: bool  # its runs encode the labelled images once (frozen rows, and the probe of sft* / lp_ft)
     prune_at: float  # share of its steps a pruned trial trains at least (search.pruner_warmup)
@@ -65,18 +65,19 @@ def _grid_run(exp: Experiment, cell: Cell) -> GridRun:
         steps = exp.steps
     else:
         steps = article_recipe_steps(n, hp.batch_size) if article else step_budget(n, hp.batch_size)
+    searches = len(exp.searches(cell))  # none for a fixed recipe and for the linear probe (protocol v3)
     return GridRun(
         cell.backbone,
         cell.method,
         cell.recipe,
         cell.fraction,
         int(res),
-        0 if article else exp.trials * len(exp.search_seeds),
-        0 if article else len(exp.search_seeds),
+        exp.trials * searches,
+        searches,
         len(exp.seeds),
         steps,
         hp.batch_size,
-        exp.cv_folds,
+        exp.cv_folds * max(1, len(exp.pool_seeds)),  # a pooled trial trains once per pooled seed
         not spec.trains_backbone,
         spec.probe_init or not spec.trains_backbone,
         float(exp.search.pruner_warmup),

@@ -105,7 +105,7 @@ def _training_ratios(case: str, got: CaseRows, device_type: str) -> list[Ratio]:
 def _frozen_ratios(case: str, got: CaseRows) -> list[Ratio]:
     """d: a frozen trial recomputing the backbone over the same trial with the caches (warm and cold)."""
     out = []
-    for method in ("linear_probe", "sft-mlp-frozen"):
+    for method in ("linear_probe", "sft-mlp-frozen"):  # linear_probe: perf folders written under protocol v2
         off = got.first(f"d_{method}_recompute")
         for label in ("cached_warm", "cached_cold"):
             cached = got.first(f"d_{method}_{label}")

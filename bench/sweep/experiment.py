@@ -16,7 +16,9 @@ checks themselves are in bench/sweep/validate.py; `resolve` calls them in readin
     steps = 200                         # optional: a fixed step budget (default: the protocol's rule, >= 500)
     resolution = 32                     # or { efficientnet_lite0 = 64 }; default: the backbone's
 
-    [search]                            # mode (per_seed | shared), sampler, pruner, BN-policy search
+    [search]                            # mode (pooled | per_seed | shared), pool, candidates, pruner, BN-policy search
+    [probe]                             # the linear probe: l2_grid, folds, tol, max_iter (protocol v3)
+    [stats]                             # primary = ["sft* vs finetune", ...], margin = 0.01 (TOST), alpha
     [hparams]                           # fixed hyperparameters (all methods, or [hparams.<method>])
     [space]                             # replace or add search distributions ([space.<method>])
     [[include]] / [[exclude]]           # extra or removed cells, matrix style
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.budget import PROTOCOL
+from bench.models.hparams import ProbeSpec
 from bench.records import Cell
 from bench.registry import UserError, did_you_mean
 from bench.registry import check_writable as registry_check_writable
@@ -56,15 +59,42 @@ EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 @dataclass(frozen=True)
 class Search:
-    """How every tuned cell is searched: identical for every method (methods.md)."""
+    """How every tuned cell is searched: identical for every method (methods.md).
 
-    mode: str = "per_seed"  # per_seed: each seed searches on its own subset; shared: seed 0's best for all
+    Protocol v3's default is `pooled`: one search per cell, each candidate configuration scored by
+    its mean validation accuracy over the first `pool` seeds' subsets (the standard error of the
+    mean shrinks with every seed pooled), and that one choice retrained for every seed.
+    `per_seed` (each seed its own search: selection noise inside the spread) and `shared` (the
+    first seed's search for all) stay. The first candidates are asked in order: the method's
+    defaults, then each of `candidates` (changes to the defaults; one that changes nothing the
+    method searches is skipped), then the sampler's."""
+
+    mode: str = "pooled"  # pooled | per_seed | shared
+    pool: int | None = None  # pooled: how many seeds (the experiment's first) score every candidate; None: up to 3
+    candidates: tuple[dict[str, Any], ...] = ()  # e.g. ({"backbone_lr_mult": 0.1},): asked right after the defaults
     startup_trials: int | None = None  # TPE's random start; None: min(10, max(2, trials // 3))
     pruner: str = "median"
-    pruner_startup_trials: int | None = None  # None: min(5, max(1, trials // 4))
+    pruner_startup_trials: int | None = None  # None: the protocol's floor, max(4, ceil(trials / 3))
     pruner_warmup: float = 0.5  # fraction of a trial's steps never pruned (the protocol: at least half)
     bn: bool = False  # search the BatchNorm policy (frozen, train) for every method that trains the backbone
     first_trial: str = "defaults"  # defaults: every search's first trial is the method's defaults; sampled: TPE's
+
+
+DEFAULT_PRIMARY = ("sft* vs finetune", "sft* vs lp_ft")
+DEFAULT_POOL = 3  # seeds a pooled search scores each candidate on, when the experiment has that many
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The statistical questions, declared before the grid runs (protocol v3) and written with it
+    into config.toml, where the report reads them: the primary family of comparisons (Holm within
+    it; every other comparison is secondary and labelled so) and the equivalence margin of the
+    two one-sided tests (accuracy as a fraction: 0.01 = 1 point). A comparison is written
+    "METHOD vs BASELINE"; `*` matches any run of characters (`sft*`: every SFT variant)."""
+
+    primary: tuple[str, ...] = DEFAULT_PRIMARY
+    margin: float = 0.01
+    alpha: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -92,11 +122,13 @@ class Experiment:
     device: str = "auto"
     compile: bool | str = False  # torch.compile the end-to-end phase (speed only: not part of any run id)
     val_fraction: float = 0.2
+    probe: ProbeSpec = field(default_factory=ProbeSpec)  # the linear probe (linear_probe, lp_ft, sft*)
     data_dir: str = "data"
     results_dir: str = "results"
     storage: str = ""  # "": the journal file R/E/optuna.journal; else an SQLAlchemy URL
     description: str = ""
     search: Search = field(default_factory=Search)
+    stats: Stats = field(default_factory=Stats)
     workers: Workers = field(default_factory=Workers)
     hparams: dict[str, Any] = field(default_factory=dict)  # field -> value, or method -> {field: value}
     space: dict[str, Any] = field(default_factory=dict)  # field -> distribution, or method -> {field: distribution}
@@ -112,12 +144,33 @@ class Experiment:
 
     @property
     def search_seeds(self) -> tuple[int, ...]:
-        """The seeds that search: every seed (per_seed), or the first alone (shared)."""
+        """The seeds that name a search: every seed (per_seed), or the first alone (shared, pooled)."""
         return self.seeds if self.search.mode == "per_seed" else (self.data_seed,)
+
+    @property
+    def pool_seeds(self) -> tuple[int, ...]:
+        """The seeds every candidate of a pooled search is scored on (empty for the other modes)."""
+        if self.search.mode != "pooled":
+            return ()
+        return self.seeds[: self.search.pool if self.search.pool is not None else DEFAULT_POOL]
 
     def searched_by(self, seed: int) -> int:
         """Whose search chooses the hyperparameters of seed `seed`'s final run."""
         return seed if self.search.mode == "per_seed" else self.data_seed
+
+    def searches(self, cell: Cell) -> tuple[int, ...]:
+        """The searches a cell has (by search seed): none for a fixed recipe (`defaults`, `article`) and
+        none for the linear probe, whose one setting (its L2 strength) is cross-validated inside its fit."""
+        from bench.models.methods import METHODS
+
+        if cell.recipe != "tuned" or not METHODS.get(cell.method).searched:
+            return ()
+        return self.search_seeds
+
+    @staticmethod
+    def pruning_floor(trials: int) -> int:
+        """Protocol v3: a trial is compared only with at least max(4, trials / 3) finished trials."""
+        return max(4, math.ceil(trials / 3))
 
     @property
     def out_dir(self) -> Path:
@@ -131,8 +184,9 @@ class Experiment:
     def resolution_override(self, cell: Cell) -> int | None:
         """The explicit resolution for `cell`, for bench.models.backbones.input_resolution: the
         experiment's `resolution` applies to tuned cells; the article's recipe always runs at its
-        own 32 px (paper.toml's article cells beside its 128 px tuned ones)."""
-        return self.resolution_for(cell.backbone) if cell.recipe == "tuned" else None
+        own 32 px (paper.toml's article cells beside its 128 px tuned ones); `defaults` cells are
+        the tuned cells' twins, at their resolution."""
+        return self.resolution_for(cell.backbone) if cell.recipe != "article" else None
 
     def startup_trials(self) -> int:
         s = self.search.startup_trials
@@ -140,7 +194,7 @@ class Experiment:
 
     def pruner_startup_trials(self) -> int:
         s = self.search.pruner_startup_trials
-        return s if s is not None else min(5, max(1, self.trials // 4))
+        return s if s is not None else self.pruning_floor(self.trials)
 
     def fixed_hparams(self, method: str) -> dict[str, Any]:
         """Fixed hyperparameters of a tuned cell: all-method values, then the method's own."""
@@ -179,6 +233,7 @@ class Experiment:
             "steps": self.steps,
             "cv_folds": self.cv_folds,
             "search": asdict(self.search),
+            "probe": asdict(self.probe),
             "hparams": self.fixed_hparams(cell.method),
             "space": self.space_for(cell.method),
         }
@@ -259,8 +314,6 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
 
     The checks run in the order a reader meets the keys (bench/sweep/validate.py), so the first
     mistake of a file is the one reported."""
-    from bench.models.methods import METHODS
-
     raw = checks.check_v1_keys(raw, source)
     name = checks.check_name(raw, source, TOP_KEYS)
     backbones, methods, recipes, fractions = checks.grid_lists(raw, source)
@@ -271,6 +324,8 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
     search = checks.check_search(raw, source, Search)
     workers = checks.check_workers(raw, source, Workers)
     hparams, space = checks.check_hparams_space(raw, source)
+    probe = checks.check_probe(raw, source)
+    stats = checks.check_stats(raw, source, Stats)
     include = checks.grid_blocks(raw, "include", source)
     exclude = checks.grid_blocks(raw, "exclude", source)
 
@@ -286,11 +341,13 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
         cv_folds=cv,
         resolution=resolution,
         **runtime,
+        probe=probe,
         data_dir=checks.string(raw, "data_dir", source, "data"),
         results_dir=checks.string(raw, "results_dir", source, "results"),
         storage=checks.string(raw, "storage", source, ""),
         description=checks.string(raw, "description", source, ""),
         search=search,
+        stats=stats,
         workers=workers,
         hparams=hparams,
         space=space,
@@ -299,15 +356,7 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
     )
     if not exp.cells():
         raise UserError(f"{source}: the grid is empty (every cell is excluded)")
-    cells = set(exp.cells())
-    for cell in exp.cells():
-        if METHODS.get(cell.method).probe_init:
-            probe = Cell(cell.backbone, "linear_probe", cell.recipe, cell.fraction)
-            if probe not in cells:
-                raise UserError(
-                    f"{source}: {cell.method} starts from the linear_probe row's model, but the grid has no "
-                    f"linear_probe for {probe.backbone} / {probe.recipe} / {probe.fraction:g}; add linear_probe to methods"
-                )
+    checks.check_pool(exp.search, len(exp.seeds), exp.trials, source)
     return exp
 
 
@@ -320,7 +369,7 @@ def to_toml(exp: Experiment) -> str:
     from bench.sweep.storage import masked
 
     d["storage"] = masked(d["storage"])  # a database password is never written (filled in at run time)
-    tables = {k: d.pop(k) for k in ("search", "workers", "hparams", "space")}
+    tables = {k: d.pop(k) for k in ("search", "stats", "workers", "probe", "hparams", "space")}
     arrays = {k: d.pop(k) for k in ("include", "exclude")}
     lines = ["# The resolved experiment this results folder was produced with (written by `sweep`).", ""]
     for k, v in d.items():

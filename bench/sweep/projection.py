@@ -8,8 +8,10 @@ evaluation batches on this device, then adds up every work item of the grid:
 
 - a trial or final run that trains B: S steps x batch images at the training rate, plus
   its validation reports (trials) or the test set (final runs), plus the probe's features;
+  a pooled trial (protocol v3) does this once per pooled seed, a k-fold trial once per fold;
 - a frozen row: its images once through the backbone (features), plus evaluation;
-  the head's steps on cached features are counted as negligible.
+  the head's steps on cached features, and the probe's L-BFGS solve, are counted as negligible
+  (the probe: seconds at 1% of CIFAR-10 with Lite0, about 20 s at 10%; docs/protocol.md).
 
 It is a projection, printed as such: an upper bound assumes no trial is pruned; the lower
 bound assumes every trial the pruner may stop stops at half its budget. Load on a shared
@@ -122,14 +124,16 @@ def project(exp: Experiment, sweep: object, device: torch.device) -> Projection:
         spec = METHODS.get(cell.method)
         n = labelled_count(data.train_y, cell.fraction)
         n_val = len(label_split(data.train_y, cell.fraction, exp.seeds[0], exp.val_fraction).val)
-        final, trial = _item_seconds(cell, cfg.hp, spec.trains_backbone, spec.probe_init, n, n_val, exp.cv_folds, r)
+        folds = exp.cv_folds * max(1, len(exp.pool_seeds))
+        final, trial = _item_seconds(cell, cfg.hp, spec.trains_backbone, spec.probe_init, n, n_val, folds, r)
         finals = len(exp.seeds)
-        trials = exp.trials * len(exp.search_seeds) if cell.recipe == "tuned" else 0
+        searches = len(exp.searches(cell))
+        trials = exp.trials * searches
         n_trials += trials
         n_finals += finals
         upper += finals * final + trials * trial
         # the pruner may stop trials after its start-up trials, at pruner_warmup of their budget at the earliest
-        prunable = 0 if exp.search.pruner == "none" else max(0, exp.trials - exp.pruner_startup_trials()) * len(exp.search_seeds)
+        prunable = 0 if exp.search.pruner == "none" else max(0, exp.trials - exp.pruner_startup_trials()) * searches
         prunable = min(prunable, trials) if spec.trains_backbone else 0
         lower += finals * final + (trials - prunable) * trial + prunable * trial * exp.search.pruner_warmup
     return Projection(tuple(rates.values()), upper, lower, n_trials, n_finals, time.perf_counter() - t_measure)

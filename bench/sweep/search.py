@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from bench.models.methods import METHODS, HParams
 
@@ -103,14 +104,27 @@ class _DefaultsTrial:
         return self._take(name, lambda v: v in list(choices), list(choices)[0])
 
 
-def default_params(exp: Experiment, method: str) -> dict[str, Any]:
+def candidate_params(exp: Experiment, method: str) -> list[dict[str, Any]]:
+    """The configurations a search asks first, in order: the method's defaults, then each of the
+    experiment's `[search] candidates` applied to them. A candidate that changes nothing this method
+    searches (a backbone multiplier for a frozen row) duplicates an earlier one and is left out, so
+    its slot goes to the sampler: every method gets the same number of trials."""
+    out = [default_params(exp, method)]
+    for cand in exp.search.candidates:
+        params = default_params(exp, method, cand)
+        if params not in out:
+            out.append(params)
+    return out
+
+
+def default_params(exp: Experiment, method: str, changes: dict[str, Any] | None = None) -> dict[str, Any]:
     """The searched hyperparameters' values in the method's defaults (where the space contains them).
 
     Why: with the few trials a CPU grid affords, a search of random draws can miss every good
     region (measured: quick's 4-trial search at 10% chose finetune hyperparameters 20 points
     below the defaults). So every search, for every method alike, spends its first trial on
     the defaults, and TPE learns from it like from any other trial (Optuna's enqueue mechanism)."""
-    defaults = HParams().update(**METHODS.get(method).defaults).update(**exp.fixed_hparams(method))
+    defaults = HParams().update(**METHODS.get(method).defaults).update(**(changes or {})).update(**exp.fixed_hparams(method))
     probe = _DefaultsTrial(defaults)
     sample_hparams(probe, exp, method)
     return probe.params
@@ -129,20 +143,39 @@ def sampler(exp: Experiment, study_name: str, data_seed: int, slot: int) -> optu
 REDUCTION_FACTOR = 2  # with the first rung at half the budget, one rung: the better half of the trials finish
 
 
+class FloorPruner(optuna.pruners.BasePruner):
+    """`inner`, asked only once the study has `floor` finished (complete or pruned) trials.
+
+    Protocol v3: a trial is never pruned against fewer than max(4, trials / 3) finished trials (the
+    v2 study's median pruner started after one, so a single noisy reference decided 87 of 100
+    prunings). Median's own start-up count is set to the floor too; this wrapper gives the
+    multi-fidelity pruners the same rule."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner, floor: int) -> None:
+        self.inner, self.floor = inner, floor
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return len(finished) >= self.floor and self.inner.prune(study, trial)
+
+
 def pruner(exp: Experiment, cfg: RunConfig) -> optuna.pruners.BasePruner:
     """The experiment's pruner for a trial of this config.
 
     The pruner's clock is the optimiser step; it never stops a trial before
     pruner_warmup (>= half) of its budget: slow starters are methods too."""
-    total = cfg.hp.steps * cfg.cv_folds  # the steps a trial reports over (k folds continue one axis)
+    total = cfg.hp.steps * cfg.cv_folds * max(1, len(cfg.pool))  # the steps a trial reports over (folds continue one axis)
     first = math.ceil(exp.search.pruner_warmup * total)
+    floor = exp.pruner_startup_trials()
     if exp.search.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=exp.pruner_startup_trials(), n_warmup_steps=first)
+        inner: optuna.pruners.BasePruner = optuna.pruners.MedianPruner(n_startup_trials=floor, n_warmup_steps=first)
     # Multi-fidelity (methods.md allows it when every method gets it, which the sweep does: one pruner
     # per experiment). The resource is the optimiser step; the first rung is the warm-up, so a trial
     # is never stopped before it either: from there only the best 1/reduction_factor go on.
-    if exp.search.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=REDUCTION_FACTOR)
-    if exp.search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=total, reduction_factor=REDUCTION_FACTOR)
-    return optuna.pruners.NopPruner()
+    elif exp.search.pruner == "halving":
+        inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=REDUCTION_FACTOR)
+    elif exp.search.pruner == "hyperband":
+        inner = optuna.pruners.HyperbandPruner(min_resource=first, max_resource=total, reduction_factor=REDUCTION_FACTOR)
+    else:
+        return optuna.pruners.NopPruner()
+    return FloorPruner(inner, floor)

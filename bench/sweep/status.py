@@ -7,9 +7,8 @@ freed claim. Freeing the claims of dead processes is the worker's explicit step
 (bench/sweep/worker.py calls `recover` before each scheduling step); until then, a dead claim
 simply does not count as running (`is_live`).
 
-linear_probe cells are read first: a probe-initialised cell's trials and final runs for seed s
-start from the linear probe that linear_probe's search chose for s, so they wait until that
-search is complete.
+No cell waits for another (protocol v3): the linear probe that lp_ft and sft* start from is a
+deterministic function of the images it is fitted on, so every run fits (or reuses) its own.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bench.data import Cifar10
 from bench.models.backbones import input_resolution
-from bench.models.methods import METHODS, HParams
 from bench.records import Cell, CellStatus, Claim, GridStatus, RunRecord, SearchStatus
 from bench.sweep.claims import FINISHED, is_live, trial_id
 from bench.sweep.experiment import Experiment
@@ -76,10 +74,16 @@ class Grid:
             self._resolution[key] = input_resolution(cell.backbone, cell.recipe, self.exp.resolution_override(cell))
         return self._resolution[key]
 
-    def config(self, cell: Cell, seed: int, overrides: dict | None, stage: str, probe: HParams | None = None) -> RunConfig:
-        """The run config of a trial or final run of `cell` for `seed`: searched values apply to
-        tuned cells only; a fixed `steps` (smoke tests) to every cell alike."""
-        changes = dict(overrides or {}) if cell.recipe == "tuned" else {}
+    def config(self, cell: Cell, seed: int, overrides: dict | None, stage: str, pool: tuple[int, ...] = ()) -> RunConfig:
+        """The run config of a trial or final run of `cell` for `seed`: a search's values apply to tuned
+        cells; the experiment's fixed [hparams] to `defaults` cells (a tuned cell's search includes
+        them); a fixed `steps` (smoke tests) to every cell alike; the article's recipe is its own."""
+        if cell.recipe == "tuned":
+            changes = dict(overrides or {})
+        elif cell.recipe == "defaults":
+            changes = dict(self.exp.fixed_hparams(cell.method))
+        else:
+            changes = {}
         if self.exp.steps is not None:  # a fixed budget (smoke tests), for every cell alike
             changes["steps"] = self.exp.steps
         return make_config(
@@ -96,25 +100,10 @@ class Grid:
             device=self.device,
             data=self.data,
             val_fraction=self.exp.val_fraction,
-            probe=probe,
+            probe=self.exp.probe,
             cv_folds=self.exp.cv_folds if stage == "trial" else 1,
+            pool=pool,
         )
-
-    def probe_cell(self, cell: Cell) -> Cell | None:
-        """The linear_probe row whose model a probe-initialised method starts from."""
-        if not METHODS.get(cell.method).probe_init:
-            return None
-        return Cell(cell.backbone, "linear_probe", cell.recipe, cell.fraction)
-
-    def probe_hparams(self, lp: CellStatus, seed: int, stage: str) -> HParams | None:
-        """The linear probe that seed `seed`'s trial or final run starts from: the linear_probe row's
-        hyperparameters as its search chose them for that seed (None until that search is complete)."""
-        if lp.cell.recipe != "tuned":
-            return self.config(lp.cell, seed, None, stage).hp
-        ss = lp.searches.get(self.exp.searched_by(seed))
-        if ss is None or not ss.complete or ss.best_hparams is None:
-            return None
-        return self.config(lp.cell, seed, ss.best_hparams, stage).hp
 
     # ------------------------------------------------ survey
 
@@ -122,35 +111,27 @@ class Grid:
         """Read the whole grid's state from the storage. Writes nothing (see the module's docstring)."""
         now = time.time()
         running: list[Claim] = []
-        by_cell: dict[Cell, CellStatus] = {}
-        for cell in sorted(self.cells, key=lambda c: self.probe_cell(c) is not None):
-            by_cell[cell] = self._survey_cell(cell, by_cell, now, running)
-        status = GridStatus([by_cell[c] for c in self.cells], running)
+        cells = [self._survey_cell(cell, now, running) for cell in self.cells]
+        status = GridStatus(cells, running)
         status.eta_seconds = eta(status)
         return status
 
-    def _survey_cell(self, cell: Cell, by_cell: dict[Cell, CellStatus], now: float, running: list[Claim]) -> CellStatus:
-        seeds = self.exp.search_seeds if cell.recipe == "tuned" else ()
+    def _survey_cell(self, cell: Cell, now: float, running: list[Claim]) -> CellStatus:
+        seeds = self.exp.searches(cell)
         cs = CellStatus(cell, self.exp.trials * len(seeds), finals_total=len(self.exp.seeds))
-        probe_of = self.probe_cell(cell)
-        lp = by_cell.get(probe_of) if probe_of is not None else None
         for seed in seeds:
             ss = SearchStatus(seed, self.search_id(cell, seed), self.exp.trials)
-            ready = lp is None or self.probe_hparams(lp, seed, "trial") is not None
-            self._survey_search(ss, cell, now, running, ready)
-            lp_search = None if lp is None else lp.searches.get(self.exp.searched_by(seed))
-            if not ready and lp_search is not None and lp_search.failed:
-                ss.failed = f"its linear probe could not be chosen (linear_probe: {lp_search.failed})"
+            self._survey_search(ss, cell, now, running)
             cs.searches[seed] = ss
         if cs.search_done:
             failed = [ss for ss in cs.searches.values() if ss.failed]
             if failed and len(failed) == len(cs.searches):
                 cs.failed = failed[0].failed
             else:
-                self._survey_finals(cs, lp, now, running)
+                self._survey_finals(cs, now, running)
         return cs
 
-    def _survey_search(self, ss: SearchStatus, cell: Cell, now: float, running: list[Claim], ready: bool) -> None:
+    def _survey_search(self, ss: SearchStatus, cell: Cell, now: float, running: list[Claim]) -> None:
         stale_after = self.exp.workers.stale_after_seconds
         trials = self.trials(ss.study_id)
         finished = sorted((t for t in trials if t.state in FINISHED), key=trial_id)
@@ -162,7 +143,7 @@ class Grid:
         ss.trial_seconds = [
             (t.datetime_complete - t.datetime_start).total_seconds() for t in finished if t.datetime_complete and t.datetime_start
         ]
-        ss.can_ask = ready and not ss.complete and len(finished) + len(live) < ss.budget
+        ss.can_ask = not ss.complete and len(finished) + len(live) < ss.budget
         running += [self._running(t, "trial", cell) for t in live]
         complete = [t for t in counted if t.state == TrialState.COMPLETE]
         if complete:
@@ -173,13 +154,13 @@ class Grid:
         elif ss.complete:
             ss.failed = f"all {ss.budget} trials were pruned or diverged; no hyperparameters to retrain with"
 
-    def _survey_finals(self, cs: CellStatus, lp: CellStatus | None, now: float, running: list[Claim]) -> None:
+    def _survey_finals(self, cs: CellStatus, now: float, running: list[Claim]) -> None:
         stale_after = self.exp.workers.stale_after_seconds
         by_run: dict[str, list[FrozenTrial]] = {}
         for t in self.trials(self.finals_id(cs.cell)):
             by_run.setdefault(t.user_attrs.get("run_id", ""), []).append(t)
         for seed in self.exp.seeds:
-            cfg = self._final_config(cs, lp, seed)
+            cfg = self._final_config(cs, seed)
             if cfg is None:
                 continue
             cs.run_ids[seed] = cfg.run_id
@@ -196,24 +177,16 @@ class Grid:
             else:
                 cs.free_finals.append((seed, cfg))
 
-    def _final_config(self, cs: CellStatus, lp: CellStatus | None, seed: int) -> RunConfig | None:
-        """Seed `seed`'s final run, or None: not yet (its linear probe's search runs), or never
-        (its search or its linear probe failed: the reason goes to `cs.diverged`)."""
+    def _final_config(self, cs: CellStatus, seed: int) -> RunConfig | None:
+        """Seed `seed`'s final run, or None: its search failed (the reason goes to `cs.diverged`)."""
         hparams = None
-        if cs.cell.recipe == "tuned":
+        if cs.searches:
             ss = cs.searches[self.exp.searched_by(seed)]
             if ss.failed:
                 cs.diverged[seed] = f"no final run: seed {ss.seed}'s search failed ({ss.failed})"
                 return None
             hparams = ss.best_hparams
-        probe = None if lp is None else self.probe_hparams(lp, seed, "final")
-        if lp is not None and probe is None:
-            own = lp.searches.get(self.exp.searched_by(seed))
-            reason = lp.failed or (own.failed if own is not None else "")
-            if reason:  # else: linear_probe's search for this seed is not complete yet
-                cs.diverged[seed] = f"no final run: its linear probe could not be chosen ({reason})"
-            return None
-        return self.config(cs.cell, seed, hparams, "final", probe=probe)
+        return self.config(cs.cell, seed, hparams, "final")
 
     def _running(self, t: FrozenTrial, kind: str, cell: Cell) -> Claim:
         hb = t.user_attrs.get("heartbeat") or {}

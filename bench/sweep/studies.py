@@ -49,6 +49,7 @@ def search_attrs(exp: Experiment, cell: Cell, seed: int) -> dict[str, Any]:
         "kind": "search",
         "seed": seed,
         "search_mode": exp.search.mode,
+        "pool": list(exp.pool_seeds),
         "protocol": PROTOCOL,
         "settings": json.loads(json.dumps(exp.search_settings(cell))),
     }

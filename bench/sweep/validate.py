@@ -13,13 +13,13 @@ protocol v1 (epoch budgets), so an old file fails with the remedy instead of "un
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from bench.registry import UserError, did_you_mean
 
-RECIPES = ("tuned", "article")  # "seed": the old name of "article" (bench.models.hparams.RECIPE_ALIASES)
-SEARCH_MODES = ("per_seed", "shared")
+RECIPES = ("tuned", "defaults", "article")  # "seed": the old name of "article" (bench.models.hparams.RECIPE_ALIASES)
+SEARCH_MODES = ("pooled", "per_seed", "shared")
 FIRST_TRIALS = ("defaults", "sampled")
 # Protocol v1 keys: budgets were epochs. Named here so an old file fails with the remedy.
 V1_KEYS = {
@@ -251,7 +251,83 @@ def check_search(raw: dict[str, Any], source: str, cls: type) -> Any:
         raise UserError(f"{source}: search.bn must be true or false, got {search.bn!r}")
     if search.first_trial not in FIRST_TRIALS:
         raise UserError(f"{source}: search.first_trial {search.first_trial!r} is not one of: {', '.join(FIRST_TRIALS)}")
-    return search
+    if search.mode == "pooled" and search.first_trial != "defaults":
+        raise UserError(
+            f"{source}: a pooled search always has each method's defaults as its first candidate; remove search.first_trial"
+        )
+    pool = search.pool
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 1):
+        raise UserError(f"{source}: search.pool must be a positive number of seeds, got {pool!r}")
+    return replace(search, candidates=_candidates(search.candidates, source))
+
+
+def _candidates(raw: Any, source: str) -> tuple[dict[str, Any], ...]:
+    """search.candidates: a list of tables, each changes to a method's defaults that make valid hyperparameters."""
+    from bench.models.methods import HParams
+
+    if not isinstance(raw, list | tuple) or not all(isinstance(c, dict) for c in raw):
+        raise UserError(f"{source}: search.candidates must be a list of tables, e.g. [{{ backbone_lr_mult = 0.1 }}]")
+    for i, cand in enumerate(raw):
+        if not cand:
+            raise UserError(f"{source}: search.candidates[{i}] is empty (the defaults are always the first candidate)")
+        if "steps" in cand:
+            raise UserError(f"{source}: search.candidates[{i}].steps: the step budget is one per cell for every method")
+        try:
+            HParams().update(**cand)
+        except (UserError, TypeError) as exc:
+            raise UserError(f"{source}: search.candidates[{i}]: {exc}") from None
+    return tuple(dict(c) for c in raw)
+
+
+def check_pool(search: Any, n_seeds: int, trials: int, source: str) -> None:
+    """What depends on the seeds and trials: a pool within the seeds, and the protocol's pruning floor."""
+    if search.mode == "pooled" and search.pool is not None and search.pool > n_seeds:
+        raise UserError(f"{source}: search.pool = {search.pool} pools more seeds than the experiment has ({n_seeds})")
+    floor = max(4, math.ceil(trials / 3))
+    startup = search.pruner_startup_trials
+    if startup is not None and startup < floor and search.pruner != "none":
+        raise UserError(
+            f"{source}: search.pruner_startup_trials = {startup}: protocol v3 prunes a trial only against at least "
+            f"max(4, trials / 3) = {floor} finished trials; remove it (the floor is the default) or set it >= {floor}"
+        )
+
+
+def check_stats(raw: dict[str, Any], source: str, cls: type) -> Any:
+    """[stats] as a `cls` (bench.sweep.experiment.Stats): comparisons "METHOD vs BASELINE", a margin in (0, 1)."""
+    stats = _dataclass_table(cls, raw.get("stats", {}), "stats", source)
+    primary = stats.primary
+    if isinstance(primary, str) or not isinstance(primary, list | tuple) or not primary:
+        raise UserError(f'{source}: stats.primary must be a non-empty list such as ["sft* vs finetune"], got {primary!r}')
+    for item in primary:
+        parts = item.split(" vs ") if isinstance(item, str) else []
+        if len(parts) != 2 or not all(p.strip() for p in parts):
+            raise UserError(f'{source}: stats.primary: {item!r} is not "METHOD vs BASELINE" (e.g. "sft* vs finetune")')
+    margin = stats.margin
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 < margin < 1:
+        raise UserError(f"{source}: stats.margin must be an accuracy fraction in (0, 1) (0.01 = 1 point), got {margin!r}")
+    alpha = stats.alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+        raise UserError(f"{source}: stats.alpha must lie in (0, 1), got {alpha!r}")
+    return replace(stats, primary=tuple(p.strip() for p in primary), margin=float(margin), alpha=float(alpha))
+
+
+def check_probe(raw: dict[str, Any], source: str) -> Any:
+    """[probe]: the linear probe's settings (bench.models.hparams.ProbeSpec), every value checked."""
+    from bench.models.hparams import ProbeSpec
+
+    table = raw.get("probe", {})
+    if not isinstance(table, dict):
+        raise UserError(f"{source}: [probe] must be a table")
+    known = [f.name for f in fields(ProbeSpec)]
+    for k in table:
+        if k not in known:
+            raise UserError(f"{source}: unknown key 'probe.{k}'{did_you_mean(k, known)}; valid: {', '.join(known)}")
+    if "l2_grid" in table and not isinstance(table["l2_grid"], list):
+        raise UserError(f"{source}: probe.l2_grid must be a list of positive numbers")
+    try:
+        return ProbeSpec.from_dict(table)
+    except (UserError, TypeError, ValueError) as exc:
+        raise UserError(f"{source}: [probe]: {exc}") from None
 
 
 def check_workers(raw: dict[str, Any], source: str, cls: type) -> Any:

@@ -37,8 +37,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from bench.data import Cifar10
-from bench.models.methods import METHODS, HParams
-from bench.records import CacheCounts, Cell, CellStatus, GridStatus, RunRecord
+from bench.records import CacheCounts, Cell, GridStatus, RunRecord
 from bench.sweep.claims import (
     Heartbeat,
     LostClaim,
@@ -53,7 +52,7 @@ from bench.sweep.claims import (
 from bench.sweep.experiment import Experiment
 from bench.sweep.export import export_runs
 from bench.sweep.journal import clean_leftovers
-from bench.sweep.search import default_params, pruner, sample_hparams, sampler
+from bench.sweep.search import candidate_params, pruner, sample_hparams, sampler
 from bench.sweep.signals import signals_deferred
 from bench.sweep.status import Grid
 from bench.sweep.storage import is_url, open_storage, storage_location
@@ -99,8 +98,7 @@ class WorkItem:
     study_id: int
     slot: int = 0  # trial: the slot number; final: the seed
     cfg: RunConfig | None = None
-    seed: int = 0  # trial: the seed whose subset it searches on
-    probe: HParams | None = None  # trial: the linear probe it starts from (probe_init methods)
+    seed: int = 0  # trial: the seed whose subset it searches on (the first of a pool)
     per_seed: bool = False
 
     @property
@@ -165,8 +163,8 @@ class Sweep(Grid):
         """Create (or complete) every search study of the grid, in survey order, before any work:
         another worker started with other settings is then refused (check_settings) for every
         cell, not only for those that had started."""
-        for cell in sorted(self.cells, key=lambda c: self.probe_cell(c) is not None):
-            for seed in self.exp.search_seeds if cell.recipe == "tuned" else ():
+        for cell in self.cells:
+            for seed in self.exp.searches(cell):
                 self.search_study(cell, seed)
 
     def free_dead_claims(self) -> None:
@@ -174,7 +172,7 @@ class Sweep(Grid):
         (COMPLETE): the one place where this happens, right before each scheduling step."""
         stale_after = self.exp.workers.stale_after_seconds
         for cell in self.cells:
-            seeds = self.exp.search_seeds if cell.recipe == "tuned" else ()
+            seeds = self.exp.searches(cell)
             for sid in [self.search_id(cell, s) for s in seeds] + [self.finals_id(cell)]:
                 if sid is not None:
                     running = self.storage.get_all_trials(sid, deepcopy=False, states=(TrialState.RUNNING,))
@@ -219,9 +217,8 @@ class Sweep(Grid):
                 self.progress.log(store.summary())
 
     def _next(self, status: GridStatus) -> WorkItem | None:
-        """Final runs first (they finish cells), linear_probe cells before the cells waiting on them."""
-        lp: dict[Cell, CellStatus] = {cs.cell: cs for cs in status.cells if METHODS.get(cs.cell.method).is_probe}
-        for cs in sorted(status.cells, key=lambda cs: not METHODS.get(cs.cell.method).is_probe):
+        """Final runs first (they finish cells), then the next trial, in the grid's order."""
+        for cs in status.cells:
             if cs.free_finals:
                 seed, cfg = cs.free_finals[0]
                 sid = self.finals_study(cs.cell)
@@ -229,12 +226,10 @@ class Sweep(Grid):
                 return WorkItem("final", cs.cell, sid, seed, cfg)
             for ss in cs.searches.values():
                 if ss.can_ask:
-                    probe_of = self.probe_cell(cs.cell)
-                    probe = None if probe_of is None else self.probe_hparams(lp[probe_of], ss.seed, "trial")
                     per_seed = self.exp.search.mode == "per_seed"
                     sid = self.search_study(cs.cell, ss.seed)
                     assert sid is not None
-                    return WorkItem("trial", cs.cell, sid, ss.done, seed=ss.seed, probe=probe, per_seed=per_seed)
+                    return WorkItem("trial", cs.cell, sid, ss.done, seed=ss.seed, per_seed=per_seed)
         return None
 
     @contextlib.contextmanager
@@ -278,12 +273,14 @@ class Sweep(Grid):
         exp, cell = self.exp, item.cell
         name = self.search_name(cell, item.seed)
         study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler(exp, name, item.seed, item.slot))
-        if item.slot == 0 and exp.search.first_trial == "defaults":
-            # the first slot asks the method's defaults: Optuna's enqueue_trial stores the same attribute
-            ask_first(self.storage, tid, default_params(exp, cell.method))
+        candidates = candidate_params(exp, cell.method) if exp.search.first_trial == "defaults" else []
+        if item.slot < len(candidates):
+            # the first slots ask the method's defaults, then the experiment's candidates: Optuna's
+            # enqueue_trial stores the same attribute
+            ask_first(self.storage, tid, candidates[item.slot])
         trial = open_trial(study, tid)
         changes = sample_hparams(trial, exp, cell.method)
-        cfg = self.config(cell, item.seed, changes, "trial", probe=item.probe)
+        cfg = self.config(cell, item.seed, changes, "trial", pool=exp.pool_seeds)
         study.pruner = pruner(exp, cfg)
         trial.set_user_attr("hparams", json.loads(json.dumps(changes)))
         trial.set_user_attr("run_id", cfg.run_id)
@@ -376,7 +373,7 @@ class Sweep(Grid):
     def _record_final(self, item: WorkItem, tid: int, rec: RunRecord, cache: CacheCounts) -> None:
         """Complete the record, write it, and mark the claim COMPLETE, all or nothing under a Ctrl-C."""
         cell, run_id = item.cell, rec.run_id
-        tuned = cell.recipe == "tuned"
+        tuned = bool(self.exp.searches(cell))  # the linear probe's tuned row has no search (protocol v3)
         rec = replace(
             rec,
             experiment=self.exp.name,

@@ -2,7 +2,7 @@
 
 device.py     eval_batch, autocast, sync: what a training asks of its device
 features.py   encode_all, FeatureCache: frozen-backbone features, computed once
-probe.py      ProbeCache, fit_probe, default_probe: the linear probe
+probe.py      ProbeCache, fit_probe: the linear probe (logreg.py: its solver)
 loop.py       train_steps, optimiser and schedule, FitResult, Diverged: the step loop
 fit.py        fit: one model trained by one method, top to bottom (start reading here)
 evaluate.py   predict, classification_metrics
@@ -27,7 +27,7 @@ from bench.train.loop import (
     set_train_mode,
     train_steps,
 )
-from bench.train.probe import ProbeCache, default_probe, fit_probe
+from bench.train.probe import ProbeCache, fit_probe
 from bench.train.store import FeatureStore
 
 # the former private names, for callers written against the one-file engine
@@ -50,7 +50,6 @@ __all__ = [
     "check_fit",
     "classification_metrics",
     "compiled",
-    "default_probe",
     "encode_all",
     "eval_batch",
     "fit",

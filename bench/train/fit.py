@@ -3,9 +3,10 @@
     fit(net, spec, hp, x, y, ...)      # uint8 images and labels, already on the device
       1. frozen-backbone features, computed once (linear_probe, frozen rows, and the probe
          of sft* / lp_ft) from the content-keyed feature cache of the `Caches` given
-      2. linear_probe: the row *is* the probe: `fit_probe` on those features. sft* / lp_ft:
-         H_f = the linear_probe row's model for the same data, seed and probe hyperparameters
-         (`fit_probe` again, served from the probe cache when already fitted with these caches)
+      2. linear_probe: the row *is* the probe: `fit_probe` (protocol v3: a converged logistic
+         regression, its L2 strength cross-validated) on those features. sft* / lp_ft: H_f = the
+         linear_probe row's model for the same images (`fit_probe` again, served from the probe
+         cache when already fitted with these caches: it is deterministic)
       3. hp.steps optimiser steps (the cell's budget S, bench/budget.py) with a linear
          warm-up, end to end on augmented batches, or on cached features for frozen rows
       4. every S/10 steps a history row (loss, train accuracy, validation accuracy when a
@@ -39,13 +40,14 @@ import torch
 from torch import nn
 
 from bench.data import augment
+from bench.models.hparams import ProbeSpec
 from bench.models.methods import HParams, MethodSpec, Net
 from bench.registry import UserError
 from bench.train.caches import Caches
 from bench.train.evaluate import predict
 from bench.train.features import FeatureCache, encode_all
 from bench.train.loop import FitResult, freeze, set_train_mode, train_steps
-from bench.train.probe import ProbeCache, default_probe, fit_probe
+from bench.train.probe import ProbeCache, fit_probe
 
 FEATURE_CACHE_MODES = ("shared", "trial", "off")
 
@@ -96,6 +98,10 @@ class FrozenFeatures:
             self.val = self._encode(val_images)
         self.result.feature_seconds = time.perf_counter() - t0
 
+    def matrix(self) -> torch.Tensor:
+        """Every training image's features (the probe is fitted on all of them at once)."""
+        return self.train if self.train is not None else encode_all(self.net, self.x, self.precision)
+
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         if self.train is not None:
             return self.train[idx]
@@ -132,13 +138,13 @@ def fit(
     on_progress: Callable[[dict], None] | None = None,
     feature_cache: str = "shared",
     compile: bool | str = False,
-    probe: HParams | None = None,
+    probe: ProbeSpec | None = None,
     caches: Caches | None = None,
 ) -> FitResult:
     """Train `net` on uint8 images `x` with labels `y` (both on the training device).
 
-    `probe`: the linear probe's hyperparameters for probe-initialised methods (the
-    linear_probe row's, chosen by its own search; default: `default_probe(hp)`).
+    `probe`: the linear probe's settings (linear_probe and the probe-initialised methods; default
+    `ProbeSpec()`).
     `caches`: the feature and probe caches shared with other fits (default: fresh ones,
     private to this fit; the model is the same either way). `feature_cache`: where
     frozen-backbone features come from: "shared" (the feature cache of `caches`), "trial"
@@ -157,8 +163,7 @@ def fit(
         feats.compute(val[0] if val is not None and not trains else None)
     evaluate = _evaluator(net, val, precision, feats.val)
     if spec.is_probe or spec.probe_init:
-        probe_hp = hp if spec.is_probe else (probe or default_probe(hp))
-        _probe_phase(net, spec, probe_hp, y, seed, precision, result, feats, caches.probes, evaluate, on_progress)
+        _probe_phase(net, probe or ProbeSpec(), y, result, feats, caches.probes, on_progress)
         if spec.is_probe:
             return result
     _train_phase(net, spec, hp, x, y, gen, precision, result, feats, evaluate, on_progress, compile)
@@ -167,46 +172,18 @@ def fit(
 
 def _probe_phase(
     net: Net,
-    spec: MethodSpec,
-    probe_hp: HParams,
+    probe: ProbeSpec,
     y: torch.Tensor,
-    seed: int,
-    precision: str,
     result: FitResult,
     feats: FrozenFeatures,
     probes: ProbeCache,
-    evaluate: Callable[[], float] | None,
     on_progress: Callable[[dict], None] | None,
 ) -> None:
     """The linear probe into `net.head`: the row itself (linear_probe) or H_f's start (sft*, lp_ft)."""
-    num_classes = _out_features(net.head)
-    d = feats.train.shape[1] if feats.train is not None else net.head.in_features
-    key = None if feats.train is None else ProbeCache.key(feats.train, y, probe_hp, seed, num_classes, precision)
-
-    def evaluate_head(head: nn.Module) -> float:
-        net.head.load_state_dict(head.state_dict())
-        return evaluate()
-
-    state = fit_probe(
-        feats,
-        d,
-        y,
-        num_classes,
-        probe_hp,
-        seed,
-        precision,
-        result,
-        phase="train" if spec.is_probe else "probe",
-        cache_key=key,
-        probes=probes,
-        evaluate=evaluate_head if spec.is_probe and evaluate is not None else None,
-        on_progress=on_progress,  # the contract: on_progress sees "probe" rows too (progress bars, heartbeats)
-    )
+    state = fit_probe(feats.matrix(), y, _out_features(net.head), probe, result, probes=probes)
     net.head.load_state_dict(state)
-    if spec.is_probe:
-        result.steps = probe_hp.steps
-    else:
-        result.probe_steps = probe_hp.steps
+    if on_progress is not None:
+        on_progress(result.history[-1])  # the contract: on_progress sees "probe" rows too (progress bars, heartbeats)
 
 
 def _train_phase(

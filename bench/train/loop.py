@@ -38,7 +38,9 @@ class FitResult:
     interval_seconds: list[tuple[int, float]] = field(default_factory=list)
     feature_cache_hits: int = 0
     steps: int = 0  # optimiser steps of the method's own training (the budget S)
-    probe_steps: int = 0  # head-only steps of the linear probe it started from (compute beside S)
+    probe_steps: int = 0  # L-BFGS iterations of the linear probe it fitted or started from (compute beside S)
+    probe_l2: float | None = None  # the probe's L2 strength, as its cross-validation chose it
+    probe_converged: bool | None = None  # whether the probe's final fit reached its gradient tolerance
     probe_cache_hit: bool = False
     augmented: bool = False  # whether any training batch was augmented
 
@@ -116,6 +118,28 @@ def set_train_mode(net: Net, trains_backbone: bool, bn: str) -> None:
                 m.eval()
 
 
+class FullBatches:
+    """Batch indices from shuffled passes over n examples, every batch of the same size min(bs, n).
+
+    Protocol v3: a pass that does not divide into whole batches continues into the next shuffled
+    pass (a batch may straddle two passes), instead of ending on a short batch. Why: every step
+    then sees the same number of examples (a short last batch is a noisier step, of a size that
+    depends on the subset), and a compiled or CUDA-graphed step has one input shape, not one per
+    remainder (issue: "--compile does nothing useful", which counted a new graph per short batch).
+    Within one pass every example appears once, as before."""
+
+    def __init__(self, n: int, bs: int, gen: torch.Generator, device: torch.device) -> None:
+        self.n, self.size, self.gen, self.device = n, min(bs, n), gen, device
+        self.buffer = torch.empty(0, dtype=torch.long, device=device)
+
+    def next(self) -> torch.Tensor:
+        while len(self.buffer) < self.size:
+            perm = torch.randperm(self.n, generator=self.gen, device=self.gen.device).to(self.device)
+            self.buffer = torch.cat([self.buffer, perm])
+        idx, self.buffer = self.buffer[: self.size], self.buffer[self.size :]
+        return idx
+
+
 def train_steps(
     groups: list[dict],
     hp: HParams,
@@ -144,14 +168,11 @@ def train_steps(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    perm, pos = None, n
+    batches = FullBatches(n, bs, gen, device)
     sync(device)
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
-        if pos >= n:  # a new shuffled pass; its last batch may be smaller
-            perm, pos = torch.randperm(n, generator=gen, device=gen.device).to(device), 0
-        idx = perm[pos : pos + bs]
-        pos += bs
+        idx = batches.next()
         with autocast(device, precision):
             logits = forward(idx, gen)
             loss = F.cross_entropy(logits.float(), y[idx], label_smoothing=hp.label_smoothing)

@@ -24,7 +24,7 @@ import torch
 from bench.budget import MIN_STEPS, PROTOCOL, article_recipe_steps, step_budget
 from bench.data import Cifar10, check_fraction, cv_folds, label_split, labelled_count
 from bench.models.backbones import build_backbone, get_backbone, input_resolution
-from bench.models.hparams import RECIPES, recipe_name
+from bench.models.hparams import RECIPES, ProbeSpec, recipe_name
 from bench.models.methods import ARTICLE_NORMALISATION, ARTICLE_RECIPE, METHODS, HParams, build_net
 from bench.provenance import peak_memory_mb, provenance, resolve_device
 from bench.records import Provenance, RunRecord
@@ -33,7 +33,6 @@ from bench.train.caches import Caches
 from bench.train.evaluate import Scores, classification_metrics, predict
 from bench.train.fit import fit
 from bench.train.loop import FitResult
-from bench.train.probe import default_probe
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -42,7 +41,9 @@ PRECISIONS = ("fp32", "bf16")
 class RunConfig:
     """Everything that can change a result. `stage`: "final" trains on the whole labelled
     subset and evaluates once on the test set; "trial" trains on the train part of the
-    subset and scores on its validation part (the test set is never read)."""
+    subset and scores on its validation part (the test set is never read). A trial with a
+    `pool` (protocol v3's pooled selection) does so for each seed of the pool in turn, and
+    scores the mean of their validation accuracies."""
 
     backbone: str
     method: str
@@ -57,9 +58,10 @@ class RunConfig:
     precision: str = "fp32"
     device_type: str = "cpu"
     data: str = ""  # the dataset's fingerprint (md5s of its files)
-    probe: HParams | None = None  # sft* / lp_ft: the linear probe's hyperparameters (H_f starts as that model)
+    probe: ProbeSpec | None = None  # linear_probe, lp_ft, sft*: the linear probe's settings (H_f starts as that model)
     cv_folds: int = 1  # trial stage: k > 1 scores the mean validation accuracy over k stratified folds
-    protocol: int = PROTOCOL  # ../shared/docs/methods.md version: a v1 run never shares an id with a v2 one
+    protocol: int = PROTOCOL  # ../shared/docs/methods.md version: runs of two versions never share an id
+    pool: tuple[int, ...] = ()  # trial stage, pooled selection: the seeds whose subsets it trains and scores on
 
     def __post_init__(self) -> None:
         check_fraction(self.fraction)
@@ -79,10 +81,15 @@ class RunConfig:
             )
         if not spec.trains_backbone and self.hp.augment:
             raise UserError(f"{self.method} trains on cached features of a frozen backbone, which cannot be augmented")
-        if (self.probe is not None) != spec.probe_init:
-            raise UserError(f"{self.method}: a probe's hyperparameters are {'needed' if spec.probe_init else 'not used'}")
+        needs_probe = spec.probe_init or spec.is_probe
+        if needs_probe and self.probe is None:
+            object.__setattr__(self, "probe", ProbeSpec())  # the default probe: the same run id as naming it
+        if not needs_probe and self.probe is not None:
+            raise UserError(f"{self.method} fits no linear probe: probe settings do not apply")
         if self.cv_folds < 1 or (self.cv_folds > 1 and self.stage != "trial"):
             raise UserError(f"cv_folds {self.cv_folds}: k-fold scores are for the trial stage only (k >= 2), else 1")
+        if self.pool and (self.stage != "trial" or self.pool[0] != self.seed or len(set(self.pool)) != len(self.pool)):
+            raise UserError(f"pool {list(self.pool)}: a pooled trial starts at its own seed ({self.seed}), names each seed once")
 
     @property
     def run_id(self) -> str:
@@ -110,17 +117,19 @@ def make_config(
     device: torch.device,
     data: Cifar10,
     val_fraction: float = 0.2,
-    probe: HParams | None = None,
+    probe: ProbeSpec | None = None,
     cv_folds: int = 1,
+    pool: tuple[int, ...] = (),
 ) -> RunConfig:
     """Resolve defaults (recipe, method defaults, step budget, backbone resolution) into a RunConfig.
 
     The step budget is `overrides["steps"]` when given, else the protocol's rule of the
     labelled-set size (bench/budget.py; the article's 10 epochs for the article recipe).
     The resolution is `input_resolution`'s (bench/models/backbones.py): the one rule the
-    sweep and perf's projection use too. `probe`: the linear probe a probe-initialised
-    method starts from (the sweep passes the linear_probe row's chosen hyperparameters);
-    default: linear_probe's defaults at this budget. The old names `recipe="seed"` and
+    sweep and perf's projection use too. `probe`: the settings of the linear probe (linear_probe
+    and every method that starts from it; default `ProbeSpec()`). `pool`: a pooled trial's seeds
+    (the first is `seed`). The recipe `defaults` is each method's defaults (no search), like
+    `tuned` before the sweep fills in a search's choice. The old names `recipe="seed"` and
     `method="seed_sft"` are read as `article` / `article_sft` (same config, same run id),
     with a RenamedWarning.
     """
@@ -136,8 +145,21 @@ def make_config(
     if "steps" not in overrides:
         n = labelled_count(data.train_y, fraction)
         hp = hp.update(steps=article_recipe_steps(n, hp.batch_size) if article else step_budget(n, hp.batch_size))
-    if spec.probe_init and probe is None:
-        probe = default_probe(hp)
+    needs_probe = spec.probe_init or spec.is_probe
+    if needs_probe and probe is None:
+        probe = ProbeSpec()
+    if spec.is_probe:
+        # The probe is solved (L-BFGS to a tolerance), not trained for S steps: no training
+        # hyperparameter applies, so none is part of its id (a budget or batch size asked for the
+        # whole grid is ignored; anything else is refused).
+        ignored = {"steps", "batch_size"} | ({"augment"} if overrides.get("augment") is False else set())
+        if set(overrides) - ignored:
+            names = sorted(set(overrides) - ignored)
+            raise UserError(
+                f"{method} has no training hyperparameters under protocol v{PROTOCOL} (it is a converged logistic "
+                f"regression), so {', '.join(names)} cannot be set; its settings are the probe's (--probe-set folds=..., l2=...)"
+            )
+        hp = HParams().update(**spec.defaults)
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return RunConfig(
@@ -154,8 +176,9 @@ def make_config(
         precision,
         device.type,
         data.fingerprint,
-        probe if spec.probe_init else None,
+        probe if needs_probe else None,
         cv_folds,
+        pool=tuple(int(s) for s in pool),
     )
 
 
@@ -182,18 +205,31 @@ def trainable_parameters(net: torch.nn.Module, cfg: RunConfig) -> int:
     return backbone + rest
 
 
-Fold = tuple[torch.Tensor, torch.Tensor | None]  # (training indices, validation indices or None: the test set)
+@dataclass(frozen=True)
+class Fold:
+    """What one training of a run trains and scores on: the seed whose subset it is (its
+    initialisation and batch order too), training indices, validation indices (None: the test set)."""
+
+    seed: int
+    train: torch.Tensor
+    val: torch.Tensor | None
 
 
 def run_folds(cfg: RunConfig, data: Cifar10) -> list[Fold]:
     """What the run trains and scores on: the whole labelled subset then the test set (final), its
-    train / validation split (trial), or k stratified folds of it (trial, cv_folds > 1)."""
-    split = label_split(data.train_y, cfg.fraction, cfg.seed, cfg.val_fraction)
-    if cfg.stage == "final":
-        return [(split.labelled, None)]
-    if cfg.cv_folds > 1:
-        return list(cv_folds(data.train_y, cfg.fraction, cfg.seed, cfg.cv_folds))
-    return [(split.train, split.val)]
+    train / validation split (trial), or k stratified folds of it (trial, cv_folds > 1); for a
+    pooled trial, that for each seed of its pool in turn (one training each, exactly the one a
+    trial of that seed alone would run)."""
+    out: list[Fold] = []
+    for seed in cfg.pool or (cfg.seed,):
+        split = label_split(data.train_y, cfg.fraction, seed, cfg.val_fraction)
+        if cfg.stage == "final":
+            out.append(Fold(seed, split.labelled, None))
+        elif cfg.cv_folds > 1:
+            out += [Fold(seed, t, v) for t, v in cv_folds(data.train_y, cfg.fraction, seed, cfg.cv_folds)]
+        else:
+            out.append(Fold(seed, split.train, split.val))
+    return out
 
 
 @dataclass
@@ -233,8 +269,8 @@ def run_fold(
 ) -> FoldResult:
     """Build the model, train it on the fold's training images, and score it on its validation
     images (or on the test set: the only place a final run reads it)."""
-    train_idx, val_idx = fold
-    torch.manual_seed(cfg.seed)
+    train_idx, val_idx = fold.train, fold.val
+    torch.manual_seed(fold.seed)
     net = build_model(cfg, data.num_classes).to(device).to(memory_format=torch.channels_last)
     if meter is not None:
         net.backbone.register_forward_hook(meter.count)  # the net lives for this fold only
@@ -248,7 +284,7 @@ def run_fold(
         cfg.hp,
         x,
         y,
-        seed=cfg.seed,
+        seed=fold.seed,
         precision=cfg.precision,
         val=val,
         on_progress=progress,
@@ -338,7 +374,8 @@ def _record(
     return RunRecord(
         run_id=cfg.run_id,
         config=config,
-        **{key: v for key, v in config.items() if key not in ("hp", "probe")},
+        **{key: v for key, v in config.items() if key not in ("hp", "probe", "pool")},
+        pool=list(cfg.pool),
         hparams=asdict(cfg.hp),
         probe_hparams=None if cfg.probe is None else asdict(cfg.probe),
         test_accuracy=None if trial else scores[0].accuracy,
@@ -348,14 +385,16 @@ def _record(
         val_macro_f1=sum(s.macro_f1 for s in scores) / k if trial else None,
         fold_val_accuracy=[s.accuracy for s in scores] if trial and k > 1 else None,
         classes=list(data.classes),
-        n_train=len(folds[0][0]),
+        n_train=len(folds[0].train),
         n_eval=n_eval,
         steps=result.steps,
         probe_steps=result.probe_steps,
-        min_steps=MIN_STEPS,
+        min_steps=0 if spec.is_probe else MIN_STEPS,  # the probe has no step budget (protocol v3)
         augment=result.augmented,
         bn=cfg.hp.bn if spec.trains_backbone else "frozen",
         probe_cache_hit=any(d.fit.probe_cache_hit for d in done),
+        probe_l2=result.probe_l2,
+        probe_converged=None if result.probe_converged is None else all(d.fit.probe_converged for d in done),
         feature_cache_hits=sum(d.fit.feature_cache_hits for d in done),
         trainable_params=trainable_parameters(done[-1].net, cfg),
         train_seconds=train_seconds,
@@ -366,7 +405,7 @@ def _record(
         images_per_second=images / (train_seconds + feature_seconds) if train_seconds + feature_seconds > 0 else 0.0,
         peak_memory_mb=peak_memory_mb(device),
         history=history,
-        provenance=Provenance(**provenance(device)),
+        provenance=Provenance(**provenance(device), data_copy=data.copy),
     )
 
 
