@@ -221,10 +221,10 @@ def runs_of(exp: Path) -> pd.DataFrame:
     return pd.read_csv(exp / "runs.csv")
 
 
-MD_CELL = re.compile(r"^(\*\*)?(\d+\.\d\d) ± (–|\d+\.\d\d)(\*\*)?(†)? \(n=(\d+)\)( ↑| ↓)?$")
+MD_CELL = re.compile(r"^(\*\*)?(\d+\.\d\d) ± (–|\d+\.\d\d)(\*\*)?(†)? \(n=(\d+)\)( ↑| ↓| ≈)?$")
 TEX_CELL = re.compile(
     r"^(\\textbf\{)?(\d+\.\d\d) \$\\pm\$ (--|\d+\.\d\d)(\})?"
-    r"(\$\^\{(\\dagger)?(\\uparrow|\\downarrow)?\}\$)? \{\\scriptsize \((\d+)\)\}$"
+    r"(\$\^\{(\\dagger)?(\\uparrow|\\downarrow|\\approx)?\}\$)? \{\\scriptsize \((\d+)\)\}$"
 )
 
 
@@ -243,7 +243,7 @@ def parse_md(text: str) -> dict:
             g = MD_CELL.match(cell)
             assert g, f"unexpected Markdown cell {cell!r}"
             assert bool(g[1]) == bool(g[4])
-            mark = {" ↑": "better", " ↓": "worse", None: ""}[g[7]]
+            mark = {" ↑": "better", " ↓": "worse", " ≈": "equivalent", None: ""}[g[7]]
             out[(b, m, r, col)] = (g[2], g[3], int(g[6]), bool(g[1]), mark, bool(g[5]))
     return out
 
@@ -267,7 +267,7 @@ def parse_tex(text: str) -> dict:
             g = TEX_CELL.match(cell)
             assert g, f"unexpected LaTeX cell {cell!r}"
             std = "–" if g[3] == "--" else g[3]
-            mark = {"\\uparrow": "better", "\\downarrow": "worse", None: ""}[g[7]]
+            mark = {"\\uparrow": "better", "\\downarrow": "worse", "\\approx": "equivalent", None: ""}[g[7]]
             out[(backbone, m, r, col)] = (g[2], std, int(g[8]), bool(g[1]), mark, bool(g[6]))
     return out
 
@@ -358,37 +358,79 @@ def expected_comparisons(runs: pd.DataFrame) -> dict:
     return out
 
 
+def tost_reference(d: np.ndarray, margin: float) -> float:
+    """TOST written from its definition: two one-sided paired t-tests (scipy's one-sided ttest_1samp)."""
+    if len(d) < 2:
+        return math.nan
+    if np.ptp(d) == 0:
+        return 0.0 if abs(d.mean()) < margin else 1.0
+    lower = stats.ttest_1samp(d, -margin, alternative="greater").pvalue  # H0: diff <= -margin
+    upper = stats.ttest_1samp(d, margin, alternative="less").pvalue  # H0: diff >= +margin
+    return max(lower, upper)
+
+
 @pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy, on near-constant differences
-def test_baselines_form_one_holm_family_that_agrees_with_scipy(built: tuple) -> None:
+def test_primary_and_secondary_families_cis_tost_and_verdicts_agree_with_scipy(built: tuple) -> None:
+    """Protocol v3: the declared primary family (default: sft* against finetune and lp_ft) and the secondary
+    one are Holm-corrected each within itself; every difference has its 95% t interval; TOST against the
+    margin (1 point) decides equivalence; one verdict per comparison, from those numbers alone."""
     exp, _, _ = built
     sig = pd.read_csv(exp / "tables/significance.csv", keep_default_na=False, na_values=[""])
-    want = expected_comparisons(runs_of(exp))
+    runs = runs_of(exp)
+    want = expected_comparisons(runs)
     got = {(t.backbone, t.recipe, t.method, t.fraction, t.baseline_method): t for t in sig.itertuples(index=False)}
     assert set(got) == set(want)
     assert {k[4] for k in got if k[2] == "sft"} == {"finetune", "linear_probe", "lp_ft"}
     assert not any(k[2] == "article_sft" and k[4] != "finetune" for k in got)  # article_sft is not an sft* method
     assert ("mini", "tuned", "sft", 0.1, "lp_ft") not in got  # mini has no lp_ft: no comparison invented
-    keys = list(want)
-    adj = dict(zip(keys, holm_reference([want[k][2] for k in keys]), strict=True))  # ONE family: all baselines
+    primary = {k for k in want if k[2].startswith("sft") and k[4] in ("finetune", "lp_ft")}
+    assert {k for k, t in got.items() if t.family == "primary"} == primary
+    adj: dict = {}
+    tost_adj: dict = {}
+    diffs: dict = {}
+    for b, r, m, f, bm in want:
+        mine = runs[(runs.backbone == b) & (runs.recipe == r) & (runs.method == m) & (runs.fraction == f)]
+        base = runs[(runs.backbone == b) & (runs.recipe == "tuned") & (runs.method == bm) & (runs.fraction == f)]
+        pair = mine.merge(base, on="seed", suffixes=("", "_b"))
+        diffs[(b, r, m, f, bm)] = (pair["test_accuracy"] - pair["test_accuracy_b"]).to_numpy()
+    for fam in (primary, set(want) - primary):
+        keys = sorted(fam, key=str)
+        adj.update(zip(keys, holm_reference([want[k][2] for k in keys]), strict=True))
+        tost_adj.update(zip(keys, holm_reference([tost_reference(diffs[k], 0.01) for k in keys]), strict=True))
     for k, (n, d, p) in want.items():
         t = got[k]
         assert t.n_pairs == n and (n == 0 or math.isclose(t.diff_mean, d, abs_tol=1e-12))
         assert (math.isnan(p) and math.isnan(t.p)) or math.isclose(t.p, p, rel_tol=1e-9)
         assert (math.isnan(adj[k]) and math.isnan(t.p_holm)) or math.isclose(t.p_holm, adj[k], rel_tol=1e-9), k
-        mark = "untested" if math.isnan(adj[k]) else ("ns" if adj[k] >= 0.05 else ("better" if d > 0 else "worse"))
-        assert t.mark == mark, (k, p, adj[k])
-    assert {"better", "worse", "ns", "untested"} <= set(sig["mark"])  # every kind of mark is exercised
-    # a family of finetune comparisons alone would be smaller and give other adjusted p-values: the test can tell
-    ft_keys = [k for k in keys if k[4] == "finetune"]
-    ft_only = holm_reference([want[k][2] for k in ft_keys])
-    assert any(not math.isnan(a) and not math.isclose(a, adj[k]) for k, a in zip(ft_keys, ft_only, strict=True))
-    # the accuracy table's arrows are the finetune comparisons of that family
+        q = tost_adj[k]
+        assert (math.isnan(q) and math.isnan(t.p_tost_holm)) or math.isclose(t.p_tost_holm, q, rel_tol=1e-6, abs_tol=1e-12), k
+        if n >= 2:
+            lo, hi = stats.t.interval(0.95, n - 1, loc=diffs[k].mean(), scale=stats.sem(diffs[k])) if np.ptp(diffs[k]) else (d, d)
+            assert math.isclose(t.ci_low, lo, abs_tol=1e-9) and math.isclose(t.ci_high, hi, abs_tol=1e-9), k
+        if math.isnan(adj[k]) and math.isnan(q):
+            verdict = "untested"
+        elif not math.isnan(q) and q < 0.05:
+            verdict = "equivalent"
+        elif not math.isnan(adj[k]) and adj[k] < 0.05:
+            verdict = "better" if d > 0 else "worse"
+        else:
+            verdict = "inconclusive"
+        assert t.verdict == verdict, (k, p, adj[k], q)
+    assert {"better", "worse", "inconclusive", "untested"} <= set(sig["verdict"])  # the verdicts are exercised
+    # one family of everything would give other adjusted p-values: the test can tell
+    keys = list(want)
+    one = dict(zip(keys, holm_reference([want[k][2] for k in keys]), strict=True))
+    assert any(not math.isnan(one[k]) and not math.isclose(one[k], adj[k]) for k in keys)
+    # the accuracy table's arrows are the finetune comparisons' verdicts
     md = parse_md((exp / "tables/accuracy.md").read_text())
-    for k in ft_keys:
-        m = got[k].mark
-        assert md[(k[0], k[2], k[1], R.frac_label(k[3]))][4] == (m if m in ("better", "worse") else "")
-    n_tested = sum(not math.isnan(v[2]) for v in want.values())
-    assert f"Holm-corrected over all {n_tested} comparisons with baselines" in (exp / "tables/accuracy.md").read_text()
+    for k in (k for k in keys if k[4] == "finetune"):
+        v = got[k].verdict
+        assert md[(k[0], k[2], k[1], R.frac_label(k[3]))][4] == {
+            "better": "better",
+            "worse": "worse",
+            "equivalent": "equivalent",
+        }.get(v, "")
+    assert "comparisons declared before the grid ran" in (exp / "tables/accuracy.md").read_text()
 
 
 def test_sft_vs_baselines_table_and_win_tie_loss(built: tuple) -> None:
@@ -415,20 +457,21 @@ def test_sft_vs_baselines_table_and_win_tie_loss(built: tuple) -> None:
             if t is None or t.n_pairs == 0:
                 assert cell == "—", (c, bm, cell)
                 continue
-            arrow = {"better": " ↑", "worse": " ↓"}.get(t.mark, "")
-            assert cell == f"{100 * t.diff_mean:+.2f}{arrow} (n={t.n_pairs})"
-            assert getattr(c, f"{bm}_mark") == t.mark and math.isclose(getattr(c, f"{bm}_diff_mean"), t.diff_mean)
+            arrow = {"better": " ↑", "worse": " ↓", "equivalent": " ≈"}.get(t.verdict, "")
+            ci = f" [{100 * t.ci_low:+.2f}, {100 * t.ci_high:+.2f}]" if t.n_pairs >= 2 else ""
+            assert cell == f"{100 * t.diff_mean:+.2f}{ci}{arrow} (n={t.n_pairs})"
+            assert getattr(c, f"{bm}_verdict") == t.verdict and math.isclose(getattr(c, f"{bm}_diff_mean"), t.diff_mean)
+            assert getattr(c, f"{bm}_family") == t.family
     assert rows_md[("tiny", "tuned", "sft", "100%")][2] == "—"  # lp_ft was not run at 100%
     assert rows_md[("mini", "tuned", "sft", "1%")][1:] == ["—", "—"]  # mini has neither linear_probe nor lp_ft
     wtl = pd.read_csv(exp / "tables/win_tie_loss.csv").set_index(["method", "baseline"])
+    verdicts = ["better", "worse", "equivalent", "inconclusive", "untested"]
     for (m, bm), w in wtl.iterrows():
         s = sig[(sig.method == m) & (sig.baseline_method == bm)]
-        assert w[["win", "tie", "loss", "untested"]].tolist() == [
-            int((s.mark == k).sum()) for k in ("better", "ns", "worse", "untested")
-        ]
+        assert w[verdicts].tolist() == [int((s.verdict == k).sum()) for k in verdicts]
     assert {("sft", "finetune"), ("sft", "linear_probe"), ("sft", "lp_ft")} <= set(wtl.index)
     html = (exp / "report.html").read_text()
-    assert "<h2>sft against its baselines</h2>" in html and "<b>sft vs lp_ft</b>: " in html
+    assert "<h2>sft against its baselines</h2>" in html and "Against <code>lp_ft</code> at " in html
 
 
 def test_daggers_by_hand() -> None:
@@ -498,7 +541,7 @@ def test_wilcoxon_option_matches_scipy(built: tuple) -> None:
         p = stats.wilcoxon(pair["test_accuracy"], pair["test_accuracy_b"]).pvalue
         assert (math.isnan(p) and math.isnan(t.p)) or math.isclose(t.p, p)
     # with three seeds the exact two-sided Wilcoxon p is at least 0.25: nothing can be significant, and nothing is
-    assert not tests["mark"].isin(["better", "worse"]).any()
+    assert not tests["verdict"].isin(["better", "worse"]).any()
 
 
 def test_wilcoxon_floor_by_hand() -> None:

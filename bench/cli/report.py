@@ -32,7 +32,10 @@ def report(
             "seed count cannot reach --alpha (2/2^n > alpha: at alpha 0.05 it needs 6 or more paired seeds)."
         ),
     ] = "ttest",
-    alpha: Annotated[float, typer.Option(help="Significance level after Holm's correction.")] = 0.05,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="Significance level after Holm's correction; default: the experiment's [stats] alpha, else 0.05."),
+    ] = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage (journal path or URL); default: config.toml's, else optuna.journal.")
     ] = None,
@@ -47,12 +50,15 @@ def report(
         fail(str(exc))
     wtl = res.win_tie_loss
     if len(wtl):
-        t = Table(title="against each baseline (significant after Holm)")
-        for col in ("method", "baseline", "win", "tie", "loss", "untested"):
-            t.add_column(col, justify="left" if col in ("method", "baseline") else "right")
-        for r in wtl.itertuples(index=False):
-            t.add_row(r.method, r.baseline, str(r.win), str(r.tie), str(r.loss), str(r.untested))
+        t = Table(title="verdicts against each baseline (cells; Holm within each family, TOST for equivalence)")
+        cols = ("method", "baseline", "family", "better", "worse", "equivalent", "inconclusive", "untested")
+        for col in cols:
+            t.add_column(col, justify="left" if col in ("method", "baseline", "family") else "right")
+        for r in wtl.to_dict("records"):
+            t.add_row(*(str(r[c]) for c in cols))
         console.print(t)
+    for line in res.summary:
+        console.print(escape(line.replace("`", "")), highlight=False, soft_wrap=True)
     for note in res.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     console.print(

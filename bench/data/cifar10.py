@@ -21,21 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.cifar_files import FILE_MD5
+from bench.cifar_files import fingerprint as data_fingerprint
 from bench.registry import UserError
 
 FOLDER = "cifar-10-batches-py"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
-# The official per-file md5 sums (the same ones torchvision checks).
-FILE_MD5 = {
-    "data_batch_1": "c99cafc152244af753f735de768cd75f",
-    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-    "data_batch_4": "634d18415352ddfa80567beed471001a",
-    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-    "test_batch": "40351d587109b95175f43aff81a1287e",
-    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
-}
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -198,7 +190,7 @@ def load_cifar10(data_dir: str | Path, download_missing: bool = True) -> Cifar10
             "after a structural check (shapes, dtype, labels, class counts)",
             stacklevel=2,
         )
-    fingerprint = hashlib.sha256("".join(sums[f] for f in sorted(sums)).encode()).hexdigest()[:16]
+    fingerprint = data_fingerprint(sums)
     return Cifar10(
         torch.from_numpy(train_x),
         torch.from_numpy(train_y),

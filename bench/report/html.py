@@ -51,9 +51,11 @@ def _protocol_items(df: pd.DataFrame, tables: Tables, studies: list[StudyInfo], 
         + (f"({', '.join(map(str, trials))} finished trials per {studies_txt})" if trials else "(no study found in the storage)")
         + "; then one final run per seed on the whole labelled subset, evaluated once on the test set.",
         f"Comparisons: each method against {BASELINE}, and every sft* method also against linear_probe and lp_ft, of the "
-        f"same backbone and fraction, {TEST_NAMES[tables.test]} over paired seeds, Holm-corrected over all "
-        f"{tables.n_tests} comparisons, α = {tables.alpha:g}; {DAGGER} in the accuracy table: not significantly worse "
-        f"than the column's best (its own Holm family of {tables.n_best_tests}).",
+        f"same backbone and fraction, {TEST_NAMES[tables.test]} over paired seeds with a 95% confidence interval per "
+        "difference, and two one-sided tests against the equivalence margin; the primary family (declared before the "
+        "grid ran) and the secondary family are Holm-corrected each within itself, "
+        f"α = {tables.alpha:g}; one verdict per comparison (better, worse, equivalent, inconclusive). {DAGGER} in the "
+        f"accuracy table: not significantly worse than the column's best (its own Holm family of {tables.n_best_tests}).",
     ]
     if has_steps:
         protocol.append(
@@ -64,29 +66,41 @@ def _protocol_items(df: pd.DataFrame, tables: Tables, studies: list[StudyInfo], 
     return protocol
 
 
-def _headline(wtl: pd.DataFrame, alpha: float) -> str:
-    """The summary's first lines: sft's win/tie/loss against each of its baselines."""
-    sft = wtl[wtl["method"] == "sft"]
-    if not len(sft):
-        return '<p class="wtl">No <code>sft</code> row with a baseline in this experiment: no win/tie/loss count.</p>'
-    items = []
-    for s in sft.itertuples(index=False):
-        items.append(
-            f"<li><b>sft vs {html.escape(s.baseline)}</b>: {s.win} win(s), {s.tie} tie(s), {s.loss} loss(es) "
-            f"(significant after Holm, α = {alpha:g}); {s.untested} cell(s) untested (fewer than 2 paired "
-            f"seeds). By mean alone: higher in {s.higher_mean}, lower in {s.lower_mean}.</li>"
-        )
-    return f'<ul class="wtl">{"".join(items)}</ul>'
+def _code(text: str) -> str:
+    """Escaped text with its `code` spans as <code>."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _headline(summary: list[str]) -> str:
+    """The summary: the sentences generated from the primary family's verdicts (verdicts.sentences), as they are."""
+    return '<ul class="wtl">' + "".join(f"<li>{_code(s)}</li>" for s in summary) + "</ul>"
+
+
+def _points(v: float) -> str:
+    return "–" if not math.isfinite(v) else f"{100 * v:+.2f}"
 
 
 def _significance(tests: pd.DataFrame) -> str:
-    """Every comparison with a baseline, as a table (differences in accuracy points)."""
+    """Every comparison with a baseline, as a table (differences in accuracy points, primary family first)."""
+    if not len(tests):
+        return "<p>No comparison: no baseline.</p>"
     sig = tests.assign(
         column=tests["fraction"].map(frac_label),
-        diff=tests["diff_mean"].map(lambda v: "–" if not math.isfinite(v) else f"{100 * v:+.2f}"),
-    )[["backbone", "recipe", "method", "column", "baseline", "n_pairs", "diff", "p", "p_holm", "mark", "reason"]]
-    sig = sig.rename(columns={"diff": "mean diff (points)", "column": "fraction"})
-    return frame_html(sig, {"p": fmt_p, "p_holm": fmt_p}) if len(sig) else "<p>No comparison: no baseline.</p>"
+        diff=tests["diff_mean"].map(_points),
+        ci=[f"[{_points(lo)}, {_points(hi)}]" for lo, hi in zip(tests["ci_low"], tests["ci_high"], strict=True)],
+        _f=tests["family"] != "primary",
+    ).sort_values("_f", kind="stable")
+    cols = ["family", "backbone", "recipe", "method", "column", "baseline", "n_pairs", "diff", "ci", "p_holm", "p_tost_holm"]
+    sig = sig[[*cols, "verdict", "reason"]].rename(
+        columns={
+            "diff": "mean diff (points)",
+            "ci": "95% CI",
+            "column": "fraction",
+            "p_tost_holm": "p TOST (Holm)",
+        }
+    )
+    return frame_html(sig, {"p_holm": fmt_p, "p TOST (Holm)": fmt_p})
 
 
 def _figure(f: Figure) -> str:
@@ -136,6 +150,7 @@ def render_html(
     prov: list[tuple[str, str]],
     notes: list[str],
     compute: pd.DataFrame | None = None,
+    summary: list[str] | None = None,
 ) -> str:
     """The whole page, from what write_report computed; nothing here computes a number of its own."""
     esc = html.escape
@@ -149,10 +164,12 @@ def render_html(
         f"{len(studies)} Optuna studies. Everything on this page is computed from those two; tables are also in "
         "<code>tables/</code> (Markdown, LaTeX, CSV) and plots in <code>plots/</code> (PNG, PDF).</p>",
         "<h2>Summary</h2>",
-        _headline(wtl, tables.alpha),
+        "<p>Generated from the verdicts of the primary family (declared before the grid ran); it says nothing the "
+        "verdicts do not (tables/summary.md holds the same sentences).</p>",
+        _headline(summary or []),
         frame_html(wtl) if len(wtl) else "",
-        "<p>win/tie/loss per method against each of its baselines (finetune; for sft* also linear_probe and lp_ft), one "
-        "count per (backbone, fraction) cell.</p>",
+        "<p>Verdicts per method against each of its baselines (finetune; for sft* also linear_probe and lp_ft), one count "
+        "per (backbone, fraction) cell; the family says whether the comparison is primary or secondary.</p>",
         _protocol_section(experiment_dir, df, tables, studies, compute),
         "<h2>Provenance</h2>",
         '<table class="t"><tbody>'
@@ -162,6 +179,7 @@ def render_html(
         to_html(tables.accuracy()),
         "<h2>sft against its baselines</h2>",
         to_html(tables.sft_vs_baselines()),
+        *(["<h2>What the search added (tuned − defaults)</h2>", to_html(tables.tuning_gain())] if tables.has_gain else []),
         "<h2>Label efficiency</h2>",
         to_html(tables.efficiency()),
         "<h2>Comparisons with baselines</h2>",

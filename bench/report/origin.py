@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.cifar_files import COPY_TEXT, copy_of
 from bench.report.load import StudyInfo, search_seconds
 
 
@@ -28,6 +29,29 @@ def _git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return sha or "unknown"
+
+
+def _data_copy(experiment_dir: Path, df: pd.DataFrame) -> str:
+    """Which copy of CIFAR-10 the runs used, as they recorded it: runs.csv's data_copy (protocol v3), else the
+    data fingerprint in the runs' records (every protocol), compared with the official files' fingerprint."""
+    copies: dict[str, int] = {}
+    if "data_copy" in df.columns and df["data_copy"].fillna("").astype(str).str.strip().ne("").all():
+        copies = {str(k): int(v) for k, v in df["data_copy"].astype(str).value_counts().items()}
+        source = "recorded by every run"
+    else:
+        rec_dir = Path(experiment_dir) / "records"
+        for rid in df["run_id"].dropna().astype(str) if "run_id" in df.columns else []:
+            try:
+                fp = json.loads((rec_dir / f"{rid}.json").read_text()).get("config", {}).get("data", "")
+            except (OSError, json.JSONDecodeError):
+                fp = ""
+            kind = copy_of(str(fp)) or "not recorded"
+            copies[kind] = copies.get(kind, 0) + 1
+        source = "from the data fingerprint in each run's record"
+    if not copies:
+        return "not recorded"
+    parts = [f"{COPY_TEXT.get(k, k)}" + (f" ({n} runs)" if len(copies) > 1 else "") for k, n in sorted(copies.items())]
+    return "; ".join(parts) + f" [{source}]"
 
 
 def provenance(experiment_dir: Path, df: pd.DataFrame, studies: list[StudyInfo]) -> list[tuple[str, str]]:
@@ -43,6 +67,8 @@ def provenance(experiment_dir: Path, df: pd.DataFrame, studies: list[StudyInfo])
         return ", ".join(f"{v} ({n} runs)" if len(c) > 1 else v for v, n in c.items()) or "not recorded"
 
     items = [
+        ("data copy", _data_copy(experiment_dir, df)),
+        ("input resolution (px)", uniq("resolution")),
         ("git commit of the runs", uniq("git_commit")),
         ("device", uniq("device")),
         ("device type", uniq("device_type")),

@@ -13,6 +13,8 @@ import pandas as pd
 
 DEFAULT_MIN_STEPS = 500  # the protocol's floor on the optimiser-step budget (methods.md, version 2)
 SEARCH_MODE_TEXT = {
+    "pooled": "pooled search (protocol v3): one choice per cell, each candidate scored by its mean validation accuracy "
+    "over the first seeds' subsets, then retrained for every seed; the spread over seeds leaves selection noise out",
     "per_seed": "per-seed search: the spread over seeds includes selection noise",
     "shared": "shared search: seed 0's hyperparameters reused for every seed; the spread leaves selection noise out",
 }
@@ -79,11 +81,20 @@ class ProtocolInfo:
             )
         elif self.v1:
             head = f"{self.label[0].upper()}{self.label[1:]}: rows from different protocols are not comparable."
+        elif max(self.versions) >= 3:
+            head = (
+                f"Protocol v{max(self.versions)}: step budgets, one BatchNorm policy and one search space for every method; "
+                "the linear probe (and the start of lp_ft and every sft*) a converged logistic regression, its L2 strength "
+                "cross-validated; every training batch full."
+            )
         else:
             head = f"Protocol v{max(self.versions)}: step budgets, one BatchNorm policy and one search space for every method."
         out = [head, f"Search: {self.search_label()}."]
         if self.unsearched and self.search_modes:
-            out.append(f"{self.unsearched} run(s) of the seed recipe use fixed hyperparameters (no search).")
+            out.append(
+                f"{self.unsearched} run(s) have no search: a fixed recipe (defaults, article), or the linear probe, whose "
+                "one setting is cross-validated inside its fit (protocol v3)."
+            )
         return out + self.short_lines()
 
 

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.report.text import DAGGER, DOWN, UP, pct, tex_escape, tex_note
+from bench.report.text import DAGGER, DOWN, EQUIV, UP, pct, tex_escape, tex_note
 
-ARROWS = {"better": UP, "worse": DOWN}
-TEX_ARROWS = {"better": "\\uparrow", "worse": "\\downarrow"}
+# A verdict's mark (protocol v3): significantly better / worse, or equivalent within the declared margin;
+# inconclusive and untested comparisons get none.
+ARROWS = {"better": UP, "worse": DOWN, "equivalent": EQUIV}
+TEX_ARROWS = {"better": "\\uparrow", "worse": "\\downarrow", "equivalent": "\\approx"}
 
 
 @dataclass(frozen=True)
@@ -32,16 +34,26 @@ class AccuracyCell:
     n: int
     bold: bool
     dagger: bool
-    mark: str  # "better" / "worse" get an arrow; "ns", "untested", "baseline", "no baseline" do not
+    mark: str  # the verdict against the baseline: "better" / "worse" an arrow, "equivalent" ≈; the others none
 
 
 @dataclass(frozen=True)
 class DiffCell:
-    """A cell of the sft-vs-baselines table: the mean paired difference (a fraction) over n paired seeds."""
+    """A cell of the sft-vs-baselines table: the mean paired difference (a fraction) over n paired seeds, its
+    95% confidence interval and its verdict."""
 
     diff: float
     n: int
     mark: str
+    low: float = math.nan
+    high: float = math.nan
+
+    @property
+    def interval(self) -> str:
+        """ " [lo, hi]" in points, or "" without an interval."""
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            return ""
+        return f" [{100 * self.low:+.2f}, {100 * self.high:+.2f}]"
 
 
 # A table cell: a number with its marks, plain text (shown as it is, escaped per format), or None: not run.
@@ -84,7 +96,7 @@ def md_cell(c: Cell) -> str:
         return c
     arrow = f" {ARROWS[c.mark]}" if c.mark in ARROWS else ""
     if isinstance(c, DiffCell):
-        return f"{100 * c.diff:+.2f}{arrow} (n={c.n})"
+        return f"{100 * c.diff:+.2f}{c.interval}{arrow} (n={c.n})"
     core = f"{pct(c.mean)} ± {_std(c, '–')}"
     if c.bold:
         core = f"**{core}**"
@@ -117,7 +129,8 @@ def tex_cell(c: Cell) -> str:
         return tex_escape(c)
     if isinstance(c, DiffCell):
         mark = f"^{{{TEX_ARROWS[c.mark]}}}" if c.mark in TEX_ARROWS else ""
-        return f"${100 * c.diff:+.2f}{mark}$ {{\\scriptsize ({c.n})}}"
+        ci = f" {{\\scriptsize{tex_escape(c.interval)}}}" if c.interval else ""
+        return f"${100 * c.diff:+.2f}{mark}${ci} {{\\scriptsize ({c.n})}}"
     core = f"{pct(c.mean)} $\\pm$ {_std(c, '--')}"
     if c.bold:
         core = f"\\textbf{{{core}}}"

@@ -31,6 +31,7 @@ from bench.report.schema import (
     row_sort_key,
 )
 from bench.report.text import frac_label
+from bench.report.verdicts import VERDICTS, StatsPlan, judge, t_ci
 
 EFFICIENCY_LEVELS = (0.90, 0.95)
 
@@ -144,7 +145,7 @@ def paired_difference(mine: pd.Series, base: pd.Series, test: str) -> dict[str, 
     """mine - base over the seeds both have (the pairing: seed s = the same labelled subset)."""
     seeds = sorted(set(mine.index) & set(base.index))
     x, y = mine.loc[seeds].to_numpy(float), base.loc[seeds].to_numpy(float)
-    d = x - y
+    d = _differences(mine, base)
     stat, p, reason = pair_test(x, y, test)
     return dict(
         n_pairs=len(seeds),
@@ -167,30 +168,47 @@ def mark_of(diff: float, p_adj: float, alpha: float) -> str:
     return "ns"
 
 
+def _differences(mine: pd.Series, base: pd.Series) -> np.ndarray:
+    """mine - base, seed by seed, over the seeds both have."""
+    seeds = sorted(set(mine.index) & set(base.index))
+    return mine.loc[seeds].to_numpy(float) - base.loc[seeds].to_numpy(float)
+
+
 TEST_COLUMNS = [
     *KEY,
     "baseline_method",
     "baseline",
+    "family",
     "test",
     "n_pairs",
     "seeds",
     "diff_mean",
     "diff_std",
+    "ci_low",
+    "ci_high",
     "statistic",
     "p",
     "p_holm",
-    "mark",
+    "margin",
+    "p_tost",
+    "p_tost_holm",
+    "verdict",
+    "family_mdd80",
     "reason",
 ]
 
 
-def paired_tests(df: pd.DataFrame, test: str = "ttest", alpha: float = 0.05) -> pd.DataFrame:
+def paired_tests(df: pd.DataFrame, test: str = "ttest", alpha: float = 0.05, plan: StatsPlan | None = None) -> pd.DataFrame:
     """Every cell against each of its baselines (`baselines_of`) of the same backbone and fraction, paired
-    by seed; all comparisons of the experiment form one family, Holm-corrected together.
+    by seed, judged as protocol v3 says (bench/report/verdicts.py): the experiment's primary family and the
+    secondary one, each Holm-corrected within itself, a 95% CI per difference, TOST against the declared
+    margin, and one verdict (better, worse, equivalent, inconclusive, untested).
 
     `finetune`: a row for every cell of a backbone that has finetune (untested, with the reason, at a
     fraction finetune lacks). `linear_probe` / `lp_ft` for sft*: only where the backbone has that method."""
+    plan = plan or StatsPlan(alpha=alpha)
     rows = []
+    diffs: list[np.ndarray] = []
     acc = {k: g.set_index("seed")[METRIC] for k, g in df.groupby(KEY, sort=False)}
     for (b, r, m, f), series in acc.items():
         for bm in baselines_of(m):
@@ -203,19 +221,24 @@ def paired_tests(df: pd.DataFrame, test: str = "ttest", alpha: float = 0.05) -> 
             if base is None:
                 row.update(n_pairs=0, seeds="", diff_mean=math.nan, diff_std=math.nan, statistic=math.nan, p=math.nan)
                 row["reason"] = f"no {bm}/{base_r} at this fraction"
+                diffs.append(np.array([]))
             else:
                 row.update(paired_difference(series, base, test))
+                diffs.append(_differences(series, base))
             rows.append(row)
-    out = pd.DataFrame(rows, columns=[c for c in TEST_COLUMNS if c not in ("p_holm", "mark")])
+    base_cols = ["backbone", "recipe", "method", "fraction", "baseline_method", "baseline", "test", "n_pairs", "seeds"]
+    base_cols += ["diff_mean", "diff_std", "statistic", "p", "reason"]
+    out = pd.DataFrame(rows, columns=base_cols)
     if len(out):
         order = [
             (*cell_key(b, r, m, f), BASELINE_ORDER.index(bm))
             for b, r, m, f, bm in out[[*KEY, "baseline_method"]].itertuples(index=False)
         ]
-        out = out.iloc[sorted(range(len(out)), key=order.__getitem__)].reset_index(drop=True)
+        perm = sorted(range(len(out)), key=order.__getitem__)
+        out = out.iloc[perm].reset_index(drop=True)
+        diffs = [diffs[i] for i in perm]
     out["seeds"] = out["seeds"].fillna("")
-    out["p_holm"] = holm(out["p"]) if len(out) else []
-    out["mark"] = [mark_of(d, q, alpha) for d, q in zip(out["diff_mean"], out["p_holm"], strict=True)]
+    out = judge(out, dict(enumerate(diffs)), plan)
     return out[TEST_COLUMNS]
 
 
@@ -267,31 +290,59 @@ def largest_pairing(*frames: pd.DataFrame) -> int:
     return max(ns, default=0)
 
 
-WTL_COLUMNS = ["method", "baseline", "win", "tie", "loss", "untested", "higher_mean", "lower_mean"]
+WTL_COLUMNS = ["method", "baseline", "family", *VERDICTS, "higher_mean", "lower_mean"]
 
 
 def win_tie_loss(tests: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, baseline method): cells significantly better (win), not significantly different (tie),
-    worse (loss), untested; and higher/lower by mean alone."""
+    """Per (method, baseline method): how many cells got each verdict (protocol v3: better, worse,
+    equivalent within the margin, inconclusive, untested), the comparison's family, and higher/lower by
+    mean alone (which is not evidence: the verdicts are)."""
     rows = []
     if len(tests):
         pairs = {(m, bm) for m, bm in tests[["method", "baseline_method"]].itertuples(index=False)}
         for m, bm in sorted(pairs, key=lambda p: (method_rank(p[0]), BASELINE_ORDER.index(p[1]))):
             t = tests[(tests["method"] == m) & (tests["baseline_method"] == bm)]
-            c = t["mark"].value_counts()
-            rows.append(
-                dict(
-                    method=m,
-                    baseline=bm,
-                    win=int(c.get("better", 0)),
-                    tie=int(c.get("ns", 0)),
-                    loss=int(c.get("worse", 0)),
-                    untested=int(c.get("untested", 0)),
-                    higher_mean=int((t["diff_mean"] > 0).sum()),
-                    lower_mean=int((t["diff_mean"] < 0).sum()),
-                )
-            )
+            c = t["verdict"].value_counts()
+            row: dict[str, Any] = dict(method=m, baseline=bm, family="/".join(sorted(set(t["family"]))))
+            row.update({v: int(c.get(v, 0)) for v in VERDICTS})
+            row.update(higher_mean=int((t["diff_mean"] > 0).sum()), lower_mean=int((t["diff_mean"] < 0).sum()))
+            rows.append(row)
     return pd.DataFrame(rows, columns=WTL_COLUMNS)
+
+
+GAIN_COLUMNS = ["backbone", "method", "fraction", "n_pairs", "seeds", "diff_mean", "diff_std", "ci_low", "ci_high", "p"]
+
+
+def tuning_gain(df: pd.DataFrame, test: str = "ttest") -> pd.DataFrame:
+    """What the search added (protocol v3): per (backbone, method, fraction) run under both the `tuned` and the
+    `defaults` recipe, tuned - defaults over paired seeds, with its 95% CI and unadjusted p (descriptive: a
+    secondary question). Where the search chose the defaults, the two runs are the same training and the
+    difference is exactly 0."""
+    rows = []
+    acc = {k: g.set_index("seed")[METRIC] for k, g in df.groupby(KEY, sort=False)}
+    for (b, r, m, f), tuned in acc.items():
+        base = acc.get((b, "defaults", m, f))
+        if r != "tuned" or base is None:
+            continue
+        d = _differences(tuned, base)
+        t = paired_difference(tuned, base, test)
+        lo, hi = t_ci(d)
+        rows.append(
+            {
+                **{k: t[k] for k in ("n_pairs", "seeds", "diff_mean", "diff_std", "p")},
+                "backbone": b,
+                "method": m,
+                "fraction": f,
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
+    out = pd.DataFrame(rows, columns=GAIN_COLUMNS)
+    if len(out):
+        out = out.iloc[
+            sorted(range(len(out)), key=lambda i: cell_key(out["backbone"][i], "tuned", out["method"][i], out["fraction"][i]))
+        ]
+    return out.reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- label efficiency

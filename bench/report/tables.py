@@ -18,7 +18,7 @@ import pandas as pd
 from bench.report.protocol import ProtocolInfo
 from bench.report.render import AccuracyCell, DiffCell, TableModel, to_html, to_latex, to_markdown
 from bench.report.schema import BASELINE, BASELINE_ORDER, KEY, TEST_NAMES, cell_key, is_sft, row_sort_key
-from bench.report.text import DAGGER, DOWN, UP, fmt_needed, frac_label, pct, slug, tex_escape
+from bench.report.text import DAGGER, DOWN, EQUIV, UP, fmt_needed, frac_label, pct, slug, tex_escape
 
 EFF_HEAD = ("reference (acc. %)", "labels for 90%", "labels for 95%", "AUC (%)", "AUC range")
 
@@ -37,10 +37,16 @@ class Tables:
     show_recipe: bool
     test: str
     alpha: float
-    n_tests: int  # tested comparisons with baselines (the Holm family behind ↑/↓)
+    n_tests: int  # tested comparisons with baselines (both families)
     tests: pd.DataFrame = field(default_factory=pd.DataFrame)  # every comparison with a baseline
     n_best_tests: int = 0  # tested comparisons with the column's best (the Holm family behind †)
     protocol: ProtocolInfo | None = None
+    gain: pd.DataFrame = field(default_factory=pd.DataFrame)  # tuned - defaults (stats.tuning_gain)
+
+    @property
+    def has_gain(self) -> bool:
+        """Whether any cell ran under both the tuned and the defaults recipe."""
+        return len(self.gain) > 0
 
     def __post_init__(self) -> None:
         self.index = {(c["backbone"], c["recipe"], c["method"], c["fraction"]): c for c in self.cells.to_dict("records")}
@@ -49,7 +55,40 @@ class Tables:
 
     def models(self) -> list[TableModel]:
         """Every table of tables/, in the order the report writes them."""
-        return [self.accuracy(), self.efficiency(), self.sft_vs_baselines()]
+        return [self.accuracy(), self.efficiency(), self.sft_vs_baselines(), *([self.tuning_gain()] if self.has_gain else [])]
+
+    # -- what the search added
+    def tuning_gain(self) -> TableModel:
+        """Per (backbone, method) row and fraction: tuned - defaults over paired seeds, with its 95% CI."""
+        fractions = sorted(self.gain["fraction"].unique()) if self.has_gain else []
+        index = {(g["backbone"], g["method"], g["fraction"]): g for g in self.gain.to_dict("records")}
+        rows_ = sorted({(b, m) for b, m, _ in index}, key=lambda bm: row_sort_key((bm[0], "tuned", bm[1])))
+        rows = []
+        for b, m in rows_:
+            cells = []
+            for f in fractions:
+                g = index.get((b, m, f))
+                cells.append(None if g is None else DiffCell(g["diff_mean"], int(g["n_pairs"]), "", g["ci_low"], g["ci_high"]))
+            rows.append(([b, m], cells))
+        return TableModel(
+            stem="tuning_gain",
+            head=["backbone", "method", *(frac_label(f) for f in fractions)],
+            n_labels=2,
+            rows=rows,
+            notes=[
+                "What the search added: test accuracy of the `tuned` recipe minus the `defaults` recipe (each method's "
+                "defaults, no search), mean paired difference in points with its 95% CI, (n) = paired seeds. 0 exactly "
+                "where the search chose the defaults (the same training). Descriptive, not part of any family.",
+                *self.protocol_notes(),
+            ],
+            float_notes=self.protocol_notes(),
+            caption=f"What the search added, experiment {tex_escape(self.experiment)}: tuned minus defaults (points, "
+            "95\\% CI in brackets; paired seeds in parentheses). ---: not run under both recipes.",
+            tex_label=f"tab:tuning-gain-{slug(self.experiment)}",
+            tex_align="r" * len(fractions),
+            md_right=True,
+            frame=self.gain,
+        )
 
     # The accuracy table as one string per format: kept for callers of the single-module report
     # (tests/test_report.py reads them); everything else renders `models()`.
@@ -80,10 +119,15 @@ class Tables:
         return self.protocol.lines() if self.protocol else []
 
     def _family(self) -> str:
-        """What the Holm family behind ↑/↓ holds, as every table's notes state it."""
+        """How the marks are decided (protocol v3), as every table's notes state it."""
+        fams = self.tests["family"].value_counts() if len(self.tests) and "family" in self.tests else {}
+        margin = float(self.tests["margin"].iloc[0]) if len(self.tests) and "margin" in self.tests else 0.01
         return (
-            f"Holm-corrected over all {self.n_tests} comparisons with baselines in this experiment, α = {self.alpha:g}: "
-            f"every method against `{BASELINE}`, every sft* method also against `linear_probe` and `lp_ft`"
+            f"the verdict of the comparison: Holm-corrected within its family, α = {self.alpha:g} (primary: "
+            f"{int(fams.get('primary', 0))} comparisons declared before the grid ran; "
+            f"secondary: {int(fams.get('secondary', 0))}, "
+            f"not for claims); {EQUIV}: equivalent within ±{100 * margin:g} point(s) (two one-sided tests, Holm within the "
+            "family), which wins over ↑/↓ where both hold"
         )
 
     # -- accuracy
@@ -105,8 +149,9 @@ class Tables:
             f"{DAGGER}: the best cell itself, significantly worse, or untested (fewer than 2 paired seeds). Not rejecting "
             "is not evidence of equality: with few seeds these tests have little power.",
             f"{UP} / {DOWN}: significantly higher / lower than the row's `{BASELINE}` baseline ({test} over paired seeds, "
-            f"{self._family()}); no mark: not significant, the baseline itself, or untested (fewer than 2 paired seeds); "
-            "see tables/significance.csv and tables/sft_vs_baselines.md.",
+            f"{self._family()}); no mark: inconclusive (neither a difference nor equivalence is shown: not evidence of "
+            "either), the baseline itself, or untested (fewer than 2 paired seeds); see tables/significance.csv (every "
+            "comparison with its 95% CI and verdict) and tables/summary.md.",
             *self.protocol_notes(),
         ]
 
@@ -126,9 +171,9 @@ class Tables:
             caption=f"Test accuracy (\\%) on CIFAR-10, experiment {tex_escape(self.experiment)}: mean $\\pm$ std over seeds "
             f"(number of seeds in parentheses). Bold: best in the column per backbone. $^{{\\dagger}}$: not significantly "
             f"worse than the column's best ({test}, Holm over {self.n_best_tests} comparisons). "
-            f"$^{{\\uparrow}}$/$^{{\\downarrow}}$: significantly higher/lower than {BASELINE} ({test}, "
-            f"Holm-corrected over {self.n_tests} comparisons with baselines, $\\alpha={self.alpha:g}$). --: one seed; "
-            "---: not run.",
+            f"$^{{\\uparrow}}$/$^{{\\downarrow}}$: significantly higher/lower than {BASELINE}, "
+            f"$^{{\\approx}}$: equivalent within the declared margin ({test} and two one-sided tests, Holm within the "
+            f"primary or the secondary family, $\\alpha={self.alpha:g}$). --: one seed; ---: not run.",
             tex_label=f"tab:accuracy-{slug(self.experiment)}",
             tex_align="r" * len(self.fractions),
             md_right=True,
@@ -150,7 +195,9 @@ class Tables:
     def _sft_cell(self, key: tuple[str, str, str, float], bm: str) -> DiffCell | None:
         """The comparison of an sft* cell with baseline `bm` (None: no paired run of that baseline)."""
         t = self.test_index.get((*key, bm))
-        return DiffCell(t["diff_mean"], t["n_pairs"], t["mark"]) if t is not None and t["n_pairs"] > 0 else None
+        if t is None or t["n_pairs"] <= 0:
+            return None
+        return DiffCell(t["diff_mean"], t["n_pairs"], t["verdict"], t["ci_low"], t["ci_high"])
 
     def sft_notes(self) -> list[str]:
         """How to read the sft-vs-baselines table: what a cell is, what a mark means."""
@@ -158,11 +205,13 @@ class Tables:
         base = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
         out = [
             f"Each sft* cell against {base} of the same backbone and fraction: mean paired difference (method − baseline, "
-            "accuracy points) over the seeds both share, (n) = paired seeds; the baseline of the same recipe, else the "
-            "`tuned` one (tables/significance.csv names it).",
-            f"{UP} / {DOWN}: significantly higher / lower ({TEST_NAMES[self.test]}, {self._family()}); no mark: not "
-            "significant, or untested (fewer than 2 paired seeds); —: no paired run of that baseline (not run at this "
+            "accuracy points) over the seeds both share with its 95% confidence interval in brackets, (n) = paired seeds; "
+            "the baseline of the same recipe, else the `tuned` one (tables/significance.csv names it).",
+            f"{UP} / {DOWN}: significantly higher / lower ({TEST_NAMES[self.test]}, {self._family()}); no mark: "
+            "inconclusive, or untested (fewer than 2 paired seeds); —: no paired run of that baseline (not run at this "
             "fraction, or no seed in common).",
+            "The probe-initialised rows (lp_ft, sft, sft-mlp, sft-side) start from the same linear probe, and sft is lp_ft "
+            "with a doubled head step: their comparisons are correlated, not independent evidence.",
         ]
         if not self.sft_rows():
             out.insert(0, "No sft* method in this experiment: the table is empty.")
@@ -179,12 +228,15 @@ class Tables:
                 rec[f"{bm}_baseline"] = t["baseline"] if t else ""
                 rec[f"{bm}_n_pairs"] = int(t["n_pairs"]) if t else 0
                 rec[f"{bm}_diff_mean"] = t["diff_mean"] if t else math.nan
+                rec[f"{bm}_ci_low"] = t["ci_low"] if t else math.nan
+                rec[f"{bm}_ci_high"] = t["ci_high"] if t else math.nan
+                rec[f"{bm}_family"] = t["family"] if t else ""
                 rec[f"{bm}_p_holm"] = t["p_holm"] if t else math.nan
-                rec[f"{bm}_mark"] = t["mark"] if t else "no baseline"
+                rec[f"{bm}_p_tost_holm"] = t["p_tost_holm"] if t else math.nan
+                rec[f"{bm}_verdict"] = t["verdict"] if t else "no baseline"
             recs.append(rec)
-        cols = [*KEY, "column"] + [
-            f"{bm}_{x}" for bm in self.sft_baselines() for x in ("baseline", "n_pairs", "diff_mean", "p_holm", "mark")
-        ]
+        fields = ("baseline", "n_pairs", "diff_mean", "ci_low", "ci_high", "family", "p_holm", "p_tost_holm", "verdict")
+        cols = [*KEY, "column"] + [f"{bm}_{x}" for bm in self.sft_baselines() for x in fields]
         return pd.DataFrame(recs, columns=cols)
 
     def sft_vs_baselines(self) -> TableModel:
@@ -203,9 +255,10 @@ class Tables:
             notes=self.sft_notes(),
             float_notes=self.protocol_notes(),
             caption=f"sft* against its baselines, experiment {tex_escape(self.experiment)}: mean paired difference in "
-            "test accuracy (points, method minus baseline; paired seeds in parentheses). "
-            f"$^{{\\uparrow}}$/$^{{\\downarrow}}$: significantly higher/lower ({TEST_NAMES[self.test]}, Holm-corrected over "
-            f"{self.n_tests} comparisons with baselines, $\\alpha={self.alpha:g}$). ---: baseline not run.",
+            "test accuracy (points, method minus baseline; 95\\% CI in brackets; paired seeds in parentheses). "
+            f"$^{{\\uparrow}}$/$^{{\\downarrow}}$: significantly higher/lower ({TEST_NAMES[self.test]}, Holm within the "
+            f"primary or the secondary family, $\\alpha={self.alpha:g}$); $^{{\\approx}}$: equivalent within the declared "
+            "margin (two one-sided tests). ---: baseline not run.",
             tex_label=f"tab:sft-vs-baselines-{slug(self.experiment)}",
             tex_align="r" * (len(head) - n_labels),
             md_right=True,
@@ -287,16 +340,17 @@ def build_tables(
     alpha: float,
     best: pd.DataFrame | None = None,
     protocol: ProtocolInfo | None = None,
+    gain: pd.DataFrame | None = None,
 ) -> Tables:
     """One model for every table: cell statistics, the `finetune` comparison behind ↑/↓, the comparison with
     the column's best behind †, and the cell's step budget (when runs.csv records one)."""
     ft = tests[tests["baseline_method"] == BASELINE] if len(tests) else tests
-    cols = [*KEY, "baseline", "n_pairs", "diff_mean", "p", "p_holm", "mark", "reason"]
+    cols = [*KEY, "baseline", "n_pairs", "diff_mean", "ci_low", "ci_high", "p", "p_holm", "verdict", "reason"]
     cells = stats.merge(ft[cols] if len(ft) else pd.DataFrame(columns=cols), on=KEY, how="left")
     is_base = cells["baseline"].isna()
     cells["baseline"] = cells["baseline"].fillna("")
     # A row without a comparison is either the baseline itself or a row whose backbone has no finetune.
-    cells["mark"] = cells["mark"].where(~is_base, np.where(cells["method"] == BASELINE, "baseline", "no baseline"))
+    cells["mark"] = cells.pop("verdict").where(~is_base, np.where(cells["method"] == BASELINE, "baseline", "no baseline"))
     cells["reason"] = cells["reason"].fillna("")
     cells["n_pairs"] = cells["n_pairs"].fillna(0).astype(int)
     cells["n"] = cells["n"].astype(int)
@@ -336,6 +390,7 @@ def build_tables(
         tests=tests,
         n_best_tests=int(np.isfinite(best["p"]).sum()) if best is not None and len(best) else 0,
         protocol=protocol,
+        gain=gain if gain is not None else pd.DataFrame(),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-UP, DOWN, DAGGER = "↑", "↓", "†"
+UP, DOWN, DAGGER, EQUIV = "↑", "↓", "†", "≈"
 
 
 def slug(text: str) -> str:
@@ -51,6 +51,7 @@ TEX_UNICODE = {
     "α": r"$\alpha$",
     "≤": r"$\le$",
     "≥": r"$\ge$",
+    "≈": r"$\approx$",
     "<": r"$<$",
     ">": r"$>$",
     "−": r"$-$",
