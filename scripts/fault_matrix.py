@@ -7,6 +7,7 @@ with the same command and a row-by-row comparison of runs.csv with an uninterrup
 The grid is tests/test_sweep.py's SMALL one (tiny backbone, synthetic data from
 bench.data.synthetic_cifar, 2 methods, 3 search trials, 2 seeds, 3 steps a run: 10 trainings).
 Faults: random SIGKILLs in a row (each followed by a restart until the grid completes), SIGTERM,
+three workers at once each killed then resumed (the rows must equal one worker's: issue 19),
 a full disk (a 64 KB tmpfs), a read-only folder (a read-only bind mount), a torn journal (its last
 line cut mid-way between runs) and a killed PostgreSQL connection (pg_terminate_backend, once
 between queries and once mid-query). Faults at a known point use the sweep's test hook
@@ -184,6 +185,19 @@ def f_sigkill(ctx: Ctx, kills: int) -> dict:
         rounds += 1
     note = f"{landed} of {done} kills after the sweep had written to its journal; {rounds} grid(s) completed"
     return {"injections": done, **totals, "note": note}
+
+
+def f_parallel(ctx: Ctx) -> dict:
+    """Three workers at once (--parallel 3), every worker SIGKILLed as it starts its first final run, then
+    the same command resumes: the rows must be the one-worker reference's, run ids (which carry the
+    hyperparameters TPE chose from slot 1 on) and accuracies bit for bit (issue 19: a study's slot k is
+    sampled only from its finished slots < k, whatever the number of workers)."""
+    results = ctx.out / "parallel"
+    rc, err = ctx.run(results, "--parallel", "3", fault="final:1:KILL")
+    if "Traceback" in err:
+        raise AssertionError(f"--parallel 3 with killed workers printed a traceback: {err.strip()[-500:]}")
+    finish(ctx, results, "--parallel", "3")
+    return {"injections": 3, **compare(ctx.ref, rows(results)), "note": f"first run exit {rc}, then resumed with --parallel 3"}
 
 
 def f_sigterm(ctx: Ctx) -> dict:
@@ -433,7 +447,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default 0)")
     ap.add_argument("--pg-url", help="a PostgreSQL server to create databases on (default: a throwaway one)")
     ap.add_argument(
-        "--only", help="comma-separated fault names (sigkill,sigterm,disk-full,read-only,torn-journal,db-idle,db-mid-query)"
+        "--only",
+        help="comma-separated fault names (sigkill,sigterm,parallel,disk-full,read-only,torn-journal,db-idle,db-mid-query)",
     )
     a = ap.parse_args()
     if a.kills < 1:
@@ -457,13 +472,14 @@ def main() -> int:
     faults: list[tuple[str, Callable[[], dict]]] = [
         (f"SIGKILL at random moments ({a.kills} in a row)", lambda: f_sigkill(ctx, a.kills)),
         ("SIGTERM (exit 143)", lambda: f_sigterm(ctx)),
+        ("3 workers at once, each SIGKILLed, resumed (same rows as 1 worker)", lambda: f_parallel(ctx)),
         ("disk full (64 KB tmpfs)", lambda: f_disk_full(ctx)),
         ("read-only folder (ro bind mount)", lambda: f_read_only(ctx)),
         ("torn journal (last line cut mid-way)", lambda: f_torn_journal(ctx)),
         ("PostgreSQL connection killed between queries", lambda: f_db_idle(ctx, pg)),
         ("PostgreSQL connection killed mid-query", lambda: f_db_mid_query(ctx, pg)),
     ]
-    names = ["sigkill", "sigterm", "disk-full", "read-only", "torn-journal", "db-idle", "db-mid-query"]
+    names = ["sigkill", "sigterm", "parallel", "disk-full", "read-only", "torn-journal", "db-idle", "db-mid-query"]
     only = set(a.only.split(",")) if a.only else set(names)
     results = []
     try:

@@ -888,3 +888,73 @@ def test_multi_fidelity_pruners_never_stop_a_trial_before_half_its_steps(
         assert all(t.user_attrs["backbone_images"] < full for t in pruned)
     rows = read_rows(tmp_path / "results" / pruner / "runs.csv")
     assert int(rows[0]["backbone_images"]) > 0
+
+
+# TPE models from the second slot on and the median pruner acts from the fourth: what a trial asks and
+# whether it is pruned depend on the trials before it, so a free-running parallel search would differ.
+DEPENDENT = """
+backbones = ["tiny"]
+methods = ["finetune", "sft-mlp-frozen"]
+fractions = [0.1]
+seeds = 2
+trials = 7
+steps = 10
+[search]
+mode = "pooled"
+pool = 2
+startup_trials = 1
+pruner = "median"
+[hparams]
+batch_size = 32
+[hparams.finetune]
+optimizer = "adamw"
+backbone_lr_mult = 1.0
+[space.finetune]
+lr = { choices = [0.01, 1e-7] }    # one rate learns, one does not: the pruner has something to act on
+"""
+
+
+def _journal_slots(results: Path, name: str) -> dict[tuple[str, int], tuple]:
+    """(study, slot) -> (params, state, value, intermediate values) of every finished trial of the searches."""
+    storage = journal(results, name)
+    out = {}
+    for s in storage.get_all_studies():
+        if s.user_attrs.get("kind") != "search":
+            continue
+        for t in storage.get_all_trials(s._study_id):
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                key = (s.study_name, t.user_attrs["slot"])
+                assert key not in out, f"slot {key} finished twice"
+                out[key] = (t.params, t.state, t.value, sorted(t.intermediate_values.items()))
+    return out
+
+
+@pytest.mark.slow
+def test_one_two_and_three_workers_give_the_same_searches_and_rows(tmp_path: Path, synthetic_dir: Path) -> None:
+    """Issue 19: slot k of a study is sampled and pruned only from the finished slots < k, so the table does
+    not depend on how many workers produced it (bit for bit on CPU, one thread per worker)."""
+    config = write_toml(tmp_path / "cfg", "d", DEPENDENT)
+    runs = {}
+    for workers in (1, 2, 3):
+        results = tmp_path / f"w{workers}"
+        extra = ("--parallel", str(workers)) if workers > 1 else ()
+        out = subprocess.run(
+            sweep_cmd(config, synthetic_dir, results, *extra), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        rows = read_rows(results / "d" / "runs.csv")
+        runs[workers] = (
+            sorted((r["method"], r["seed"], r["run_id"], r["hparams"], r["test_accuracy"]) for r in rows),
+            _journal_slots(results, "d"),
+        )
+    assert len(runs[1][0]) == 4 and len(runs[1][1]) == 2 * 7
+    states = {v[1] for v in runs[1][1].values()}
+    assert TrialState.PRUNED in states, "the median pruner must have acted for the test to mean something"
+    params = [v[0] for k, v in runs[1][1].items() if k[1] >= 1]
+    assert len({str(p) for p in params}) > 1  # TPE asked different things
+    for workers in (2, 3):
+        assert runs[workers][0] == runs[1][0], f"{workers} workers: other rows"
+        assert runs[workers][1] == runs[1][1], f"{workers} workers: other trials"
+    # the workers really shared the work, and waited instead of asking early
+    logs = [(tmp_path / "w3" / "d" / "logs" / f"worker-{i}.log").read_text() for i in range(3)]
+    assert sum("start trial" in log for log in logs) >= 2

@@ -25,6 +25,7 @@ from bench.models.backbones import input_resolution
 from bench.records import Cell, CellStatus, Claim, GridStatus, RunRecord, SearchStatus
 from bench.sweep.claims import FINISHED, is_live, trial_id
 from bench.sweep.experiment import Experiment
+from bench.sweep.slots import independent_slots, next_slot, ready
 from bench.sweep.studies import find_study, search_name
 from bench.train.run import RunConfig, make_config
 
@@ -105,6 +106,11 @@ class Grid:
             pool=pool,
         )
 
+    def independent_slots(self) -> int:
+        """How many first slots of a search decide nothing from other trials (bench/sweep/slots.py)."""
+        floor = None if self.exp.search.pruner == "none" else self.exp.pruner_startup_trials()
+        return independent_slots(self.exp.startup_trials(), floor)
+
     # ------------------------------------------------ survey
 
     def survey(self) -> GridStatus:
@@ -143,7 +149,10 @@ class Grid:
         ss.trial_seconds = [
             (t.datetime_complete - t.datetime_start).total_seconds() for t in finished if t.datetime_complete and t.datetime_start
         ]
-        ss.can_ask = not ss.complete and len(finished) + len(live) < ss.budget
+        nxt = next_slot(trials, {trial_id(t) for t in live}, ss.budget)
+        ss.can_ask = not ss.complete and len(finished) + len(live) < ss.budget and nxt is not None
+        if ss.can_ask and nxt is not None and not ready(nxt, trials, self.independent_slots()):
+            ss.can_ask, ss.waiting = False, nxt  # its slots < nxt are still running elsewhere
         running += [self._running(t, "trial", cell) for t in live]
         complete = [t for t in counted if t.state == TrialState.COMPLETE]
         if complete:

@@ -54,6 +54,7 @@ from bench.sweep.export import export_runs
 from bench.sweep.journal import clean_leftovers
 from bench.sweep.search import candidate_params, pruner, sample_hparams, sampler
 from bench.sweep.signals import signals_deferred
+from bench.sweep.slots import ready, view_study
 from bench.sweep.status import Grid
 from bench.sweep.storage import is_url, open_storage, storage_location
 from bench.sweep.studies import ensure_study, finals_attrs, search_attrs
@@ -263,6 +264,11 @@ class Sweep(Grid):
             if slot is None:
                 finish(self.storage, tid, TrialState.FAIL, "over budget: another process took the last slot")
                 return
+            if not ready(slot, trials, self.independent_slots()):
+                # another worker runs a slot < this one, whose result this slot's sampler or pruner would read:
+                # give the slot back and take other work (bench/sweep/slots.py)
+                finish(self.storage, tid, TrialState.FAIL, f"slot {slot} waits for the slots before it to finish")
+                return
             item.slot = slot
             study, trial, cfg = self._ask(item, tid)
             self._begin(item)
@@ -272,7 +278,9 @@ class Sweep(Grid):
         """Our claim as an Optuna trial of its study: its hyperparameters asked, its config built."""
         exp, cell = self.exp, item.cell
         name = self.search_name(cell, item.seed)
-        study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler(exp, name, item.seed, item.slot))
+        # the study as this slot may see it: the finished slots before it, in slot order (deterministic with any
+        # number of workers); writes go to the storage itself
+        study = view_study(self.storage, name, item.study_id, item.slot, tid, sampler(exp, name, item.seed, item.slot))
         candidates = candidate_params(exp, cell.method) if exp.search.first_trial == "defaults" else []
         if item.slot < len(candidates):
             # the first slots ask the method's defaults, then the experiment's candidates: Optuna's
