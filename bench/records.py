@@ -460,6 +460,7 @@ class GridStatus:
     cells: list[CellStatus]
     running: list[Claim]  # live claims
     eta_seconds: float | None = None
+    eta_basis: str = ""  # what the ETA is computed from (the projection, scaled by the finished items)
 
     @property
     def complete(self) -> bool:

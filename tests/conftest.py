@@ -23,6 +23,13 @@ MAKE_CIFAR10 = SHARED_DATA / "make_cifar10.py"
 
 torch.set_num_threads(int(os.environ.get("SFT_BENCH_TEST_THREADS", "1")))
 
+# Every sweep projects its cost from measured rates, remembered in a cache file: one per test session
+# (shared with the sweeps the tests start as subprocesses), never the user's own ~/.cache/sft-bench.
+if "SFT_BENCH_RATE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["SFT_BENCH_RATE_CACHE"] = str(Path(tempfile.mkdtemp(prefix="sft-bench-rates-")) / "rates.json")
+
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -315,7 +315,13 @@ def test_on_progress_gets_every_row_and_validation_accuracy_in_training(syntheti
     hp = HParams(steps=25, batch_size=64)
     x, y = synthetic_data.train_x[:200], synthetic_data.train_y[:200]
     val = (synthetic_data.train_x[200:300], synthetic_data.train_y[200:300])
-    result = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, x, y, seed=0, val=val, on_progress=rows.append, probe=PROBE)
+    seen: list[dict] = []
+    result = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, x, y, seed=0, val=val, on_progress=seen.append, probe=PROBE)
+    ticks = [r for r in seen if r.get("tick")]
+    rows = [r for r in seen if not r.get("tick")]
+    # every step between two history rows is a tick: its step count for a live view, no figures, not history
+    assert [r["step"] for r in ticks] == [s for s in range(1, 26) if s % 3 and s != 25]
+    assert all(set(r) == {"phase", "step", "steps", "tick"} for r in ticks)
     cv = [r for r in result.history if r["phase"] == "probe_cv"]
     assert len(cv) == len(PROBE.l2_grid), "one cross-validation row per L2 strength"
     assert rows == [r for r in result.history if r["phase"] != "probe_cv"], "on_progress sees every step row, the probe's too"

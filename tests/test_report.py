@@ -923,7 +923,7 @@ def test_html_renders_in_headless_chromium(built: tuple, tmp_path: Path) -> None
     assert browser_check(broken, tmp_path, "broken.html")["ok"] == n_figs - 1
     for heading in ("Summary", "Protocol", "Provenance", "Accuracy", "sft against its baselines", "Label efficiency", "Plots"):
         assert f"<h2>{heading}</h2>" in page
-    assert "sft vs finetune</b>: " in page and "total compute" in page
+    assert "Against <code>finetune</code> at " in page and "total compute" in page
 
 
 def test_report_contents_and_files(built: tuple) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as Bar
 from rich.table import Table
 from rich.text import Text
@@ -41,31 +41,41 @@ def _status_line(name: str, status: Any, started: float) -> str:
     cd, ct = status.cells_done
     td, tt = status.trials
     rd, rt = status.runs
+    eta = "0:00:00" if status.complete else _hms(status.eta_seconds)
+    basis = f" ({status.eta_basis})" if status.eta_basis and not status.complete and status.eta_seconds is not None else ""
     return (
         f"{name}: cells {cd}/{ct} · search trials {td}/{tt} · final runs {rd}/{rt} · "
-        f"elapsed {_hms(time.time() - started)} · ETA {_hms(status.eta_seconds) if not status.complete else '0:00:00'}"
+        f"elapsed {_hms(time.time() - started)} · ETA {eta}{basis}"
     )
 
 
 def summary_table(status: Any, title: str, limit: int | None = None) -> Table:
     """Per cell: mean ± sd test accuracy over seeds, the search's best score and its hyperparameters;
-    the best mean per (backbone, fraction) in bold. `limit`: the best rows only (the live view)."""
-    from bench.sweep import hparams_brief, summary_rows
+    the best mean per (backbone, fraction) in bold. `limit`: the best rows only (the live view).
+
+    Fits 100 columns: short headers, the backbone and recipe columns only where the grid has more than
+    one, and whole hyperparameter entries folded onto further lines (never a name cut in two)."""
+    from bench.sweep import summary_rows
+    from bench.sweep.export import hparams_entries
 
     table = Table(title=title, title_justify="left")
-    for col, just in (
-        ("backbone", "left"),
-        ("method", "left"),
-        ("recipe", "left"),
-        ("fraction", "right"),
-        ("n", "right"),
-        ("test acc % (mean ± sd)", "right"),
-        ("best val", "right"),
-        ("trials", "right"),
-        ("pruned/diverged", "right"),
-        ("hyperparameters", "left"),
-    ):
-        table.add_column(col, justify=just, overflow="fold")
+    backbones = {cs.cell.backbone for cs in status.cells}
+    recipes = {cs.cell.recipe for cs in status.cells}
+    columns = [
+        ("backbone", "left", len(backbones) > 1),
+        ("method", "left", True),
+        ("recipe", "left", len(recipes) > 1),
+        ("frac", "right", True),
+        ("n", "right", True),
+        ("test %", "right", True),
+        ("val %", "right", True),
+        ("trials", "right", True),
+        ("pruned", "right", True),
+        ("hyperparameters", "left", True),
+    ]
+    shown = [c for c in columns if c[2]]
+    for col, just, _ in shown:
+        table.add_column(col, justify=just, overflow="fold", no_wrap=col not in ("hyperparameters",))
     rows = summary_rows(status)
     if limit is not None and len(rows) > limit:
         rows = sorted(rows, key=lambda r: (r.mean is None, -(r.mean or 0)))[:limit]
@@ -79,18 +89,20 @@ def summary_table(status: Any, title: str, limit: int | None = None) -> Table:
         acc = "" if r.mean is None else f"{100 * r.mean:.2f} ± {100 * r.std:.2f}"
         if r.mean is not None and r.mean == best.get((c.backbone, c.fraction)):
             acc = f"[bold]{acc}[/]"
-        table.add_row(
-            c.backbone,
-            c.method,
-            c.recipe,
-            f"{c.fraction:g}",
-            str(r.n),
-            acc if not r.failed else f"[red]{escape(r.failed)}[/]",
-            "" if r.best_val is None else f"{100 * r.best_val:.2f}",
-            r.trials,
-            f"{r.pruned} / {r.diverged}",
-            hparams_brief(r.hparams),
-        )
+        values = {
+            "backbone": c.backbone,
+            "method": c.method,
+            "recipe": c.recipe,
+            "frac": f"{100 * c.fraction:g}%",
+            "n": str(r.n),
+            "test %": acc if not r.failed else f"[red]{escape(r.failed)}[/]",
+            "val %": "" if r.best_val is None else f"{100 * r.best_val:.2f}",
+            "trials": r.trials,
+            "pruned": f"{r.pruned}/{r.diverged}" if r.diverged else str(r.pruned),
+            # non-breaking spaces inside an entry: rich folds between entries, never inside one
+            "hyperparameters": " ".join(p.replace(" ", "\u00a0") for p in hparams_entries(r.hparams)),
+        }
+        table.add_row(*(values[col] for col, _, _ in shown))
     return table
 
 
@@ -106,12 +118,15 @@ class RichDisplay:
         self.item_started = 0.0
         self.bar = Bar(
             TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
+            BarColumn(bar_width=24),
+            TextColumn("step {task.completed}/{task.total}"),
+            TextColumn("{task.fields[rate]}"),
             TextColumn("{task.fields[info]}"),
+            TextColumn("elapsed"),
             TimeElapsedColumn(),
             console=console,
         )
+        self.rate_from: tuple[float, int] = (0.0, 0)  # (time, step) the item's rate is measured from
         self.task: Any = None
         self.phase = ""
         self.live = Live(self, console=console, refresh_per_second=4, transient=False)
@@ -148,16 +163,24 @@ class RichDisplay:
             self.task = None
 
     def epoch(self, row: dict) -> None:
-        """A history row: advance the bar of its phase (probe, then train)."""
+        """A history row or a step tick: advance the bar of its phase (probe, then train) step by step, with
+        the steps per second measured on this phase; the loss and accuracies change at history rows only."""
+        now = time.time()
         if row["phase"] != self.phase or self.task is None:
             if self.task is not None:
                 self.bar.remove_task(self.task)
             self.phase = row["phase"]
-            self.task = self.bar.add_task(row["phase"], total=row["steps"], info="")
+            self.task = self.bar.add_task(row["phase"], total=row["steps"], info="", rate="")
+            self.rate_from = (now, 0)
+        t0, s0 = self.rate_from
+        rate = f"{(row['step'] - s0) / (now - t0):.1f} steps/s" if now > t0 + 1 and row["step"] > s0 else ""
+        if row.get("tick"):
+            self.bar.update(self.task, completed=row["step"], rate=rate)
+            return
         info = f"loss {row['loss']:.3f}  train acc {row['train_accuracy']:.3f}"
         if "val_accuracy" in row:
             info += f"  val acc {row['val_accuracy']:.3f}"
-        self.bar.update(self.task, completed=row["step"], info=info)
+        self.bar.update(self.task, completed=row["step"], info=info, rate=rate)
 
     def item_end(self, item: Any, outcome: str) -> None:
         """A finished item stays in the scrollback above the live view, with its outcome and time."""
@@ -206,7 +229,9 @@ class PlainDisplay:
         self._print(f"start {item.label}")
 
     def epoch(self, row: dict) -> None:
-        """One line per history row."""
+        """One line per history row (step ticks are for the live view only)."""
+        if row.get("tick"):
+            return
         info = f"  {row['phase']} {row['step']}/{row['steps']} loss {row['loss']:.4f} train acc {row['train_accuracy']:.4f}"
         if "val_accuracy" in row:
             info += f" val acc {row['val_accuracy']:.4f}"

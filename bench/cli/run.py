@@ -230,6 +230,9 @@ def _train(cfg: Any, data: Any, dev: Any, opts: RunOptions, caches: Any) -> Any:
             phase = row["phase"]
             if phase not in tasks:
                 tasks[phase] = bar.add_task(phase, total=row["steps"], info="")
+            if row.get("tick"):  # a step between history rows: the count moves, the figures stay
+                bar.update(tasks[phase], completed=row["step"])
+                return
             info = f"loss {row['loss']:.3f}  train acc {row['train_accuracy']:.3f}"
             if "val_accuracy" in row:
                 info += f"  val acc {row['val_accuracy']:.3f}"

@@ -188,14 +188,46 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
     return data, device, warnings
 
 
-def _dry_run(exp: Any, data: Any, dev: Any, console: Console) -> None:
-    """The grid, each cell's step budget, and its projected wall time from throughputs measured now."""
+def _project(exp: Any, data: Any, dev: Any, console: Console) -> Any:
+    """The grid's projected cost on this device (bench/sweep/projection.py), from cached rates where this
+    device measured them before (seconds), else measured now (a few seconds per configuration)."""
     from bench.sweep import Sweep
-    from bench.sweep.projection import hours, project
+    from bench.sweep.projection import project
+    from bench.sweep.rates import RateCache, cache_path
+
+    cache = RateCache(cache_path())
+    monitor = Sweep(exp, data, dev, read_only=True, storage=_NoStorage())
+    console.print(f"projecting the grid's cost on {dev} (measured rates, cached in {cache.path or 'memory'})…", highlight=False)
+    return project(exp, monitor, dev, cache)
+
+
+def _print_projection(exp: Any, p: Any, dev: Any, parallel: int, console: Console) -> None:
+    """The projection in one line (and the advice line when it is more than a day)."""
+    import torch
+
+    from bench.sweep.projection import advice, hours
+
+    measured = "cached rates" if p.cached else f"rates measured in {p.measure_seconds:.0f} s"
+    when = min((r.measured_at for r in p.rates if r.measured_at), default="")
+    per = " with one worker" if parallel == 1 else f" for one worker ({parallel} workers split the items between them)"
+    console.print(
+        f"projected wall time on {dev}: {hours(p.lower_seconds)} to {hours(p.upper_seconds)} for {p.trials} trials and "
+        f"{p.finals} final runs{per} ({measured}{f', first measured {when}' if when else ''}; upper: no trial pruned, "
+        f"lower: every prunable trial stopped at {exp.search.pruner_warmup:g} of its budget; load moves both)",
+        highlight=False,
+    )
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    line = advice(exp, p, dev, cuda)
+    if line is not None:
+        warning_line(line)
+
+
+def _dry_run(exp: Any, data: Any, dev: Any, p: Any, console: Console) -> None:
+    """The grid, each cell's step budget, and the rates its projection used."""
+    from bench.models.methods import METHODS
+    from bench.sweep import Sweep
 
     monitor = Sweep(exp, data, dev, read_only=True, storage=_NoStorage())
-    from bench.models.methods import METHODS
-
     for c in exp.cells():
         cfg = monitor.config(c, exp.seeds[0], dict(exp.fixed_hparams(c.method)), "final")
         if METHODS.get(c.method).is_probe:
@@ -203,20 +235,13 @@ def _dry_run(exp: Any, data: Any, dev: Any, console: Console) -> None:
         else:
             what = f"{cfg.hp.steps} steps at batch {cfg.hp.batch_size}"
         console.print(f"  {c.label}: {what}, {cfg.resolution} px", highlight=False)
-    console.print(f"measuring throughput on {dev} (a few seconds per backbone and resolution)…", highlight=False)
-    p = project(exp, monitor, dev)
     for r in p.rates:
         console.print(
-            f"  {r.backbone} @ {r.resolution} px, batch {r.batch_size}: train {r.train:.0f} img/s, "
-            f"evaluate {r.forward:.0f} img/s",
+            f"  {r.backbone} @ {r.resolution} px, batch {r.batch_size}, {r.precision}: train {r.train:.0f} img/s, "
+            f"evaluate {r.forward:.0f} img/s ({'cached, ' if r.cached else ''}measured {r.measured_at or '?'}, "
+            f"load {r.load:g})",
             highlight=False,
         )
-    console.print(
-        f"projected wall time on {dev}: {hours(p.lower_seconds)} to {hours(p.upper_seconds)} for {p.trials} trials and "
-        f"{p.finals} final runs with one worker (upper: no trial pruned; lower: every prunable trial stopped at "
-        f"{exp.search.pruner_warmup:g} of its budget; measured in {p.measure_seconds:.0f} s, load moves it)",
-        highlight=False,
-    )
     console.print("dry run: nothing trained, nothing written", highlight=False)
 
 
@@ -305,7 +330,9 @@ def _set_threads(threads: int | None, dev: Any, parallel: int) -> int | None:
     return threads
 
 
-def _execute(exp: Any, data: Any, dev: Any, *, parallel: int, threads: int | None, quiet: bool, worker: bool) -> tuple[Any, int]:
+def _execute(
+    exp: Any, data: Any, dev: Any, *, parallel: int, threads: int | None, quiet: bool, worker: bool, costs: Any = None
+) -> tuple[Any, int]:
     """Write config.toml (the workers and a resumed sweep read it), then train here or in K workers.
     SIGTERM stops like Ctrl-C. A fault of the machine (full disk, lost database) is one line, exit 1."""
     from bench.sweep.experiment import to_toml
@@ -318,8 +345,8 @@ def _execute(exp: Any, data: Any, dev: Any, *, parallel: int, threads: int | Non
             exp.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(exp.out_dir / "config.toml", lambda f: f.write(to_toml(exp)), mode="w")
         if parallel > 1 and not worker:
-            return _run_parallel(exp, data, dev, parallel, threads, quiet, console)
-        return _run_here(exp, data, dev, quiet or worker, console)
+            return _run_parallel(exp, data, dev, parallel, threads, quiet, console, costs)
+        return _run_here(exp, data, dev, quiet or worker, console, costs)
     except UserError as exc:  # e.g. a journal damaged by another program while we ran
         fail(str(exc))
     except Exception as exc:
@@ -395,24 +422,30 @@ def sweep(
         data, dev, warnings = validate(exp, download=download, parallel=parallel)
     except UserError as exc:
         fail(str(exc))
-    if not worker:
-        _announce(exp, dev, warnings, _console())
-    if dry_run:
-        _dry_run(exp, data, dev, _console())
-        return
     n_threads = _set_threads(threads, dev, parallel)
-    status, code = _execute(exp, data, dev, parallel=parallel, threads=n_threads, quiet=quiet, worker=worker)
+    costs = None
+    if not worker:
+        console = _console()
+        _announce(exp, dev, warnings, console)
+        projection = _project(exp, data, dev, console)
+        _print_projection(exp, projection, dev, parallel, console)
+        costs = projection.costs
+        if dry_run:
+            _dry_run(exp, data, dev, projection, console)
+            return
+    status, code = _execute(exp, data, dev, parallel=parallel, threads=n_threads, quiet=quiet, worker=worker, costs=costs)
     if not worker:
         _finish(exp, status, code, report)
     raise typer.Exit(code)
 
 
-def _run_here(exp: Any, data: Any, dev: Any, quiet: bool, console: Console) -> tuple[Any, int]:
+def _run_here(exp: Any, data: Any, dev: Any, quiet: bool, console: Console, costs: Any = None) -> tuple[Any, int]:
     """One worker, this process. Exit code: 0 complete, 1 incomplete, 130/143 interrupted (work kept)."""
     from bench.sweep import Sweep, export_runs
 
     display = PlainDisplay(console, exp.name) if quiet else RichDisplay(console, exp.name)
     sweep = Sweep(exp, data, dev, progress=display)
+    sweep.costs = costs
     code = 0
     try:
         with display:
@@ -438,7 +471,9 @@ def _run_here(exp: Any, data: Any, dev: Any, quiet: bool, console: Console) -> t
     return status, code
 
 
-def _run_parallel(exp: Any, data: Any, dev: Any, k: int, threads: int | None, quiet: bool, console: Console) -> tuple[Any, int]:
+def _run_parallel(
+    exp: Any, data: Any, dev: Any, k: int, threads: int | None, quiet: bool, console: Console, costs: Any = None
+) -> tuple[Any, int]:
     """K independent workers on the same storage (exactly what several machines do), watched from here."""
     from bench.sweep import Sweep, export_runs
 
@@ -463,6 +498,7 @@ def _run_parallel(exp: Any, data: Any, dev: Any, k: int, threads: int | None, qu
         log = open(logs / f"worker-{i}.log", "a")
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     monitor = Sweep(exp, data, dev, read_only=True)
+    monitor.costs = costs
     display = PlainDisplay(console, exp.name) if quiet else RichDisplay(console, exp.name)
     code = 0
     try:

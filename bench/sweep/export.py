@@ -94,8 +94,14 @@ def summary_rows(status: GridStatus) -> list[CellSummary]:
 
 def hparams_brief(hp: dict | None) -> str:
     """The searched hyperparameters in a few characters, for tables."""
+    return " ".join(hparams_entries(hp))
+
+
+def hparams_entries(hp: dict | None) -> list[str]:
+    """The searched hyperparameters as short entries ("adamw", "lr 0.001", "bn frozen"), for tables that
+    fold between entries, never inside one."""
     if not hp:
-        return ""
+        return []
     short = {
         "lr": "lr",
         "weight_decay": "wd",
@@ -110,4 +116,4 @@ def hparams_brief(hp: dict | None) -> str:
         if k in hp:
             v = hp[k]
             parts.append(f"{name} {v:.2g}" if isinstance(v, float) else f"{name} {v}")
-    return " ".join(parts)
+    return parts

@@ -1,148 +1,105 @@
-"""How long a grid will take on this device, from throughputs measured now (`sweep --dry-run`).
+"""How long a grid will take on this device, from throughputs measured here (bench/sweep/rates.py).
 
-Why: protocol v2 gives every cell at least 500 optimiser steps and a search per seed, so
-the same grid is minutes on a GPU and days on a laptop. A user should know which before
-starting. The projection measures, for each (backbone, resolution, batch) of the grid, a
-few training steps (forward, backward, optimiser; augmentation included) and a few
-evaluation batches on this device, then adds up every work item of the grid:
+Why: the protocol gives every cell at least 500 optimiser steps and a search, so the same grid is
+minutes on a GPU and days on a laptop. A user should know which before anything trains: every sweep
+prints its projection at the start (`sweep --dry-run` stops there), and warns in one line, with a
+cheaper alternative, when it is far beyond what was likely meant. The same per-item estimates seed
+the live ETA (bench/sweep/status.py `eta`), which then scales them by what the finished items took.
 
-- a trial or final run that trains B: S steps x batch images at the training rate, plus
-  its validation reports (trials) or the test set (final runs), plus the probe's features;
-  a pooled trial (protocol v3) does this once per pooled seed, a k-fold trial once per fold;
-- a frozen row: its images once through the backbone (features), plus evaluation;
-  the head's steps on cached features, and the probe's L-BFGS solve, are counted as negligible
-  (the probe: seconds at 1% of CIFAR-10 with Lite0, about 20 s at 10%; docs/protocol.md).
+Every work item of the grid is added up:
+- a trial or final run that trains B: S steps x batch images at the training rate, plus its
+  validation reports (trials) or the test set (final runs), plus the probe's features; a pooled
+  trial (protocol v3) does this once per pooled seed, a k-fold trial once per fold;
+- a frozen row: its images once through the backbone (features), plus evaluation; the head's steps
+  on cached features and the probe's L-BFGS solve are counted as negligible (the probe: seconds at
+  1% of CIFAR-10 with Lite0, about 20 s at 10%).
 
-It is a projection, printed as such: an upper bound assumes no trial is pruned; the lower
-bound assumes every trial the pruner may stop stops at half its budget. Load on a shared
-machine moves both.
+It is a projection, printed as such: the upper bound assumes no trial is pruned; the lower bound
+that every trial the pruner may stop stops at the earliest step it may. Load moves both.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from bench.budget import REPORTS
-from bench.data import augment, label_split, labelled_count
+from bench.data import label_split, labelled_count
 from bench.models.methods import METHODS, HParams
 from bench.sweep.experiment import Cell, Experiment
+from bench.sweep.rates import RateCache, Rates, cache_path, rates_for
 
 TEST_IMAGES = 10_000
+DAY = 86_400.0
 
 
 @dataclass(frozen=True)
-class Rates:
-    """Images per second on this device for one (backbone, resolution, batch)."""
+class ItemCost:
+    """Projected seconds of one final run and of one search trial of a cell, on this device."""
 
-    backbone: str
-    resolution: int
-    batch_size: int
-    train: float  # training images/s (end to end, augmented)
-    forward: float  # evaluation / feature images/s
+    final: float
+    trial: float
 
 
 @dataclass(frozen=True)
 class Projection:
     rates: tuple[Rates, ...]
     upper_seconds: float  # no trial pruned
-    lower_seconds: float  # every prunable trial stopped at half its budget
+    lower_seconds: float  # every prunable trial stopped at its earliest
     trials: int
     finals: int
     measure_seconds: float
+    costs: dict[Cell, ItemCost]  # per cell: what the live ETA starts from
+
+    @property
+    def cached(self) -> bool:
+        """Whether every rate came from the cache (nothing measured now)."""
+        return all(r.cached for r in self.rates)
 
 
-def measure_rates(backbone: str, resolution: int, batch_size: int, device: torch.device, precision: str) -> Rates:
-    """A few timed training steps and evaluation batches (median), after a warm-up."""
-    from bench.train.engine import autocast, encode_all, eval_batch
-    from bench.train.run import RunConfig, build_model
+def project(exp: Experiment, sweep: Any, device: torch.device, cache: RateCache | None = None) -> Projection:
+    """Rates of the grid's (backbone, resolution, batch, precision) combinations (cached or measured now),
+    then every work item added up.
 
-    cfg = RunConfig(backbone, "finetune", 1.0, 0, resolution=resolution, pretrained=False, precision=precision)
-    net = build_model(cfg, 10).to(device).to(memory_format=torch.channels_last)  # weights do not change the speed
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
-    y = torch.randint(0, 10, (batch_size,), generator=gen, device=device)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    net.train()
-
-    def step() -> float:
-        t0 = time.perf_counter()
-        with autocast(device, precision):
-            loss = torch.nn.functional.cross_entropy(net(augment(x, gen)).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
-
-    times = _timed(step)
-    train = batch_size / statistics.median(times)
-    ev = eval_batch(device)
-    xe = torch.randint(0, 256, (ev, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
-
-    def forward() -> float:
-        t0 = time.perf_counter()
-        encode_all(net, xe, precision)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
-
-    fwd = ev / statistics.median(_timed(forward))
-    return Rates(backbone, resolution, batch_size, train, fwd)
-
-
-def _timed(fn: object, warmup: int = 2, at_least: int = 3, seconds: float = 2.0) -> list[float]:
-    for _ in range(warmup):
-        fn()  # type: ignore[operator]
-    times: list[float] = []
-    t0 = time.perf_counter()
-    while len(times) < at_least or (time.perf_counter() - t0 < seconds and len(times) < 20):
-        times.append(fn())  # type: ignore[operator]
-    return times
-
-
-def project(exp: Experiment, sweep: object, device: torch.device) -> Projection:
-    """Measure the grid's (backbone, resolution, batch) combinations, then add up its work items.
-
-    `sweep`: a read-only `bench.sweep.Sweep` of the experiment (its `config` resolves every
-    cell's step budget, resolution and batch size exactly as the real runs will)."""
+    `sweep`: a read-only `bench.sweep.Sweep` of the experiment (its `config` resolves every cell's step
+    budget, resolution and batch size exactly as the real runs will)."""
     t_measure = time.perf_counter()
+    cache = cache if cache is not None else RateCache(cache_path())
     rates: dict[tuple[str, int, int, str], Rates] = {}
     upper = lower = 0.0
     n_trials = n_finals = 0
-    data = sweep.data  # type: ignore[attr-defined]
+    costs: dict[Cell, ItemCost] = {}
+    data = sweep.data
     for cell in exp.cells():
-        cfg = sweep.config(cell, exp.seeds[0], dict(exp.fixed_hparams(cell.method)), "final")  # type: ignore[attr-defined]
+        cfg = sweep.config(cell, exp.seeds[0], dict(exp.fixed_hparams(cell.method)), "final")
         key = (cell.backbone, cfg.resolution, cfg.hp.batch_size, cfg.precision)
         if key not in rates:
-            rates[key] = measure_rates(cell.backbone, cfg.resolution, cfg.hp.batch_size, device, cfg.precision)
+            rates[key] = rates_for(cell.backbone, cfg.resolution, cfg.hp.batch_size, device, cfg.precision, cache)
         r = rates[key]
         spec = METHODS.get(cell.method)
         n = labelled_count(data.train_y, cell.fraction)
         n_val = len(label_split(data.train_y, cell.fraction, exp.seeds[0], exp.val_fraction).val)
         folds = exp.cv_folds * max(1, len(exp.pool_seeds))
-        final, trial = _item_seconds(cell, cfg.hp, spec.trains_backbone, spec.probe_init, n, n_val, folds, r)
+        cost = _item_seconds(cfg.hp, spec.trains_backbone, spec.probe_init, n, n_val, folds, r)
+        costs[cell] = cost
         finals = len(exp.seeds)
         searches = len(exp.searches(cell))
         trials = exp.trials * searches
         n_trials += trials
         n_finals += finals
-        upper += finals * final + trials * trial
+        upper += finals * cost.final + trials * cost.trial
         # the pruner may stop trials after its start-up trials, at pruner_warmup of their budget at the earliest
         prunable = 0 if exp.search.pruner == "none" else max(0, exp.trials - exp.pruner_startup_trials()) * searches
         prunable = min(prunable, trials) if spec.trains_backbone else 0
-        lower += finals * final + (trials - prunable) * trial + prunable * trial * exp.search.pruner_warmup
-    return Projection(tuple(rates.values()), upper, lower, n_trials, n_finals, time.perf_counter() - t_measure)
+        lower += finals * cost.final + (trials - prunable) * cost.trial + prunable * cost.trial * exp.search.pruner_warmup
+    return Projection(tuple(rates.values()), upper, lower, n_trials, n_finals, time.perf_counter() - t_measure, costs)
 
 
-def _item_seconds(
-    cell: Cell, hp: HParams, trains: bool, probe: bool, n: int, n_val: int, folds: int, r: Rates
-) -> tuple[float, float]:
-    """(seconds of one final run, seconds of one search trial) of a cell."""
+def _item_seconds(hp: HParams, trains: bool, probe: bool, n: int, n_val: int, folds: int, r: Rates) -> ItemCost:
+    """Seconds of one final run and of one search trial of a cell."""
     n_train = n - n_val
     if trains:
         steps_s = hp.steps * hp.batch_size / r.train
@@ -151,7 +108,7 @@ def _item_seconds(
     else:
         final = (n + TEST_IMAGES) / r.forward
         trial = folds * (n_train + n_val) / r.forward
-    return final, trial
+    return ItemCost(final, trial)
 
 
 def hours(seconds: float) -> str:
@@ -159,6 +116,27 @@ def hours(seconds: float) -> str:
         return f"{seconds:.0f} s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
-    if seconds < 3 * 86400:
+    if seconds < 3 * DAY:
         return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    return f"{seconds / DAY:.1f} days"
+
+
+def advice(exp: Experiment, p: Projection, device: torch.device, cuda_devices: int) -> str | None:
+    """One line when the projection is far beyond what a user likely meant (more than a day), naming the
+    nearest cheaper ways to an answer; None below a day."""
+    if p.lower_seconds <= DAY:
+        return None
+    ways = []
+    if device.type != "cuda":
+        gpu = "on a CUDA GPU (--device cuda; docs/gpu.md)" if cuda_devices else "on a machine with a CUDA GPU (docs/gpu.md)"
+        ways.append(gpu)
+    elif cuda_devices > 1:
+        ways.append(f"--parallel {cuda_devices} (one worker per GPU)")
+    if len(exp.fractions) > 1 and max(exp.fractions) >= 0.5:
+        smaller = ",".join(f"{f:g}" for f in exp.fractions if f < 0.5)
+        if smaller:
+            ways.append(f"--fractions {smaller} (the full-label column is most of the cost)")
+    if exp.name != "quick":
+        ways.append("--experiment quick (about 20 min on a quiet 2-core CPU)")
+    ways.append("several machines on one storage (Slurm: docs/operations.md)")
+    return f"this grid projects to {hours(p.lower_seconds)} or more on {device}; to get an answer sooner: " + "; ".join(ways)

@@ -14,7 +14,7 @@ deterministic function of the images it is fitted on, so every run fits (or reus
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -26,6 +26,9 @@ from bench.records import Cell, CellStatus, Claim, GridStatus, RunRecord, Search
 from bench.sweep.claims import FINISHED, is_live, trial_id
 from bench.sweep.experiment import Experiment
 from bench.sweep.slots import independent_slots, next_slot, ready
+
+if TYPE_CHECKING:
+    from bench.sweep.projection import ItemCost
 from bench.sweep.studies import find_study, search_name
 from bench.train.run import RunConfig, make_config
 
@@ -38,6 +41,7 @@ class Grid:
         self.storage: optuna.storages.BaseStorage = storage
         self.cells = exp.cells()
         self._found: dict[str, int] = {}  # study name -> id, once seen (ids never change)
+        self.costs: dict[Cell, ItemCost] | None = None  # the projection's per-item seconds (the live ETA's start)
         self._resolution: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------ studies, read-only
@@ -119,7 +123,7 @@ class Grid:
         running: list[Claim] = []
         cells = [self._survey_cell(cell, now, running) for cell in self.cells]
         status = GridStatus(cells, running)
-        status.eta_seconds = eta(status)
+        status.eta_seconds, status.eta_basis = eta(status, self.costs)
         return status
 
     def _survey_cell(self, cell: Cell, now: float, running: list[Claim]) -> CellStatus:
@@ -206,7 +210,32 @@ class Grid:
 # ---------------------------------------------------------------- ETA
 
 
-def eta(status: GridStatus) -> float | None:
+def eta(status: GridStatus, costs: dict[Cell, ItemCost] | None = None) -> tuple[float | None, str]:
+    """(remaining seconds, what they are based on).
+
+    With the projection's per-item costs (bench/sweep/projection.py, measured rates of this device): the
+    remaining items' projected seconds, scaled by how long the finished items really took against their
+    projection. So the first estimate is the projection `--dry-run` prints, and it moves smoothly as items
+    finish instead of jumping with each one. Without costs: from the finished items alone (as before)."""
+    workers = max(1, len({r.worker for r in status.running}))
+    if costs:
+        left = projected_done = measured = 0.0
+        for cs in status.cells:
+            cost = costs.get(cs.cell)
+            if cost is None:
+                return _eta_from_items(status), "finished items"
+            if not cs.done:
+                left += max(0, cs.trials_budget - cs.trials_done) * cost.trial + (cs.finals_total - cs.finals_done) * cost.final
+            projected_done += len(cs.trial_seconds) * cost.trial + len(cs.finals) * cost.final
+            measured += sum(cs.trial_seconds) + sum(r.wall_seconds for r in cs.finals.values())
+        if projected_done <= 0:
+            return left / workers, "projected"
+        ratio = measured / projected_done
+        return left * ratio / workers, f"projected × {ratio:.2f} as measured so far"
+    return _eta_from_items(status), "finished items"
+
+
+def _eta_from_items(status: GridStatus) -> float | None:
     """Remaining seconds from the measured times of finished trials and runs (any process's).
 
     An item is estimated from items of the same backbone, method and kind: the mean at its

@@ -157,7 +157,9 @@ def train_steps(
     augmented: bool = False,
 ) -> None:
     """hp.steps optimiser steps over shuffled passes of the n examples; `forward(idx, gen)`
-    gives the logits of a batch. A history row every `report_interval(steps)` steps."""
+    gives the logits of a batch. A history row every `report_interval(steps)` steps; between them,
+    `on_progress` gets a tick row ({phase, step, steps, "tick": True}) after every step, for live step
+    counts (it costs no host sync; ticks are not history)."""
     steps, bs = hp.steps, hp.batch_size
     device = y.device
     opt = make_optimizer(groups, hp)
@@ -186,6 +188,8 @@ def train_steps(
         correct += (logits.detach().argmax(1) == y[idx]).sum()
         seen += len(idx)
         if step % interval and step != steps:
+            if on_progress is not None:  # a live view's step count: no loss (that needs a host sync), no history row
+                on_progress({"phase": phase, "step": step, "steps": steps, "tick": True})
             continue
         sync(device)
         seconds = time.perf_counter() - t0

@@ -1,0 +1,162 @@
+"""Training and evaluation throughput of one (backbone, resolution, batch, precision) on this device,
+measured once and remembered (`RateCache`), so every sweep can say what it will cost before it trains.
+
+Why a cache: a projection needs a few seconds of timed steps per configuration (a grid of four
+backbones and two resolutions: a minute or more on a loaded CPU); a user who asks twice, or a
+sweep that announces its cost at every start, should not pay that again. The key names everything
+a rate depends on: the backbone, resolution, batch and precision, the device's name, torch's
+version and the CPU threads. A cached rate says when and under which load it was measured.
+
+    SFT_BENCH_RATE_CACHE=PATH   where the cache lives (default ~/.cache/sft-bench/rates.json)
+    SFT_BENCH_RATE_CACHE=off    measure every time, remember nothing
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+CACHE_ENV = "SFT_BENCH_RATE_CACHE"
+OFF = ("off", "none", "no", "false", "0")
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Images per second on this device for one (backbone, resolution, batch, precision)."""
+
+    backbone: str
+    resolution: int
+    batch_size: int
+    train: float  # training images/s (end to end, augmented)
+    forward: float  # evaluation / feature images/s
+    precision: str = "fp32"
+    measured_at: str = ""  # UTC, ISO
+    load: float = -1.0  # the 1-minute load average when measured (-1: unknown)
+    cached: bool = False  # read from the cache, not measured by this process
+
+
+def rate_key(backbone: str, resolution: int, batch_size: int, precision: str, device: torch.device) -> str:
+    """What a rate depends on besides the code: configuration, device, torch and threads."""
+    from bench.provenance import device_name
+
+    return f"{backbone}|{resolution}|{batch_size}|{precision}|{device_name(device)}|torch {torch.__version__}"
+
+
+def cache_path(environ: dict[str, str] | None = None) -> Path | None:
+    """The cache file, or None when SFT_BENCH_RATE_CACHE turns it off."""
+    env = os.environ if environ is None else environ
+    text = (env.get(CACHE_ENV) or "").strip()
+    if text.lower() in OFF and text:
+        return None
+    if text:
+        return Path(text).expanduser()
+    base = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "sft-bench" / "rates.json"
+
+
+class RateCache:
+    """The remembered rates (a JSON file of key -> Rates); a damaged or unreadable file is an empty cache,
+    and a write that fails is skipped: the cache saves time, it never decides a result."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._entries: dict[str, dict] = {}
+        if path is not None and path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                self._entries = data if isinstance(data, dict) else {}
+            except (OSError, ValueError):
+                self._entries = {}
+
+    def get(self, key: str) -> Rates | None:
+        raw = self._entries.get(key)
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return Rates(**{**raw, "cached": True})
+        except TypeError:
+            return None
+
+    def put(self, key: str, rates: Rates) -> None:
+        self._entries[key] = {k: v for k, v in asdict(rates).items() if k != "cached"}
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._entries, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+
+def measure_rates(backbone: str, resolution: int, batch_size: int, device: torch.device, precision: str) -> Rates:
+    """A few timed training steps and evaluation batches (median), after a warm-up, as the suite runs them."""
+    from bench.data import augment
+    from bench.train.device import autocast, eval_batch
+    from bench.train.features import encode_all
+    from bench.train.run import RunConfig, build_model
+
+    cfg = RunConfig(backbone, "finetune", 1.0, 0, resolution=resolution, pretrained=False, precision=precision)
+    net = build_model(cfg, 10).to(device).to(memory_format=torch.channels_last)  # weights do not change the speed
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
+    y = torch.randint(0, 10, (batch_size,), generator=gen, device=device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    net.train()
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        with autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(net(augment(x, gen)).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    train = batch_size / statistics.median(_timed(step))
+    ev = eval_batch(device)
+    xe = torch.randint(0, 256, (ev, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
+
+    def forward() -> float:
+        t0 = time.perf_counter()
+        encode_all(net, xe, precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    fwd = ev / statistics.median(_timed(forward))
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
+    return Rates(backbone, resolution, batch_size, train, fwd, precision, now, round(load, 2))
+
+
+def _timed(fn: Callable[[], float], warmup: int = 2, at_least: int = 3, seconds: float = 2.0) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    t0 = time.perf_counter()
+    while len(times) < at_least or (time.perf_counter() - t0 < seconds and len(times) < 20):
+        times.append(fn())
+    return times
+
+
+def rates_for(backbone: str, resolution: int, batch_size: int, device: torch.device, precision: str, cache: RateCache) -> Rates:
+    """From the cache when this configuration was measured on this device before, else measured now and kept."""
+    key = rate_key(backbone, resolution, batch_size, precision, device)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    rates = measure_rates(backbone, resolution, batch_size, device, precision)
+    cache.put(key, rates)
+    return rates
