@@ -235,6 +235,7 @@ BAD_INPUTS = [
     (["--backbones", "tinny"], "did you mean 'tiny'"),
     (["--methods", "finetune,sfft"], "did you mean 'sft'"),
     (["--fractions", "0.1,abc"], "'abc' is not a number"),
+    (["--data-dir", "{tmp}/nodata", "--no-download"], "drop --no-download to fetch the official files, or put"),
     (["--fractions", "0.1,0.1"], "twice"),
     (["--fractions", "0,0.5"], "outside (0, 1]"),
     (["--fractions", "1.5"], "outside (0, 1]"),
@@ -260,6 +261,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
 
     config = write_toml(tmp_path / "cfg", "t")
     results = tmp_path / "results"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     base = ["sweep", "--data-dir", str(synthetic_dir), "--results-dir", str(results), "--quiet"]
     if "--experiment" not in args:
         base += ["--config", str(config)]
@@ -958,3 +960,48 @@ def test_one_two_and_three_workers_give_the_same_searches_and_rows(tmp_path: Pat
     # the workers really shared the work, and waited instead of asking early
     logs = [(tmp_path / "w3" / "d" / "logs" / f"worker-{i}.log").read_text() for i in range(3)]
     assert sum("start trial" in log for log in logs) >= 2
+
+
+@pytest.mark.slow
+def test_a_background_sweep_stops_cleanly_on_sigint(tmp_path: Path, synthetic_dir: Path) -> None:
+    """Started as `nohup ... &` does (SIGINT ignored, inherited), a sweep still stops on SIGINT like on
+    Ctrl-C: exit 130, its work kept, and the same command resumes to the uninterrupted rows."""
+    config = write_toml(tmp_path / "cfg", "bg", SMALL)
+    results = tmp_path / "results"
+    proc = subprocess.Popen(
+        sweep_cmd(config, synthetic_dir, results),
+        env={**ENV, "SFT_BENCH_TEST_FAULT": "final:1:STOP"},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # what a shell does to `... &`
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    assert "the same command resumes" in out
+    again = subprocess.run(sweep_cmd(config, synthetic_dir, results), env=ENV, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(read_rows(results / "bg" / "runs.csv")) == 4
+
+
+def test_flags_are_blamed_for_their_own_mistakes_and_sft_needs_no_linear_probe_row(tmp_path: Path, synthetic_dir: Path) -> None:
+    import cli
+
+    config = write_toml(tmp_path / "cfg", "f", TINY)
+    base = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r")]
+    bad = CliRunner().invoke(cli.app, [*base, "--backbones", "tinny", "--dry-run"])
+    assert bad.exit_code == 2 and bad.output.startswith("error: --backbones: unknown backbone 'tinny'"), bad.output
+    assert str(config) not in bad.output
+    # protocol v3: the probe sft starts from is fitted inside its own run, so no linear_probe row is needed
+    ok = CliRunner().invoke(cli.app, [*base, "--methods", "finetune,sft", "--dry-run"])
+    assert ok.exit_code == 0, ok.output
+    assert "sft" in ok.output and "linear_probe" not in ok.output.split("dry run")[0].split("projected wall time")[1]
+    help_text = " ".join(CliRunner().invoke(cli.app, ["sweep", "--help"]).output.replace("│", " ").split())
+    assert "tuned (searched), defaults (no search), article" in help_text

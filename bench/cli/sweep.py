@@ -101,6 +101,7 @@ def load(
 ) -> Any:
     """The experiment file with the flags merged in, validated (no I/O besides reading it)."""
     from bench.sweep.experiment import find_config, parse_fractions, parse_names, read_toml, resolve
+    from bench.sweep.validate import check_flag_list
 
     path = find_config(config, experiment)
     raw = read_toml(path)
@@ -113,6 +114,7 @@ def load(
     for key, values in grid.items():
         if values is None:
             continue
+        values = check_flag_list(key, values)  # a bad value is the flag's, not the experiment file's
         raw[key] = values
         # A flag narrows the [[include]] blocks to its values too (and drops emptied ones).
         kept = []
@@ -318,6 +320,14 @@ def _announce(exp: Any, dev: Any, warnings: list[str], console: Console) -> None
         )
 
 
+def _listen_to_sigint() -> None:
+    """A sweep started in the background (`nohup python cli.py sweep ... &`) inherits SIGINT ignored (the shell
+    does that to background jobs), so a user's `kill -INT` or Ctrl-C after `fg` did nothing: take it back, so
+    that SIGINT stops the sweep cleanly like SIGTERM, and the same command resumes."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _set_threads(threads: int | None, dev: Any, parallel: int) -> int | None:
     """torch's CPU threads in this process: --threads, or the cores shared out among CPU workers
     (K workers with a thread per core each would fight over the same cores). Returns the count set."""
@@ -375,7 +385,9 @@ def sweep(
     fractions: Annotated[str | None, typer.Option(help="Label fractions, e.g. 0.01,0.1,1.0.")] = None,
     backbones: Annotated[str | None, typer.Option(help="Comma-separated, of: {backbones}.")] = None,
     methods: Annotated[str | None, typer.Option(help="Comma-separated, of: {methods}.")] = None,
-    recipes: Annotated[str | None, typer.Option(help="tuned and/or seed.")] = None,
+    recipes: Annotated[
+        str | None, typer.Option(help="Comma-separated, of: tuned (searched), defaults (no search), article (the article's).")
+    ] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Number of seeds (0..N-1).")] = None,
     trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials per tuned cell.")] = None,
     steps: Annotated[
@@ -422,6 +434,7 @@ def sweep(
         data, dev, warnings = validate(exp, download=download, parallel=parallel)
     except UserError as exc:
         fail(str(exc))
+    _listen_to_sigint()
     n_threads = _set_threads(threads, dev, parallel)
     costs = None
     if not worker:

@@ -156,7 +156,10 @@ def load_cifar10(data_dir: str | Path, download_missing: bool = True) -> Cifar10
     missing = [f for f in FILE_MD5 if not (folder / f).is_file()]
     if missing:
         if not download_missing:
-            raise UserError(f"CIFAR-10 is not in {folder} (missing {missing[0]}); run with download enabled or make it")
+            raise UserError(
+                f"CIFAR-10 is not in {folder} (missing {missing[0]}); drop --no-download to fetch the official files, or "
+                f"put a cifar-10-batches-py folder there (offline here: python ../shared/data/make_cifar10.py {root})"
+            )
         download(root)
     sums = {f: _md5(folder / f) for f in FILE_MD5}
     official = sums == FILE_MD5

@@ -151,6 +151,13 @@ def grid_lists(raw: dict[str, Any], source: str) -> tuple[tuple, tuple, tuple, t
     return backbones, methods, recipes, fractions
 
 
+def check_flag_list(key: str, values: list[Any]) -> list[Any]:
+    """A grid list given on the command line (`--backbones a,b`): checked as the flag's, so a typo there is
+    blamed on the flag, not on the experiment file it overrides; names come back canonical."""
+    conv = {"backbones": backbone, "methods": method, "recipes": recipe, "fractions": fraction}[key]
+    return list(grid_list({key: values}, key, conv, "", f"--{key}"))
+
+
 def grid_blocks(raw: dict[str, Any], key: str, source: str) -> tuple[dict[str, Any], ...]:
     """[[include]] or [[exclude]]: matrix-style blocks of the grid's keys."""
     return tuple(_grid_block(b, i, key, source) for i, b in enumerate(_blocks(raw, key, source)))
