@@ -110,3 +110,15 @@ def test_every_sweep_prints_its_projection_and_a_second_dry_run_takes_seconds(tm
     run = CliRunner().invoke(cli.app, [*args, "--quiet", "--no-report"], env=env)
     assert run.exit_code == 0, run.output
     assert run.output.index("projected wall time on cpu:") < run.output.index("start trial 1")  # before anything trains
+
+
+def test_a_cpu_rate_measured_under_much_more_load_than_now_is_measured_again() -> None:
+    """A rate taken while other jobs shared the cores understates the device (measured here: a 36.8 h
+    projection of quick.toml at a load of 4 on 2 cores): it is taken again once the machine is quieter."""
+    from dataclasses import replace
+
+    from bench.sweep.rates import busier_then
+
+    busy = Rates("tiny", 32, 64, 10.0, 50.0, load=5.0)
+    assert busier_then(busy, 0.5) and not busier_then(busy, 4.5)
+    assert not busier_then(replace(busy, load=-1.0), 0.0) and not busier_then(replace(busy, load=0.2), 0.0)

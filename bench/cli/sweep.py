@@ -211,6 +211,9 @@ def _print_projection(exp: Any, p: Any, dev: Any, parallel: int, console: Consol
 
     measured = "cached rates" if p.cached else f"rates measured in {p.measure_seconds:.0f} s"
     when = min((r.measured_at for r in p.rates if r.measured_at), default="")
+    load = max((r.load for r in p.rates), default=-1.0)
+    if load >= 0:
+        measured += f" under a load of {load:g} on {os.cpu_count()} cores"
     per = " with one worker" if parallel == 1 else f" for one worker ({parallel} workers split the items between them)"
     console.print(
         f"projected wall time on {dev}: {hours(p.lower_seconds)} to {hours(p.upper_seconds)} for {p.trials} trials and "

@@ -137,8 +137,21 @@ def measure_rates(backbone: str, resolution: int, batch_size: int, device: torch
 
     fwd = ev / statistics.median(_timed(forward))
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
-    return Rates(backbone, resolution, batch_size, train, fwd, precision, now, round(load, 2))
+    return Rates(backbone, resolution, batch_size, train, fwd, precision, now, round(_load(), 2))
+
+
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
+
+
+def busier_then(rates: Rates, load_now: float) -> bool:
+    """Whether a cached CPU rate was measured under clearly more load than there is now (more than one more
+    runnable process per two cores): it then understates this device, so it is measured again (and the
+    quieter figure kept). A rate measured quiet stays, whatever the load now: the projection is of the
+    device, and the load is printed beside it."""
+    if rates.load < 0 or load_now < 0:
+        return False
+    return rates.load - load_now > max(1.0, (os.cpu_count() or 2) / 2)
 
 
 def _timed(fn: Callable[[], float], warmup: int = 2, at_least: int = 3, seconds: float = 2.0) -> list[float]:
@@ -155,7 +168,7 @@ def rates_for(backbone: str, resolution: int, batch_size: int, device: torch.dev
     """From the cache when this configuration was measured on this device before, else measured now and kept."""
     key = rate_key(backbone, resolution, batch_size, precision, device)
     hit = cache.get(key)
-    if hit is not None:
+    if hit is not None and not (device.type == "cpu" and busier_then(hit, _load())):
         return hit
     rates = measure_rates(backbone, resolution, batch_size, device, precision)
     cache.put(key, rates)
