@@ -188,7 +188,12 @@ def _linear_head(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tup
 
 
 register_method("finetune", trains_backbone=True, summary="new head on B(x); everything trained")(_linear_head)
-register_method("linear_probe", trains_backbone=False, is_probe=True, summary="new head on frozen B(x)")(_linear_head)
+register_method(
+    "linear_probe",
+    trains_backbone=False,
+    is_probe=True,
+    summary="new head on frozen B(x): a converged logistic regression, its L2 strength cross-validated (no search)",
+)(_linear_head)
 register_method(
     "lp_ft", trains_backbone=True, probe_init=True, summary="head started as the linear probe, then everything trained"
 )(_linear_head)
@@ -225,7 +230,12 @@ def _sft_side(d: int, c: int, pretrained_head: nn.Module, hp: HParams) -> tuple[
 
 
 # sft (linear branch) with B frozen is the linear probe again (methods.md), so it has no frozen row.
-register_method("sft", trains_backbone=True, probe_init=True, summary="f + g, g = V B(x) + c (linear, zero-init)")(_sft_linear)
+register_method(
+    "sft",
+    trains_backbone=True,
+    probe_init=True,
+    summary="f + g, g = V B(x) + c (linear, zero-init): lp_ft with a doubled head step (W and V get identical gradients)",
+)(_sft_linear)
 register_method(
     "sft-mlp", trains_backbone=True, probe_init=True, extra_space=width_space, summary="f + g, g = one-hidden-layer MLP on B(x)"
 )(_sft_mlp)
