@@ -720,7 +720,21 @@ def test_label_efficiency_by_hand() -> None:
     # AUC: trapezoids (0.60+0.76)/2 + (0.76+0.82)/2 over two decades, divided by 2 decades
     assert math.isclose(R.auc_log_fraction(f, a), (0.68 + 0.79) / 2)
     assert math.isnan(R.auc_log_fraction([0.1], [0.5]))
-    assert R.fmt_needed(10**-1.25, "=") == "5.623%" and R.fmt_needed(0.01, "<=") == "≤1%" and R.fmt_needed(1.0, ">") == ">100%"
+    # an interpolated fraction has 2 significant digits (a third would be spurious); the bounds are measured fractions
+    assert R.fmt_needed(10**-1.25, "=") == "5.6%" and R.fmt_needed(0.01, "<=") == "≤1%" and R.fmt_needed(1.0, ">") == ">100%"
+    assert R.fmt_needed(0.02541, "=") == "2.5%" and R.fmt_needed(0.9999, "=") == "100%" and R.fmt_needed(0.005, "=") == "0.5%"
+
+
+def test_one_formatter_per_quantity() -> None:
+    """Each quantity has one text form, shared by every table (text.py): a measured fraction as the grid gives it,
+    an estimated one to 2 digits, a range of fractions in the same percentages, a difference in signed points."""
+    from bench.report import text as T
+
+    assert [T.frac_label(f) for f in (0.01, 0.1, 1.0, 0.025)] == ["1%", "10%", "100%", "2.5%"]
+    assert T.frac_range(0.01, 0.1) == "1%–10%" and T.frac_range(0.1, 0.1) == "10%"
+    assert T.points(0.0123) == "+1.23" and T.points(-0.005) == "-0.50" and T.points(math.nan) == "–"
+    assert T.margin_points(0.01) == "1" and T.margin_points(0.005) == "0.5"
+    assert T.name_list(["a"]) == "a" and T.name_list(["a", "b", "c"], code=True) == "`a`, `b` and `c`" and T.name_list([]) == ""
 
 
 def test_label_efficiency_references() -> None:
@@ -750,14 +764,24 @@ def test_efficiency_table_formats_agree(built: tuple) -> None:
     csv = pd.read_csv(exp / "tables/efficiency.csv", keep_default_na=False, na_values=[""])
     md = (exp / "tables/efficiency.md").read_text()
     tex = (exp / "tables/efficiency.tex").read_text()
+    estimated: list[str] = []
     for e in csv.itertuples(index=False):
         line = next(ln for ln in md.splitlines() if ln.startswith(f"| {e.backbone} | `{e.method}` | {e.recipe} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[4] == R.fmt_needed(e.frac90, e.frac90_bound) and cells[5] == R.fmt_needed(e.frac95, e.frac95_bound)
         assert cells[6] == ("n/a" if math.isnan(e.auc) else f"{100 * e.auc:.2f}" + ("*" if e.auc_partial else ""))
         assert cells[6].replace("*", "") in tex
+        # the AUC range in the percentages every other table uses (1%–10%), not as raw fractions (0.01-0.1)
+        fr = [float(f) for f in str(e.fractions).split()]
+        assert cells[7] == e.auc_range == R.frac_range(min(fr), max(fr))
+        for needed in cells[4:6]:  # an interpolated fraction to 2 significant digits, a bound as the grid gives it
+            if needed[0].isdigit():
+                assert len(needed.rstrip("%").replace(".", "").lstrip("0")) <= 2, needed
+                estimated.append(needed)
     # tiny/sft-mlp lacks 100%: partial AUC range, marked
     assert csv.set_index(["backbone", "method"]).loc[("tiny", "sft-mlp"), "auc_partial"]
+    assert estimated and {"1%–100%", "1%–10%"} <= set(csv["auc_range"])  # the fixture exercises both forms
+    assert not re.search(r"\b0\.\d+-", md.split("\n\n", 1)[0])  # no raw fraction range left anywhere in the table
 
 
 # ---------------------------------------------------------------- LaTeX
@@ -977,6 +1001,66 @@ def test_edge_cases_are_reported_honestly(tmp_path: Path) -> None:
     assert eff.loc[("solo", "sft"), "reference"] == "n/a"
     assert "[not full-label]" in (exp / "tables/efficiency.md").read_text()
     assert (exp / "report.html").is_file()
+
+
+def report_texts(exp: Path) -> dict[str, str]:
+    """Every text a reader of the report reads: tables/*.md and *.tex and report.html's text (tags, the inlined
+    images and the verbatim config.toml left out)."""
+    out = {p.name: p.read_text() for p in sorted((exp / "tables").iterdir()) if p.suffix in (".md", ".tex")}
+    page = re.sub(r"<details><summary>config.toml.*?</details>", "", (exp / "report.html").read_text(), flags=re.S)
+    page = re.sub(r'src="data:image/png;base64,[^"]*"', "", page)
+    out["report.html"] = html_mod.unescape(re.sub(r"<[^>]+>", " ", page))
+    return out
+
+
+def test_notes_name_only_the_methods_that_ran(built: tuple, tmp_path: Path) -> None:
+    """The quick experiment's grid (finetune, linear_probe, sft) has no lp_ft: no note, caption, sentence or
+    protocol line may name it, or a reader looks for a row that was never run. Where lp_ft ran, the caveat on
+    correlated probe-initialised methods names exactly the ones present."""
+    rows = {
+        ("tiny", "finetune", "tuned"): {0.01: (0.0, 3), 0.1: (0.0, 3)},
+        ("tiny", "linear_probe", "tuned"): {0.01: (-0.05, 3), 0.1: (-0.1, 3)},
+        ("tiny", "sft", "tuned"): {0.01: (0.01, 3), 0.1: (0.0, 3)},
+    }
+    exp = make_experiment(tmp_path, "nolpft", rows=rows, journal=False)
+    res = R.write_report(exp)
+    texts = report_texts(exp) | {"notes": "\n".join(res.notes), "summary": "\n".join(res.summary)}
+    assert "sft_vs_baselines.md" in texts and "linear_probe" in texts["sft_vs_baselines.md"]
+    for name, text in texts.items():
+        assert "lp_ft" not in text, (name, [ln for ln in text.splitlines() if "lp_ft" in ln])
+    # built has lp_ft, sft and sft-mlp (and sft-side-frozen, not sft-side): the caveat names those three
+    caveat = "The probe-initialised methods (lp_ft, sft, sft-mlp) start from the same linear probe on the same seeds"
+    exp_b = built[0]
+    assert caveat in (exp_b / "tables/sft_vs_baselines.md").read_text() and caveat in (exp_b / "tables/summary.md").read_text()
+    assert "sft-side)" not in (exp_b / "tables/sft_vs_baselines.md").read_text()
+
+
+def test_empty_families_and_tables_say_why(tmp_path: Path) -> None:
+    """An unfinished grid (finetune and one linear_probe seed so far): no "Holm-corrected over all 0 comparisons",
+    no "primary: 0", no sft-against-baselines table of no rows; each absence is one sentence that says why."""
+    rows = {("tiny", "finetune", "tuned"): {0.01: (0.0, 3), 0.1: (0.0, 2)}, ("tiny", "linear_probe", "tuned"): {0.01: (0.0, 1)}}
+    exp = make_experiment(tmp_path, "early", rows=rows, journal=False)
+    res = R.write_report(exp)
+    for name, text in report_texts(exp).items():
+        for bad in (r"\b0 (such )?comparisons", r"over all 0\b", r"(primary|secondary): 0\b", r"family of 0\b", r"Holm over 0\b"):
+            assert not re.search(bad, text), (name, bad)
+    assert not list((exp / "tables").glob("sft_vs_baselines.*"))
+    why = "No sft-against-baselines table: this experiment has no sft* run."
+    assert why in res.notes
+    page = (exp / "report.html").read_text()
+    assert f"<h2>sft against its baselines</h2>\n<p>{why}</p>" in page
+    md = (exp / "tables/accuracy.md").read_text()
+    assert "No †: no cell shares 2 or more seeds with its column's best-mean cell" in md
+    assert "No ↑ / ↓ / ≈: no cell shares 2 or more seeds with a `finetune` run" in md
+    assert res.summary[0].startswith("No comparison of the primary family (sft* vs finetune, sft* vs lp_ft) is in these runs")
+    # sft ran, but not with any seed its baselines have: the table is still left out, and the sentence says why
+    rows[("tiny", "sft", "tuned")] = {1.0: (0.0, 3)}
+    exp = make_experiment(tmp_path, "early2", rows=rows, journal=False)
+    res = R.write_report(exp)
+    assert not list((exp / "tables").glob("sft_vs_baselines.*"))
+    assert "No sft-against-baselines table: none of the 1 sft* cell(s) shares a seed with a run of its baselines" in " ".join(
+        res.notes
+    )
 
 
 def test_bad_runs_tables_are_one_line_errors(tmp_path: Path) -> None:

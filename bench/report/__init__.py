@@ -104,7 +104,21 @@ from bench.report.stats import (
     win_tie_loss,
 )
 from bench.report.tables import COMPUTE_FIELDS, Tables, build_tables, compute_table
-from bench.report.text import DAGGER, DOWN, TEX_UNICODE, UP, fmt_needed, frac_label, pct, slug, tex_escape, tex_note
+from bench.report.text import (
+    DAGGER,
+    DOWN,
+    TEX_UNICODE,
+    UP,
+    fmt_needed,
+    frac_estimate,
+    frac_label,
+    frac_range,
+    pct,
+    points,
+    slug,
+    tex_escape,
+    tex_note,
+)
 from bench.report.write import ReportResult, atomic_write_text, write_report
 
 __all__ = [
@@ -155,7 +169,9 @@ __all__ = [
     "experiments_in",
     "find_experiment_dir",
     "fmt_needed",
+    "frac_estimate",
     "frac_label",
+    "frac_range",
     "fraction_to_reach",
     "holm",
     "is_sft",
@@ -167,6 +183,7 @@ __all__ = [
     "mark_of",
     "paired_tests",
     "pct",
+    "points",
     "protocol_info",
     "provenance",
     "rank_sum_floor",

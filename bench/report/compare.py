@@ -29,7 +29,7 @@ from bench.report.stats import (
     signed_rank_floor,
     wilcoxon_min_seeds,
 )
-from bench.report.text import DOWN, UP, fmt_p, frac_label, pct
+from bench.report.text import DOWN, UP, fmt_p, frac_label, pct, points
 
 
 @dataclass
@@ -82,7 +82,7 @@ class CompareResult:
                     frac_label(r["fraction"]),
                     f"{pct(r['mean_a'])} (n={r['n_a']})",
                     f"{pct(r['mean_b'])} (n={r['n_b']})",
-                    f"{100 * r['diff']:+.2f}{mk}",
+                    f"{points(r['diff'])}{mk}",
                     r["kind"],
                     fmt_p(r["p"]),
                     fmt_p(r["p_holm"]),

@@ -189,6 +189,8 @@ def write_report(
     summary = sentences(tests, df, plan)
     notes[:0] = info.lines()
     notes += _data_notes(df, eff, tests)
+    if tables.sft_missing():
+        notes.append(tables.sft_missing() or "")
     multi = df["recipe"].nunique() > 1
 
     def labeler(m: str, r: str) -> str:
