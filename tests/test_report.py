@@ -166,6 +166,17 @@ def make_experiment(
 # ---------------------------------------------------------------- fixtures and parsers
 
 
+def has_data(ax) -> bool:  # noqa: ANN001 (a matplotlib Axes)
+    """Whether a panel shows anything: a line with points, a scatter with points, a band, a bar or an image (seaborn
+    leaves an empty scatter collection in a facet without data, so a collection alone is not enough)."""
+    from matplotlib.collections import PathCollection
+
+    def shows(c) -> bool:  # noqa: ANN001
+        return len(c.get_offsets()) > 0 if isinstance(c, PathCollection) else len(c.get_paths()) > 0
+
+    return any(len(ln.get_xdata()) for ln in ax.lines) or any(map(shows, ax.collections)) or bool(ax.patches or ax.images)
+
+
 class FigureSpy:
     """Wraps R._render to record what each figure's axes show (x labels, line data, titles) before it is drawn:
     what a plot says, read from the plot itself rather than from its caption."""
@@ -184,6 +195,8 @@ class FigureSpy:
                     xlabel=ax.get_xlabel(),
                     lines=[(list(map(float, ln.get_xdata())), ln.get_color(), ln.get_linestyle()) for ln in ax.get_lines()],
                     scatter_colours={tuple(np.round(c, 3)) for col in ax.collections for c in col.get_facecolors()},
+                    # a panel with its axes drawn and nothing in them: the blank 0-1 box a reader cannot interpret
+                    blank=ax.axison and not has_data(ax),
                 )
             )
         self.seen[name] = axes
@@ -967,6 +980,8 @@ def test_report_contents_and_files(built: tuple) -> None:
     tables = {p.name for p in (exp / "tables").iterdir()}
     assert {f"sft_vs_baselines.{x}" for x in ("md", "tex", "csv")} | {"compute.csv", "significance.csv"} <= tables
     assert res.seconds < 90, "a report of ~60 runs should take seconds"
+    blank = [(name, a["title"]) for name, axes in built[2].items() for a in axes if a["blank"]]
+    assert not blank, blank
 
 
 # ---------------------------------------------------------------- edge cases
@@ -1061,6 +1076,128 @@ def test_empty_families_and_tables_say_why(tmp_path: Path) -> None:
     assert "No sft-against-baselines table: none of the 1 sft* cell(s) shares a seed with a run of its baselines" in " ".join(
         res.notes
     )
+
+
+GRID_TOML = (
+    'name = "{name}"\nbackbones = ["tiny", "mini"]\nmethods = ["finetune", "linear_probe", "sft"]\n'
+    "fractions = [0.01, 0.1, 1.0]\nseeds = 8\ntrials = 4\n"
+)
+
+
+def test_an_unfinished_grid_says_what_is_missing(tmp_path: Path) -> None:
+    """config.toml's grid (2 backbones x 3 methods x 3 fractions x 8 seeds = 144 final runs) against the 6 runs of a
+    sweep stopped early: report.html says so before anything else, tables/summary.md above its sentences, the
+    command's output on its first line, each with what is missing; a study without a finished trial and a
+    backbone without timings draw no blank panel."""
+    import optuna
+
+    import cli
+    from bench.report.grid import completeness
+
+    rows = {
+        ("tiny", "finetune", "tuned"): {0.01: (0.0, 3), 0.1: (0.0, 2)},
+        ("tiny", "linear_probe", "tuned"): {0.01: (0.0, 1)},
+        ("mini", "finetune", "tuned"): {0.01: (0.0, 1)},
+    }
+    exp = make_experiment(tmp_path / "results", "part", rows=rows)
+    (exp / "config.toml").write_text(GRID_TOML.format(name="part"))
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
+    started = optuna.create_study(storage=storage, study_name="part/tiny/sft/tuned/0.01/seed0", direction="maximize")
+    for k, v in dict(experiment="part", backbone="tiny", method="sft", recipe="tuned", fraction=0.01, seed=0).items():
+        started.set_user_attr(k, v)
+    started.set_user_attr("search_mode", "per_seed")
+    runs = runs_of(exp)
+    runs.loc[runs["backbone"] == "mini", ["wall_seconds", "train_seconds"]] = math.nan  # mini's run has no timing
+    runs.to_csv(exp / "runs.csv", index=False)
+    spy = FigureSpy()
+    R._render = spy
+    try:
+        res = R.write_report(exp)
+    finally:
+        R._render = spy.real
+    grid = res.grid
+    assert grid is not None and (grid.cells, grid.seeds, grid.runs, grid.complete_cells) == (18, 8, 7, 0)
+    headline = "incomplete: 0 of 18 cells have all 8 seeds; 7 of 144 final runs are in runs.csv"
+    assert grid.headline() == headline
+    groups = dict(grid.groups())
+    assert len(groups["every seed"]) == 8 + 6 and "tiny/sft/tuned@1%" in groups["every seed"]
+    assert groups["seeds 3–7"] == ["tiny/finetune/tuned@1%"]
+    assert groups["seeds 1–7"] == ["mini/finetune/tuned@1%", "tiny/linear_probe/tuned@1%"]
+    # report.html: right under the title, before the summary, every missing cell
+    page = (exp / "report.html").read_text()
+    top = html_mod.unescape(page.split("<h1>", 1)[1].split("<h2>Summary</h2>", 1)[0])
+    assert top.index("Incomplete: 0 of 18 cells have all 8 seeds") < top.index("7 final runs")
+    assert "seeds 2–7: tiny/finetune/tuned@10%" in top and "the runs are 7 of the 144 that config.toml's grid asks for" in top
+    # tables/summary.md: above the sentences
+    summary = (exp / "tables/summary.md").read_text()
+    assert summary.index("**Incomplete: 0 of 18 cells") < summary.index("\n- ") and "missing seeds 3–7: tiny/finetune" in summary
+    # the command's output, first line
+    out = CliRunner().invoke(cli.app, ["report", "--results-dir", str(tmp_path / "results")])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines()[0].startswith(headline + "; missing every seed: mini/finetune/tuned@10%, ")
+    # no blank panel: the started study's panels carry a message, the compute plot has no panel for mini
+    blank = [(name, a["title"]) for name, axes in spy.seen.items() for a in axes if a["blank"]]
+    assert not blank, blank
+    titles = [a["title"] for a in spy.seen["optuna_history_tiny"]]
+    assert "sft @ 1%: no finished trial yet in 1 seed's study" in titles
+    assert [a["title"] for a in spy.seen["accuracy_vs_compute"]] == ["tiny"]
+    # a backbone none of whose cells ran is named once
+    without_mini = completeness(exp, runs_of(exp).query("backbone != 'mini'"), [])
+    assert without_mini is not None and dict(without_mini.groups())["every seed"][0] == "mini (all 9 cells)"
+    # a complete grid says so in its opening line, and nothing in summary.md
+    done = make_experiment(tmp_path / "done", "done", rows={("tiny", "finetune", "tuned"): {0.1: (0.0, 3)}}, journal=False)
+    (done / "config.toml").write_text(
+        'name = "done"\nbackbones = ["tiny"]\nmethods = ["finetune"]\nfractions = [0.1]\nseeds = 3\n'
+    )
+    res = R.write_report(done)
+    assert res.grid is not None and res.grid.complete
+    assert "the runs are the whole grid of config.toml (1 cells × 3 seeds)" in (done / "report.html").read_text()
+    assert "omplete" not in (done / "tables/summary.md").read_text()
+
+
+def test_a_report_never_imports_torch(tmp_path: Path) -> None:
+    """A report reads config.toml's grid (and everything else) without importing torch: it must run where the
+    results were copied to, without the training stack, and start in a second, not in ten."""
+    exp = make_experiment(tmp_path, "light", rows={("tiny", "finetune", "tuned"): {0.1: (0.0, 2)}}, journal=False)
+    (exp / "config.toml").write_text(GRID_TOML.format(name="light"))
+    code = (
+        "import sys; from bench.report import write_report; r = write_report(sys.argv[1]); "
+        "assert r.grid is not None and not r.grid.complete; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(exp)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_the_grid_is_read_as_the_sweep_reads_it() -> None:
+    """The report reads config.toml's grid without the sweep's validation (which imports torch): for every
+    experiment file of the repository, the same cells in the same order and the same seeds as `resolve`."""
+    import tomllib
+
+    from bench.report.grid import grid_cells
+    from bench.sweep.experiment import resolve
+
+    files = sorted((ROOT / "experiments").glob("*.toml"))
+    assert len(files) >= 3
+    for path in files:
+        raw = tomllib.loads(path.read_text())
+        exp = resolve({"name": path.stem, **raw})
+        cells, seeds = grid_cells(raw)
+        assert cells == [(c.backbone, c.recipe, c.method, c.fraction) for c in exp.cells()] and seeds == exp.seeds, path.name
+    # include / exclude, a method table, old names, a seed count
+    raw = {
+        "backbones": ["a", "b"],
+        "methods": ["finetune", {"name": "sft", "branch": "mlp"}, "seed_sft"],
+        "recipes": ["tuned", "seed"],
+        "fractions": [0.1],
+        "seeds": 2,
+        "exclude": [{"backbones": "b", "recipes": ["seed"]}],
+        "include": [{"backbones": ["c"], "methods": ["finetune"], "fractions": [1.0]}],
+    }
+    cells, seeds = grid_cells(raw)
+    assert seeds == (0, 1) and ("a", "article", "article_sft", 0.1) in cells and ("a", "tuned", "sft-mlp", 0.1) in cells
+    assert not any(c[0] == "b" and c[1] == "article" for c in cells) and ("c", "tuned", "finetune", 1.0) in cells
+    assert len(cells) == 2 * 3 * 2 - 3 + 2  # b loses its 3 article cells; c adds finetune under both recipes
 
 
 def test_bad_runs_tables_are_one_line_errors(tmp_path: Path) -> None:

@@ -48,6 +48,8 @@ def report(
         res = write_report(exp_dir, test=test, alpha=alpha, storage=storage)
     except UserError as exc:
         fail(str(exc))
+    if res.grid is not None and not res.grid.complete:  # first, so that no number below passes for the grid's
+        console.print(f"[bold yellow]{escape(res.grid.line())}[/]", highlight=False, soft_wrap=True)
     wtl = res.win_tie_loss
     if len(wtl):
         t = Table(title="verdicts against each baseline (cells; Holm within each family, TOST for equivalence)")

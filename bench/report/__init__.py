@@ -31,6 +31,7 @@ whether any run's step budget fell below the protocol's floor (`min_steps`, defa
 The package, one idea per module, in the order a report runs:
 - schema.py: the runs table's columns, a cell's key, the baselines, the display order;
 - load.py: experiment folders, runs.csv (checked), the Optuna studies; protocol.py: which protocol ran;
+  grid.py: config.toml's grid against runs.csv (an unfinished grid says what it lacks, at the top of everything);
 - stats.py: the statistics stated above, as DataFrames (tests, Holm, win/tie/loss, label efficiency);
 - tables.py: one format-free model per table; render.py: one renderer per format (Markdown, LaTeX, HTML, CSV);
 - figure.py: a figure as PNG and PDF bytes; plots.py: one function per figure (search_plots.py: the Optuna
@@ -46,6 +47,7 @@ from __future__ import annotations
 # to the module, and the name imported from it then replaces that with the function callers expect.
 from bench.report.compare import CompareResult, compare
 from bench.report.figure import PNG_DPI, Figure, _render
+from bench.report.grid import Completeness, completeness, grid_cells
 from bench.report.html import CSS, render_html
 from bench.report.load import (
     SEED_PART,
@@ -128,6 +130,7 @@ __all__ = [
     "COMPUTE_FIELDS",
     "CSS",
     "CompareResult",
+    "Completeness",
     "DAGGER",
     "DEFAULT_MIN_STEPS",
     "DOWN",
@@ -164,6 +167,7 @@ __all__ = [
     "build_tables",
     "check_wilcoxon_reachable",
     "compare",
+    "completeness",
     "compute_table",
     "experiment_name",
     "experiments_in",
@@ -173,6 +177,7 @@ __all__ = [
     "frac_label",
     "frac_range",
     "fraction_to_reach",
+    "grid_cells",
     "holm",
     "is_sft",
     "label_efficiency",

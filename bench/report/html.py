@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report.figure import Figure
+from bench.report.grid import WHY_MISSING, Completeness
 from bench.report.load import StudyInfo
 from bench.report.protocol import protocol_info
 from bench.report.render import frame_html, to_html
@@ -30,6 +31,7 @@ table.t thead th{border-bottom:2px solid #444}td.num{text-align:right;white-spac
 ul.notes{font-size:.85em;color:#444}figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#444}pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.8em}
 .wtl{font-size:1.1em}
+.incomplete{background:#fff4d6;border:1px solid #e0b64a;padding:.6em 1em;margin:1em 0}.incomplete ul{margin:.3em 0}
 """
 
 
@@ -124,6 +126,29 @@ def _significance(tests: pd.DataFrame) -> str:
     return frame_html(sig, {"p_holm": fmt_p, "p TOST (Holm)": fmt_p})
 
 
+def _grid_banner(grid: Completeness | None) -> list[str]:
+    """For an unfinished grid, the box at the top of the page: how much is missing and every missing cell, grouped
+    by what it lacks; nothing for a complete grid (the opening line says it is complete)."""
+    if grid is None or grid.complete:
+        return []
+    esc = html.escape
+    items = "".join(f"<li>{esc(what)}: {esc(', '.join(names))}</li>" for what, names in grid.groups())
+    head = grid.headline()
+    return [
+        f'<div class="incomplete"><p><b>{esc(head[0].upper() + head[1:])}.</b> Missing from runs.csv:</p>'
+        f"<ul>{items}</ul><p>{esc(WHY_MISSING)}</p></div>"
+    ]
+
+
+def _holds(grid: Completeness | None) -> str:
+    """What the opening line says of the grid: complete, incomplete, or unknown (no readable config.toml)."""
+    if grid is None:
+        return "whether the runs are the whole grid is unknown (no readable config.toml)"
+    if grid.complete:
+        return f"the runs are the whole grid of config.toml ({grid.cells} cells × {grid.seeds} seeds)"
+    return f"the runs are {grid.runs} of the {grid.cells * grid.seeds} that config.toml's grid asks for (incomplete: see above)"
+
+
 def _wtl_caption(wtl: pd.DataFrame) -> str:
     """The sentence under the verdict counts, naming the baselines they hold; nothing where there are none."""
     if not len(wtl):
@@ -185,6 +210,7 @@ def render_html(
     notes: list[str],
     compute: pd.DataFrame | None = None,
     summary: list[str] | None = None,
+    grid: Completeness | None = None,
 ) -> str:
     """The whole page, from what write_report computed; nothing here computes a number of its own."""
     esc = html.escape
@@ -194,9 +220,10 @@ def render_html(
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>sft-bench report: {esc(experiment)}</title><style>{CSS}</style></head><body>",
         f"<h1>sft-bench report: {esc(experiment)}</h1>",
+        *_grid_banner(grid),
         f"<p>{len(df)} final runs ({esc(info.label)}) from <code>{esc(str(Path(experiment_dir)))}/runs.csv</code> and "
-        f"{len(studies)} Optuna studies. Everything on this page is computed from those two; tables are also in "
-        "<code>tables/</code> (Markdown, LaTeX, CSV) and plots in <code>plots/</code> (PNG, PDF).</p>",
+        f"{len(studies)} Optuna studies; {esc(_holds(grid))}. Everything on this page is computed from those two; "
+        "tables are also in <code>tables/</code> (Markdown, LaTeX, CSV) and plots in <code>plots/</code> (PNG, PDF).</p>",
         "<h2>Summary</h2>",
         "<p>Generated from the verdicts of the primary family (declared before the grid ran); it says nothing the "
         "verdicts do not (tables/summary.md holds the same sentences).</p>",

@@ -95,7 +95,7 @@ def make_plots(
     if compute:
         figs.append(compute)
     else:
-        notes.append("runs.csv has no wall_seconds or train_seconds: the accuracy-against-compute plot is omitted.")
+        notes.append("runs.csv has no positive wall_seconds or train_seconds: the accuracy-against-compute plot is omitted.")
     all_seeds = sorted({s.seed for s in studies if s.seed is not None})
     seed_colour = dict(zip(all_seeds, sns.color_palette("tab10", max(10, len(all_seeds))), strict=False))
     for b in sorted({s.backbone for s in studies}):
@@ -187,9 +187,12 @@ def plot_accuracy_vs_compute(data: PlotData) -> Figure | None:
     if not tcol:
         return None
     dc = d[d[tcol].notna() & (d[tcol] > 0)].assign(fraction_label=lambda x: x["fraction"].map(frac_label))
+    if dc.empty:
+        return None
+    backbones = [b for b in data.backbones if b in set(dc["backbone"])]  # no panel for a backbone without timings
     g = sns.relplot(
         data=dc, x=tcol, y="accuracy", hue="label", hue_order=data.order, palette=data.palette, style="fraction_label",
-        style_order=[frac_label(f) for f in data.fractions], col="backbone", col_order=data.backbones, col_wrap=data.wrap,
+        style_order=[frac_label(f) for f in data.fractions], col="backbone", col_order=backbones, col_wrap=min(3, len(backbones)),
         height=3.4, aspect=1.25, facet_kws={"sharey": False, "sharex": False}, s=40, alpha=0.85,
     )  # fmt: skip
     for ax in g.axes.flat:
