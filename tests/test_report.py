@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import html as html_mod
+import io
 import json
 import math
 import os
@@ -982,6 +983,69 @@ def test_report_contents_and_files(built: tuple) -> None:
     assert res.seconds < 90, "a report of ~60 runs should take seconds"
     blank = [(name, a["title"]) for name, axes in built[2].items() for a in axes if a["blank"]]
     assert not blank, blank
+
+
+def figure_notes(res: R.ReportResult) -> list[str]:
+    """The notes write_report makes of figure.text_problems (overlapping texts, texts beyond the figure)."""
+    return [n for n in res.notes if n.startswith("Figure ")]
+
+
+def test_no_figure_of_a_report_has_overlapping_text(built: tuple, v1_example: tuple) -> None:
+    """Every figure of the test report and of the committed protocol-v1 example, measured as drawn: no two texts
+    (tick labels, axis labels, titles, legends, annotations) overlap, none leaves the figure. The v1 example's
+    runs take 2 to 60 s: under matplotlib's default log axis its compute plot's tick labels ran together."""
+    assert figure_notes(built[1]) == [] and figure_notes(v1_example[1]) == []
+    assert R.log_ticks(1.8, 62) == [2, 5, 10, 20, 50] and R.log_ticks(2, 700) == [2, 5, 10, 20, 50, 100, 200, 500]
+    assert R.log_ticks(3, 30000) == [10, 100, 1000, 10000] and R.log_ticks(31, 39) == [32, 38]
+    assert R.log_ticks(20, 45) == [20, 30, 40]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["quick", "study"])
+def test_committed_examples_have_no_text_problems(name: str, tmp_path: Path) -> None:
+    """The committed example reports, reported afresh from a copy: every figure readable. The study's importance
+    panels had titles running past the figure's right edge beside their long parameter names."""
+    src = ROOT / "results" / "examples" / name
+    dst = tmp_path / name
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tables", "plots", "report.html", "records"))
+    assert figure_notes(R.write_report(dst)) == []
+
+
+def test_the_text_check_finds_what_a_reader_cannot_read() -> None:
+    """text_problems on hand-made figures: overlapping texts, a text beyond the edge, and the old compute axis
+    (default log ticks over 2-60 s) are found; tick labels outside the view and the ticks of an axes turned off
+    are not drawn, so they are not counted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def problems(fig) -> list[str]:  # noqa: ANN001
+        fig.savefig(io.BytesIO(), format="png", dpi=fig.dpi)
+        out = R.text_problems(fig)
+        plt.close(fig)
+        return out
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.text(0.5, 0.5, "one label here", transform=ax.transAxes)
+    ax.text(0.52, 0.5, "another one", transform=ax.transAxes)
+    assert any("'one label here' and 'another one' overlap" in p for p in problems(fig))
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.set_title("a title far too long for a figure this narrow, running past its right edge")
+    assert any("extends beyond the figure" in p for p in problems(fig))
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.scatter([2, 3, 40, 60], [1, 2, 3, 4])
+    ax.set_xscale("log")  # the old compute axis: minor ticks labelled 2x10^0, 3x10^0, ...
+    fig.tight_layout()
+    assert any("overlap" in p for p in problems(fig))
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    axes[0].plot(range(100))
+    axes[0].set_xlim(40, 60)  # most tick objects lie outside the view: not drawn, not counted
+    axes[1].set_axis_off()
+    axes[1].set_xticks(range(0, 100, 1))  # a crowd of ticks on an axis that is off: not drawn
+    axes[1].set_title("off")
+    fig.tight_layout()
+    assert problems(fig) == []
 
 
 # ---------------------------------------------------------------- edge cases

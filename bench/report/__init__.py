@@ -46,7 +46,7 @@ from __future__ import annotations
 # `compare` is both a submodule and its function: importing bench/report/compare.py sets the package attribute
 # to the module, and the name imported from it then replaces that with the function callers expect.
 from bench.report.compare import CompareResult, compare
-from bench.report.figure import PNG_DPI, Figure, _render
+from bench.report.figure import PNG_DPI, Figure, _render, drawn_texts, text_problems
 from bench.report.grid import Completeness, completeness, grid_cells
 from bench.report.html import CSS, render_html
 from bench.report.load import (
@@ -63,7 +63,7 @@ from bench.report.load import (
     thread_notes,
 )
 from bench.report.origin import provenance
-from bench.report.plots import make_plots
+from bench.report.plots import log_ticks, make_plots
 from bench.report.protocol import DEFAULT_MIN_STEPS, SEARCH_MODE_TEXT, ProtocolInfo, protocol_info
 from bench.report.render import TableModel, to_csv, to_html, to_latex, to_markdown
 from bench.report.schema import (
@@ -176,6 +176,7 @@ __all__ = [
     "frac_estimate",
     "frac_label",
     "frac_range",
+    "drawn_texts",
     "fraction_to_reach",
     "grid_cells",
     "holm",
@@ -184,6 +185,7 @@ __all__ = [
     "largest_pairing",
     "load_runs",
     "load_studies",
+    "log_ticks",
     "make_plots",
     "mark_of",
     "paired_tests",
@@ -203,6 +205,7 @@ __all__ = [
     "t_interval",
     "tex_escape",
     "tex_note",
+    "text_problems",
     "thread_notes",
     "to_csv",
     "to_html",

@@ -97,7 +97,8 @@ def _draw_importances(ai: Any, group: list[StudyInfo], title: str, n_done: int, 
     import optuna
 
     per_seed, notes = grid.per_seed, grid.notes
-    ai.set_title(f"{title} ({n_done} complete{', pooled' if per_seed else ''})", fontsize=7)
+    # two lines: beside the long parameter names a one-line title ran past the figure's right edge
+    ai.set_title(f"{title}\n({n_done} complete{', pooled' if per_seed else ''})", fontsize=7)
     if n_done < 2:
         ai.set_axis_off()
         ai.text(0.5, 0.5, f"fewer than 2 complete trials ({n_done})", ha="center", va="center", fontsize=7)

@@ -207,6 +207,7 @@ def write_report(
 
     studies = load_studies(exp_dir, name, storage, notes)
     figs = make_plots(exp_dir, df, tests, studies, labeler, notes, info.step_unit)
+    notes += [f"Figure {f.name}: {p}." for f in figs for p in f.problems]
     wtl = win_tie_loss(tests)
     compute = compute_table(df)
     prov = provenance(exp_dir, df, studies)
