@@ -28,9 +28,12 @@ def frac_label(f: float) -> str:
 
 def frac_estimate(f: float) -> str:
     """An estimated label fraction (the labels a method needs for a level, interpolated between measured
-    fractions): 2 significant digits, 0.02541 -> '2.5%'. Why not more: the interpolation is linear between
-    fractions a decade apart, so a third digit would be spurious precision."""
-    return f"{float(f'{100 * f:.2g}'):g}%"  # through float: '{:.2g}' alone writes 100 as '1e+02'
+    fractions): 2 significant digits, 0.02541 -> '2.5%', 0.05 -> '5.0%' (the trailing 0 tells an estimate from
+    a measured 5%). Why not more: the interpolation is linear between fractions a decade apart, so a third
+    digit would be spurious precision."""
+    v = float(f"{100 * f:.2g}")  # 2 significant digits ('{:.2g}' alone would write 100 as '1e+02')
+    digits = max(0, 1 - math.floor(math.log10(v))) if v > 0 else 0
+    return f"{v:.{digits}f}%"
 
 
 def frac_range(lo: float, hi: float) -> str:
