@@ -4,8 +4,10 @@ The numbers are checked against pandas and scipy computed independently in the t
 baseline (finetune; linear_probe and lp_ft too for sft*) against scipy's paired test and an independently written
 Holm correction over the whole family; the daggers ("not significantly worse than the column's best") against a
 hand-computed case; the label-efficiency figures against a hand-computed example; the LaTeX by pdflatex (which
-CI installs: a missing pdflatex fails there); report.html in headless Chromium (every image must load). The
-committed protocol-v1 example must stay readable and be labelled v1.
+CI installs: a missing pdflatex fails there); report.html in headless Chromium (a screenshot that is not blank,
+every image decoded at its PNG's size and painted where it is laid out; a missing Chromium fails in CI); every
+figure's texts as drawn (none overlap, none leaves the figure). The committed protocol-v1 example must stay
+readable and be labelled v1.
 """
 
 from __future__ import annotations
@@ -918,15 +920,25 @@ def test_render_tex_table_script(built: tuple, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- HTML in a real browser
 
 
+# Where every image is laid out and what it decoded to (CSS pixels, page coordinates), and the page's size: what
+# the screenshot check below compares against the plots' own PNGs.
 CHECK_SCRIPT = """<script>
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   var pre = document.createElement('pre'); pre.id = 'imgcheck';
-  pre.textContent = JSON.stringify({n: imgs.length, ok: ok, h1: (document.querySelector('h1') || {}).textContent || ''});
+  var shown = imgs.map(function (i) {
+    var r = i.getBoundingClientRect();
+    return {id: i.parentElement.id, nw: i.naturalWidth, nh: i.naturalHeight, x: r.left + window.scrollX,
+            y: r.top + window.scrollY, w: r.width, h: r.height};
+  });
+  var doc = document.documentElement;
+  pre.textContent = JSON.stringify({n: imgs.length, ok: ok, h1: (document.querySelector('h1') || {}).textContent || '',
+                                    images: shown, width: doc.scrollWidth, height: doc.scrollHeight});
   document.body.appendChild(pre);
 });
 </script>"""
+WINDOW_WIDTH = 1280  # CSS pixels; the page's body is at most 1200 wide
 
 
 def chromium() -> str | None:
@@ -936,19 +948,67 @@ def chromium() -> str | None:
     return None
 
 
+def chromium_or_skip() -> str:
+    """The browser, or a skip that says why; in CI (CI set) a missing browser is a failure: .ci/run installs it."""
+    path = chromium()
+    if path is None:
+        if CI:
+            pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium (apt-get install chromium)")
+        pytest.skip("no chromium here (CI installs Debian's chromium in .ci/run; apt-get install chromium to run this)")
+    return path
+
+
+def chromium_cmd(tmp_path: Path, name: str) -> list[str]:
+    """Headless Chromium with a fresh profile, nothing fetched or synced in the background, one pixel per CSS pixel."""
+    profile = tmp_path / f"profile-{name}"
+    return [
+        chromium_or_skip(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+        "--hide-scrollbars", "--force-device-scale-factor=1", "--virtual-time-budget=10000",
+    ]  # fmt: skip
+
+
 def browser_check(page: str, tmp_path: Path, name: str) -> dict:
     """Load `page` (with the check script added) in headless Chromium; return what the script saw."""
     path = tmp_path / name
     path.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"))
-    cmd = [chromium(), "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp_path / f'profile-{name}'}"]
-    cmd += ["--virtual-time-budget=10000", "--dump-dom", path.as_uri()]
+    cmd = [*chromium_cmd(tmp_path, name), f"--window-size={WINDOW_WIDTH},1000", "--dump-dom", path.as_uri()]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     found = re.search(r'<pre id="imgcheck">(.*?)</pre>', r.stdout, re.S)
     assert found, f"the check script did not run (rc {r.returncode}): {r.stderr[-1500:]}"
     return json.loads(html_mod.unescape(found[1]))
 
 
-@pytest.mark.skipif(chromium() is None, reason="no chromium binary (CI installs Debian's chromium in .ci/run)")
+def screenshot(page_path: Path, tmp_path: Path, height: int) -> np.ndarray:
+    """The page as headless Chromium paints it, `height` CSS pixels of it from the top, as an RGB array."""
+    from PIL import Image
+
+    out = tmp_path / f"{page_path.stem}.png"
+    cmd = [*chromium_cmd(tmp_path, f"shot-{page_path.stem}"), f"--window-size={WINDOW_WIDTH},{height}"]
+    r = subprocess.run([*cmd, f"--screenshot={out}", page_path.as_uri()], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and out.is_file(), f"no screenshot (rc {r.returncode}): {r.stderr[-1500:]}"
+    return np.asarray(Image.open(out).convert("RGB")).astype(float)
+
+
+def unpainted_figures(shot: np.ndarray, seen: dict, plots: Path) -> list[str]:
+    """The figures whose area of the screenshot does not show their PNG: each image's box (inside its 1 px border)
+    against the plot file scaled to that box; a broken or undecoded image paints blank or an icon there."""
+    from PIL import Image
+
+    bad = []
+    for im in seen["images"]:
+        x, y, w, h = (round(im[k]) for k in ("x", "y", "w", "h"))
+        if y + h > shot.shape[0] or w < 40 or h < 40:
+            bad.append(f"{im['id']}: not in the screenshot ({x}, {y}, {w}x{h})")
+            continue
+        region = shot[y + 1 : y + h - 1, x + 1 : x + w - 1]
+        ref = Image.open(plots / f"{im['id']}.png").convert("RGB").resize((region.shape[1], region.shape[0]), Image.LANCZOS)
+        diff = float(np.abs(region - np.asarray(ref, dtype=float)).mean())
+        if diff > 12:
+            bad.append(f"{im['id']}: mean difference {diff:.1f} of 255 from its PNG")
+    return bad
+
+
 def test_html_renders_in_headless_chromium(built: tuple, tmp_path: Path) -> None:
     exp, res, _ = built
     page = (exp / "report.html").read_text()
@@ -957,13 +1017,45 @@ def test_html_renders_in_headless_chromium(built: tuple, tmp_path: Path) -> None
     n_figs = len(list((exp / "plots").glob("*.png")))
     assert page.count('src="data:image/png;base64,') == n_figs >= 9
     seen = browser_check(page, tmp_path, "report.html")
-    assert seen == {"n": n_figs, "ok": n_figs, "h1": "sft-bench report: demo"}
+    assert (seen["n"], seen["ok"], seen["h1"]) == (n_figs, n_figs, "sft-bench report: demo")
     # the harness can fail: a page with a broken image is caught
     broken = page.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1)
     assert browser_check(broken, tmp_path, "broken.html")["ok"] == n_figs - 1
     for heading in ("Summary", "Protocol", "Provenance", "Accuracy", "sft against its baselines", "Label efficiency", "Plots"):
         assert f"<h2>{heading}</h2>" in page
-    assert "sft vs finetune</b>: " in page and "total compute" in page
+    assert "Against <code>finetune</code> at " in page and "total compute" in page
+
+
+def test_report_html_screenshot_shows_every_figure(built: tuple, tmp_path: Path) -> None:
+    """report.html as a reader's browser paints it (headless Chromium, 1280 CSS px wide, the whole page): not blank,
+    no horizontal overflow, every <img> decoded at its PNG's own size and painted where it is laid out (its area of
+    the screenshot matches the plot file). A page with one corrupted image fails exactly there."""
+    from PIL import Image
+
+    exp = built[0]
+    plots = exp / "plots"
+    page = (exp / "report.html").read_text()
+    seen = browser_check(page, tmp_path, "report.html")
+    assert seen["n"] == seen["ok"] == len(list(plots.glob("*.png"))) >= 9
+    for im in seen["images"]:
+        with Image.open(plots / f"{im['id']}.png") as png:
+            assert (im["nw"], im["nh"]) == png.size, im["id"]  # decoded whole, at the size the report drew
+        assert im["w"] >= 0.5 * im["nw"], im["id"]  # not shrunk past reading: at least half its pixels across
+    assert seen["width"] <= WINDOW_WIDTH, "the page overflows the window horizontally"
+    height = min(int(seen["height"]), 16000)
+    (tmp_path / "page.html").write_text(page)
+    shot = screenshot(tmp_path / "page.html", tmp_path, height)
+    assert shot.shape[:2] == (height, WINDOW_WIDTH)
+    ink = (shot < 200).any(axis=2).mean()
+    assert ink > 0.02 and len(np.unique(shot[::7, ::7].reshape(-1, 3), axis=0)) > 50, "the screenshot is (nearly) blank"
+    assert unpainted_figures(shot, seen, plots) == []
+    # the check can fail: one image corrupted, that figure and no other is reported (laid out where the broken page
+    # puts them: a broken image has another size, so the figures below it move)
+    broken = page.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1)
+    seen_broken = browser_check(broken, tmp_path, "broken.html")
+    (tmp_path / "broken.html").write_text(broken)
+    bad = unpainted_figures(screenshot(tmp_path / "broken.html", tmp_path, height), seen_broken, plots)
+    assert len(bad) == 1 and bad[0].startswith(f"{seen['images'][0]['id']}: "), bad
 
 
 def test_report_contents_and_files(built: tuple) -> None:
