@@ -1462,6 +1462,49 @@ def test_compare_two_experiments(tmp_path: Path) -> None:
         R.resolve_experiment("aa", results)
 
 
+def test_compare_writes_outside_the_experiments_and_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compare` as the README gives it (A a committed example folder) wrote its Markdown beside A, into
+    results/examples/; by default it now writes to results/compare/ and prints the path it wrote."""
+    import cli
+
+    results = tmp_path / "results"
+    a = make_experiment(results / "examples", "a", rows={("tiny", "finetune", "tuned"): {0.1: (0.0, 2)}}, journal=False)
+    b = make_experiment(results, "b", rows={("tiny", "finetune", "tuned"): {0.1: (0.01, 2)}}, journal=False)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(results) for p in (results / "examples").rglob("*"))
+    res = CliRunner().invoke(cli.app, ["compare", str(a.relative_to(tmp_path)), str(b.relative_to(tmp_path))])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.relative_to(results) for p in (results / "examples").rglob("*")) == before  # nothing beside A
+    written = list((results / "compare").iterdir())
+    assert [p.name for p in written] == ["examples_a_vs_results_b.md"] and "| tiny | finetune | tuned | 10% |" in written[
+        0
+    ].read_text()
+    assert f"wrote {Path('results') / 'compare' / 'examples_a_vs_results_b.md'}" in res.stdout
+
+
+def test_report_of_a_folder_without_experiments_says_what_to_do(tmp_path: Path) -> None:
+    """`report --results-dir R` where R holds no experiment said "pass --results-dir", to a user who had passed it:
+    now the one line says what R holds (nothing, an unfinished sweep, experiments one level down) and what to run."""
+    import cli
+
+    def error(folder: Path) -> str:
+        res = CliRunner().invoke(cli.app, ["report", "--results-dir", str(folder)])
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.output
+        assert "pass --results-dir" not in lines[0]
+        return lines[0]
+
+    assert f"{tmp_path / 'nowhere'} does not exist; run `python cli.py sweep` first" in error(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    assert "no experiment with a runs.csv under" in error(tmp_path / "empty")
+    (tmp_path / "empty" / "started").mkdir()
+    (tmp_path / "empty" / "started" / "config.toml").write_text('name = "started"\n')
+    assert "no final run has finished yet in" in error(tmp_path / "empty")
+    make_experiment(tmp_path / "top" / "examples", "quick", rows={("tiny", "finetune", "tuned"): {0.1: (0.0, 2)}}, journal=False)
+    line = error(tmp_path / "top")
+    assert f"{tmp_path / 'top' / 'examples'} holds quick; run `python cli.py report --results-dir" in line
+
+
 def test_a_table_written_before_the_article_recipe_got_its_name_reports_under_the_new_name(built: tuple) -> None:
     """runs.csv files from before the rename say recipe `seed` and method `seed_sft`: they load as
     `article` / `article_sft`, so old and new tables report and compare alike."""
