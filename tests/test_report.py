@@ -1480,6 +1480,10 @@ def test_compare_writes_outside_the_experiments_and_says_where(tmp_path: Path, m
         0
     ].read_text()
     assert f"wrote {Path('results') / 'compare' / 'examples_a_vs_results_b.md'}" in res.stdout
+    # one seed a side: nothing can be tested, and the notes say why instead of "Holm over 0 tested cells"
+    one = make_experiment(tmp_path / "one", "a", rows={("tiny", "finetune", "tuned"): {0.1: (0.0, 1)}}, journal=False)
+    notes = " ".join(R.compare(one, b).notes())
+    assert "over 0" not in notes and "No ↑/↓: no common cell has the seeds a test needs" in notes
 
 
 def test_report_of_a_folder_without_experiments_says_what_to_do(tmp_path: Path) -> None:
