@@ -4,8 +4,10 @@ The numbers are checked against pandas and scipy computed independently in the t
 baseline (finetune; linear_probe and lp_ft too for sft*) against scipy's paired test and an independently written
 Holm correction over the whole family; the daggers ("not significantly worse than the column's best") against a
 hand-computed case; the label-efficiency figures against a hand-computed example; the LaTeX by pdflatex (which
-CI installs: a missing pdflatex fails there); report.html in headless Chromium (every image must load). The
-committed protocol-v1 example must stay readable and be labelled v1.
+CI installs: a missing pdflatex fails there); report.html in headless Chromium (a screenshot that is not blank,
+every image decoded at its PNG's size and painted where it is laid out; a missing Chromium fails in CI); every
+figure's texts as drawn (none overlap, none leaves the figure). The committed protocol-v1 example must stay
+readable and be labelled v1.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import html as html_mod
+import io
 import json
 import math
 import os
@@ -166,6 +169,17 @@ def make_experiment(
 # ---------------------------------------------------------------- fixtures and parsers
 
 
+def has_data(ax) -> bool:  # noqa: ANN001 (a matplotlib Axes)
+    """Whether a panel shows anything: a line with points, a scatter with points, a band, a bar or an image (seaborn
+    leaves an empty scatter collection in a facet without data, so a collection alone is not enough)."""
+    from matplotlib.collections import PathCollection
+
+    def shows(c) -> bool:  # noqa: ANN001
+        return len(c.get_offsets()) > 0 if isinstance(c, PathCollection) else len(c.get_paths()) > 0
+
+    return any(len(ln.get_xdata()) for ln in ax.lines) or any(map(shows, ax.collections)) or bool(ax.patches or ax.images)
+
+
 class FigureSpy:
     """Wraps R._render to record what each figure's axes show (x labels, line data, titles) before it is drawn:
     what a plot says, read from the plot itself rather than from its caption."""
@@ -184,6 +198,8 @@ class FigureSpy:
                     xlabel=ax.get_xlabel(),
                     lines=[(list(map(float, ln.get_xdata())), ln.get_color(), ln.get_linestyle()) for ln in ax.get_lines()],
                     scatter_colours={tuple(np.round(c, 3)) for col in ax.collections for c in col.get_facecolors()},
+                    # a panel with its axes drawn and nothing in them: the blank 0-1 box a reader cannot interpret
+                    blank=ax.axison and not has_data(ax),
                 )
             )
         self.seen[name] = axes
@@ -720,7 +736,22 @@ def test_label_efficiency_by_hand() -> None:
     # AUC: trapezoids (0.60+0.76)/2 + (0.76+0.82)/2 over two decades, divided by 2 decades
     assert math.isclose(R.auc_log_fraction(f, a), (0.68 + 0.79) / 2)
     assert math.isnan(R.auc_log_fraction([0.1], [0.5]))
-    assert R.fmt_needed(10**-1.25, "=") == "5.623%" and R.fmt_needed(0.01, "<=") == "≤1%" and R.fmt_needed(1.0, ">") == ">100%"
+    # an interpolated fraction has 2 significant digits (a third would be spurious); the bounds are measured fractions
+    assert R.fmt_needed(10**-1.25, "=") == "5.6%" and R.fmt_needed(0.01, "<=") == "≤1%" and R.fmt_needed(1.0, ">") == ">100%"
+    assert R.fmt_needed(0.02541, "=") == "2.5%" and R.fmt_needed(0.9999, "=") == "100%" and R.fmt_needed(0.005, "=") == "0.50%"
+    assert R.fmt_needed(0.05041, "=") == "5.0%" and R.fmt_needed(0.3, "=") == "30%"
+
+
+def test_one_formatter_per_quantity() -> None:
+    """Each quantity has one text form, shared by every table (text.py): a measured fraction as the grid gives it,
+    an estimated one to 2 digits, a range of fractions in the same percentages, a difference in signed points."""
+    from bench.report import text as T
+
+    assert [T.frac_label(f) for f in (0.01, 0.1, 1.0, 0.025)] == ["1%", "10%", "100%", "2.5%"]
+    assert T.frac_range(0.01, 0.1) == "1%–10%" and T.frac_range(0.1, 0.1) == "10%"
+    assert T.points(0.0123) == "+1.23" and T.points(-0.005) == "-0.50" and T.points(math.nan) == "–"
+    assert T.margin_points(0.01) == "1" and T.margin_points(0.005) == "0.5"
+    assert T.name_list(["a"]) == "a" and T.name_list(["a", "b", "c"], code=True) == "`a`, `b` and `c`" and T.name_list([]) == ""
 
 
 def test_label_efficiency_references() -> None:
@@ -750,14 +781,25 @@ def test_efficiency_table_formats_agree(built: tuple) -> None:
     csv = pd.read_csv(exp / "tables/efficiency.csv", keep_default_na=False, na_values=[""])
     md = (exp / "tables/efficiency.md").read_text()
     tex = (exp / "tables/efficiency.tex").read_text()
+    estimated: list[str] = []
     for e in csv.itertuples(index=False):
         line = next(ln for ln in md.splitlines() if ln.startswith(f"| {e.backbone} | `{e.method}` | {e.recipe} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[4] == R.fmt_needed(e.frac90, e.frac90_bound) and cells[5] == R.fmt_needed(e.frac95, e.frac95_bound)
         assert cells[6] == ("n/a" if math.isnan(e.auc) else f"{100 * e.auc:.2f}" + ("*" if e.auc_partial else ""))
         assert cells[6].replace("*", "") in tex
+        # the AUC range in the percentages every other table uses (1%–10%), not as raw fractions (0.01-0.1)
+        fr = [float(f) for f in str(e.fractions).split()]
+        assert cells[7] == e.auc_range == R.frac_range(min(fr), max(fr))
+        for needed in cells[4:6]:  # an interpolated fraction to 2 significant digits, a bound as the grid gives it
+            if needed[0].isdigit():
+                value = float(needed.rstrip("%"))
+                assert value == float(f"{value:.2g}") and needed == R.frac_estimate(value / 100), needed
+                estimated.append(needed)
     # tiny/sft-mlp lacks 100%: partial AUC range, marked
     assert csv.set_index(["backbone", "method"]).loc[("tiny", "sft-mlp"), "auc_partial"]
+    assert estimated and {"1%–100%", "1%–10%"} <= set(csv["auc_range"])  # the fixture exercises both forms
+    assert not re.search(r"\b0\.\d+-", md.split("\n\n", 1)[0])  # no raw fraction range left anywhere in the table
 
 
 # ---------------------------------------------------------------- LaTeX
@@ -878,15 +920,25 @@ def test_render_tex_table_script(built: tuple, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- HTML in a real browser
 
 
+# Where every image is laid out and what it decoded to (CSS pixels, page coordinates), and the page's size: what
+# the screenshot check below compares against the plots' own PNGs.
 CHECK_SCRIPT = """<script>
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   var pre = document.createElement('pre'); pre.id = 'imgcheck';
-  pre.textContent = JSON.stringify({n: imgs.length, ok: ok, h1: (document.querySelector('h1') || {}).textContent || ''});
+  var shown = imgs.map(function (i) {
+    var r = i.getBoundingClientRect();
+    return {id: i.parentElement.id, nw: i.naturalWidth, nh: i.naturalHeight, x: r.left + window.scrollX,
+            y: r.top + window.scrollY, w: r.width, h: r.height};
+  });
+  var doc = document.documentElement;
+  pre.textContent = JSON.stringify({n: imgs.length, ok: ok, h1: (document.querySelector('h1') || {}).textContent || '',
+                                    images: shown, width: doc.scrollWidth, height: doc.scrollHeight});
   document.body.appendChild(pre);
 });
 </script>"""
+WINDOW_WIDTH = 1280  # CSS pixels; the page's body is at most 1200 wide
 
 
 def chromium() -> str | None:
@@ -896,19 +948,67 @@ def chromium() -> str | None:
     return None
 
 
+def chromium_or_skip() -> str:
+    """The browser, or a skip that says why; in CI (CI set) a missing browser is a failure: .ci/run installs it."""
+    path = chromium()
+    if path is None:
+        if CI:
+            pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium (apt-get install chromium)")
+        pytest.skip("no chromium here (CI installs Debian's chromium in .ci/run; apt-get install chromium to run this)")
+    return path
+
+
+def chromium_cmd(tmp_path: Path, name: str) -> list[str]:
+    """Headless Chromium with a fresh profile, nothing fetched or synced in the background, one pixel per CSS pixel."""
+    profile = tmp_path / f"profile-{name}"
+    return [
+        chromium_or_skip(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+        "--hide-scrollbars", "--force-device-scale-factor=1", "--virtual-time-budget=10000",
+    ]  # fmt: skip
+
+
 def browser_check(page: str, tmp_path: Path, name: str) -> dict:
     """Load `page` (with the check script added) in headless Chromium; return what the script saw."""
     path = tmp_path / name
     path.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"))
-    cmd = [chromium(), "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp_path / f'profile-{name}'}"]
-    cmd += ["--virtual-time-budget=10000", "--dump-dom", path.as_uri()]
+    cmd = [*chromium_cmd(tmp_path, name), f"--window-size={WINDOW_WIDTH},1000", "--dump-dom", path.as_uri()]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     found = re.search(r'<pre id="imgcheck">(.*?)</pre>', r.stdout, re.S)
     assert found, f"the check script did not run (rc {r.returncode}): {r.stderr[-1500:]}"
     return json.loads(html_mod.unescape(found[1]))
 
 
-@pytest.mark.skipif(chromium() is None, reason="no chromium binary (CI installs Debian's chromium in .ci/run)")
+def screenshot(page_path: Path, tmp_path: Path, height: int) -> np.ndarray:
+    """The page as headless Chromium paints it, `height` CSS pixels of it from the top, as an RGB array."""
+    from PIL import Image
+
+    out = tmp_path / f"{page_path.stem}.png"
+    cmd = [*chromium_cmd(tmp_path, f"shot-{page_path.stem}"), f"--window-size={WINDOW_WIDTH},{height}"]
+    r = subprocess.run([*cmd, f"--screenshot={out}", page_path.as_uri()], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and out.is_file(), f"no screenshot (rc {r.returncode}): {r.stderr[-1500:]}"
+    return np.asarray(Image.open(out).convert("RGB")).astype(float)
+
+
+def unpainted_figures(shot: np.ndarray, seen: dict, plots: Path) -> list[str]:
+    """The figures whose area of the screenshot does not show their PNG: each image's box (inside its 1 px border)
+    against the plot file scaled to that box; a broken or undecoded image paints blank or an icon there."""
+    from PIL import Image
+
+    bad = []
+    for im in seen["images"]:
+        x, y, w, h = (round(im[k]) for k in ("x", "y", "w", "h"))
+        if y + h > shot.shape[0] or w < 40 or h < 40:
+            bad.append(f"{im['id']}: not in the screenshot ({x}, {y}, {w}x{h})")
+            continue
+        region = shot[y + 1 : y + h - 1, x + 1 : x + w - 1]
+        ref = Image.open(plots / f"{im['id']}.png").convert("RGB").resize((region.shape[1], region.shape[0]), Image.LANCZOS)
+        diff = float(np.abs(region - np.asarray(ref, dtype=float)).mean())
+        if diff > 12:
+            bad.append(f"{im['id']}: mean difference {diff:.1f} of 255 from its PNG")
+    return bad
+
+
 def test_html_renders_in_headless_chromium(built: tuple, tmp_path: Path) -> None:
     exp, res, _ = built
     page = (exp / "report.html").read_text()
@@ -917,13 +1017,45 @@ def test_html_renders_in_headless_chromium(built: tuple, tmp_path: Path) -> None
     n_figs = len(list((exp / "plots").glob("*.png")))
     assert page.count('src="data:image/png;base64,') == n_figs >= 9
     seen = browser_check(page, tmp_path, "report.html")
-    assert seen == {"n": n_figs, "ok": n_figs, "h1": "sft-bench report: demo"}
+    assert (seen["n"], seen["ok"], seen["h1"]) == (n_figs, n_figs, "sft-bench report: demo")
     # the harness can fail: a page with a broken image is caught
     broken = page.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1)
     assert browser_check(broken, tmp_path, "broken.html")["ok"] == n_figs - 1
     for heading in ("Summary", "Protocol", "Provenance", "Accuracy", "sft against its baselines", "Label efficiency", "Plots"):
         assert f"<h2>{heading}</h2>" in page
     assert "Against <code>finetune</code> at " in page and "total compute" in page
+
+
+def test_report_html_screenshot_shows_every_figure(built: tuple, tmp_path: Path) -> None:
+    """report.html as a reader's browser paints it (headless Chromium, 1280 CSS px wide, the whole page): not blank,
+    no horizontal overflow, every <img> decoded at its PNG's own size and painted where it is laid out (its area of
+    the screenshot matches the plot file). A page with one corrupted image fails exactly there."""
+    from PIL import Image
+
+    exp = built[0]
+    plots = exp / "plots"
+    page = (exp / "report.html").read_text()
+    seen = browser_check(page, tmp_path, "report.html")
+    assert seen["n"] == seen["ok"] == len(list(plots.glob("*.png"))) >= 9
+    for im in seen["images"]:
+        with Image.open(plots / f"{im['id']}.png") as png:
+            assert (im["nw"], im["nh"]) == png.size, im["id"]  # decoded whole, at the size the report drew
+        assert im["w"] >= 0.5 * im["nw"], im["id"]  # not shrunk past reading: at least half its pixels across
+    assert seen["width"] <= WINDOW_WIDTH, "the page overflows the window horizontally"
+    height = min(int(seen["height"]), 16000)
+    (tmp_path / "page.html").write_text(page)
+    shot = screenshot(tmp_path / "page.html", tmp_path, height)
+    assert shot.shape[:2] == (height, WINDOW_WIDTH)
+    ink = (shot < 200).any(axis=2).mean()
+    assert ink > 0.02 and len(np.unique(shot[::7, ::7].reshape(-1, 3), axis=0)) > 50, "the screenshot is (nearly) blank"
+    assert unpainted_figures(shot, seen, plots) == []
+    # the check can fail: one image corrupted, that figure and no other is reported (laid out where the broken page
+    # puts them: a broken image has another size, so the figures below it move)
+    broken = page.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1)
+    seen_broken = browser_check(broken, tmp_path, "broken.html")
+    (tmp_path / "broken.html").write_text(broken)
+    bad = unpainted_figures(screenshot(tmp_path / "broken.html", tmp_path, height), seen_broken, plots)
+    assert len(bad) == 1 and bad[0].startswith(f"{seen['images'][0]['id']}: "), bad
 
 
 def test_report_contents_and_files(built: tuple) -> None:
@@ -943,6 +1075,71 @@ def test_report_contents_and_files(built: tuple) -> None:
     tables = {p.name for p in (exp / "tables").iterdir()}
     assert {f"sft_vs_baselines.{x}" for x in ("md", "tex", "csv")} | {"compute.csv", "significance.csv"} <= tables
     assert res.seconds < 90, "a report of ~60 runs should take seconds"
+    blank = [(name, a["title"]) for name, axes in built[2].items() for a in axes if a["blank"]]
+    assert not blank, blank
+
+
+def figure_notes(res: R.ReportResult) -> list[str]:
+    """The notes write_report makes of figure.text_problems (overlapping texts, texts beyond the figure)."""
+    return [n for n in res.notes if n.startswith("Figure ")]
+
+
+def test_no_figure_of_a_report_has_overlapping_text(built: tuple, v1_example: tuple) -> None:
+    """Every figure of the test report and of the committed protocol-v1 example, measured as drawn: no two texts
+    (tick labels, axis labels, titles, legends, annotations) overlap, none leaves the figure. The v1 example's
+    runs take 2 to 60 s: under matplotlib's default log axis its compute plot's tick labels ran together."""
+    assert figure_notes(built[1]) == [] and figure_notes(v1_example[1]) == []
+    assert R.log_ticks(1.8, 62) == [2, 5, 10, 20, 50] and R.log_ticks(2, 700) == [2, 5, 10, 20, 50, 100, 200, 500]
+    assert R.log_ticks(3, 30000) == [10, 100, 1000, 10000] and R.log_ticks(31, 39) == [32, 38]
+    assert R.log_ticks(20, 45) == [20, 30, 40]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["quick", "study"])
+def test_committed_examples_have_no_text_problems(name: str, tmp_path: Path) -> None:
+    """The committed example reports, reported afresh from a copy: every figure readable. The study's importance
+    panels had titles running past the figure's right edge beside their long parameter names."""
+    src = ROOT / "results" / "examples" / name
+    dst = tmp_path / name
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tables", "plots", "report.html", "records"))
+    assert figure_notes(R.write_report(dst)) == []
+
+
+def test_the_text_check_finds_what_a_reader_cannot_read() -> None:
+    """text_problems on hand-made figures: overlapping texts, a text beyond the edge, and the old compute axis
+    (default log ticks over 2-60 s) are found; tick labels outside the view and the ticks of an axes turned off
+    are not drawn, so they are not counted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def problems(fig) -> list[str]:  # noqa: ANN001
+        fig.savefig(io.BytesIO(), format="png", dpi=fig.dpi)
+        out = R.text_problems(fig)
+        plt.close(fig)
+        return out
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.text(0.5, 0.5, "one label here", transform=ax.transAxes)
+    ax.text(0.52, 0.5, "another one", transform=ax.transAxes)
+    assert any("'one label here' and 'another one' overlap" in p for p in problems(fig))
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.set_title("a title far too long for a figure this narrow, running past its right edge")
+    assert any("extends beyond the figure" in p for p in problems(fig))
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.scatter([2, 3, 40, 60], [1, 2, 3, 4])
+    ax.set_xscale("log")  # the old compute axis: minor ticks labelled 2x10^0, 3x10^0, ...
+    fig.tight_layout()
+    assert any("overlap" in p for p in problems(fig))
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    axes[0].plot(range(100))
+    axes[0].set_xlim(40, 60)  # most tick objects lie outside the view: not drawn, not counted
+    axes[1].set_axis_off()
+    axes[1].set_xticks(range(0, 100, 1))  # a crowd of ticks on an axis that is off: not drawn
+    axes[1].set_title("off")
+    fig.tight_layout()
+    assert problems(fig) == []
 
 
 # ---------------------------------------------------------------- edge cases
@@ -977,6 +1174,188 @@ def test_edge_cases_are_reported_honestly(tmp_path: Path) -> None:
     assert eff.loc[("solo", "sft"), "reference"] == "n/a"
     assert "[not full-label]" in (exp / "tables/efficiency.md").read_text()
     assert (exp / "report.html").is_file()
+
+
+def report_texts(exp: Path) -> dict[str, str]:
+    """Every text a reader of the report reads: tables/*.md and *.tex and report.html's text (tags, the inlined
+    images and the verbatim config.toml left out)."""
+    out = {p.name: p.read_text() for p in sorted((exp / "tables").iterdir()) if p.suffix in (".md", ".tex")}
+    page = re.sub(r"<details><summary>config.toml.*?</details>", "", (exp / "report.html").read_text(), flags=re.S)
+    page = re.sub(r'src="data:image/png;base64,[^"]*"', "", page)
+    out["report.html"] = html_mod.unescape(re.sub(r"<[^>]+>", " ", page))
+    return out
+
+
+def test_notes_name_only_the_methods_that_ran(built: tuple, tmp_path: Path) -> None:
+    """The quick experiment's grid (finetune, linear_probe, sft) has no lp_ft: no note, caption, sentence or
+    protocol line may name it, or a reader looks for a row that was never run. Where lp_ft ran, the caveat on
+    correlated probe-initialised methods names exactly the ones present."""
+    rows = {
+        ("tiny", "finetune", "tuned"): {0.01: (0.0, 3), 0.1: (0.0, 3)},
+        ("tiny", "linear_probe", "tuned"): {0.01: (-0.05, 3), 0.1: (-0.1, 3)},
+        ("tiny", "sft", "tuned"): {0.01: (0.01, 3), 0.1: (0.0, 3)},
+    }
+    exp = make_experiment(tmp_path, "nolpft", rows=rows, journal=False)
+    res = R.write_report(exp)
+    texts = report_texts(exp) | {"notes": "\n".join(res.notes), "summary": "\n".join(res.summary)}
+    assert "sft_vs_baselines.md" in texts and "linear_probe" in texts["sft_vs_baselines.md"]
+    for name, text in texts.items():
+        assert "lp_ft" not in text, (name, [ln for ln in text.splitlines() if "lp_ft" in ln])
+    # built has lp_ft, sft and sft-mlp (and sft-side-frozen, not sft-side): the caveat names those three
+    caveat = "The probe-initialised methods (lp_ft, sft, sft-mlp) start from the same linear probe on the same seeds"
+    exp_b = built[0]
+    assert caveat in (exp_b / "tables/sft_vs_baselines.md").read_text() and caveat in (exp_b / "tables/summary.md").read_text()
+    assert "sft-side)" not in (exp_b / "tables/sft_vs_baselines.md").read_text()
+
+
+def test_empty_families_and_tables_say_why(tmp_path: Path) -> None:
+    """An unfinished grid (finetune and one linear_probe seed so far): no "Holm-corrected over all 0 comparisons",
+    no "primary: 0", no sft-against-baselines table of no rows; each absence is one sentence that says why."""
+    rows = {("tiny", "finetune", "tuned"): {0.01: (0.0, 3), 0.1: (0.0, 2)}, ("tiny", "linear_probe", "tuned"): {0.01: (0.0, 1)}}
+    exp = make_experiment(tmp_path, "early", rows=rows, journal=False)
+    res = R.write_report(exp)
+    for name, text in report_texts(exp).items():
+        for bad in (r"\b0 (such )?comparisons", r"over all 0\b", r"(primary|secondary): 0\b", r"family of 0\b", r"Holm over 0\b"):
+            assert not re.search(bad, text), (name, bad)
+    assert not list((exp / "tables").glob("sft_vs_baselines.*"))
+    why = "No sft-against-baselines table: this experiment has no sft* run."
+    assert why in res.notes
+    page = (exp / "report.html").read_text()
+    assert f"<h2>sft against its baselines</h2>\n<p>{why}</p>" in page
+    md = (exp / "tables/accuracy.md").read_text()
+    assert "No †: no cell shares 2 or more seeds with its column's best-mean cell" in md
+    assert "No ↑ / ↓ / ≈: no cell shares 2 or more seeds with a `finetune` run" in md
+    assert res.summary[0].startswith("No comparison of the primary family (sft* vs finetune, sft* vs lp_ft) is in these runs")
+    # sft ran, but not with any seed its baselines have: the table is still left out, and the sentence says why
+    rows[("tiny", "sft", "tuned")] = {1.0: (0.0, 3)}
+    exp = make_experiment(tmp_path, "early2", rows=rows, journal=False)
+    res = R.write_report(exp)
+    assert not list((exp / "tables").glob("sft_vs_baselines.*"))
+    assert "No sft-against-baselines table: none of the 1 sft* cell(s) shares a seed with a run of its baselines" in " ".join(
+        res.notes
+    )
+
+
+GRID_TOML = (
+    'name = "{name}"\nbackbones = ["tiny", "mini"]\nmethods = ["finetune", "linear_probe", "sft"]\n'
+    "fractions = [0.01, 0.1, 1.0]\nseeds = 8\ntrials = 4\n"
+)
+
+
+def test_an_unfinished_grid_says_what_is_missing(tmp_path: Path) -> None:
+    """config.toml's grid (2 backbones x 3 methods x 3 fractions x 8 seeds = 144 final runs) against the 6 runs of a
+    sweep stopped early: report.html says so before anything else, tables/summary.md above its sentences, the
+    command's output on its first line, each with what is missing; a study without a finished trial and a
+    backbone without timings draw no blank panel."""
+    import optuna
+
+    import cli
+    from bench.report.grid import completeness
+
+    rows = {
+        ("tiny", "finetune", "tuned"): {0.01: (0.0, 3), 0.1: (0.0, 2)},
+        ("tiny", "linear_probe", "tuned"): {0.01: (0.0, 1)},
+        ("mini", "finetune", "tuned"): {0.01: (0.0, 1)},
+    }
+    exp = make_experiment(tmp_path / "results", "part", rows=rows)
+    (exp / "config.toml").write_text(GRID_TOML.format(name="part"))
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
+    started = optuna.create_study(storage=storage, study_name="part/tiny/sft/tuned/0.01/seed0", direction="maximize")
+    for k, v in dict(experiment="part", backbone="tiny", method="sft", recipe="tuned", fraction=0.01, seed=0).items():
+        started.set_user_attr(k, v)
+    started.set_user_attr("search_mode", "per_seed")
+    runs = runs_of(exp)
+    runs.loc[runs["backbone"] == "mini", ["wall_seconds", "train_seconds"]] = math.nan  # mini's run has no timing
+    runs.to_csv(exp / "runs.csv", index=False)
+    spy = FigureSpy()
+    R._render = spy
+    try:
+        res = R.write_report(exp)
+    finally:
+        R._render = spy.real
+    grid = res.grid
+    assert grid is not None and (grid.cells, grid.seeds, grid.runs, grid.complete_cells) == (18, 8, 7, 0)
+    headline = "incomplete: 0 of 18 cells have all 8 seeds; 7 of 144 final runs are in runs.csv"
+    assert grid.headline() == headline
+    groups = dict(grid.groups())
+    assert len(groups["every seed"]) == 8 + 6 and "tiny/sft/tuned@1%" in groups["every seed"]
+    assert groups["seeds 3–7"] == ["tiny/finetune/tuned@1%"]
+    assert groups["seeds 1–7"] == ["mini/finetune/tuned@1%", "tiny/linear_probe/tuned@1%"]
+    # report.html: right under the title, before the summary, every missing cell
+    page = (exp / "report.html").read_text()
+    top = html_mod.unescape(page.split("<h1>", 1)[1].split("<h2>Summary</h2>", 1)[0])
+    assert top.index("Incomplete: 0 of 18 cells have all 8 seeds") < top.index("7 final runs")
+    assert "seeds 2–7: tiny/finetune/tuned@10%" in top and "the runs are 7 of the 144 that config.toml's grid asks for" in top
+    # tables/summary.md: above the sentences
+    summary = (exp / "tables/summary.md").read_text()
+    assert summary.index("**Incomplete: 0 of 18 cells") < summary.index("\n- ") and "missing seeds 3–7: tiny/finetune" in summary
+    # the command's output, first line
+    out = CliRunner().invoke(cli.app, ["report", "--results-dir", str(tmp_path / "results")])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines()[0].startswith(headline + "; missing every seed: mini/finetune/tuned@10%, ")
+    # no blank panel: the started study's panels carry a message, the compute plot has no panel for mini
+    blank = [(name, a["title"]) for name, axes in spy.seen.items() for a in axes if a["blank"]]
+    assert not blank, blank
+    titles = [a["title"] for a in spy.seen["optuna_history_tiny"]]
+    assert "sft @ 1%: no finished trial yet in 1 seed's study" in titles
+    assert [a["title"] for a in spy.seen["accuracy_vs_compute"]] == ["tiny"]
+    # a backbone none of whose cells ran is named once
+    without_mini = completeness(exp, runs_of(exp).query("backbone != 'mini'"), [])
+    assert without_mini is not None and dict(without_mini.groups())["every seed"][0] == "mini (all 9 cells)"
+    # a complete grid says so in its opening line, and nothing in summary.md
+    done = make_experiment(tmp_path / "done", "done", rows={("tiny", "finetune", "tuned"): {0.1: (0.0, 3)}}, journal=False)
+    (done / "config.toml").write_text(
+        'name = "done"\nbackbones = ["tiny"]\nmethods = ["finetune"]\nfractions = [0.1]\nseeds = 3\n'
+    )
+    res = R.write_report(done)
+    assert res.grid is not None and res.grid.complete
+    assert "the runs are the whole grid of config.toml (1 cells × 3 seeds)" in (done / "report.html").read_text()
+    assert "omplete" not in (done / "tables/summary.md").read_text()
+
+
+def test_a_report_never_imports_torch(tmp_path: Path) -> None:
+    """A report reads config.toml's grid (and everything else) without importing torch: it must run where the
+    results were copied to, without the training stack, and start in a second, not in ten."""
+    exp = make_experiment(tmp_path, "light", rows={("tiny", "finetune", "tuned"): {0.1: (0.0, 2)}}, journal=False)
+    (exp / "config.toml").write_text(GRID_TOML.format(name="light"))
+    code = (
+        "import sys; from bench.report import write_report; r = write_report(sys.argv[1]); "
+        "assert r.grid is not None and not r.grid.complete; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(exp)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_the_grid_is_read_as_the_sweep_reads_it() -> None:
+    """The report reads config.toml's grid without the sweep's validation (which imports torch): for every
+    experiment file of the repository, the same cells in the same order and the same seeds as `resolve`."""
+    import tomllib
+
+    from bench.report.grid import grid_cells
+    from bench.sweep.experiment import resolve
+
+    files = sorted((ROOT / "experiments").glob("*.toml"))
+    assert len(files) >= 3
+    for path in files:
+        raw = tomllib.loads(path.read_text())
+        exp = resolve({"name": path.stem, **raw})
+        cells, seeds = grid_cells(raw)
+        assert cells == [(c.backbone, c.recipe, c.method, c.fraction) for c in exp.cells()] and seeds == exp.seeds, path.name
+    # include / exclude, a method table, old names, a seed count
+    raw = {
+        "backbones": ["a", "b"],
+        "methods": ["finetune", {"name": "sft", "branch": "mlp"}, "seed_sft"],
+        "recipes": ["tuned", "seed"],
+        "fractions": [0.1],
+        "seeds": 2,
+        "exclude": [{"backbones": "b", "recipes": ["seed"]}],
+        "include": [{"backbones": ["c"], "methods": ["finetune"], "fractions": [1.0]}],
+    }
+    cells, seeds = grid_cells(raw)
+    assert seeds == (0, 1) and ("a", "article", "article_sft", 0.1) in cells and ("a", "tuned", "sft-mlp", 0.1) in cells
+    assert not any(c[0] == "b" and c[1] == "article" for c in cells) and ("c", "tuned", "finetune", 1.0) in cells
+    assert len(cells) == 2 * 3 * 2 - 3 + 2  # b loses its 3 article cells; c adds finetune under both recipes
 
 
 def test_bad_runs_tables_are_one_line_errors(tmp_path: Path) -> None:
@@ -1081,6 +1460,53 @@ def test_compare_two_experiments(tmp_path: Path) -> None:
     assert R.resolve_experiment(str(tmp_path / "other"), results) == tmp_path / "other" / "a"  # its only experiment
     with pytest.raises(UserError, match="did you mean 'a'"):
         R.resolve_experiment("aa", results)
+
+
+def test_compare_writes_outside_the_experiments_and_says_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compare` as the README gives it (A a committed example folder) wrote its Markdown beside A, into
+    results/examples/; by default it now writes to results/compare/ and prints the path it wrote."""
+    import cli
+
+    results = tmp_path / "results"
+    a = make_experiment(results / "examples", "a", rows={("tiny", "finetune", "tuned"): {0.1: (0.0, 2)}}, journal=False)
+    b = make_experiment(results, "b", rows={("tiny", "finetune", "tuned"): {0.1: (0.01, 2)}}, journal=False)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(results) for p in (results / "examples").rglob("*"))
+    res = CliRunner().invoke(cli.app, ["compare", str(a.relative_to(tmp_path)), str(b.relative_to(tmp_path))])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.relative_to(results) for p in (results / "examples").rglob("*")) == before  # nothing beside A
+    written = list((results / "compare").iterdir())
+    assert [p.name for p in written] == ["examples_a_vs_results_b.md"] and "| tiny | finetune | tuned | 10% |" in written[
+        0
+    ].read_text()
+    assert f"wrote {Path('results') / 'compare' / 'examples_a_vs_results_b.md'}" in res.stdout
+    # one seed a side: nothing can be tested, and the notes say why instead of "Holm over 0 tested cells"
+    one = make_experiment(tmp_path / "one", "a", rows={("tiny", "finetune", "tuned"): {0.1: (0.0, 1)}}, journal=False)
+    notes = " ".join(R.compare(one, b).notes())
+    assert "over 0" not in notes and "No ↑/↓: no common cell has the seeds a test needs" in notes
+
+
+def test_report_of_a_folder_without_experiments_says_what_to_do(tmp_path: Path) -> None:
+    """`report --results-dir R` where R holds no experiment said "pass --results-dir", to a user who had passed it:
+    now the one line says what R holds (nothing, an unfinished sweep, experiments one level down) and what to run."""
+    import cli
+
+    def error(folder: Path) -> str:
+        res = CliRunner().invoke(cli.app, ["report", "--results-dir", str(folder)])
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.output
+        assert "pass --results-dir" not in lines[0]
+        return lines[0]
+
+    assert f"{tmp_path / 'nowhere'} does not exist; run `python cli.py sweep` first" in error(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    assert "no experiment with a runs.csv under" in error(tmp_path / "empty")
+    (tmp_path / "empty" / "started").mkdir()
+    (tmp_path / "empty" / "started" / "config.toml").write_text('name = "started"\n')
+    assert "no final run has finished yet in" in error(tmp_path / "empty")
+    make_experiment(tmp_path / "top" / "examples", "quick", rows={("tiny", "finetune", "tuned"): {0.1: (0.0, 2)}}, journal=False)
+    line = error(tmp_path / "top")
+    assert f"{tmp_path / 'top' / 'examples'} holds quick; run `python cli.py report --results-dir" in line
 
 
 def test_a_table_written_before_the_article_recipe_got_its_name_reports_under_the_new_name(built: tuple) -> None:

@@ -2,6 +2,9 @@
 
 python cli.py report --results-dir results --experiment quick
 python cli.py compare results/quick results_gpu/quick --output quick-cpu-vs-gpu.md
+
+compare writes its Markdown to results/compare/ unless told otherwise: beside experiment A, as it once did, the
+README's own example (A = results/examples/quick-v1) wrote into a committed example folder.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from bench.cli.errors import fail
 from bench.registry import UserError
 
 console = Console()  # no file of its own: it writes to whatever sys.stdout is at print time (CliRunner's too)
+COMPARE_DIR = Path("results") / "compare"  # compare's default output folder (ignored by git, no experiment's own)
 
 
 def report(
@@ -48,6 +52,8 @@ def report(
         res = write_report(exp_dir, test=test, alpha=alpha, storage=storage)
     except UserError as exc:
         fail(str(exc))
+    if res.grid is not None and not res.grid.complete:  # first, so that no number below passes for the grid's
+        console.print(f"[bold yellow]{escape(res.grid.line())}[/]", highlight=False, soft_wrap=True)
     wtl = res.win_tie_loss
     if len(wtl):
         t = Table(title="verdicts against each baseline (cells; Holm within each family, TOST for equivalence)")
@@ -76,9 +82,7 @@ def compare(
         str, typer.Option(help="ttest or wilcoxon (paired over shared seeds); wilcoxon refused where it cannot reach --alpha.")
     ] = "ttest",
     alpha: Annotated[float, typer.Option(help="Significance level after Holm's correction.")] = 0.05,
-    output: Annotated[
-        Path | None, typer.Option(help="Markdown file (default: compare_<A>_vs_<B>.md beside experiment A's folder).")
-    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Markdown file (default: results/compare/<A>_vs_<B>.md).")] = None,
 ) -> None:
     """Two experiments side by side: per cell, B − A and whether it is significant."""
     from bench.report import atomic_write_text, compare, resolve_experiment, slug
@@ -87,7 +91,7 @@ def compare(
         pa = resolve_experiment(a, results_dir, experiment)
         pb = resolve_experiment(b, results_dir, experiment)
         res = compare(pa, pb, test=test, alpha=alpha)
-        out = output or pa.parent / f"compare_{slug(res.label_a)}_vs_{slug(res.label_b)}.md"
+        out = output or COMPARE_DIR / f"{slug(res.label_a)}_vs_{slug(res.label_b)}.md"
         if out.exists() and out.is_dir():
             raise UserError(f"--output {out} is a folder; give a file name")
     except UserError as exc:
@@ -105,4 +109,4 @@ def compare(
     (console if console.is_terminal else Console(width=200)).print(t)
     for note in res.notes():
         console.print(note, highlight=False, soft_wrap=True, markup=False)
-    console.print(f"markdown: {out}", highlight=False, markup=False)
+    console.print(f"wrote {out} (Markdown: both sides' provenance, the table, the notes)", highlight=False, markup=False)

@@ -31,6 +31,7 @@ whether any run's step budget fell below the protocol's floor (`min_steps`, defa
 The package, one idea per module, in the order a report runs:
 - schema.py: the runs table's columns, a cell's key, the baselines, the display order;
 - load.py: experiment folders, runs.csv (checked), the Optuna studies; protocol.py: which protocol ran;
+  grid.py: config.toml's grid against runs.csv (an unfinished grid says what it lacks, at the top of everything);
 - stats.py: the statistics stated above, as DataFrames (tests, Holm, win/tie/loss, label efficiency);
 - tables.py: one format-free model per table; render.py: one renderer per format (Markdown, LaTeX, HTML, CSV);
 - figure.py: a figure as PNG and PDF bytes; plots.py: one function per figure (search_plots.py: the Optuna
@@ -45,7 +46,8 @@ from __future__ import annotations
 # `compare` is both a submodule and its function: importing bench/report/compare.py sets the package attribute
 # to the module, and the name imported from it then replaces that with the function callers expect.
 from bench.report.compare import CompareResult, compare
-from bench.report.figure import PNG_DPI, Figure, _render
+from bench.report.figure import PNG_DPI, Figure, _render, drawn_texts, text_problems
+from bench.report.grid import Completeness, completeness, grid_cells
 from bench.report.html import CSS, render_html
 from bench.report.load import (
     SEED_PART,
@@ -61,7 +63,7 @@ from bench.report.load import (
     thread_notes,
 )
 from bench.report.origin import provenance
-from bench.report.plots import make_plots
+from bench.report.plots import log_ticks, make_plots
 from bench.report.protocol import DEFAULT_MIN_STEPS, SEARCH_MODE_TEXT, ProtocolInfo, protocol_info
 from bench.report.render import TableModel, to_csv, to_html, to_latex, to_markdown
 from bench.report.schema import (
@@ -104,7 +106,21 @@ from bench.report.stats import (
     win_tie_loss,
 )
 from bench.report.tables import COMPUTE_FIELDS, Tables, build_tables, compute_table
-from bench.report.text import DAGGER, DOWN, TEX_UNICODE, UP, fmt_needed, frac_label, pct, slug, tex_escape, tex_note
+from bench.report.text import (
+    DAGGER,
+    DOWN,
+    TEX_UNICODE,
+    UP,
+    fmt_needed,
+    frac_estimate,
+    frac_label,
+    frac_range,
+    pct,
+    points,
+    slug,
+    tex_escape,
+    tex_note,
+)
 from bench.report.write import ReportResult, atomic_write_text, write_report
 
 __all__ = [
@@ -114,6 +130,7 @@ __all__ = [
     "COMPUTE_FIELDS",
     "CSS",
     "CompareResult",
+    "Completeness",
     "DAGGER",
     "DEFAULT_MIN_STEPS",
     "DOWN",
@@ -150,23 +167,30 @@ __all__ = [
     "build_tables",
     "check_wilcoxon_reachable",
     "compare",
+    "completeness",
     "compute_table",
     "experiment_name",
     "experiments_in",
     "find_experiment_dir",
     "fmt_needed",
+    "frac_estimate",
     "frac_label",
+    "frac_range",
+    "drawn_texts",
     "fraction_to_reach",
+    "grid_cells",
     "holm",
     "is_sft",
     "label_efficiency",
     "largest_pairing",
     "load_runs",
     "load_studies",
+    "log_ticks",
     "make_plots",
     "mark_of",
     "paired_tests",
     "pct",
+    "points",
     "protocol_info",
     "provenance",
     "rank_sum_floor",
@@ -181,6 +205,7 @@ __all__ = [
     "t_interval",
     "tex_escape",
     "tex_note",
+    "text_problems",
     "thread_notes",
     "to_csv",
     "to_html",

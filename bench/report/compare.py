@@ -29,7 +29,7 @@ from bench.report.stats import (
     signed_rank_floor,
     wilcoxon_min_seeds,
 )
-from bench.report.text import DOWN, UP, fmt_p, frac_label, pct
+from bench.report.text import DOWN, UP, fmt_p, frac_label, pct, points
 
 
 @dataclass
@@ -82,7 +82,7 @@ class CompareResult:
                     frac_label(r["fraction"]),
                     f"{pct(r['mean_a'])} (n={r['n_a']})",
                     f"{pct(r['mean_b'])} (n={r['n_b']})",
-                    f"{100 * r['diff']:+.2f}{mk}",
+                    f"{points(r['diff'])}{mk}",
                     r["kind"],
                     fmt_p(r["p"]),
                     fmt_p(r["p_holm"]),
@@ -95,9 +95,13 @@ class CompareResult:
     def notes(self) -> list[str]:
         """How to read the comparison: sides, units, marks, which test a cell got, what only one side has."""
         n = int(np.isfinite(self.frame["p"]).sum())
+        marks = (
+            f"{UP}/{DOWN}: B significantly higher/lower (Holm over {n} tested cells, α = {self.alpha:g})."
+            if n
+            else f"No {UP}/{DOWN}: no common cell has the seeds a test needs (see below), so none is tested."
+        )
         out = [
-            f"A = {self.label_a}, B = {self.label_b}. Accuracy: mean test accuracy (%) over seeds. B − A in points; "
-            f"{UP}/{DOWN}: B significantly higher/lower (Holm over {n} tested cells, α = {self.alpha:g}).",
+            f"A = {self.label_a}, B = {self.label_b}. Accuracy: mean test accuracy (%) over seeds. B − A in points; {marks}",
             f"Test per cell: paired ({TEST_NAMES[self.test]}) over the seeds both sides share (same seed = same labelled "
             "subset) when there are at least 2; otherwise unpaired (Welch's t-test or Mann-Whitney U) when each side "
             "has at least 2 seeds; otherwise none.",

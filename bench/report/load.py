@@ -46,10 +46,33 @@ def find_experiment_dir(results_dir: Path, experiment: str | None = None) -> Pat
     if len(names) == 1:
         return results_dir / names[0]
     if not names:
-        raise UserError(
-            f"no experiment with a {RUNS_CSV} under {results_dir}; run `python cli.py sweep` first or pass --results-dir"
-        )
+        raise UserError(no_experiment_message(results_dir))
     raise UserError(f"{results_dir} holds several experiments ({', '.join(names)}); choose one with --experiment")
+
+
+def no_experiment_message(results_dir: Path) -> str:
+    """Why a results folder holds no experiment, and what to do instead, in one line. Why not "pass --results-dir":
+    the user may have passed it; the line says what the folder holds and the folder or command that would work."""
+    if not results_dir.is_dir():
+        return f"{results_dir} does not exist; run `python cli.py sweep` first (it writes {results_dir}/<experiment>/{RUNS_CSV})"
+    subdirs = sorted(p for p in results_dir.iterdir() if p.is_dir())
+    nested = [(d, experiments_in(d)) for d in subdirs if experiments_in(d)]
+    if nested:
+        d, names = nested[0]
+        return (
+            f"no experiment directly under {results_dir}: {d} holds {', '.join(names)}; run "
+            f"`python cli.py report --results-dir {d} --experiment {names[0]}`"
+        )
+    started = [d.name for d in subdirs if (d / "config.toml").is_file()]
+    if started:
+        return (
+            f"no final run has finished yet in {results_dir}/{started[0]} (it has a config.toml but no {RUNS_CSV}); wait "
+            "for the sweep's first final run, or resume it with the same `python cli.py sweep` command"
+        )
+    return (
+        f"no experiment with a {RUNS_CSV} under {results_dir}; run `python cli.py sweep` first (it writes "
+        f"{results_dir}/<experiment>/{RUNS_CSV})"
+    )
 
 
 def resolve_experiment(arg: str | Path, results_dir: Path, experiment: str | None = None) -> Path:

@@ -46,6 +46,40 @@ def _log_fraction_axis(ax: Any, fractions: list[float]) -> None:
         ax.set_xlim(fractions[0] / 2, min(1.0, fractions[0]) * 2)
 
 
+# Tick mantissas for a log axis of seconds, coarsest first: the first set giving at least 3 ticks in view is used.
+LOG_TICK_SETS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0, 7.0), (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0))
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """A few readable ticks for a log axis from lo to hi: powers of ten where the range spans decades, 1-2-5
+    steps within fewer, finer steps only for a range under a decade; at least 2 (the ends, rounded) always."""
+    e0, e1 = math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1
+    best: list[float] = []
+    for mantissas in LOG_TICK_SETS:
+        ticks = [float(f"{m * 10.0**e:.12g}") for e in range(e0, e1 + 1) for m in mantissas if lo <= m * 10.0**e <= hi]
+        if len(ticks) >= 3:
+            return ticks
+        best = ticks if len(ticks) > len(best) else best
+    if len(best) >= 2:
+        return best
+    return sorted({float(f"{v:.2g}") for v in (lo * (hi / lo) ** 0.1, hi / (hi / lo) ** 0.1)})
+
+
+def _log_seconds_axis(ax: Any) -> None:
+    """A log x axis of seconds ticked by `log_ticks` and labelled as plain numbers (1,000 not 10^3).
+
+    Why not matplotlib's default: under a decade its LogFormatter labels the minor ticks too, as
+    "2×10^0 3×10^0 4×10^0 ...", which ran together into unreadable text in the committed reports."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ax.xaxis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
+    ax.xaxis.set_minor_locator(LogLocator(subs="all"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 @dataclass
 class PlotData:
     """What the figures of one report share: the runs with a display label and accuracy in %, the label
@@ -95,7 +129,7 @@ def make_plots(
     if compute:
         figs.append(compute)
     else:
-        notes.append("runs.csv has no wall_seconds or train_seconds: the accuracy-against-compute plot is omitted.")
+        notes.append("runs.csv has no positive wall_seconds or train_seconds: the accuracy-against-compute plot is omitted.")
     all_seeds = sorted({s.seed for s in studies if s.seed is not None})
     seed_colour = dict(zip(all_seeds, sns.color_palette("tab10", max(10, len(all_seeds))), strict=False))
     for b in sorted({s.backbone for s in studies}):
@@ -187,13 +221,16 @@ def plot_accuracy_vs_compute(data: PlotData) -> Figure | None:
     if not tcol:
         return None
     dc = d[d[tcol].notna() & (d[tcol] > 0)].assign(fraction_label=lambda x: x["fraction"].map(frac_label))
+    if dc.empty:
+        return None
+    backbones = [b for b in data.backbones if b in set(dc["backbone"])]  # no panel for a backbone without timings
     g = sns.relplot(
         data=dc, x=tcol, y="accuracy", hue="label", hue_order=data.order, palette=data.palette, style="fraction_label",
-        style_order=[frac_label(f) for f in data.fractions], col="backbone", col_order=data.backbones, col_wrap=data.wrap,
+        style_order=[frac_label(f) for f in data.fractions], col="backbone", col_order=backbones, col_wrap=min(3, len(backbones)),
         height=3.4, aspect=1.25, facet_kws={"sharey": False, "sharex": False}, s=40, alpha=0.85,
     )  # fmt: skip
     for ax in g.axes.flat:
-        ax.set_xscale("log")
+        _log_seconds_axis(ax)
     for text in g.legend.texts:
         text.set_text({"label": "method", "fraction_label": "label fraction"}.get(text.get_text(), text.get_text()))
     g.set_axis_labels(f"{tcol.replace('_', ' ')} per run (log scale)", "test accuracy (%)")

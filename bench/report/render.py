@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.report.text import DAGGER, DOWN, EQUIV, UP, pct, tex_escape, tex_note
+from bench.report.text import DAGGER, DOWN, EQUIV, UP, pct, points, tex_escape, tex_note
 
 # A verdict's mark (protocol v3): significantly better / worse, or equivalent within the declared margin;
 # inconclusive and untested comparisons get none.
@@ -53,7 +53,7 @@ class DiffCell:
         """ " [lo, hi]" in points, or "" without an interval."""
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             return ""
-        return f" [{100 * self.low:+.2f}, {100 * self.high:+.2f}]"
+        return f" [{points(self.low)}, {points(self.high)}]"
 
 
 # A table cell: a number with its marks, plain text (shown as it is, escaped per format), or None: not run.
@@ -96,7 +96,7 @@ def md_cell(c: Cell) -> str:
         return c
     arrow = f" {ARROWS[c.mark]}" if c.mark in ARROWS else ""
     if isinstance(c, DiffCell):
-        return f"{100 * c.diff:+.2f}{c.interval}{arrow} (n={c.n})"
+        return f"{points(c.diff)}{c.interval}{arrow} (n={c.n})"
     core = f"{pct(c.mean)} ± {_std(c, '–')}"
     if c.bold:
         core = f"**{core}**"
@@ -130,7 +130,7 @@ def tex_cell(c: Cell) -> str:
     if isinstance(c, DiffCell):
         mark = f"^{{{TEX_ARROWS[c.mark]}}}" if c.mark in TEX_ARROWS else ""
         ci = f" {{\\scriptsize{tex_escape(c.interval)}}}" if c.interval else ""
-        return f"${100 * c.diff:+.2f}{mark}${ci} {{\\scriptsize ({c.n})}}"
+        return f"${points(c.diff)}{mark}${ci} {{\\scriptsize ({c.n})}}"
     core = f"{pct(c.mean)} $\\pm$ {_std(c, '--')}"
     if c.bold:
         core = f"\\textbf{{{core}}}"

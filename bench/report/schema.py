@@ -8,6 +8,7 @@ method order is copied from the registry (bench/models/methods.py) so that a rep
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import fields
 
 import pandas as pd
@@ -42,6 +43,9 @@ METHOD_ORDER = (
     "sft-side-frozen",
 )
 RECIPE_ORDER = ("tuned", "article")
+# The methods that start from the same linear probe on the same seeds (sft's linear branch is lp_ft with a
+# doubled head step): comparisons among them are correlated, and the notes say so where two of them ran.
+PROBE_INITIALISED = ("lp_ft", "sft", "sft-mlp", "sft-side")
 
 
 def method_rank(m: str) -> tuple[int, str]:
@@ -86,3 +90,18 @@ def baseline_recipe(df: pd.DataFrame, backbone: str, recipe: str, method: str = 
         if r in have:
             return r
     return None
+
+
+def probe_caveat(methods: Iterable[str], of: str) -> str | None:
+    """The caveat that probe-initialised methods' `of` (verdicts, comparisons) are correlated, naming only the
+    ones among `methods`; None where fewer than two ran (then there is nothing to be correlated). Why it names
+    only those: a note that lists lp_ft under a grid without lp_ft sends the reader looking for a missing row."""
+    have = set(methods)
+    present = [m for m in PROBE_INITIALISED if m in have]
+    if len(present) < 2:
+        return None
+    twin = ", and sft (linear branch) is lp_ft with a doubled head step" if {"sft", "lp_ft"} <= have else ""
+    return (
+        f"The probe-initialised methods ({', '.join(present)}) start from the same linear probe on the same seeds{twin}: "
+        f"their {of} are correlated, not independent evidence."
+    )

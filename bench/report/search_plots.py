@@ -97,7 +97,8 @@ def _draw_importances(ai: Any, group: list[StudyInfo], title: str, n_done: int, 
     import optuna
 
     per_seed, notes = grid.per_seed, grid.notes
-    ai.set_title(f"{title} ({n_done} complete{', pooled' if per_seed else ''})", fontsize=7)
+    # two lines: beside the long parameter names a one-line title ran past the figure's right edge
+    ai.set_title(f"{title}\n({n_done} complete{', pooled' if per_seed else ''})", fontsize=7)
     if n_done < 2:
         ai.set_axis_off()
         ai.text(0.5, 0.5, f"fewer than 2 complete trials ({n_done})", ha="center", va="center", fontsize=7)
@@ -143,8 +144,15 @@ def _draw_search_cell(
     per_seed = grid.per_seed
     grid.seeds_shown.update(s.seed for s in group if s.seed is not None)
     n_done, n_pruned = _draw_history(ah, group, per_seed, grid.seed_colour)
+    studies_txt = (f" in {len(group)} seeds' studies" if len(group) > 1 else " in 1 seed's study") if per_seed else ""
+    cell_name = f"{b}/{m}/{r}/{f:g}" + (f" (pooled over {len(group)} seeds' studies)" if per_seed else "")
+    if n_done + n_pruned == 0:  # studies that have not finished a trial yet: a message, not blank 0-1 axes
+        for ax in (ah, ac):
+            ax.set_axis_off()
+            ax.set_title(f"{title}: no finished trial yet{studies_txt if ax is ah else ''}", fontsize=7)
+        _draw_importances(ai, group, title, 0, group[0].name if not per_seed else cell_name, grid)
+        return
     _draw_curves(ac, group, grid.seed_colour)
-    studies_txt = f" in {len(group)} seeds' studies" if per_seed else ""
     ah.set_title(f"{title}\n{n_done} complete, {n_pruned} pruned{studies_txt}", fontsize=7)
     ah.xaxis.set_major_locator(MaxNLocator(integer=True))
     ah.set_xlabel("trial (within its study)" if per_seed else "trial", fontsize=7)
@@ -155,7 +163,6 @@ def _draw_search_cell(
     ac.set_xlabel(grid.unit, fontsize=7)
     ac.set_ylabel("val. accuracy (%)", fontsize=7)
     ac.tick_params(labelsize=6)
-    cell_name = f"{b}/{m}/{r}/{f:g}" + (f" (pooled over {len(group)} seeds' studies)" if per_seed else "")
     _draw_importances(ai, group, title, n_done, group[0].name if not per_seed else cell_name, grid)
 
 

@@ -30,7 +30,7 @@ from bench.report.schema import (
     method_rank,
     row_sort_key,
 )
-from bench.report.text import frac_label
+from bench.report.text import frac_label, frac_range
 from bench.report.verdicts import VERDICTS, StatsPlan, judge, t_ci
 
 EFFICIENCY_LEVELS = (0.90, 0.95)
@@ -391,7 +391,7 @@ def label_efficiency(df: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
         all_fracs = sorted(stats.loc[stats["backbone"] == b, "fraction"].unique())
         row: dict[str, Any] = dict(backbone=b, recipe=r, method=m, fractions=" ".join(f"{f:g}" for f in mine["fraction"]))
         row["auc"] = auc_log_fraction(mine["fraction"], mine["mean"])
-        row["auc_range"] = f"{mine['fraction'].min():g}-{mine['fraction'].max():g}"
+        row["auc_range"] = frac_range(mine["fraction"].min(), mine["fraction"].max())
         row["auc_partial"] = len(mine) < len(all_fracs)
         base_r = baseline_recipe(df, b, r)
         ref = stats[(stats["backbone"] == b) & (stats["recipe"] == base_r) & (stats["method"] == BASELINE)] if base_r else None

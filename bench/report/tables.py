@@ -17,8 +17,8 @@ import pandas as pd
 
 from bench.report.protocol import ProtocolInfo
 from bench.report.render import AccuracyCell, DiffCell, TableModel, to_html, to_latex, to_markdown
-from bench.report.schema import BASELINE, BASELINE_ORDER, KEY, TEST_NAMES, cell_key, is_sft, row_sort_key
-from bench.report.text import DAGGER, DOWN, EQUIV, UP, fmt_needed, frac_label, pct, slug, tex_escape
+from bench.report.schema import BASELINE, BASELINE_ORDER, KEY, TEST_NAMES, cell_key, is_sft, probe_caveat, row_sort_key
+from bench.report.text import DAGGER, DOWN, EQUIV, UP, fmt_needed, frac_label, margin_points, name_list, pct, slug, tex_escape
 
 EFF_HEAD = ("reference (acc. %)", "labels for 90%", "labels for 95%", "AUC (%)", "AUC range")
 
@@ -54,8 +54,14 @@ class Tables:
         self.test_index = {(t["backbone"], t["recipe"], t["method"], t["fraction"], t["baseline_method"]): t for t in recs}
 
     def models(self) -> list[TableModel]:
-        """Every table of tables/, in the order the report writes them."""
-        return [self.accuracy(), self.efficiency(), self.sft_vs_baselines(), *([self.tuning_gain()] if self.has_gain else [])]
+        """Every table of tables/, in the order the report writes them; the sft-vs-baselines table only where it
+        has a comparison to show (`sft_missing` says why not, in the report's notes and in report.html)."""
+        return [
+            self.accuracy(),
+            self.efficiency(),
+            *([self.sft_vs_baselines()] if self.sft_missing() is None else []),
+            *([self.tuning_gain()] if self.has_gain else []),
+        ]
 
     # -- what the search added
     def tuning_gain(self) -> TableModel:
@@ -119,16 +125,28 @@ class Tables:
         return self.protocol.lines() if self.protocol else []
 
     def _family(self) -> str:
-        """How the marks are decided (protocol v3), as every table's notes state it."""
+        """How the marks are decided (protocol v3), as every table's notes state it; a family without a
+        comparison is not mentioned (a "primary: 0 comparisons" says nothing and reads like an error)."""
         fams = self.tests["family"].value_counts() if len(self.tests) and "family" in self.tests else {}
         margin = float(self.tests["margin"].iloc[0]) if len(self.tests) and "margin" in self.tests else 0.01
+        sizes = []
+        if n_primary := int(fams.get("primary", 0)):
+            sizes.append(f"primary: {n_primary} comparisons declared before the grid ran")
+        if n_secondary := int(fams.get("secondary", 0)):
+            sizes.append(f"secondary: {n_secondary}, not for claims")
         return (
-            f"the verdict of the comparison: Holm-corrected within its family, α = {self.alpha:g} (primary: "
-            f"{int(fams.get('primary', 0))} comparisons declared before the grid ran; "
-            f"secondary: {int(fams.get('secondary', 0))}, "
-            f"not for claims); {EQUIV}: equivalent within ±{100 * margin:g} point(s) (two one-sided tests, Holm within the "
+            f"the verdict of the comparison: Holm-corrected within its family, α = {self.alpha:g}"
+            + (f" ({'; '.join(sizes)})" if sizes else "")
+            + f"; {EQUIV}: equivalent within ±{margin_points(margin)} point(s) (two one-sided tests, Holm within the "
             "family), which wins over ↑/↓ where both hold"
         )
+
+    def n_baseline_tests(self) -> int:
+        """Tested comparisons with `finetune` (2 or more paired seeds): the ones behind the accuracy table's marks."""
+        if not len(self.tests):
+            return 0
+        ft = self.tests[self.tests["baseline_method"] == BASELINE]
+        return int(np.isfinite(ft["p"].astype(float)).sum())
 
     # -- accuracy
     def _accuracy_cell(self, row: tuple[str, str, str], f: float) -> AccuracyCell | None:
@@ -138,29 +156,71 @@ class Tables:
             return None
         return AccuracyCell(c["mean"], c["std"], c["n"], c["bold"], c.get("vs_best") == "not worse", c["mark"])
 
+    def _dagger_note(self) -> str:
+        """What † means, or, where no comparison with a column's best could be tested, why there is none."""
+        if not self.n_best_tests:
+            return (
+                f"No {DAGGER}: no cell shares 2 or more seeds with its column's best-mean cell, so none could be tested "
+                "against it."
+            )
+        return (
+            f"{DAGGER}: not significantly worse than the column's best-mean cell ({TEST_NAMES[self.test]}, two-sided, over "
+            f"paired seeds, Holm-corrected over all {self.n_best_tests} such comparisons of this experiment, α = "
+            f"{self.alpha:g}); no {DAGGER}: the best cell itself, significantly worse, or untested (fewer than 2 paired "
+            "seeds). Not rejecting is not evidence of equality: with few seeds these tests have little power."
+        )
+
+    def _marks_note(self) -> str:
+        """What ↑ / ↓ / ≈ mean, or, where no comparison with `finetune` could be tested, why there is none."""
+        if not self.n_baseline_tests():
+            return (
+                f"No {UP} / {DOWN} / {EQUIV}: no cell shares 2 or more seeds with a `{BASELINE}` run of its backbone and "
+                "fraction, so none could be compared with it."
+            )
+        return (
+            f"{UP} / {DOWN}: significantly higher / lower than the row's `{BASELINE}` baseline ({TEST_NAMES[self.test]} over "
+            f"paired seeds, {self._family()}); no mark: inconclusive (neither a difference nor equivalence is shown: not "
+            "evidence of either), the baseline itself, or untested (fewer than 2 paired seeds); see "
+            "tables/significance.csv (every comparison with its 95% CI and verdict) and tables/summary.md."
+        )
+
     def accuracy_notes(self) -> list[str]:
         """How to read the accuracy table: the statistics behind each cell and each mark."""
-        test = TEST_NAMES[self.test]
         return [
             "Test accuracy (%) per cell: mean ± sample std over seeds, (n) = number of seeds; – : one seed, no std; — : not run.",
             "Bold: the best mean (as shown) in the column within each backbone.",
-            f"{DAGGER}: not significantly worse than the column's best-mean cell ({test}, two-sided, over paired seeds, "
-            f"Holm-corrected over all {self.n_best_tests} such comparisons of this experiment, α = {self.alpha:g}); no "
-            f"{DAGGER}: the best cell itself, significantly worse, or untested (fewer than 2 paired seeds). Not rejecting "
-            "is not evidence of equality: with few seeds these tests have little power.",
-            f"{UP} / {DOWN}: significantly higher / lower than the row's `{BASELINE}` baseline ({test} over paired seeds, "
-            f"{self._family()}); no mark: inconclusive (neither a difference nor equivalence is shown: not evidence of "
-            "either), the baseline itself, or untested (fewer than 2 paired seeds); see tables/significance.csv (every "
-            "comparison with its 95% CI and verdict) and tables/summary.md.",
+            self._dagger_note(),
+            self._marks_note(),
             *self.protocol_notes(),
         ]
+
+    def _accuracy_caption(self) -> str:
+        """The accuracy table's LaTeX caption: the marks it explains are the ones that can occur."""
+        test = TEST_NAMES[self.test]
+        dagger = (
+            f"$^{{\\dagger}}$: not significantly worse than the column's best ({test}, Holm over {self.n_best_tests} "
+            "comparisons). "
+            if self.n_best_tests
+            else ""
+        )
+        marks = (
+            f"$^{{\\uparrow}}$/$^{{\\downarrow}}$: significantly higher/lower than {BASELINE}, "
+            f"$^{{\\approx}}$: equivalent within the declared margin ({test} and two one-sided tests, Holm within the "
+            f"primary or the secondary family, $\\alpha={self.alpha:g}$). "
+            if self.n_baseline_tests()
+            else ""
+        )
+        return (
+            f"Test accuracy (\\%) on CIFAR-10, experiment {tex_escape(self.experiment)}: mean $\\pm$ std over seeds "
+            f"(number of seeds in parentheses). Bold: best in the column per backbone. {dagger}{marks}"
+            "--: one seed; ---: not run."
+        )
 
     def accuracy(self) -> TableModel:
         """Rows (backbone, method[, recipe]) by label fraction; the CSV is tidy: one line per cell, accuracy_mean/
         std/ci95 as fractions at full precision (the other formats show them as percentages rounded to 2
         decimals), the comparison with `finetune` behind the arrow, the one with the column's best behind the
         dagger (vs_best_*), and the cell's step budget where runs.csv records it."""
-        test = TEST_NAMES[self.test]
         return TableModel(
             stem="accuracy",
             head=[*self._head(), *(frac_label(f) for f in self.fractions)],
@@ -168,12 +228,7 @@ class Tables:
             rows=[(self._labels(row), [self._accuracy_cell(row, f) for f in self.fractions]) for row in self.rows],
             notes=self.accuracy_notes(),
             float_notes=self.protocol_notes(),
-            caption=f"Test accuracy (\\%) on CIFAR-10, experiment {tex_escape(self.experiment)}: mean $\\pm$ std over seeds "
-            f"(number of seeds in parentheses). Bold: best in the column per backbone. $^{{\\dagger}}$: not significantly "
-            f"worse than the column's best ({test}, Holm over {self.n_best_tests} comparisons). "
-            f"$^{{\\uparrow}}$/$^{{\\downarrow}}$: significantly higher/lower than {BASELINE}, "
-            f"$^{{\\approx}}$: equivalent within the declared margin ({test} and two one-sided tests, Holm within the "
-            f"primary or the secondary family, $\\alpha={self.alpha:g}$). --: one seed; ---: not run.",
+            caption=self._accuracy_caption(),
             tex_label=f"tab:accuracy-{slug(self.experiment)}",
             tex_align="r" * len(self.fractions),
             md_right=True,
@@ -199,10 +254,22 @@ class Tables:
             return None
         return DiffCell(t["diff_mean"], t["n_pairs"], t["verdict"], t["ci_low"], t["ci_high"])
 
+    def sft_missing(self) -> str | None:
+        """Why the sft-vs-baselines table is left out (one sentence), or None where it has a comparison to show.
+        Why left out rather than drawn empty: a header over no rows, or rows of "—" only, reads like a failure."""
+        rows = self.sft_rows()
+        if not rows:
+            return "No sft-against-baselines table: this experiment has no sft* run."
+        if all(self._sft_cell(key, bm) is None for key in rows for bm in self.sft_baselines()):
+            return (
+                f"No sft-against-baselines table: none of the {len(rows)} sft* cell(s) shares a seed with a run of its "
+                f"baselines ({name_list(list(self.sft_baselines()), code=True)}) yet."
+            )
+        return None
+
     def sft_notes(self) -> list[str]:
-        """How to read the sft-vs-baselines table: what a cell is, what a mark means."""
-        names = [f"`{bm}`" for bm in self.sft_baselines()]
-        base = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        """How to read the sft-vs-baselines table: what a cell is, what a mark means, which rows are correlated."""
+        base = name_list(self.sft_baselines(), code=True)
         out = [
             f"Each sft* cell against {base} of the same backbone and fraction: mean paired difference (method − baseline, "
             "accuracy points) over the seeds both share with its 95% confidence interval in brackets, (n) = paired seeds; "
@@ -210,12 +277,9 @@ class Tables:
             f"{UP} / {DOWN}: significantly higher / lower ({TEST_NAMES[self.test]}, {self._family()}); no mark: "
             "inconclusive, or untested (fewer than 2 paired seeds); —: no paired run of that baseline (not run at this "
             "fraction, or no seed in common).",
-            "The probe-initialised rows (lp_ft, sft, sft-mlp, sft-side) start from the same linear probe, and sft is lp_ft "
-            "with a doubled head step: their comparisons are correlated, not independent evidence.",
         ]
-        if not self.sft_rows():
-            out.insert(0, "No sft* method in this experiment: the table is empty.")
-        return out + self.protocol_notes()
+        caveat = probe_caveat({m for _, _, m in self.rows}, "comparisons")
+        return out + ([caveat] if caveat else []) + self.protocol_notes()
 
     def _sft_frame(self) -> pd.DataFrame:
         """Wide: one line per sft* cell; per baseline method its run (method/recipe), paired seeds, mean paired

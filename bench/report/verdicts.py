@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.report.text import frac_label
+from bench.report.schema import probe_caveat
+from bench.report.text import frac_label, margin_points, pct, points
 
 DEFAULT_PRIMARY = ("sft* vs finetune", "sft* vs lp_ft")
 DEFAULT_MARGIN = 0.01
 DEFAULT_ALPHA = 0.05
 POWER = 0.8
 VERDICTS = ("better", "worse", "equivalent", "inconclusive", "untested")
-PROBE_INITIALISED = ("lp_ft", "sft", "sft-mlp", "sft-side")
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class StatsPlan:
 
     @property
     def margin_points(self) -> str:
-        return f"{100 * self.margin:g}"
+        return margin_points(self.margin)
 
 
 def read_plan(experiment_dir: Path) -> StatsPlan:
@@ -210,7 +210,7 @@ class FamilyPower:
             return f"The {self.family} family has no tested comparison."
         return (
             f"Power of the {self.family} family ({self.m} tested comparisons, median {self.n_pairs} paired seeds, median "
-            f"spread of the paired differences {100 * self.sd:.2f} points): a difference of {100 * self.mdd:.2f} points "
+            f"spread of the paired differences {pct(self.sd)} points): a difference of {pct(self.mdd)} points "
             f"is detected with 80% power at α / m = {alpha / self.m:.2g} (Holm's first threshold); smaller ones "
             "may go undetected."
         )
@@ -233,12 +233,10 @@ def family_power(tests: pd.DataFrame, plan: StatsPlan) -> list[FamilyPower]:
 # ---------------------------------------------------------------- the sentences
 
 
-def _pts(x: float) -> str:
-    return f"{100 * x:+.2f}"
-
-
 def _evidence(row: dict) -> str:
-    return f"{_pts(row['diff_mean'])} points, 95% CI [{_pts(row['ci_low'])}, {_pts(row['ci_high'])}], {row['n_pairs']} seeds"
+    return (
+        f"{points(row['diff_mean'])} points, 95% CI [{points(row['ci_low'])}, {points(row['ci_high'])}], {row['n_pairs']} seeds"
+    )
 
 
 def _clause(row: dict, plan: StatsPlan) -> str:
@@ -266,20 +264,19 @@ def sentences(tests: pd.DataFrame, df: pd.DataFrame, plan: StatsPlan) -> list[st
     out: list[str] = []
     prim = tests[tests["family"] == "primary"] if len(tests) else tests
     if not len(prim):
-        return ["No comparison of this experiment is in its primary family, so the report draws no conclusion."]
+        return [
+            f"No comparison of the primary family ({', '.join(plan.primary)}) is in these runs: no such pair of methods has "
+            "run at the same backbone and fraction, so the report draws no conclusion."
+        ]
     res = _resolutions(df)
     for (b, r, f, base), g in prim.groupby(["backbone", "recipe", "fraction", "baseline_method"], sort=True):
         rows = g.to_dict("records")
         where = f"{b}, {res.get(b, '?')} px" + ("" if r == "tuned" else f", {r} recipe")
         clauses = "; ".join(_clause(row, plan) for row in rows)
         out.append(f"Against `{base}` at {frac_label(float(f))} of the labels ({where}): {clauses}.")
-    methods = set(prim["method"]) | set(prim["baseline_method"])
-    if len(methods & set(PROBE_INITIALISED)) >= 2:
-        out.append(
-            "The probe-initialised methods (lp_ft, sft, sft-mlp, sft-side) start from the same linear probe on the same "
-            "seeds, and sft (linear branch) is lp_ft with a doubled head step: their verdicts are correlated, not "
-            "independent evidence."
-        )
+    caveat = probe_caveat(set(prim["method"]) | set(prim["baseline_method"]), "verdicts")
+    if caveat:
+        out.append(caveat)
     for p in family_power(tests, plan):
         if p.family == "primary" and p.m:
             out.append(p.sentence(plan.alpha))
