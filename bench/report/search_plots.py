@@ -42,7 +42,11 @@ def _importances(group: list[StudyInfo], done_state: Any) -> tuple[dict[str, flo
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            imp = optuna.importance.get_param_importances(study)
+            # the parameters in a fixed order: Optuna gathers them into a set, whose order (and so the order of
+            # the evaluator's floating-point sums, and the figure's bytes) otherwise changes with PYTHONHASHSEED
+            complete = [t for t in study.get_trials(deepcopy=False) if t.state == done_state]
+            names = sorted(set.intersection(*(set(t.params) for t in complete))) if complete else None
+            imp = optuna.importance.get_param_importances(study, params=names)
         except Exception as exc:  # an evaluator that cannot fit this study is a note, not a failed report
             return {}, f"{type(exc).__name__}: {exc}"
     if caught and imp:  # e.g. PED-ANOVA: "quantiles select the same set of trials ... will be equal"
