@@ -296,3 +296,67 @@ def test_runs_record_their_thread_count_and_the_report_notes_a_mixed_cell(tmp_pa
         "tiny/finetune/tuned/0.1: its CPU runs used different torch thread counts (1, 2)"
     )
     assert thread_notes(df.drop(columns="threads")) == []  # runs.csv of older versions: nothing to say
+
+
+# ---------------------------------------------------------------- temporary files (issue 19, audit items 2 and 8)
+
+
+def test_a_link_planted_at_a_temporary_name_is_never_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every atomic write goes through bench.files: a temporary name is created exclusively, so a link
+    planted there (here at the very name the writer draws first) is never opened; the next name is used."""
+    import bench.files as F
+
+    victim = tmp_path / "outside"
+    victim.write_text("precious\n")
+    names = iter(["0" * 16, "1" * 16])
+    monkeypatch.setattr(F, "_token", lambda: next(names))
+    target = tmp_path / "results" / "runs.csv"
+    target.parent.mkdir()
+    planted = target.with_name(f".runs.csv.{F.TAG}.{os.getpid()}.{'0' * 16}.tmp")
+    os.symlink(victim, planted)
+    F.atomic_write(target, lambda f: f.write("a,b\n"), mode="w")
+    assert victim.read_text() == "precious\n" and target.read_text() == "a,b\n"
+    assert planted.is_symlink() and not target.is_symlink()
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([planted.name, "runs.csv"])  # no temporary file left
+
+
+def test_a_sweep_never_writes_through_links_planted_at_the_old_predictable_names(tmp_path: Path, synthetic_dir: Path) -> None:
+    """The audit's attack: `.config.toml.<pid>.tmp` and `.runs.csv.<pid>.tmp` (the names every version
+    before drew) planted as links to a file outside the results folder, then the sweep run in this process."""
+    victim = tmp_path / "outside"
+    victim.write_text("precious\n")
+    out = tmp_path / "results" / "t"
+    out.mkdir(parents=True)
+    for name in ("config.toml", "runs.csv"):
+        os.symlink(victim, out / f".{name}.{os.getpid()}.tmp")
+    result = run_sweep(tmp_path, synthetic_dir, TINY)
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "precious\n"
+    assert not (out / "config.toml").is_symlink() and not (out / "runs.csv").is_symlink()
+    assert "trials = 1" in (out / "config.toml").read_text()
+
+
+def test_a_killed_runs_temporary_predictions_do_not_outlive_the_next_sweep(tmp_path: Path, synthetic_dir: Path) -> None:
+    """A worker SIGKILLed between writing a final run's predictions and compressing them leaves its
+    temporary CSV; the next start, seconds later (within the 180 s stale period), removes it at once:
+    its writer is known dead on this machine."""
+    config = tmp_path / "t.toml"
+    config.write_text(TINY)
+    killer = (
+        "import os, signal, sys\n"
+        "import bench.sweep.worker as w\n"
+        "w._gzip_into = lambda src, f: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "import cli\n"
+        "sys.argv = ['cli.py', *sys.argv[1:]]\n"
+        "cli.main()\n"
+    )
+    cmd = sweep_cmd(config, synthetic_dir, tmp_path / "r")
+    killed = subprocess.run(
+        [sys.executable, "-c", killer, *cmd[2:]], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=180
+    )
+    assert killed.returncode == -9, killed.stderr
+    preds = tmp_path / "r" / "t" / "predictions"
+    assert [p for p in preds.iterdir() if p.name.startswith(".")], "the kill left no temporary predictions to clean"
+    again = sweep_proc(config, synthetic_dir, tmp_path / "r")
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in preds.iterdir()] == [f"{rows(tmp_path / 'r')[0][1]}.csv.gz"]

@@ -190,6 +190,24 @@ def test_temporary_files_of_killed_processes_are_cleaned_and_live_ones_kept(tmp_
     assert all(p.exists() for p in kept)
 
 
+def test_temporary_files_of_a_dead_writer_here_go_at_once_and_another_machines_after_the_grace_period(tmp_path: Path) -> None:
+    """bench/files.py's names carry the machine: a writer known dead here leaves nothing for the next start
+    to wait for, however fresh its file; one of another machine (sharing the folder) is kept until stale."""
+    from bench.files import TAG
+
+    dead, live = _dead_pid(), os.getpid()
+    fresh_dead = tmp_path / f".abc.csv.{TAG}.{dead}.{'a' * 16}.tmp"
+    mine = tmp_path / f".abc.csv.{TAG}.{live}.{'b' * 16}.tmp"
+    far = tmp_path / f".abc.csv.elsewhere-1234.{dead}.{'c' * 16}.tmp"
+    far_old = tmp_path / f".def.csv.elsewhere-1234.{dead}.{'d' * 16}.tmp"
+    for p in (fresh_dead, mine, far, far_old):
+        p.write_bytes(b"")
+    old = time.time() - 3600
+    os.utime(far_old, (old, old))
+    assert sorted(clean_leftovers([tmp_path], older_than=180)) == sorted([fresh_dead, far_old])
+    assert mine.exists() and far.exists()
+
+
 def test_the_runs_lock_never_follows_a_symlink(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     target.write_text("precious\n")

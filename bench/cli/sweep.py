@@ -308,8 +308,8 @@ def _set_threads(threads: int | None, dev: Any, parallel: int) -> int | None:
 def _execute(exp: Any, data: Any, dev: Any, *, parallel: int, threads: int | None, quiet: bool, worker: bool) -> tuple[Any, int]:
     """Write config.toml (the workers and a resumed sweep read it), then train here or in K workers.
     SIGTERM stops like Ctrl-C. A fault of the machine (full disk, lost database) is one line, exit 1."""
+    from bench.files import atomic_write
     from bench.sweep.experiment import to_toml
-    from bench.train.run import atomic_write
 
     console = _console()
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -441,6 +441,7 @@ def _run_here(exp: Any, data: Any, dev: Any, quiet: bool, console: Console) -> t
 def _run_parallel(exp: Any, data: Any, dev: Any, k: int, threads: int | None, quiet: bool, console: Console) -> tuple[Any, int]:
     """K independent workers on the same storage (exactly what several machines do), watched from here."""
     from bench.sweep import Sweep, export_runs
+    from bench.sweep.journal import open_nofollow
 
     out = exp.out_dir
     logs = out / "logs"
@@ -460,7 +461,7 @@ def _run_parallel(exp: Any, data: Any, dev: Any, k: int, threads: int | None, qu
             env["SFT_BENCH_DB_PASSWORD"] = str(password)
     procs = []
     for i in range(k):
-        log = open(logs / f"worker-{i}.log", "a")
+        log = open_nofollow(logs / f"worker-{i}.log")  # a link planted there is never followed
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     monitor = Sweep(exp, data, dev, read_only=True)
     display = PlainDisplay(console, exp.name) if quiet else RichDisplay(console, exp.name)

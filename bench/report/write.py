@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.files import atomic_write_bytes
 from bench.registry import UserError
 from bench.report.figure import Figure
 from bench.report.html import render_html
@@ -42,14 +43,8 @@ from bench.report.text import DOWN, UP
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Temporary file beside `path`, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Temporary file beside `path` (created exclusively: bench/files.py), then rename: a reader never sees half a file."""
+    atomic_write_bytes(path, data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

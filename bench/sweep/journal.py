@@ -33,6 +33,7 @@ from typing import Any
 
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
+from bench.files import stale_temp, temp_owner, write_new
 from bench.processes import pid_alive_here
 from bench.registry import UserError
 
@@ -168,6 +169,19 @@ def _bad(line: bytes) -> bool:
     return False
 
 
+def _keep_aside(aside: Path, data: bytes) -> Path:
+    """Keep the cut bytes in a new file `aside` (or `aside.N`): created exclusively, so a link planted at that
+    predictable name is never followed and an earlier cut is never overwritten."""
+    for n in range(100):
+        candidate = aside if n == 0 else aside.with_name(f"{aside.name}.{n}")
+        try:
+            write_new(candidate, data)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free name to keep the journal's torn tail", str(aside))
+
+
 def repair_journal(path: str | Path, lock: OwnedSymlinkLock | None = None) -> str | None:
     """Cut a torn tail (a partial last line, or unreadable last lines) off the journal, keeping the
     cut bytes in PATH.torn-TIME; return one line saying so, or None when the file is sound.
@@ -205,7 +219,7 @@ def repair_journal(path: str | Path, lock: OwnedSymlinkLock | None = None) -> st
         with open(path, "rb") as f:
             f.seek(cut_at)
             torn = f.read()
-        aside.write_bytes(torn)
+        aside = _keep_aside(aside, torn)
         with open(path, "r+b") as f:
             f.truncate(cut_at)
             f.flush()
@@ -261,8 +275,7 @@ class SafeJournalBackend(JournalFileBackend):
         with open(path, "rb") as f:
             data = f.read()
         cut_at = data.rfind(b"\n") + 1
-        aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        aside.write_bytes(data[cut_at:])
+        aside = _keep_aside(path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"), data[cut_at:])
         with open(path, "r+b") as f:
             f.truncate(cut_at)
             os.fsync(f.fileno())
@@ -284,32 +297,39 @@ def open_journal(path: str, notes: list[str] | None = None) -> Any:
 
 # ---------------------------------------------------------------- leftovers of killed processes
 
-_TMP_PID = re.compile(r"^\..*\.(\d+)\.(?:csv|tmp)$")
+_TMP_PID = re.compile(r"^\..*\.(\d+)\.(?:csv|tmp)$")  # the names of earlier versions: ".NAME.PID.csv", ".NAME.PID.tmp"
 
 
 def clean_leftovers(folders: list[Path], older_than: float) -> list[Path]:
-    """Remove temporary files (".NAME.PID.csv", ".NAME.PID.tmp") whose process is gone from this
-    machine and that nobody has touched for `older_than` seconds (a live process on another machine
-    sharing the folder keeps touching its own, and finishes it within seconds)."""
+    """Remove the temporary files (bench/files.py's `.NAME.TAG.PID.RANDOM.tmp`) that killed processes
+    left: at once when their process is gone from this machine, however recent the file (a killed
+    run's predictions must not outlive the sweep that follows within minutes); after `older_than`
+    seconds untouched when they come from another machine sharing the folder (a live writer there
+    finishes its file within seconds). Names of earlier versions (".NAME.PID.csv", ".NAME.PID.tmp",
+    no machine in them) go when their pid is not alive here and `older_than` has passed."""
     removed = []
     now = time.time()
     for folder in folders:
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            m = _TMP_PID.match(p.name)
-            if not m or not p.is_file() or p.is_symlink():
-                continue
-            if int(m.group(1)) == os.getpid() or pid_alive_here(int(m.group(1))):
+            if not p.is_file() or p.is_symlink():
                 continue
             try:
-                if now - p.stat().st_mtime < older_than:
-                    continue
-                p.unlink()
-                removed.append(p)
+                if stale_temp(p, older_than, now) or _stale_legacy(p, older_than, now):
+                    p.unlink()
+                    removed.append(p)
             except OSError:
                 pass
     return removed
+
+
+def _stale_legacy(p: Path, older_than: float, now: float) -> bool:
+    """A temporary name of an earlier version whose pid is gone here and that nobody touched for `older_than` s."""
+    m = _TMP_PID.match(p.name)
+    if not m or temp_owner(p.name) is not None or int(m.group(1)) == os.getpid() or pid_alive_here(int(m.group(1))):
+        return False
+    return now - p.stat().st_mtime >= older_than
 
 
 def open_nofollow(path: Path) -> Any:

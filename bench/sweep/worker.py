@@ -37,6 +37,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from bench.data import Cifar10
+from bench.files import atomic_write, temp_path
 from bench.records import CacheCounts, Cell, GridStatus, RunRecord
 from bench.sweep.claims import (
     Heartbeat,
@@ -59,7 +60,7 @@ from bench.sweep.storage import is_url, open_storage, storage_location
 from bench.sweep.studies import ensure_study, finals_attrs, search_attrs
 from bench.train.caches import Caches
 from bench.train.engine import Diverged
-from bench.train.run import BackboneMeter, RunConfig, atomic_write, execute, write_record
+from bench.train.run import BackboneMeter, RunConfig, execute, write_record
 
 
 class Progress(Protocol):
@@ -347,7 +348,7 @@ class Sweep(Grid):
         """Train and test once, keeping the predictions; None when the run diverged (recorded as such)."""
         preds_dir = self.out / "predictions"
         preds_dir.mkdir(parents=True, exist_ok=True)
-        tmp = preds_dir / f".{cfg.run_id}.{os.getpid()}.csv"
+        tmp = temp_path(preds_dir / f"{cfg.run_id}.csv")  # a fresh random name: nothing planted there is followed
         try:
             rec = execute(
                 cfg,
