@@ -105,6 +105,45 @@ def test_run_refuses_a_seed_no_generator_takes(tmp_path: Path, synthetic_dir: Pa
     assert "--seed must be in 0..4294967295" in line and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--wait-load", "nan"], "--wait-load must be a load average >= 0 (0: do not wait), got nan"),
+        (["--wait-load", "-1"], "--wait-load must be a load average >= 0"),
+        (["--wait-max", "-5"], "--wait-max must be a number of seconds >= 0, got -5.0"),
+    ],
+)
+def test_perf_refuses_waits_it_used_to_take_for_no_wait(
+    tmp_path: Path, synthetic_dir: Path, flags: list[str], message: str
+) -> None:
+    """Issue 19, audit item 7: these were accepted silently and meant "do not wait"."""
+    import cli
+
+    small = ["--quick", "--cases", "tiny@32", "--batch-size", "16", "--steps", "2", "--max-seconds", "0.2", "--rounds", "0"]
+    args = ["perf", "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "p"), *small, *flags]
+    assert message in one_line_error(CliRunner().invoke(cli.app, args)) and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    "runs_csv,message",
+    [
+        (b"a,b\n1,2\n\xff\xfe,zz\n", "'utf-8' codec can't decode"),
+        (b"finished_at,wall_seconds,backbone_images\nnot a date,1,2\n", "line 2 is not a runs.csv row (Invalid isoformat"),
+        (b"finished_at,wall_seconds,backbone_images\n2025-01-01T00:00:00,abc,2\n", "line 2 is not a runs.csv row"),
+        (b"finished_at,wall_seconds,backbone_images\n2025-01-01T00:00:00,1,1.5\n", "line 2 is not a runs.csv row"),
+    ],
+    ids=["binary", "date", "seconds", "images"],
+)
+def test_perf_sweep_on_a_runs_table_with_garbage_rows_is_one_line(tmp_path: Path, runs_csv: bytes, message: str) -> None:
+    """Issue 19, audit item 5: `perf --sweep` on such a folder was a traceback."""
+    import cli
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "runs.csv").write_bytes(runs_csv)
+    line = one_line_error(CliRunner().invoke(cli.app, ["perf", "--sweep", str(tmp_path / "s")]))
+    assert message in line and "is it a runs table written by the sweep?" in line
+
+
 def test_perf_refuses_max_seconds_nan(tmp_path: Path, synthetic_dir: Path) -> None:
     import cli
 

@@ -988,6 +988,22 @@ def test_cli_bad_input_exit_2_one_line(tmp_path: Path) -> None:
     r = cli("report", "--results-dir", str(tmp_path), "--experiment", "a", "--test", "wilcoxon")
     assert r.returncode == 2 and "lacks column" in r.stderr
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["runs.csv"]
+    r = cli("report", "--results-dir", str(tmp_path / ("n" * 300)))
+    assert r.returncode == 2 and "is 300 bytes long" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_report_experiment_outside_the_results_folder_is_refused(tmp_path: Path) -> None:
+    """Issue 19, audit item 7: `report --experiment ../outside` read and wrote outside --results-dir."""
+    from bench.cli import app
+
+    outside = make_experiment(tmp_path, "outside", journal=False)
+    (tmp_path / "results").mkdir()
+    before = sorted(p.name for p in outside.iterdir())
+    for name in ("../outside", str(outside), ".."):
+        result = CliRunner().invoke(app, ["report", "--results-dir", str(tmp_path / "results"), "--experiment", name])
+        assert result.exit_code == 2, result.output
+        assert "--experiment takes an experiment's name under --results-dir" in result.output
+    assert sorted(p.name for p in outside.iterdir()) == before  # no tables/, plots/ or report.html there
 
 
 # ---------------------------------------------------------------- compare

@@ -249,6 +249,16 @@ BAD_INPUTS = [
     (["--parallel", "0"], "--parallel must be positive"),
     (["--backbones", "noweights"], "pretrained weights for backbone 'noweights' are not available"),
     (["--experiment", "quik"], "did you mean 'quick'"),
+    # issue 19, audit items 1, 6 and 7: bounds that keep a typo from exhausting the machine, names that
+    # become a folder and every study's name
+    (["--trials", "1000000000000000"], "--trials must be at most 10000, got 1000000000000000"),
+    (["--steps", "1000000000000"], "--steps must be at most 1000000"),
+    (["--parallel", "100000"], "--parallel must be at most 256"),
+    (["--name", "a\nb"], "experiment name 'a\\nb' contains control characters"),
+    (["--name", "a\tb"], "contains control characters"),
+    (["--name", "a\x1b[31mb"], "contains control characters"),
+    (["--name", "n" * 300], "is 300 bytes long; at most 100"),
+    (["--experiment", "n" * 300], "file systems take at most 255"),
 ]
 
 
@@ -304,6 +314,10 @@ def test_bad_files_and_folders_are_one_line_errors(tmp_path: Path, synthetic_dir
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     cases.append((good, ["--results-dir", str(blocker / "results")], "cannot write results"))
+    cases.append((tmp_path / "cfg", [], "is a folder; give an experiment TOML file"))  # issue 19: it said "does not exist"
+    if Path("/proc/self").is_dir():  # a folder nobody can create files in, even root (it was exit 1 after the grid was announced)
+        cases.append((good, ["--results-dir", "/proc/x"], "cannot write results to /proc/x/t: /proc is not a writable folder"))
+    cases.append((good, ["--data-dir", str(blocker)], f"data folder {blocker} is a file, not a folder"))
     for config, extra, message in cases:
         args = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(results), *extra]
         result = runner.invoke(cli.app, args)
@@ -311,6 +325,29 @@ def test_bad_files_and_folders_are_one_line_errors(tmp_path: Path, synthetic_dir
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
         assert not results.exists() and not (tmp_path / "nodata").exists()
+
+
+def test_an_experiment_by_name_is_found_from_any_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--experiment NAME` looked in ./experiments, then in bench/experiments, which does not exist: it
+    worked from the repository's root only (issue 19, audit item 8)."""
+    from bench.sweep.experiment import find_config
+
+    monkeypatch.chdir(tmp_path)
+    assert find_config(None, "quick") == REPO / "experiments" / "quick.toml"
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "quick.toml").write_text(TINY)
+    assert find_config(None, "quick") == Path("experiments") / "quick.toml"  # the working directory's own comes first
+    with pytest.raises(UserError, match="did you mean 'quick'.*known: .*paper"):
+        find_config(None, "quik")
+
+
+def test_trials_and_steps_in_a_file_are_bounded_too(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="trials must be at most 10,000, got 1,000,000,000,000,000"):
+        resolve(read_toml(write_toml(tmp_path, "t", TINY.replace("trials = 3", "trials = 1000000000000000"))))
+    with pytest.raises(UserError, match="steps must be at most 1,000,000, got 1,000,000,000,000"):
+        resolve(read_toml(write_toml(tmp_path, "s", TINY.replace("steps = 3", "steps = 1000000000000"))))
+    with pytest.raises(UserError, match="hparams: batch_size must be at most 65,536"):
+        resolve(read_toml(write_toml(tmp_path, "b", TINY + "[hparams]\nbatch_size = 1000000000\n")))
 
 
 def test_settings_changed_under_the_same_name_are_refused(tmp_path: Path, synthetic_dir: Path) -> None:

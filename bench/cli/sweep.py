@@ -27,7 +27,9 @@ from rich.markup import escape
 from bench.budget import MIN_STEPS
 from bench.cli.display import PlainDisplay, RichDisplay, summary_table
 from bench.cli.errors import fail, warning_line
+from bench.models.hparams import MAX_STEPS
 from bench.registry import UserError
+from bench.sweep.validate import MAX_PARALLEL, MAX_TRIALS
 
 
 def runtime_failure(exc: BaseException) -> str | None:
@@ -350,11 +352,13 @@ def sweep(
     methods: Annotated[str | None, typer.Option(help="Comma-separated, of: {methods}.")] = None,
     recipes: Annotated[str | None, typer.Option(help="tuned and/or seed.")] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Number of seeds (0..N-1).")] = None,
-    trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials per tuned cell.")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, max=MAX_TRIALS, help="Optuna trials per tuned cell.")] = None,
     steps: Annotated[
         int | None,
         typer.Option(
-            min=1, help="A fixed step budget for every cell (default: the protocol's rule, >= 500; less: a smoke test)."
+            min=1,
+            max=MAX_STEPS,
+            help="A fixed step budget for every cell (default: the protocol's rule, >= 500; less: a smoke test).",
         ),
     ] = None,
     search: Annotated[
@@ -374,7 +378,7 @@ def sweep(
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage: SQLAlchemy URL or journal file (default RESULTS_DIR/NAME/optuna.journal).")
     ] = None,
-    parallel: Annotated[int, typer.Option(min=1, help="Worker processes sharing the device.")] = 1,
+    parallel: Annotated[int, typer.Option(min=1, max=MAX_PARALLEL, help="Worker processes sharing the device.")] = 1,
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch CPU threads per worker (default: all, divided by --parallel).")
     ] = None,

@@ -36,7 +36,7 @@ from typing import Any
 from bench.budget import PROTOCOL
 from bench.models.hparams import ProbeSpec
 from bench.records import Cell
-from bench.registry import UserError, did_you_mean
+from bench.registry import UserError, check_path, did_you_mean
 from bench.registry import check_writable as registry_check_writable
 from bench.sweep import validate as checks
 from bench.sweep.validate import (  # noqa: F401  (the names a file may hold: the CLI, perf and tests read them here)
@@ -54,7 +54,8 @@ from bench.sweep.validate import (  # noqa: F401  (the names a file may hold: th
     is_distribution,
 )
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+# The suite's own experiments: the repository's experiments/ (bench/sweep/ -> bench/ -> the repository).
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent.parent / "experiments"
 
 
 @dataclass(frozen=True)
@@ -257,15 +258,22 @@ TOP_KEYS = {f.name for f in fields(Experiment)}
 
 
 def find_config(config: str | Path | None, experiment: str | None) -> Path:
-    """`--config PATH`, `--experiment NAME` (./experiments, then the suite's), or the default."""
+    """`--config PATH`, `--experiment NAME` (./experiments, then the suite's own, whatever the working
+    directory), or the default."""
     if config is not None and experiment is not None:
         raise UserError("give either --config or --experiment, not both")
     if config is not None:
         path = Path(config)
+        check_path(path, "--config")
+        if path.is_dir():
+            raise UserError(f"--config {path} is a folder; give an experiment TOML file (or --experiment NAME)")
         if not path.is_file():
             raise UserError(f"experiment file {path} does not exist")
         return path
     name = experiment or "default"
+    if "/" in name or "\\" in name:
+        raise UserError(f"--experiment takes a name (experiments/NAME.toml), got '{name}'; give a file with --config")
+    check_path(f"{name}.toml", "--experiment")
     candidates = [Path("experiments") / f"{name}.toml", EXPERIMENTS_DIR / f"{name}.toml"]
     for path in candidates:
         if path.is_file():
