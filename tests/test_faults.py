@@ -399,3 +399,24 @@ def test_a_killed_runs_temporary_predictions_do_not_outlive_the_next_sweep(tmp_p
     again = sweep_proc(config, synthetic_dir, tmp_path / "r")
     assert again.returncode == 0, again.stderr
     assert [p.name for p in preds.iterdir()] == [f"{rows(tmp_path / 'r')[0][1]}.csv.gz"]
+
+
+def test_a_results_folder_of_another_experiment_is_refused_naming_it(tmp_path: Path, synthetic_dir: Path) -> None:
+    """Issue 19, audit item 4: a copied (or renamed) folder was taken over silently, its config.toml and
+    runs.csv overwritten and the new studies appended to its journal. Whatever still names the experiment
+    (config.toml, else runs.csv, else the journal's first study) is enough to refuse."""
+    import shutil
+
+    first = run_sweep(tmp_path, synthetic_dir, TINY)
+    assert first.exit_code == 0, first.output
+    results = tmp_path / "results"
+    shutil.copytree(results / "t", results / "u")
+    for drop in (None, "config.toml", "runs.csv"):
+        if drop:
+            (results / "u" / drop).unlink()
+        before = {p.name: p.read_bytes() for p in (results / "u").iterdir() if p.is_file()}
+        line = one_line_error(run_sweep(tmp_path, synthetic_dir, TINY, "--name", "u"))
+        assert f"results folder {results / 'u'} belongs to experiment 't'" in line and "--name" in line, line
+        assert {p.name: p.read_bytes() for p in (results / "u").iterdir() if p.is_file()} == before
+    again = run_sweep(tmp_path, synthetic_dir, TINY)  # its own experiment resumes as before
+    assert again.exit_code == 0, again.output

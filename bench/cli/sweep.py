@@ -163,7 +163,7 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
     from bench.models.backbones import get_backbone
     from bench.provenance import resolve_device
     from bench.sweep import check_settings, check_storage, open_storage, storage_exists
-    from bench.sweep.experiment import check_writable
+    from bench.sweep.experiment import check_folder_owner, check_writable
     from bench.train.caches import Caches
 
     warnings = []
@@ -177,6 +177,7 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
             if not ok:
                 raise UserError(f"pretrained weights for backbone '{b}' are not available: {why}")
     check_writable(exp.out_dir)
+    check_folder_owner(exp)
     warn = check_storage(exp)
     if warn:
         warnings.append(warn)

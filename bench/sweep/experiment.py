@@ -419,3 +419,50 @@ def _toml_key(k: str) -> str:
 def check_writable(folder: Path) -> None:
     """The results folder (or the storage file's folder) must be writable before anything runs."""
     registry_check_writable(folder, what="results ")
+
+
+def folder_owner(out: Path) -> tuple[str, str] | None:
+    """(experiment, where it says so) for a results folder that names its experiment: its config.toml,
+    else its runs.csv's experiment column, else the first study of its own journal; None for a new folder."""
+    import csv
+
+    config, runs, journal = out / "config.toml", out / "runs.csv", out / "optuna.journal"
+    if config.is_file():
+        try:
+            name = tomllib.loads(config.read_text(encoding="utf-8")).get("name")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise UserError(
+                f"results folder {out} holds a config.toml that is not an experiment's ({str(exc).splitlines()[0]}); "
+                "give another --name or --results-dir, or move the file away"
+            ) from None
+        return (str(name), "named in its config.toml") if name is not None else None
+    if runs.is_file():
+        try:
+            with open(runs, newline="", encoding="utf-8") as f:
+                names = {r.get("experiment") for r in csv.DictReader(f)} - {None, ""}
+        except (UnicodeDecodeError, csv.Error, OSError):
+            names = set()
+        if names:
+            return sorted(str(n) for n in names)[0], "named in its runs.csv"
+    if journal.is_file() and not journal.is_symlink():
+        with open(journal, "rb") as f:
+            first = f.readline(1 << 16)
+        try:
+            study = json.loads(first).get("study_name")
+        except (ValueError, AttributeError):
+            study = None
+        if isinstance(study, str):
+            return study.split("/")[0].split(":")[0], "named by its journal's studies"
+    return None
+
+
+def check_folder_owner(exp: Experiment) -> None:
+    """Refuse a results folder that holds another experiment's files (copied, or renamed): the sweep would
+    overwrite its config.toml and runs.csv and append its own studies to its journal (issue 19, audit item 4)."""
+    owner = folder_owner(exp.out_dir)
+    if owner is not None and owner[0] != exp.name:
+        name, where = owner
+        raise UserError(
+            f"results folder {exp.out_dir} belongs to experiment {name!r} ({where}), not {exp.name!r}; "
+            "give another --name or --results-dir, or rename the folder back"
+        )
