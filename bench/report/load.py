@@ -205,6 +205,11 @@ def load_studies(experiment_dir: Path, experiment: str, storage: str | None, not
     import optuna
 
     loc = storage_location(experiment_dir, storage)
+    if storage and "://" not in storage and not Path(storage).is_file():
+        # asked for by name: a typo must not cost the previous report its search plots (they would be removed)
+        raise UserError(
+            f"--storage {storage}: no journal file there; give the experiment's journal or database URL, or leave --storage out"
+        )
     try:
         if "://" not in loc and not Path(loc).is_file():
             notes.append(f"No Optuna storage at {loc}: hyperparameter importances and optimisation histories are omitted.")
