@@ -883,6 +883,98 @@ def test_a_claim_whose_work_fails_is_marked_failed_with_the_reason(tmp_path: Pat
     assert storage.get_trial(tid).state == TrialState.RUNNING and hb.trial_id is None
 
 
+class FlakyHeartbeats:
+    """A storage whose heartbeat writes raise while `down` is set (a database gone, a disk full); every other
+    call goes through. Wraps the instance like signal_safe does, so Optuna sees the real storage."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self.down = False
+        self.failed = 0
+        real = storage.set_trial_user_attr
+
+        def set_trial_user_attr(trial_id: int, key: str, value: object) -> None:
+            if key == "heartbeat" and self.down:
+                self.failed += 1
+                raise OSError(5, "Input/output error", "storage")
+            real(trial_id, key, value)
+
+        storage.set_trial_user_attr = set_trial_user_attr
+        self.storage = storage
+
+
+def test_a_heartbeat_that_fails_is_retried_then_gives_the_claim_up(tmp_path: Path) -> None:
+    """Issue 19: `Heartbeat.beat` swallowed every exception. A failure is retried sooner than the next beat,
+    and once the claim could look stale to others (stale_after since the last beat that landed, less one
+    interval) it is lost, with the reason; a storage back in time loses nothing."""
+    import bench.sweep as S
+
+    storage = S.signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
+    sid = optuna.create_study(study_name="s", storage=storage, direction="maximize")._study_id
+    flaky = FlakyHeartbeats(storage)
+    hb = S.Heartbeat(storage, interval=0.05, stale_after=0.5)
+    hb.attach(S.new_claim(storage, sid, {"run_id": "a"}))
+    flaky.down = True
+    assert not hb.beat() and not hb.lost  # one failure: retried, not lost
+    flaky.down = False
+    assert hb.beat() and not hb.lost
+    flaky.down = True
+    hb.start()
+    deadline = time.time() + 5
+    while not hb.lost and time.time() < deadline:
+        time.sleep(0.01)
+    hb.stop()
+    assert hb.lost and flaky.failed >= 3, flaky.failed  # retried (every 0.0125 s) until 0.45 s without a beat
+    assert hb.lost_reason.startswith("its heartbeat failed") and "Input/output error" in hb.lost_reason
+    with pytest.raises(S.HeartbeatLost, match="another worker may have taken it over"):
+        hb.check()
+
+
+def test_a_worker_whose_heartbeat_fails_drops_the_claim_says_so_and_goes_on(
+    tmp_path: Path, synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: with its heartbeats failing past the stale limit, the worker finished the trial anyway,
+    though another worker (on another machine, judging by heartbeats) could have taken it over. Now it
+    stops, logs one line, gives the claim back (FAIL with the reason, once the storage answers again), and
+    the grid completes with the trial redone."""
+    import bench.sweep.worker as W
+    from bench.sweep import Sweep
+    from bench.sweep.storage import open_storage
+    from bench.train.run import get_data
+
+    text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
+    text += "[workers]\nheartbeat_seconds = 0.05\nstale_after_seconds = 0.5\n"
+    exp = experiment(tmp_path, synthetic_dir, text, name="hb")
+    flaky = FlakyHeartbeats(open_storage(exp))
+    logged: list[str] = []
+    data = get_data(synthetic_dir)
+    progress = Recorder(data)
+    progress.log = logged.append  # type: ignore[method-assign]
+    sweep = Sweep(exp, data, CPU, storage=flaky.storage, progress=progress)
+    real, calls = W.execute, []
+
+    def storage_down_during_the_first_trial(cfg, data, device, *, on_progress=None, **kw):  # noqa: ANN001, ANN202
+        calls.append(cfg.stage)
+        if len(calls) == 1:
+            flaky.down = True
+            deadline = time.time() + 10
+            while not sweep.heartbeat.lost and time.time() < deadline:
+                time.sleep(0.01)
+            flaky.down = False  # the storage is back: the claim can be given back
+            on_progress({"phase": "train", "step": 1, "steps": 3, "loss": 0.0, "train_accuracy": 0.0})
+        return real(cfg, data, device, on_progress=on_progress, **kw)
+
+    monkeypatch.setattr(W, "execute", storage_down_during_the_first_trial)
+    status = sweep.run()
+    assert status.complete and calls == ["trial"] * 4 + ["final"], calls  # 3 trials, the dropped one redone
+    dropped = [m for m in logged if "dropped" in m]
+    assert len(dropped) == 1 and dropped[0].startswith("trial 1 · ") and "its heartbeat failed" in dropped[0], logged
+    assert "\n" not in dropped[0]
+    trials = sweep.trials(sweep.search_id(exp.cells()[0], 0))
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith("lost: its heartbeat failed")
+    assert sorted(t.user_attrs["slot"] for t in trials if t.state == TrialState.COMPLETE) == [0, 1, 2]
+
+
 @pytest.mark.parametrize("pruner", ["halving", "hyperband"])
 def test_multi_fidelity_pruners_never_stop_a_trial_before_half_its_steps(
     tmp_path: Path, synthetic_dir: Path, pruner: str

@@ -140,7 +140,7 @@ class Sweep(Grid):
         self.read_only = read_only
         self.out = exp.out_dir
         self._ensured: dict[str, int] = {}  # studies this process created or completed
-        self.heartbeat = Heartbeat(self.storage, exp.workers.heartbeat_seconds)
+        self.heartbeat = Heartbeat(self.storage, exp.workers.heartbeat_seconds, exp.workers.stale_after_seconds)
         self.executed: list[WorkItem] = []  # what this process trained (tests, summary)
         self._started: dict[str, int] = {}  # items started by kind (SFT_BENCH_TEST_FAULT)
 
@@ -251,8 +251,7 @@ class Sweep(Grid):
     def _on_progress(self, row: dict) -> None:
         self.heartbeat.progress = f"{row['phase']} {row['step']}/{row['steps']}"
         self.progress.epoch(row)
-        if self.heartbeat.lost:
-            raise LostClaim("another process declared this trial stale and took it over")
+        self.heartbeat.check()  # a claim we could not keep alive (or someone took over) is not ours to finish
 
     # ------------------------------------------------ one search trial
 
@@ -307,6 +306,7 @@ class Sweep(Grid):
             )
         except (optuna.TrialPruned, Diverged) as exc:
             pruned = isinstance(exc, optuna.TrialPruned)
+            self.heartbeat.check()
             self.heartbeat.detach()
             with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
                 trial.set_user_attr("backbone_images", meter.images)
@@ -319,6 +319,7 @@ class Sweep(Grid):
             self.progress.item_end(item, f"pruned ({exc})" if pruned else f"pruned: diverged ({exc})")
             return
         value = rec.val_accuracy
+        self.heartbeat.check()  # trained to the end, but the claim may have been lost meanwhile
         with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
             trial.set_user_attr("wall_seconds", rec.wall_seconds)
             trial.set_user_attr("backbone_images", rec.backbone_images)
@@ -361,6 +362,7 @@ class Sweep(Grid):
             )
             atomic_write(preds_dir / f"{cfg.run_id}.csv.gz", lambda f: _gzip_into(tmp, f))
         except Diverged as exc:
+            self.heartbeat.check()
             self.heartbeat.detach()
             with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
                 self.storage.set_trial_user_attr(tid, "diverged", str(exc))
@@ -373,6 +375,7 @@ class Sweep(Grid):
 
     def _record_final(self, item: WorkItem, tid: int, rec: RunRecord, cache: CacheCounts) -> None:
         """Complete the record, write it, and mark the claim COMPLETE, all or nothing under a Ctrl-C."""
+        self.heartbeat.check()  # a run whose claim was lost meanwhile is not recorded by us
         cell, run_id = item.cell, rec.run_id
         tuned = bool(self.exp.searches(cell))  # the linear probe's tuned row has no search (protocol v3)
         rec = replace(
