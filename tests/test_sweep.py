@@ -975,6 +975,44 @@ def test_a_worker_whose_heartbeat_fails_drops_the_claim_says_so_and_goes_on(
     assert sorted(t.user_attrs["slot"] for t in trials if t.state == TrialState.COMPLETE) == [0, 1, 2]
 
 
+def test_out_of_memory_prunes_the_trial_fails_the_final_run_and_the_worker_goes_on(
+    tmp_path: Path, synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: an out-of-memory error killed the worker, and every start retried the same trial. A CUDA
+    OutOfMemoryError in a trial prunes it with its reason; a host MemoryError in a final run fails that run
+    for good, like a divergence (the cell reports it, no start retries it); the worker goes on both times."""
+    import bench.sweep.worker as W
+    from bench.sweep import Sweep
+    from bench.train.run import get_data
+
+    text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
+    exp = experiment(tmp_path, synthetic_dir, text, name="oom")
+    real, calls = W.execute, []
+
+    def out_of_memory_once_per_stage(cfg, *args, **kw):  # noqa: ANN001, ANN202
+        calls.append(cfg.stage)
+        if calls.count(cfg.stage) == 1:
+            raise (
+                torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                if cfg.stage == "trial"
+                else MemoryError()
+            )
+        return real(cfg, *args, **kw)
+
+    monkeypatch.setattr(W, "execute", out_of_memory_once_per_stage)
+    data = get_data(synthetic_dir)
+    status = Sweep(exp, data, CPU).run()
+    (cs,) = status.cells
+    assert status.complete and calls == ["trial"] * 3 + ["final"], calls  # nothing retried
+    search = optuna.load_study(study_name="oom/tiny/finetune/tuned/0.1", storage=journal(tmp_path / "results", "oom"))
+    first = min(search.trials, key=lambda t: t.number)
+    assert first.state == TrialState.PRUNED and first.user_attrs["slot"] == 0
+    assert first.user_attrs["pruned_reason"] == "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert [t.state for t in search.trials].count(TrialState.COMPLETE) == 2 and cs.trials_diverged == 1
+    assert cs.diverged == {0: "out of memory: MemoryError"} and not cs.finals and not cs.free_finals
+    assert Sweep(exp, data, CPU).run().complete and len(calls) == 4  # the next start retries neither
+
+
 @pytest.mark.parametrize("pruner", ["halving", "hyperband"])
 def test_multi_fidelity_pruners_never_stop_a_trial_before_half_its_steps(
     tmp_path: Path, synthetic_dir: Path, pruner: str

@@ -43,6 +43,16 @@ if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+RUN_FAILED = ("diverged", "out_of_memory")  # a final run's claim that ended for good: the user attr holds why
+
+
+def run_failure(t: FrozenTrial) -> str | None:
+    """Why a final run's claim ended for good without a result (it diverged, it ran out of memory), or None:
+    such a run is reported by its cell, never retried."""
+    for key in RUN_FAILED:
+        if key in t.user_attrs:
+            return str(t.user_attrs[key])
+    return None
 
 
 class LostClaim(RuntimeError):
@@ -332,7 +342,7 @@ def won(
         for t in sorted(storage.get_all_trials(study_id, deepcopy=False), key=trial_id):
             if t.user_attrs.get("run_id") != run_id or trial_id(t) == tid:
                 continue
-            if t.state == TrialState.COMPLETE or "diverged" in t.user_attrs:
+            if t.state == TrialState.COMPLETE or run_failure(t) is not None:
                 return False
             if trial_id(t) < tid and is_live(t, stale_after, now):
                 return False
