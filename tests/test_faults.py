@@ -375,6 +375,35 @@ def test_a_sweep_never_writes_through_links_planted_at_the_old_predictable_names
     assert "trials = 1" in (out / "config.toml").read_text()
 
 
+def test_a_full_disk_while_writing_predictions_names_the_predictions_file_not_its_temporary_twin(
+    tmp_path: Path, synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19, audit item 6: the error named the temporary CSV a final run's predictions are written to
+    first (`.RUN_ID.PID.csv`), not predictions/RUN_ID.csv.gz; and nothing of the run was left behind."""
+    import errno
+
+    import torch
+
+    from bench.cli.sweep import runtime_failure
+    from bench.sweep import Sweep
+    from bench.sweep.experiment import read_toml, resolve
+    from bench.train import run as run_module
+    from bench.train.run import get_data
+
+    def full_disk(path: Path, *args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))  # as atomic_write names its target
+
+    monkeypatch.setattr(run_module, "write_predictions", full_disk)
+    (tmp_path / "t.toml").write_text(TINY)
+    raw = read_toml(tmp_path / "t.toml") | {"data_dir": str(synthetic_dir), "results_dir": str(tmp_path / "r")}
+    exp = resolve(raw)
+    with pytest.raises(OSError) as err:
+        Sweep(exp, get_data(synthetic_dir), torch.device("cpu")).run()
+    named, preds = Path(err.value.filename), tmp_path / "r" / "t" / "predictions"
+    assert named.parent == preds and named.name.endswith(".csv.gz") and not named.name.startswith("."), named
+    assert f"cannot write {named}: No space left" in (runtime_failure(err.value) or "") and not list(preds.iterdir())
+
+
 def test_a_killed_runs_temporary_predictions_do_not_outlive_the_next_sweep(tmp_path: Path, synthetic_dir: Path) -> None:
     """A worker SIGKILLed between writing a final run's predictions and compressing them leaves its
     temporary CSV; the next start, seconds later (within the 180 s stale period), removes it at once:

@@ -377,6 +377,7 @@ class Sweep(Grid):
         """Train and test once, keeping the predictions; None when the run diverged (recorded as such)."""
         preds_dir = self.out / "predictions"
         preds_dir.mkdir(parents=True, exist_ok=True)
+        final = preds_dir / f"{cfg.run_id}.csv.gz"
         tmp = temp_path(preds_dir / f"{cfg.run_id}.csv")  # a fresh random name: nothing planted there is followed
         try:
             rec = execute(
@@ -388,7 +389,11 @@ class Sweep(Grid):
                 compile=self.exp.compile,
                 caches=self.caches,
             )
-            atomic_write(preds_dir / f"{cfg.run_id}.csv.gz", lambda f: _gzip_into(tmp, f))
+            atomic_write(final, lambda f: _gzip_into(tmp, f))
+        except OSError as exc:  # a full disk: name the file being written, not the temporary CSV it is made from
+            if exc.filename == str(tmp):
+                raise OSError(exc.errno, exc.strerror, str(final)) from exc
+            raise
         except Diverged as exc:
             self._fail_final(item, tid, "diverged", str(exc), f"diverged ({exc})")
             return None
