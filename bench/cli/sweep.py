@@ -27,9 +27,8 @@ from rich.markup import escape
 from bench.budget import MIN_STEPS
 from bench.cli.display import PlainDisplay, RichDisplay, summary_table
 from bench.cli.errors import fail, warning_line
-from bench.models.hparams import MAX_STEPS
 from bench.registry import UserError
-from bench.sweep.validate import MAX_PARALLEL, MAX_TRIALS
+from bench.sweep.validate import MAX_PARALLEL, MAX_STEPS, MAX_TRIALS
 
 
 def runtime_failure(exc: BaseException) -> str | None:
@@ -356,11 +355,7 @@ def sweep(
     trials: Annotated[int | None, typer.Option(min=1, max=MAX_TRIALS, help="Optuna trials per tuned cell.")] = None,
     steps: Annotated[
         int | None,
-        typer.Option(
-            min=1,
-            max=MAX_STEPS,
-            help="A fixed step budget for every cell (default: the protocol's rule, >= 500; less: a smoke test).",
-        ),
+        typer.Option(min=1, max=MAX_STEPS, help="A fixed step budget for every cell (default: the protocol's rule, >= 500)."),
     ] = None,
     search: Annotated[
         str | None, typer.Option("--search", help="per_seed (each seed searches its own subset) or shared (seed 0's).")

@@ -17,6 +17,7 @@ import unicodedata
 from dataclasses import fields, replace
 from typing import Any
 
+from bench.models.hparams import MAX_STEPS
 from bench.registry import UserError, did_you_mean
 
 RECIPES = ("tuned", "defaults", "article")  # "seed": the old name of "article" (bench.models.hparams.RECIPE_ALIASES)
@@ -188,8 +189,6 @@ def check_seeds(raw: dict[str, Any], source: str) -> tuple[int, ...]:
 
 def check_budgets(raw: dict[str, Any], source: str) -> tuple[int, int | None, int]:
     """trials (per tuned cell and seed), steps (None: the protocol's rule), cv_folds."""
-    from bench.models.hparams import MAX_STEPS
-
     trials = _positive_int(raw, "trials", 8, source, MAX_TRIALS)
     steps = None if raw.get("steps") is None else _positive_int(raw, "steps", 500, source, MAX_STEPS)
     cv = _positive_int(raw, "cv_folds", 1, source)
