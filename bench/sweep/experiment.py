@@ -423,7 +423,8 @@ def check_writable(folder: Path) -> None:
 
 def folder_owner(out: Path) -> tuple[str, str] | None:
     """(experiment, where it says so) for a results folder that names its experiment: its config.toml,
-    else its runs.csv's experiment column, else the first study of its own journal; None for a new folder."""
+    else its runs.csv's experiment column, else the first study of its own journal when a sweep named it;
+    None for a new folder (or a journal of studies no sweep made)."""
     import csv
 
     config, runs, journal = out / "config.toml", out / "runs.csv", out / "optuna.journal"
@@ -451,7 +452,7 @@ def folder_owner(out: Path) -> tuple[str, str] | None:
             study = json.loads(first).get("study_name")
         except (ValueError, AttributeError):
             study = None
-        if isinstance(study, str):
+        if isinstance(study, str) and len(study.split("/")) >= 5:  # a sweep's: NAME[:final]/backbone/method/recipe/fraction
             return study.split("/")[0].split(":")[0], "named by its journal's studies"
     return None
 
