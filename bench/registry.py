@@ -25,15 +25,47 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, tmpfs, NFS)
+PATH_MAX = 4096  # bytes in a whole path (Linux)
+
+
+def check_path(path: str | Path, option: str) -> None:
+    """A path the file system can take at all, refused before anything uses it: a component longer than
+    NAME_MAX bytes (a 300-character name) made every later call raise ENAMETOOLONG, a traceback."""
+    text = os.fsencode(path)
+    if len(text) >= PATH_MAX:
+        raise UserError(f"{option}: the path is {len(text)} bytes long; at most {PATH_MAX - 1}")
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UserError(
+                f"{option}: the name '{part[:24]}...' is {len(os.fsencode(part))} bytes long; file systems take at most "
+                f"{NAME_MAX}; give a shorter one"
+            )
+
+
 def check_writable(folder: str | Path, option: str = "--results-dir", what: str = "") -> None:
     """Fail before any work if `folder` could not be written: its nearest existing ancestor must be a
-    writable folder. Nothing is created here, so a refused command leaves nothing behind."""
+    folder where a file can be created. Why a real file (created exclusively and removed at once) rather
+    than os.access: as root, access() says yes to /proc and /sys, and the command then failed after
+    training (`run --record /proc/x.json`) or with exit 1 (`--results-dir /proc/x`). No folder is
+    created here, so a refused command leaves nothing behind."""
+    from bench.files import create_temp
+
     folder = Path(folder)
+    check_path(folder, option)
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"cannot write {what}to {folder}: {probe} is not a writable folder; choose another {option}")
+    why = ""
+    if probe.is_dir():
+        try:
+            fd, tmp = create_temp(probe / ".sft-bench-write-check")
+            os.close(fd)
+            os.unlink(tmp)
+            return
+        except OSError as exc:
+            why = f" ({exc.strerror})" if exc.strerror else ""
+    raise UserError(f"cannot write {what}to {folder}: {probe} is not a writable folder{why}; choose another {option}")
 
 
 class RenamedWarning(FutureWarning):

@@ -6,11 +6,12 @@ with the same command and a row-by-row comparison of runs.csv with an uninterrup
 
 The grid is tests/test_sweep.py's SMALL one (tiny backbone, synthetic data from
 bench.data.synthetic_cifar, 2 methods, 3 search trials, 2 seeds, 3 steps a run: 10 trainings).
-Faults: random SIGKILLs in a row (each followed by a restart until the grid completes), SIGTERM,
-three workers at once each killed then resumed (the rows must equal one worker's: issue 19),
-a full disk (a 64 KB tmpfs), a read-only folder (a read-only bind mount), a torn journal (its last
-line cut mid-way between runs) and a killed PostgreSQL connection (pg_terminate_backend, once
-between queries and once mid-query). Faults at a known point use the sweep's test hook
+Faults: random SIGKILLs in a row (each followed by a restart until the grid completes; no temporary
+file of a killed writer may outlive the completed grid), SIGTERM, three workers at once each killed
+then resumed (the rows must equal one worker's: issue 19), a full disk (a 64 KB tmpfs), a read-only
+folder (a read-only bind mount), a torn journal (its last line cut mid-way between runs), a symbolic
+link planted at optuna.journal (refused, its target untouched) and a killed PostgreSQL connection
+(pg_terminate_backend, once between queries and once mid-query). Faults at a known point use the sweep's test hook
 SFT_BENCH_TEST_FAULT=kind:N:SIGNAL (here STOP, to act on a paused sweep, then CONT).
 
 Writes DIR/fault_matrix.md and DIR/fault_matrix.json and prints the table; exits 1 if any row was
@@ -98,6 +99,19 @@ def compare(ref: list[tuple], got: list[tuple]) -> dict:
     return {"rows_compared": len(ref), "rows_identical": same, "rows_lost": lost, "rows_extra": max(0, len(got) - len(ref))}
 
 
+def leftovers(results: Path) -> list[str]:
+    """Temporary files a completed grid still holds: those of killed writers must be gone by then (issue 19)."""
+    out = results / "t"
+    folders = [out, out / "predictions", out / "records", out / "cache" / "features", out / "cache" / "probes"]
+    return sorted(
+        str(p.relative_to(out))
+        for d in folders
+        if d.is_dir()
+        for p in d.iterdir()
+        if p.name.startswith(".") and p.suffix in (".tmp", ".csv")
+    )
+
+
 def error_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
 
@@ -182,8 +196,12 @@ def f_sigkill(ctx: Ctx, kills: int) -> dict:
                     raise AssertionError(f"after {done} kills, the resume in {results} exited {rc}: {err.strip()[-500:]}")
                 break
         totals.update(compare(ctx.ref, rows(results)))
+        if leftovers(results):
+            raise AssertionError(f"temporary files of killed writers outlived the grid in {results}: {leftovers(results)[:3]}")
         rounds += 1
-    note = f"{landed} of {done} kills after the sweep had written to its journal; {rounds} grid(s) completed"
+    note = (
+        f"{landed} of {done} kills after the sweep had written to its journal; {rounds} grid(s) completed, no temporary file left"
+    )
     return {"injections": done, **totals, "note": note}
 
 
@@ -281,6 +299,24 @@ def f_torn_journal(ctx: Ctx, tears: int = 3) -> dict:
         raise AssertionError(f"{done} torn tails, {warned} warnings")
     note = f"each start after a tear: one warning line, the cut bytes kept in {journal.name}.torn-*"
     return {"injections": done, **compare(ctx.ref, rows(results)), "note": note}
+
+
+def f_linked_journal(ctx: Ctx) -> dict:
+    """A symbolic link planted at optuna.journal, pointing outside the results folder: refused in one line
+    (exit 2), its target untouched (it used to be "repaired" into a journal); without it, the same command."""
+    results, target = ctx.out / "linked-journal", ctx.out / "linked-journal-target.txt"
+    target.write_text("not a journal\n")
+    (results / "t").mkdir(parents=True)
+    os.symlink(target, results / "t" / "optuna.journal")
+    rc, err = ctx.run(results)
+    err_lines = error_lines(err)
+    if rc != 2 or len(err_lines) != 1 or "is a symbolic link" not in err_lines[0] or "Traceback" in err:
+        raise AssertionError(f"expected exit 2 and one 'error: ... is a symbolic link' line, got exit {rc}: {err.strip()[-500:]}")
+    if target.read_text() != "not a journal\n" or list(ctx.out.glob("linked-journal-target.txt.*")):
+        raise AssertionError("the link's target was written to")
+    (results / "t" / "optuna.journal").unlink()
+    finish(ctx, results)
+    return {"injections": 1, **compare(ctx.ref, rows(results)), "note": f"exit 2: {short(ctx, err_lines[0])}; target untouched"}
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -448,7 +484,8 @@ def main() -> int:
     ap.add_argument("--pg-url", help="a PostgreSQL server to create databases on (default: a throwaway one)")
     ap.add_argument(
         "--only",
-        help="comma-separated fault names (sigkill,sigterm,parallel,disk-full,read-only,torn-journal,db-idle,db-mid-query)",
+        help="comma-separated fault names "
+        "(sigkill,sigterm,parallel,disk-full,read-only,torn-journal,linked-journal,db-idle,db-mid-query)",
     )
     a = ap.parse_args()
     if a.kills < 1:
@@ -476,10 +513,21 @@ def main() -> int:
         ("disk full (64 KB tmpfs)", lambda: f_disk_full(ctx)),
         ("read-only folder (ro bind mount)", lambda: f_read_only(ctx)),
         ("torn journal (last line cut mid-way)", lambda: f_torn_journal(ctx)),
+        ("symbolic link planted at optuna.journal", lambda: f_linked_journal(ctx)),
         ("PostgreSQL connection killed between queries", lambda: f_db_idle(ctx, pg)),
         ("PostgreSQL connection killed mid-query", lambda: f_db_mid_query(ctx, pg)),
     ]
-    names = ["sigkill", "sigterm", "parallel", "disk-full", "read-only", "torn-journal", "db-idle", "db-mid-query"]
+    names = [
+        "sigkill",
+        "sigterm",
+        "parallel",
+        "disk-full",
+        "read-only",
+        "torn-journal",
+        "linked-journal",
+        "db-idle",
+        "db-mid-query",
+    ]
     only = set(a.only.split(",")) if a.only else set(names)
     results = []
     try:

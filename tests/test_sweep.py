@@ -250,6 +250,16 @@ BAD_INPUTS = [
     (["--parallel", "0"], "--parallel must be positive"),
     (["--backbones", "noweights"], "pretrained weights for backbone 'noweights' are not available"),
     (["--experiment", "quik"], "did you mean 'quick'"),
+    # issue 19, audit items 1, 6 and 7: bounds that keep a typo from exhausting the machine, names that
+    # become a folder and every study's name
+    (["--trials", "1000000000000000"], "--trials must be at most 10000, got 1000000000000000"),
+    (["--steps", "1000000000000"], "--steps must be at most 1000000"),
+    (["--parallel", "100000"], "--parallel must be at most 256"),
+    (["--name", "a\nb"], "experiment name 'a\\nb' contains control characters"),
+    (["--name", "a\tb"], "contains control characters"),
+    (["--name", "a\x1b[31mb"], "contains control characters"),
+    (["--name", "n" * 300], "is 300 bytes long; at most 100"),
+    (["--experiment", "n" * 300], "file systems take at most 255"),
 ]
 
 
@@ -306,6 +316,10 @@ def test_bad_files_and_folders_are_one_line_errors(tmp_path: Path, synthetic_dir
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     cases.append((good, ["--results-dir", str(blocker / "results")], "cannot write results"))
+    cases.append((tmp_path / "cfg", [], "is a folder; give an experiment TOML file"))  # issue 19: it said "does not exist"
+    if Path("/proc/self").is_dir():  # a folder nobody can create files in, even root (it was exit 1 after the grid was announced)
+        cases.append((good, ["--results-dir", "/proc/x"], "cannot write results to /proc/x/t: /proc is not a writable folder"))
+    cases.append((good, ["--data-dir", str(blocker)], f"data folder {blocker} is a file, not a folder"))
     for config, extra, message in cases:
         args = ["sweep", "--config", str(config), "--data-dir", str(synthetic_dir), "--results-dir", str(results), *extra]
         result = runner.invoke(cli.app, args)
@@ -313,6 +327,29 @@ def test_bad_files_and_folders_are_one_line_errors(tmp_path: Path, synthetic_dir
         lines = [ln for ln in result.output.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
         assert not results.exists() and not (tmp_path / "nodata").exists()
+
+
+def test_an_experiment_by_name_is_found_from_any_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--experiment NAME` looked in ./experiments, then in bench/experiments, which does not exist: it
+    worked from the repository's root only (issue 19, audit item 8)."""
+    from bench.sweep.experiment import find_config
+
+    monkeypatch.chdir(tmp_path)
+    assert find_config(None, "quick") == REPO / "experiments" / "quick.toml"
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "quick.toml").write_text(TINY)
+    assert find_config(None, "quick") == Path("experiments") / "quick.toml"  # the working directory's own comes first
+    with pytest.raises(UserError, match="did you mean 'quick'.*known: .*paper"):
+        find_config(None, "quik")
+
+
+def test_trials_and_steps_in_a_file_are_bounded_too(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="trials must be at most 10,000, got 1,000,000,000,000,000"):
+        resolve(read_toml(write_toml(tmp_path, "t", TINY.replace("trials = 3", "trials = 1000000000000000"))))
+    with pytest.raises(UserError, match="steps must be at most 1,000,000, got 1,000,000,000,000"):
+        resolve(read_toml(write_toml(tmp_path, "s", TINY.replace("steps = 3", "steps = 1000000000000"))))
+    with pytest.raises(UserError, match="hparams: batch_size must be at most 65,536"):
+        resolve(read_toml(write_toml(tmp_path, "b", TINY + "[hparams]\nbatch_size = 1000000000\n")))
 
 
 def test_settings_changed_under_the_same_name_are_refused(tmp_path: Path, synthetic_dir: Path) -> None:
@@ -846,6 +883,136 @@ def test_a_claim_whose_work_fails_is_marked_failed_with_the_reason(tmp_path: Pat
     with pytest.raises(S.LostClaim), S.claim(storage, sid, {"run_id": "b"}, hb) as tid:
         raise S.LostClaim("taken over")
     assert storage.get_trial(tid).state == TrialState.RUNNING and hb.trial_id is None
+
+
+class FlakyHeartbeats:
+    """A storage whose heartbeat writes raise while `down` is set (a database gone, a disk full); every other
+    call goes through. Wraps the instance like signal_safe does, so Optuna sees the real storage."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self.down = False
+        self.failed = 0
+        real = storage.set_trial_user_attr
+
+        def set_trial_user_attr(trial_id: int, key: str, value: object) -> None:
+            if key == "heartbeat" and self.down:
+                self.failed += 1
+                raise OSError(5, "Input/output error", "storage")
+            real(trial_id, key, value)
+
+        storage.set_trial_user_attr = set_trial_user_attr
+        self.storage = storage
+
+
+def test_a_heartbeat_that_fails_is_retried_then_gives_the_claim_up(tmp_path: Path) -> None:
+    """Issue 19: `Heartbeat.beat` swallowed every exception. A failure is retried sooner than the next beat,
+    and once the claim could look stale to others (stale_after since the last beat that landed, less one
+    interval) it is lost, with the reason; a storage back in time loses nothing."""
+    import bench.sweep as S
+
+    storage = S.signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
+    sid = optuna.create_study(study_name="s", storage=storage, direction="maximize")._study_id
+    flaky = FlakyHeartbeats(storage)
+    hb = S.Heartbeat(storage, interval=0.05, stale_after=0.5)
+    hb.attach(S.new_claim(storage, sid, {"run_id": "a"}))
+    flaky.down = True
+    assert not hb.beat() and not hb.lost  # one failure: retried, not lost
+    flaky.down = False
+    assert hb.beat() and not hb.lost
+    flaky.down = True
+    hb.start()
+    deadline = time.time() + 5
+    while not hb.lost and time.time() < deadline:
+        time.sleep(0.01)
+    hb.stop()
+    assert hb.lost and flaky.failed >= 3, flaky.failed  # retried (every 0.0125 s) until 0.45 s without a beat
+    assert hb.lost_reason.startswith("its heartbeat failed") and "Input/output error" in hb.lost_reason
+    with pytest.raises(S.HeartbeatLost, match="another worker may have taken it over"):
+        hb.check()
+
+
+def test_a_worker_whose_heartbeat_fails_drops_the_claim_says_so_and_goes_on(
+    tmp_path: Path, synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: with its heartbeats failing past the stale limit, the worker finished the trial anyway,
+    though another worker (on another machine, judging by heartbeats) could have taken it over. Now it
+    stops, logs one line, gives the claim back (FAIL with the reason, once the storage answers again), and
+    the grid completes with the trial redone."""
+    import bench.sweep.worker as W
+    from bench.sweep import Sweep
+    from bench.sweep.storage import open_storage
+    from bench.train.run import get_data
+
+    text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
+    text += "[workers]\nheartbeat_seconds = 0.05\nstale_after_seconds = 0.5\n"
+    exp = experiment(tmp_path, synthetic_dir, text, name="hb")
+    flaky = FlakyHeartbeats(open_storage(exp))
+    logged: list[str] = []
+    data = get_data(synthetic_dir)
+    progress = Recorder(data)
+    progress.log = logged.append  # type: ignore[method-assign]
+    sweep = Sweep(exp, data, CPU, storage=flaky.storage, progress=progress)
+    real, calls = W.execute, []
+
+    def storage_down_during_the_first_trial(cfg, data, device, *, on_progress=None, **kw):  # noqa: ANN001, ANN202
+        calls.append(cfg.stage)
+        if len(calls) == 1:
+            flaky.down = True
+            deadline = time.time() + 10
+            while not sweep.heartbeat.lost and time.time() < deadline:
+                time.sleep(0.01)
+            flaky.down = False  # the storage is back: the claim can be given back
+            on_progress({"phase": "train", "step": 1, "steps": 3, "loss": 0.0, "train_accuracy": 0.0})
+        return real(cfg, data, device, on_progress=on_progress, **kw)
+
+    monkeypatch.setattr(W, "execute", storage_down_during_the_first_trial)
+    status = sweep.run()
+    assert status.complete and calls == ["trial"] * 4 + ["final"], calls  # 3 trials, the dropped one redone
+    dropped = [m for m in logged if "dropped" in m]
+    assert len(dropped) == 1 and dropped[0].startswith("trial 1 · ") and "its heartbeat failed" in dropped[0], logged
+    assert "\n" not in dropped[0]
+    trials = sweep.trials(sweep.search_id(exp.cells()[0], 0))
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith("lost: its heartbeat failed")
+    assert sorted(t.user_attrs["slot"] for t in trials if t.state == TrialState.COMPLETE) == [0, 1, 2]
+
+
+def test_out_of_memory_prunes_the_trial_fails_the_final_run_and_the_worker_goes_on(
+    tmp_path: Path, synthetic_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: an out-of-memory error killed the worker, and every start retried the same trial. A CUDA
+    OutOfMemoryError in a trial prunes it with its reason; a host MemoryError in a final run fails that run
+    for good, like a divergence (the cell reports it, no start retries it); the worker goes on both times."""
+    import bench.sweep.worker as W
+    from bench.sweep import Sweep
+    from bench.train.run import get_data
+
+    text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
+    exp = experiment(tmp_path, synthetic_dir, text, name="oom")
+    real, calls = W.execute, []
+
+    def out_of_memory_once_per_stage(cfg, *args, **kw):  # noqa: ANN001, ANN202
+        calls.append(cfg.stage)
+        if calls.count(cfg.stage) == 1:
+            raise (
+                torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                if cfg.stage == "trial"
+                else MemoryError()
+            )
+        return real(cfg, *args, **kw)
+
+    monkeypatch.setattr(W, "execute", out_of_memory_once_per_stage)
+    data = get_data(synthetic_dir)
+    status = Sweep(exp, data, CPU).run()
+    (cs,) = status.cells
+    assert status.complete and calls == ["trial"] * 3 + ["final"], calls  # nothing retried
+    search = optuna.load_study(study_name="oom/tiny/finetune/tuned/0.1", storage=journal(tmp_path / "results", "oom"))
+    first = min(search.trials, key=lambda t: t.number)
+    assert first.state == TrialState.PRUNED and first.user_attrs["slot"] == 0
+    assert first.user_attrs["pruned_reason"] == "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert [t.state for t in search.trials].count(TrialState.COMPLETE) == 2 and cs.trials_diverged == 1
+    assert cs.diverged == {0: "out of memory: MemoryError"} and not cs.finals and not cs.free_finals
+    assert Sweep(exp, data, CPU).run().complete and len(calls) == 4  # the next start retries neither
 
 
 @pytest.mark.parametrize("pruner", ["halving", "hyperband"])

@@ -74,8 +74,10 @@ def usage_message(exc: ClickException) -> str:
         return f"{flag} must be an integer, got '{value}'"
     if kind == "float_parsing":
         return f"{flag} must be a number, got '{value}'"
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        return f"{flag} must be {_bound_phrase(getattr(param, 'min', None), getattr(param, 'max', None))}, got {value}"
+    if kind in ("greater_than_equal", "greater_than"):  # the bound it broke, not the whole range
+        return f"{flag} must be {_bound_phrase(getattr(param, 'min', None), None)}, got {value}"
+    if kind in ("less_than_equal", "less_than"):
+        return f"{flag} must be {_bound_phrase(None, getattr(param, 'max', None))}, got {value}"
     return exc.format_message()
 
 

@@ -7,6 +7,7 @@ python cli.py perf --project experiments/paper.toml --sweep results/quick
 
 from __future__ import annotations
 
+import math
 import shlex
 import time
 from collections.abc import Callable
@@ -16,7 +17,8 @@ from typing import Annotated, Any
 import typer
 
 from bench.cli.errors import fail
-from bench.registry import UserError
+from bench.models.hparams import MAX_BATCH, MAX_STEPS
+from bench.registry import UserError, check_path
 
 DEFAULT_CASES = "resnet18@32,efficientnet_lite0@32,efficientnet_lite0@64"
 
@@ -66,15 +68,21 @@ def perf(
     ctx: typer.Context,
     cases: Annotated[str, typer.Option(help="Comma-separated BACKBONE@PIXELS; BACKBONE: one of {backbones}.")] = DEFAULT_CASES,
     quick: Annotated[bool, typer.Option("--quick", help="Few steps per measurement: a smoke run, rough ratios.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Batch of (a) and (b); (c) uses the article's 100.")] = 256,
-    steps: Annotated[int | None, typer.Option(min=1, help="Timed training steps per measurement (at most).")] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=MAX_BATCH, help="Batch of (a) and (b); (c) uses the article's 100.")
+    ] = 256,
+    steps: Annotated[
+        int | None, typer.Option(min=1, max=MAX_STEPS, help="Timed training steps per measurement (at most).")
+    ] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Time limit per measurement after warm-up.")] = None,
     precision: Annotated[str, typer.Option(help="Suite precision in (b), (d), (e): auto, fp32, bf16.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="Run (b) through torch.compile.")] = False,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers of the article's pipeline (c).")] = 2,
     frozen_steps: Annotated[
         int | None,
-        typer.Option(min=1, help="Steps of (d)'s frozen trial. Default 20 (protocol trials: >= 500, slower to measure)."),
+        typer.Option(
+            min=1, max=MAX_STEPS, help="Steps of (d)'s frozen trial. Default 20 (protocol trials: >= 500, slower to measure)."
+        ),
     ] = None,
     rounds: Annotated[
         int | None, typer.Option(min=0, help="Alternating rounds per compared pair (A B, B A, ...); 0: none. Default 5.")
@@ -102,6 +110,7 @@ def perf(
     try:
         if precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"precision '{precision}' is not one of: auto, fp32, bf16")
+        _check_wait(wait_load, wait_max)
         _check_files(P, project, throughputs, sweep, out)
         # Report-only modes: nothing is measured.
         if throughputs is not None or (sweep is not None and project is None):
@@ -140,8 +149,19 @@ def perf(
         log(f"wrote {f}")
 
 
+def _check_wait(wait_load: float, wait_max: float) -> None:
+    """--wait-load nan or -1 and --wait-max -5 were taken silently for "don't wait"; refused instead."""
+    if not math.isfinite(wait_load) or wait_load < 0:
+        raise UserError(f"--wait-load must be a load average >= 0 (0: do not wait), got {wait_load}")
+    if not math.isfinite(wait_max) or wait_max < 0:
+        raise UserError(f"--wait-max must be a number of seconds >= 0, got {wait_max}")
+
+
 def _check_files(P: Any, project: Path | None, throughputs: Path | None, sweep: Path | None, out: Path) -> None:
     """Every file and folder named on the command line, checked before minutes of measuring."""
+    for flag, path in (("--project", project), ("--throughputs", throughputs), ("--sweep", sweep), ("--out", out)):
+        if path is not None:
+            check_path(path, flag)
     if project is not None and not project.is_file():
         raise UserError(f"grid {project} does not exist (write it, or leave out --project)")
     if throughputs is not None and not throughputs.is_file():

@@ -52,6 +52,13 @@ def report(
         res = write_report(exp_dir, test=test, alpha=alpha, storage=storage)
     except UserError as exc:
         fail(str(exc))
+    except OSError as exc:  # a fault of the machine (a full disk): the report was staged apart, the old one stands
+        what = f"{exc.strerror or type(exc).__name__}" + (f" ({exc.filename})" if exc.filename else "")
+        fail(
+            f"cannot write the report: {what}; the previous report is intact; free some space or fix the folder, "
+            "then run the same command",
+            code=1,
+        )
     if res.grid is not None and not res.grid.complete:  # first, so that no number below passes for the grid's
         console.print(f"[bold yellow]{escape(res.grid.line())}[/]", highlight=False, soft_wrap=True)
     wtl = res.win_tie_loss

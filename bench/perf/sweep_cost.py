@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.records import CacheCounts
+from bench.registry import UserError
 
 
 @dataclass(frozen=True)
@@ -87,17 +89,12 @@ def sweep_cost(folder: Path) -> SweepCost:
                         seconds = (t.datetime_complete - t.datetime_start).total_seconds()
                         (final_seconds if final else trial_seconds).append(seconds)
     finished = sum(states.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
-    rows: list[dict[str, str]] = []
-    if (folder / "runs.csv").is_file():
-        # read by column name on purpose: folders from older code lack the newer columns
-        with open(folder / "runs.csv", newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    counted = [r for r in rows if r.get("backbone_images")]
+    rows = _final_runs(folder / "runs.csv") if (folder / "runs.csv").is_file() else []
+    counted = [r for r in rows if r.images is not None]
     for r in rows:
-        if r.get("finished_at"):
-            end = datetime.fromisoformat(r["finished_at"].replace("Z", "+00:00"))
-            ends.append(end if end.tzinfo else end.replace(tzinfo=UTC))
-            starts.append(ends[-1] - timedelta(seconds=float(r.get("wall_seconds") or 0)))
+        if r.end is not None:
+            ends.append(r.end)
+            starts.append(r.end - timedelta(seconds=r.wall_seconds))
     return SweepCost(
         folder=str(folder),
         protocol=sweep_protocol(folder),
@@ -109,10 +106,10 @@ def sweep_cost(folder: Path) -> SweepCost:
         trial_seconds=sum(trial_seconds),
         final_trial_seconds=sum(final_seconds),
         final_runs=len(rows),
-        final_run_seconds=sum(float(r.get("wall_seconds") or 0) for r in rows),
+        final_run_seconds=sum(r.wall_seconds for r in rows),
         trial_backbone_images=trial_images,
         trials_uncounted=trials_uncounted,
-        final_backbone_images=sum(int(r["backbone_images"]) for r in counted),
+        final_backbone_images=sum(r.images or 0 for r in counted),
         finals_uncounted=len(rows) - len(counted),
         trial_cache=trial_cache,
         final_cache=final_cache,
@@ -120,6 +117,41 @@ def sweep_cost(folder: Path) -> SweepCost:
         first_start=min(starts).isoformat(timespec="seconds") if starts else None,
         last_end=max(ends).isoformat(timespec="seconds") if ends else None,
     )
+
+
+@dataclass(frozen=True)
+class _FinalRun:
+    """What the cost reads of one runs.csv row: when it finished, its wall seconds, its images (None: not recorded)."""
+
+    end: datetime | None
+    wall_seconds: float
+    images: int | None
+
+
+def _final_runs(path: Path) -> list[_FinalRun]:
+    """runs.csv's rows, read by column name on purpose (folders from older code lack the newer columns); a
+    file that is not a runs table (binary, garbage rows) is one line naming the row, not a traceback."""
+    hint = "is it a runs table written by the sweep?"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}; {hint}") from None
+    out = []
+    for number, r in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            end = None
+            if r.get("finished_at"):
+                end = datetime.fromisoformat(str(r["finished_at"]).replace("Z", "+00:00"))
+                end = end if end.tzinfo else end.replace(tzinfo=UTC)
+            wall = float(r.get("wall_seconds") or 0)
+            images = int(r["backbone_images"]) if r.get("backbone_images") else None
+            if not math.isfinite(wall) or wall < 0 or (images is not None and images < 0):
+                raise ValueError("a negative or non-finite count")
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise UserError(f"{path}: line {number} is not a runs.csv row ({exc}); {hint}") from None
+        out.append(_FinalRun(end, wall, images))
+    return out
 
 
 def sweep_protocol(folder: Path) -> int | None:

@@ -36,7 +36,7 @@ The package, one idea per module, in the order a report runs:
 - tables.py: one format-free model per table; render.py: one renderer per format (Markdown, LaTeX, HTML, CSV);
 - figure.py: a figure as PNG and PDF bytes; plots.py: one function per figure (search_plots.py: the Optuna
   search's three); origin.py: provenance; html.py: report.html;
-- write.py: `write_report`, which computes everything in memory, then writes each file atomically;
+- write.py: `write_report`, which computes everything in memory, then writes a staging folder and moves it into place;
 - compare.py: `compare(a, b)`; text.py: the formatting every output shares.
 This module re-exports the names callers use (`from bench.report import write_report`, `R.holm`, ...).
 """

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from bench.models.hparams import METHOD_ALIASES, RECIPE_ALIASES
-from bench.registry import UserError, did_you_mean
+from bench.registry import UserError, check_path, did_you_mean
 from bench.report.schema import JOURNAL, KEY, METRIC, REQUIRED, RUNS_CSV, STR_COLUMNS
 
 # ---------------------------------------------------------------- experiment folders
@@ -33,7 +33,9 @@ def experiments_in(results_dir: Path) -> list[str]:
 def find_experiment_dir(results_dir: Path, experiment: str | None = None) -> Path:
     """`--results-dir R --experiment E` -> R/E; without E: R itself if it holds runs.csv, or its only experiment."""
     results_dir = Path(results_dir)
+    check_path(results_dir, "--results-dir")
     if experiment:
+        check_experiment_name(experiment)
         cand = results_dir / experiment
         if (cand / RUNS_CSV).is_file():
             return cand
@@ -75,9 +77,21 @@ def no_experiment_message(results_dir: Path) -> str:
     )
 
 
+def check_experiment_name(experiment: str) -> None:
+    """--experiment names a folder under --results-dir, nothing else: '../outside' would read, and write
+    the report, outside it (issue 19, audit item 7)."""
+    if experiment in (".", "..") or any(c in experiment for c in "/\\"):
+        raise UserError(
+            f"--experiment takes an experiment's name under --results-dir, got '{experiment}'; give its folder as --results-dir"
+        )
+    check_path(experiment, "--experiment")
+
+
 def resolve_experiment(arg: str | Path, results_dir: Path, experiment: str | None = None) -> Path:
     """For `compare`: an experiment folder, an experiment name under --results-dir, or a results
     folder (with --experiment, or holding exactly one experiment)."""
+    check_path(arg, "an experiment")
+    check_path(results_dir, "--results-dir")
     p = Path(arg)
     if (p / RUNS_CSV).is_file():
         return p
@@ -214,6 +228,11 @@ def load_studies(experiment_dir: Path, experiment: str, storage: str | None, not
     import optuna
 
     loc = storage_location(experiment_dir, storage)
+    if storage and "://" not in storage and not Path(storage).is_file():
+        # asked for by name: a typo must not cost the previous report its search plots (they would be removed)
+        raise UserError(
+            f"--storage {storage}: no journal file there; give the experiment's journal or database URL, or leave --storage out"
+        )
     try:
         if "://" not in loc and not Path(loc).is_file():
             notes.append(f"No Optuna storage at {loc}: hyperparameter importances and optimisation histories are omitted.")

@@ -1,15 +1,18 @@
-"""The report writer: `write_report` computes everything of one experiment in memory, then writes tables/,
-plots/ and report.html, each file atomically.
+"""The report writer: `write_report` computes everything of one experiment in memory, writes tables/, plots/
+and report.html into a fresh staging folder beside them, then moves them into place.
 
 Why in this order: a report must never leave a half-written folder. Bad input (an unreadable runs.csv, a
-Wilcoxon test that cannot reach alpha) stops it before any file is touched; a reader never sees half a file
-(temporary file, then rename); and outputs of an earlier report that this one no longer produces are removed,
-so the folder always describes the current runs.csv.
+Wilcoxon test that cannot reach alpha) stops it before any file is touched; a fault of the machine while
+writing (a full disk: 16 of 27 files written and no report.html, issue 19) leaves the previous report as it
+was, because nothing of it is replaced before every new file is on disk; and outputs of an earlier report
+that this one no longer produces go with the old folders, so the folder always describes the current runs.csv.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.files import TMP_SUFFIX, atomic_write_bytes, stale_temp, temp_path, write_new
 from bench.registry import UserError
 from bench.report.figure import Figure
 from bench.report.grid import Completeness, completeness
@@ -45,14 +49,8 @@ from bench.report.verdicts import read_plan, sentences
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Temporary file beside `path`, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Temporary file beside `path` (created exclusively: bench/files.py), then rename: a reader never sees half a file."""
+    atomic_write_bytes(path, data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -138,17 +136,77 @@ def _outputs(
     return outputs
 
 
+REPORT_FOLDERS = ("tables", "plots")
+REPORT_SUFFIXES = (".md", ".tex", ".csv", ".png", ".pdf")  # what a report writes there; anything else is kept
+STAGING = ".report"
+
+
+def _put(path: Path, data: bytes) -> None:
+    """One file of the staging folder (new, private to this report: created exclusively)."""
+    write_new(path, data)
+
+
+def _clean_staging(exp_dir: Path) -> None:
+    """Staging folders that killed reports left (their process is gone from this machine, or they are an hour old)."""
+    for p in exp_dir.glob(f"{STAGING}.*{TMP_SUFFIX}"):
+        if p.is_dir() and not p.is_symlink() and stale_temp(p, older_than=3600):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _stage(exp_dir: Path, outputs: dict[Path, bytes]) -> Path:
+    """Every file of the report in a fresh staging folder inside `exp_dir` (same file system: moving is a
+    rename). A failure (a full disk) removes the staging folder and names the file that could not be written."""
+    staging = temp_path(exp_dir / STAGING)
+    path = exp_dir
+    try:
+        staging.mkdir()  # a random name, created here (an existing one, a planted link included, fails)
+        for path, data in outputs.items():
+            dest = staging / path.relative_to(exp_dir)
+            dest.parent.mkdir(exist_ok=True)
+            _put(dest, data)
+        for name in REPORT_FOLDERS:
+            (staging / name).mkdir(exist_ok=True)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    return staging
+
+
 def _write(exp_dir: Path, outputs: dict[Path, bytes]) -> list[Path]:
-    """Write `outputs` atomically, then remove what an earlier report left in tables/ and plots/ that this one
-    no longer produces; returns the removed files."""
-    for path, data in outputs.items():
-        _atomic_write(path, data)
+    """Write `outputs` (tables/ and plots/, report.html) into a staging folder, then move them into place,
+    under a lock so that two reports of one folder do not interleave their moves. Files of the old
+    folders that a report does not write (a user's notes) move along into the new ones; report files of an
+    earlier report that this one no longer produces go with the old folders. Returns those removed."""
+    _clean_staging(exp_dir)
+    staging = _stage(exp_dir, outputs)
+    try:
+        fd = os.open(exp_dir / f"{STAGING}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return _swap(exp_dir, staging, outputs)
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap(exp_dir: Path, staging: Path, outputs: dict[Path, bytes]) -> list[Path]:
+    """Renames only (no byte is written, so a full disk cannot stop it half-way): each old folder goes into
+    the staging folder (removed with it), each new one takes its place, then report.html."""
     removed = []
-    for folder in (exp_dir / "tables", exp_dir / "plots"):
-        for p in folder.iterdir():
-            if p.suffix in (".md", ".tex", ".csv", ".png", ".pdf") and p not in outputs:
-                p.unlink()
-                removed.append(p)
+    for name in REPORT_FOLDERS:
+        old, new = exp_dir / name, staging / name
+        if old.is_dir() and not old.is_symlink():
+            for p in sorted(old.iterdir()):
+                if p.suffix not in REPORT_SUFFIXES or p.name.startswith("."):
+                    os.rename(p, new / p.name)
+                elif p not in outputs:
+                    removed.append(p)
+            os.rename(old, staging / f"{name}.old")
+        elif old.exists() or old.is_symlink():
+            raise UserError(f"cannot write the report into {exp_dir}: {old} is not a folder; move it away")
+        os.rename(new, old)
+    os.replace(staging / "report.html", exp_dir / "report.html")
     return removed
 
 
@@ -171,9 +229,10 @@ def write_report(
     """Build every table, plot and report.html of one experiment from runs.csv and the Optuna storage.
 
     Called by the sweep at its end (`write_report(results_dir / experiment)`) and by `cli.py report`.
-    Everything is computed in memory first, then written file by file atomically; outputs of an
-    earlier report that this one no longer produces (a backbone dropped from the table) are removed
-    from tables/ and plots/, so the folder always describes the current runs.csv."""
+    Everything is computed in memory first, then written into a staging folder and moved into place
+    (`_write`): a fault while writing leaves the previous report whole; outputs of an earlier report
+    that this one no longer produces (a backbone dropped from the table) are gone with it, so the
+    folder always describes the current runs.csv."""
     t0 = time.perf_counter()
     exp_dir = Path(experiment_dir)
     plan = read_plan(exp_dir)
@@ -213,8 +272,7 @@ def write_report(
     prov = provenance(exp_dir, df, studies)
     page = render_html(name, exp_dir, df, tables, tests, wtl, figs, studies, prov, notes, compute, summary, grid)
     outputs = _outputs(exp_dir, tables, tests, wtl, compute, figs, summary, grid)
-    removed = _write(exp_dir, outputs)
     html_path = exp_dir / "report.html"
-    _atomic_write(html_path, page.encode())
+    removed = _write(exp_dir, {**outputs, html_path: page.encode()})
     seconds = time.perf_counter() - t0
     return ReportResult(exp_dir, html_path, [*outputs, html_path], notes, wtl, seconds, removed, summary, grid)

@@ -80,6 +80,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "bench.sweep.claims": (
         "FINISHED",
         "Heartbeat",
+        "HeartbeatLost",
         "LostClaim",
         "claim",
         "failure_reason",

@@ -43,10 +43,25 @@ if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+RUN_FAILED = ("diverged", "out_of_memory")  # a final run's claim that ended for good: the user attr holds why
+
+
+def run_failure(t: FrozenTrial) -> str | None:
+    """Why a final run's claim ended for good without a result (it diverged, it ran out of memory), or None:
+    such a run is reported by its cell, never retried."""
+    for key in RUN_FAILED:
+        if key in t.user_attrs:
+            return str(t.user_attrs[key])
+    return None
 
 
 class LostClaim(RuntimeError):
     """Another process declared our trial stale and took it over; drop our result."""
+
+
+class HeartbeatLost(LostClaim):
+    """Our heartbeats kept failing (the storage unreachable) until another worker could have declared the
+    claim stale and taken it over: stop working on it rather than finish work someone else may be doing."""
 
 
 # ---------------------------------------------------------------- Optuna's ids
@@ -106,14 +121,25 @@ def is_live(t: FrozenTrial, stale_after: float, now: float | None = None) -> boo
 
 
 class Heartbeat:
-    """A daemon thread that refreshes the heartbeat of the one trial this process works on."""
+    """A daemon thread that refreshes the heartbeat of the one trial this process works on.
 
-    def __init__(self, storage: optuna.storages.BaseStorage, interval: float) -> None:
+    A heartbeat that fails (a storage that raises: a lost database connection, a full disk) is retried
+    sooner than the next beat would come, but not past the moment the claim could look stale to the
+    other workers (`stale_after` seconds after the last heartbeat that landed, less one interval): then
+    the claim is `lost`, with the reason in `lost_reason`, and the worker stops treating it as its own
+    (bench/sweep/worker.py), instead of finishing work another worker may have taken over."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, interval: float, stale_after: float | None = None) -> None:
         self.storage, self.interval = storage, interval
+        self.stale_after = stale_after if stale_after is not None else 6 * interval
+        self.retry = max(min(interval / 4, 5.0), 0.01)  # after a failed beat: a few tries before the next would come
         self.lock = threading.Lock()
         self.trial_id: int | None = None
         self.lost = False
+        self.lost_reason = ""
         self.progress = ""
+        self._last_ok = time.time()
+        self._failures = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -128,28 +154,50 @@ class Heartbeat:
         self._stop.set()
 
     def attach(self, trial_id: int) -> None:
+        """Beat for `trial_id` from now on (its claim carries a heartbeat of this moment)."""
         with self.lock:
-            self.trial_id, self.lost, self.progress = trial_id, False, ""
+            self.trial_id, self.lost, self.lost_reason, self.progress = trial_id, False, "", ""
+            self._last_ok, self._failures = time.time(), 0
 
     def detach(self) -> None:
         with self.lock:
             self.trial_id = None
 
-    def beat(self) -> None:
-        """One heartbeat; a trial someone else finished means we lost the claim (`lost`)."""
+    def beat(self) -> bool:
+        """One heartbeat; False when it failed (the thread then retries sooner). A trial someone else
+        finished, or failures for as long as the claim may look stale to others, mean the claim is `lost`."""
         with self.lock:
-            if self.trial_id is None:
-                return
+            if self.trial_id is None or self.lost:
+                return True
             try:
                 self.storage.set_trial_user_attr(self.trial_id, "heartbeat", {"time": time.time(), "progress": self.progress})
             except UpdateFinishedTrialError:
-                self.lost = True
-            except Exception:  # a flaky database connection: the next beat retries
-                pass
+                self.lost, self.lost_reason = True, "another process declared this claim stale and took it over"
+                return True
+            except Exception as exc:  # a flaky database connection, a full disk: retried until it would matter
+                self._failures += 1
+                silent = time.time() - self._last_ok
+                if silent + self.interval >= self.stale_after:
+                    self.lost = True
+                    self.lost_reason = (
+                        f"its heartbeat failed {self._failures} time(s) in {silent:.1f} s ({failure_reason(exc)}), so "
+                        f"after {self.stale_after:g} s without one another worker may have taken it over"
+                    )
+                return False
+            self._last_ok, self._failures = time.time(), 0
+            return True
+
+    def check(self) -> None:
+        """Raise the claim's loss (HeartbeatLost, or LostClaim when someone finished it) if it is lost."""
+        if self.lost:
+            if self._failures:
+                raise HeartbeatLost(self.lost_reason)
+            raise LostClaim(self.lost_reason or "another process declared this claim stale and took it over")
 
     def _run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.interval):
-            self.beat()
+        ok = True
+        while not stop.wait(self.interval if ok else self.retry):
+            ok = self.beat()
 
 
 # ---------------------------------------------------------------- claims
@@ -220,13 +268,22 @@ def claim(storage: optuna.storages.BaseStorage, study_id: int, attrs: dict[str, 
     The claim and the heartbeat's knowledge of it land together (signals deferred: a Ctrl-C in
     between would leave a claim nobody marks). On any exception from the block, Ctrl-C and
     SIGTERM included, the claim is marked FAIL with the reason; LostClaim (someone else holds
-    it now) leaves it as it is. The heartbeat is detached on the way out, whatever happened."""
+    it now) leaves it as it is, and HeartbeatLost (we could not say we were alive) marks it FAIL
+    if the storage lets us. The heartbeat is detached on the way out, whatever happened."""
     tid: int | None = None
     try:
         with signals_deferred():
             tid = new_claim(storage, study_id, attrs)
             heartbeat.attach(tid)
         yield tid
+    except HeartbeatLost as exc:
+        heartbeat.detach()
+        # Best effort, as below: if the storage is back and nobody took the claim over, its item is free
+        # again now rather than when this process ends; a claim someone else finished stays as it is.
+        if tid is not None:
+            with contextlib.suppress(Exception):
+                finish(storage, tid, TrialState.FAIL, f"lost: {exc}")
+        raise
     except LostClaim:
         raise
     except BaseException as exc:
@@ -285,7 +342,7 @@ def won(
         for t in sorted(storage.get_all_trials(study_id, deepcopy=False), key=trial_id):
             if t.user_attrs.get("run_id") != run_id or trial_id(t) == tid:
                 continue
-            if t.state == TrialState.COMPLETE or "diverged" in t.user_attrs:
+            if t.state == TrialState.COMPLETE or run_failure(t) is not None:
                 return False
             if trial_id(t) < tid and is_live(t, stale_after, now):
                 return False

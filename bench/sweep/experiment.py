@@ -36,7 +36,7 @@ from typing import Any
 from bench.budget import PROTOCOL
 from bench.models.hparams import ProbeSpec
 from bench.records import Cell
-from bench.registry import UserError, did_you_mean
+from bench.registry import UserError, check_path, did_you_mean
 from bench.registry import check_writable as registry_check_writable
 from bench.sweep import validate as checks
 from bench.sweep.validate import (  # noqa: F401  (the names a file may hold: the CLI, perf and tests read them here)
@@ -54,7 +54,8 @@ from bench.sweep.validate import (  # noqa: F401  (the names a file may hold: th
     is_distribution,
 )
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+# The suite's own experiments: the repository's experiments/ (bench/sweep/ -> bench/ -> the repository).
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent.parent / "experiments"
 
 
 @dataclass(frozen=True)
@@ -257,15 +258,22 @@ TOP_KEYS = {f.name for f in fields(Experiment)}
 
 
 def find_config(config: str | Path | None, experiment: str | None) -> Path:
-    """`--config PATH`, `--experiment NAME` (./experiments, then the suite's), or the default."""
+    """`--config PATH`, `--experiment NAME` (./experiments, then the suite's own, whatever the working
+    directory), or the default."""
     if config is not None and experiment is not None:
         raise UserError("give either --config or --experiment, not both")
     if config is not None:
         path = Path(config)
+        check_path(path, "--config")
+        if path.is_dir():
+            raise UserError(f"--config {path} is a folder; give an experiment TOML file (or --experiment NAME)")
         if not path.is_file():
             raise UserError(f"experiment file {path} does not exist")
         return path
     name = experiment or "default"
+    if "/" in name or "\\" in name:
+        raise UserError(f"--experiment takes a name (experiments/NAME.toml), got '{name}'; give a file with --config")
+    check_path(f"{name}.toml", "--experiment")
     candidates = [Path("experiments") / f"{name}.toml", EXPERIMENTS_DIR / f"{name}.toml"]
     for path in candidates:
         if path.is_file():
@@ -411,3 +419,51 @@ def _toml_key(k: str) -> str:
 def check_writable(folder: Path) -> None:
     """The results folder (or the storage file's folder) must be writable before anything runs."""
     registry_check_writable(folder, what="results ")
+
+
+def folder_owner(out: Path) -> tuple[str, str] | None:
+    """(experiment, where it says so) for a results folder that names its experiment: its config.toml,
+    else its runs.csv's experiment column, else the first study of its own journal when a sweep named it;
+    None for a new folder (or a journal of studies no sweep made)."""
+    import csv
+
+    config, runs, journal = out / "config.toml", out / "runs.csv", out / "optuna.journal"
+    if config.is_file():
+        try:
+            name = tomllib.loads(config.read_text(encoding="utf-8")).get("name")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise UserError(
+                f"results folder {out} holds a config.toml that is not an experiment's ({str(exc).splitlines()[0]}); "
+                "give another --name or --results-dir, or move the file away"
+            ) from None
+        return (str(name), "named in its config.toml") if name is not None else None
+    if runs.is_file():
+        try:
+            with open(runs, newline="", encoding="utf-8") as f:
+                names = {r.get("experiment") for r in csv.DictReader(f)} - {None, ""}
+        except (UnicodeDecodeError, csv.Error, OSError):
+            names = set()
+        if names:
+            return sorted(str(n) for n in names)[0], "named in its runs.csv"
+    if journal.is_file() and not journal.is_symlink():
+        with open(journal, "rb") as f:
+            first = f.readline(1 << 16)
+        try:
+            study = json.loads(first).get("study_name")
+        except (ValueError, AttributeError):
+            study = None
+        if isinstance(study, str) and len(study.split("/")) >= 5:  # a sweep's: NAME[:final]/backbone/method/recipe/fraction
+            return study.split("/")[0].split(":")[0], "named by its journal's studies"
+    return None
+
+
+def check_folder_owner(exp: Experiment) -> None:
+    """Refuse a results folder that holds another experiment's files (copied, or renamed): the sweep would
+    overwrite its config.toml and runs.csv and append its own studies to its journal (issue 19, audit item 4)."""
+    owner = folder_owner(exp.out_dir)
+    if owner is not None and owner[0] != exp.name:
+        name, where = owner
+        raise UserError(
+            f"results folder {exp.out_dir} belongs to experiment {name!r} ({where}), not {exp.name!r}; "
+            "give another --name or --results-dir, or rename the folder back"
+        )

@@ -13,10 +13,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.files import atomic_write
 from bench.records import CellSummary, GridStatus, RunsRow, runs_columns
 from bench.sweep.journal import open_nofollow
 from bench.sweep.status import Grid
-from bench.train.run import atomic_write, write_record
+from bench.train.run import write_record
 
 RUNS_CSV = "runs.csv"
 

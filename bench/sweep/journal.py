@@ -28,11 +28,13 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
+from bench.files import stale_temp, temp_owner, write_new
 from bench.processes import pid_alive_here
 from bench.registry import UserError
 
@@ -101,6 +103,8 @@ class OwnedSymlinkLock(JournalFileSymlinkLock):
                 return True
             except FileExistsError:
                 pass
+            except OSError as exc:  # a read-only or full file system: name the lock's path, not its text
+                raise OSError(exc.errno, exc.strerror, self._lock_file) from None
             try:
                 target = os.readlink(self._lock_file)
                 mtime = os.lstat(self._lock_file).st_mtime_ns
@@ -158,14 +162,72 @@ class JournalDamaged(UserError):
     """A line in the middle of the journal cannot be read (refused: cutting it would drop work)."""
 
 
+CREATE_STUDY = 0  # Optuna's JournalOperation.CREATE_STUDY: every journal starts with a study's creation
+NOT_A_JOURNAL = "give another --storage path (or results folder), or move the file away"
+
+
+def _entry(obj: Any) -> bool:
+    """Whether a decoded line is a journal entry (an operation), not just any JSON (`{}`, `[1,2,3]`)."""
+    return isinstance(obj, dict) and isinstance(obj.get("op_code"), int) and not isinstance(obj.get("op_code"), bool)
+
+
 def _bad(line: bytes) -> bool:
+    """A line no journal writer wrote whole: cut short, not JSON, or JSON that is not an entry."""
     if not line.endswith(b"\n"):
         return True
     try:
-        json.loads(line)
+        return not _entry(json.loads(line))
     except ValueError:
         return True
-    return False
+
+
+def check_journal_file(path: str | Path) -> None:
+    """Refuse, before anything opens it for writing, a journal path that is a symbolic link (the sweep
+    would write, and "repair", whatever it points to) and an existing file that is not a journal (a
+    text or TOML file named by mistake would be moved aside and turned into one). An empty file is a
+    new journal; a single partial line that starts like a study's creation is a first write cut short
+    (repair_journal cuts it)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise UserError(
+            f"journal {path} is a symbolic link (to {os.readlink(path)}); the sweep never writes through a link: "
+            f"give the file itself with --storage, or remove the link"
+        )
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        head = f.readline(1 << 20)
+    if not head:
+        return
+    if not head.endswith(b"\n"):
+        if head.startswith(b'{"op_code":%d,' % CREATE_STUDY):
+            return  # the first write, cut short: repaired like any torn tail
+        raise UserError(f"{path} is not an Optuna journal (its first line is not a journal entry); {NOT_A_JOURNAL}")
+    try:
+        first = json.loads(head)
+    except ValueError:
+        first = None
+    if not _entry(first):
+        raise UserError(f"{path} is not an Optuna journal (its first line is not a journal entry); {NOT_A_JOURNAL}")
+    if first["op_code"] != CREATE_STUDY:
+        raise JournalDamaged(
+            f"journal {path} does not start with a study's creation (its first line was deleted or the file was cut "
+            "at its start), so every study in it would be misread; restore it from a backup, or use another --name, "
+            "--results-dir or --storage"
+        )
+
+
+def _keep_aside(aside: Path, data: bytes) -> Path:
+    """Keep the cut bytes in a new file `aside` (or `aside.N`): created exclusively, so a link planted at that
+    predictable name is never followed and an earlier cut is never overwritten."""
+    for n in range(100):
+        candidate = aside if n == 0 else aside.with_name(f"{aside.name}.{n}")
+        try:
+            write_new(candidate, data)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free name to keep the journal's torn tail", str(aside))
 
 
 def repair_journal(path: str | Path, lock: OwnedSymlinkLock | None = None) -> str | None:
@@ -190,7 +252,7 @@ def repair_journal(path: str | Path, lock: OwnedSymlinkLock | None = None) -> st
                 elif first_bad is not None:
                     bad_line, _ = first_bad
                     raise JournalDamaged(
-                        f"journal {path}: line {bad_line} is damaged (not a complete JSON line) and line {number} after it "
+                        f"journal {path}: line {bad_line} is damaged (not a complete journal entry) and line {number} after it "
                         f"is readable, so it cannot be cut safely; keep a copy, then either restore the journal from a "
                         f"backup or keep lines 1-{bad_line - 1} (head -n {bad_line - 1} {path}.bad > {path}), "
                         "which loses the work recorded after it"
@@ -205,14 +267,14 @@ def repair_journal(path: str | Path, lock: OwnedSymlinkLock | None = None) -> st
         with open(path, "rb") as f:
             f.seek(cut_at)
             torn = f.read()
-        aside.write_bytes(torn)
+        aside = _keep_aside(aside, torn)
         with open(path, "r+b") as f:
             f.truncate(cut_at)
             f.flush()
             os.fsync(f.fileno())
         return (
             f"journal {path}: cut a torn tail from line {number} ({size - cut_at} bytes a crash or a full disk left "
-            f"unfinished; nobody had read them); kept in {aside}"
+            f"unfinished, or lines that are no journal entry; nobody had read them); kept in {aside}"
         )
 
 
@@ -224,10 +286,23 @@ class SafeJournalBackend(JournalFileBackend):
         super().__init__(file_path, lock_obj=self.lock)
         self.notes: list[str] = []
 
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        """Optuna's reader, with every entry checked: a line of valid JSON that is not an operation
+        (`{}`, `[1,2,3]`), or a first entry that is not a study's creation, is one line naming it
+        (JournalDamaged) instead of a KeyError or TypeError deep in Optuna's replay."""
+        for number, log in enumerate(super().read_logs(log_number_from), start=log_number_from + 1):
+            if not _entry(log) or (number == 1 and log["op_code"] != CREATE_STUDY):
+                what = "is not a journal entry" if not _entry(log) else "is not a study's creation (the first line was deleted?)"
+                raise JournalDamaged(
+                    f"journal {self._file_path}: line {number} {what}; restore the journal from a backup, or remove the line "
+                    "if it was added by hand"
+                )
+            yield log
+
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode("utf-8")
         with _Locked(self.lock):
-            fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND)
+            fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
             try:
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -236,7 +311,7 @@ class SafeJournalBackend(JournalFileBackend):
                     note = self._cut_tail_locked()
                     if note:
                         self.notes.append(note)
-                    fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND)
+                    fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
                     size = os.fstat(fd).st_size
                 try:
                     view = memoryview(data)
@@ -261,8 +336,7 @@ class SafeJournalBackend(JournalFileBackend):
         with open(path, "rb") as f:
             data = f.read()
         cut_at = data.rfind(b"\n") + 1
-        aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        aside.write_bytes(data[cut_at:])
+        aside = _keep_aside(path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"), data[cut_at:])
         with open(path, "r+b") as f:
             f.truncate(cut_at)
             os.fsync(f.fileno())
@@ -270,8 +344,11 @@ class SafeJournalBackend(JournalFileBackend):
 
 
 def open_journal(path: str, notes: list[str] | None = None) -> Any:
+    """The journal at `path` for a writer: checked (no link, a journal or nothing: check_journal_file),
+    its torn tail cut, a lock a killed process left removed; each repair is a line in `notes`."""
     import optuna
 
+    check_journal_file(path)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     backend = SafeJournalBackend(path)
     note = repair_journal(path, backend.lock)
@@ -284,32 +361,39 @@ def open_journal(path: str, notes: list[str] | None = None) -> Any:
 
 # ---------------------------------------------------------------- leftovers of killed processes
 
-_TMP_PID = re.compile(r"^\..*\.(\d+)\.(?:csv|tmp)$")
+_TMP_PID = re.compile(r"^\..*\.(\d+)\.(?:csv|tmp)$")  # the names of earlier versions: ".NAME.PID.csv", ".NAME.PID.tmp"
 
 
 def clean_leftovers(folders: list[Path], older_than: float) -> list[Path]:
-    """Remove temporary files (".NAME.PID.csv", ".NAME.PID.tmp") whose process is gone from this
-    machine and that nobody has touched for `older_than` seconds (a live process on another machine
-    sharing the folder keeps touching its own, and finishes it within seconds)."""
+    """Remove the temporary files (bench/files.py's `.NAME.TAG.PID.RANDOM.tmp`) that killed processes
+    left: at once when their process is gone from this machine, however recent the file (a killed
+    run's predictions must not outlive the sweep that follows within minutes); after `older_than`
+    seconds untouched when they come from another machine sharing the folder (a live writer there
+    finishes its file within seconds). Names of earlier versions (".NAME.PID.csv", ".NAME.PID.tmp",
+    no machine in them) go when their pid is not alive here and `older_than` has passed."""
     removed = []
     now = time.time()
     for folder in folders:
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            m = _TMP_PID.match(p.name)
-            if not m or not p.is_file() or p.is_symlink():
-                continue
-            if int(m.group(1)) == os.getpid() or pid_alive_here(int(m.group(1))):
+            if not p.is_file() or p.is_symlink():
                 continue
             try:
-                if now - p.stat().st_mtime < older_than:
-                    continue
-                p.unlink()
-                removed.append(p)
+                if stale_temp(p, older_than, now) or _stale_legacy(p, older_than, now):
+                    p.unlink()
+                    removed.append(p)
             except OSError:
                 pass
     return removed
+
+
+def _stale_legacy(p: Path, older_than: float, now: float) -> bool:
+    """A temporary name of an earlier version whose pid is gone here and that nobody touched for `older_than` s."""
+    m = _TMP_PID.match(p.name)
+    if not m or temp_owner(p.name) is not None or int(m.group(1)) == os.getpid() or pid_alive_here(int(m.group(1))):
+        return False
+    return now - p.stat().st_mtime >= older_than
 
 
 def open_nofollow(path: Path) -> Any:

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bench.data import Cifar10
 from bench.models.backbones import input_resolution
 from bench.records import Cell, CellStatus, Claim, GridStatus, RunRecord, SearchStatus
-from bench.sweep.claims import FINISHED, is_live, trial_id
+from bench.sweep.claims import FINISHED, is_live, run_failure, trial_id
 from bench.sweep.experiment import Experiment
 from bench.sweep.slots import independent_slots, next_slot, ready
 
@@ -179,12 +179,12 @@ class Grid:
             cs.run_ids[seed] = cfg.run_id
             claims = sorted(by_run.get(cfg.run_id, []), key=trial_id)
             done = [t for t in claims if t.state == TrialState.COMPLETE]
-            diverged = [t for t in claims if t.state == TrialState.FAIL and "diverged" in t.user_attrs]
+            diverged = [t for t in claims if t.state == TrialState.FAIL and run_failure(t) is not None]
             live = [t for t in claims if is_live(t, stale_after, now)]
             if done:
                 cs.finals[seed] = RunRecord.from_json(done[0].user_attrs["record"])
             elif diverged:
-                cs.diverged[seed] = diverged[0].user_attrs["diverged"]
+                cs.diverged[seed] = str(run_failure(diverged[0]))
             elif live:
                 running.append(self._running(live[0], "final", cs.cell))
             else:

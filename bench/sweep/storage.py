@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from bench.registry import UserError
-from bench.sweep.journal import SafeJournalBackend, open_journal
+from bench.sweep.journal import SafeJournalBackend, check_journal_file, open_journal
 from bench.sweep.signals import signal_safe
 
 if TYPE_CHECKING:
@@ -222,6 +222,7 @@ def check_storage(exp: Experiment) -> str | None:
         path = Path(location)
         if path.exists() and not path.is_file():
             raise UserError(f"storage {path} exists and is not a file")
+        check_journal_file(path)  # a link, or a file that is not a journal, is refused before anything is written
         check_writable(path.parent)
         return None
     import sqlalchemy

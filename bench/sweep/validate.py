@@ -13,9 +13,11 @@ protocol v1 (epoch budgets), so an old file fails with the remedy instead of "un
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import fields, replace
 from typing import Any
 
+from bench.models.hparams import MAX_STEPS
 from bench.registry import UserError, did_you_mean
 
 RECIPES = ("tuned", "defaults", "article")  # "seed": the old name of "article" (bench.models.hparams.RECIPE_ALIASES)
@@ -35,6 +37,9 @@ PRUNERS = ("median", "halving", "hyperband", "none")
 GRID_KEYS = ("backbones", "methods", "recipes", "fractions")
 MAX_SEEDS = 1000  # a count beyond this is a typo, not an experiment
 MAX_SEED = 2**32 - 1  # what every generator the suite seeds accepts
+MAX_TRIALS = 10_000  # per search: more is a typo (the slots of a search are listed, so 10^15 exhausted memory)
+MAX_PARALLEL = 256  # worker processes one `sweep --parallel` starts on one machine
+MAX_NAME_BYTES = 100  # an experiment's name: a folder name and the prefix of every study's name
 BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "0", "1")
 
 
@@ -67,8 +72,16 @@ def check_name(raw: dict[str, Any], source: str, top_keys: set[str]) -> str:
         key = sorted(unknown)[0]
         raise UserError(f"{source}: unknown key '{key}'{did_you_mean(key, sorted(top_keys))}")
     name = string(raw, "name", source)
+    if any(unicodedata.category(c)[0] == "C" for c in name):
+        # a newline, tab or escape sequence would land in a folder name, every study name and the terminal
+        raise UserError(f"{source}: experiment name {ascii(name)} contains control characters; use letters, digits, - and _")
     if not name or any(c in name for c in "/\\:") or name.startswith("."):
         raise UserError(f"{source}: experiment name '{name}' must be non-empty without '/', '\\' or ':'")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise UserError(
+            f"{source}: experiment name '{name[:20]}...' is {len(name.encode())} bytes long; at most {MAX_NAME_BYTES} "
+            "(it names the results folder and every study)"
+        )
     return name
 
 
@@ -183,8 +196,8 @@ def check_seeds(raw: dict[str, Any], source: str) -> tuple[int, ...]:
 
 def check_budgets(raw: dict[str, Any], source: str) -> tuple[int, int | None, int]:
     """trials (per tuned cell and seed), steps (None: the protocol's rule), cv_folds."""
-    trials = _positive_int(raw, "trials", 8, source)
-    steps = None if raw.get("steps") is None else _positive_int(raw, "steps", 500, source)
+    trials = _positive_int(raw, "trials", 8, source, MAX_TRIALS)
+    steps = None if raw.get("steps") is None else _positive_int(raw, "steps", 500, source, MAX_STEPS)
     cv = _positive_int(raw, "cv_folds", 1, source)
     return trials, steps, cv
 
@@ -386,10 +399,13 @@ def string(raw: dict, key: str, source: str, default: str | None = None) -> str:
     return v
 
 
-def _positive_int(raw: dict, key: str, default: int, source: str) -> int:
+def _positive_int(raw: dict, key: str, default: int, source: str, most: int | None = None) -> int:
+    """A positive integer (at most `most`: beyond it a value is a typo that would exhaust the machine)."""
     v = raw.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise UserError(f"{source}: {key} must be a positive integer, got {v!r}")
+    if most is not None and v > most:
+        raise UserError(f"{source}: {key} must be at most {most:,}, got {v:,}")
     return v
 
 

@@ -37,6 +37,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from bench.data import Cifar10
+from bench.files import atomic_write, temp_path
 from bench.records import CacheCounts, Cell, GridStatus, RunRecord
 from bench.sweep.claims import (
     Heartbeat,
@@ -60,7 +61,7 @@ from bench.sweep.storage import is_url, open_storage, storage_location
 from bench.sweep.studies import ensure_study, finals_attrs, search_attrs
 from bench.train.caches import Caches
 from bench.train.engine import Diverged
-from bench.train.run import BackboneMeter, RunConfig, atomic_write, execute, write_record
+from bench.train.run import BackboneMeter, RunConfig, execute, write_record
 
 
 class Progress(Protocol):
@@ -140,7 +141,7 @@ class Sweep(Grid):
         self.read_only = read_only
         self.out = exp.out_dir
         self._ensured: dict[str, int] = {}  # studies this process created or completed
-        self.heartbeat = Heartbeat(self.storage, exp.workers.heartbeat_seconds)
+        self.heartbeat = Heartbeat(self.storage, exp.workers.heartbeat_seconds, exp.workers.stale_after_seconds)
         self.executed: list[WorkItem] = []  # what this process trained (tests, summary)
         self._started: dict[str, int] = {}  # items started by kind (SFT_BENCH_TEST_FAULT)
 
@@ -251,8 +252,7 @@ class Sweep(Grid):
     def _on_progress(self, row: dict) -> None:
         self.heartbeat.progress = f"{row['phase']} {row['step']}/{row['steps']}"
         self.progress.epoch(row)
-        if self.heartbeat.lost:
-            raise LostClaim("another process declared this trial stale and took it over")
+        self.heartbeat.check()  # a claim we could not keep alive (or someone took over) is not ours to finish
 
     # ------------------------------------------------ one search trial
 
@@ -312,20 +312,50 @@ class Sweep(Grid):
             rec = execute(
                 cfg, self.data, self.device, on_progress=on_progress, compile=self.exp.compile, caches=self.caches, meter=meter
             )
-        except (optuna.TrialPruned, Diverged) as exc:
-            pruned = isinstance(exc, optuna.TrialPruned)
-            self.heartbeat.detach()
-            with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
-                trial.set_user_attr("backbone_images", meter.images)
-                trial.set_user_attr("cache", (self.caches.counts() - before).to_attr())
-                if pruned:
-                    trial.set_user_attr("pruned_by", str(exc))
-                else:
-                    trial.set_user_attr("pruned_reason", f"diverged: {exc}")
-                study.tell(trial, state=TrialState.PRUNED)
-            self.progress.item_end(item, f"pruned ({exc})" if pruned else f"pruned: diverged ({exc})")
+        except optuna.TrialPruned as exc:
+            self._tell_pruned(item, study, trial, meter, before, ("pruned_by", str(exc)), f"pruned ({exc})")
             return
+        except Diverged as exc:
+            self._tell_pruned(
+                item, study, trial, meter, before, ("pruned_reason", f"diverged: {exc}"), f"pruned: diverged ({exc})"
+            )
+            return
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            # not retried at every start forever, and the worker goes on: this configuration does not fit here
+            reason = out_of_memory(exc)
+        else:
+            self._tell_complete(item, study, trial, rec, before)
+            return
+        release_memory(self.device)  # outside the handler: the traceback's frames, and the tensors they held, are gone
+        self._tell_pruned(item, study, trial, meter, before, ("pruned_reason", reason), f"pruned: {reason}")
+
+    def _tell_pruned(
+        self,
+        item: WorkItem,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        meter: BackboneMeter,
+        before: CacheCounts,
+        why: tuple[str, str],
+        outcome: str,
+    ) -> None:
+        """Tell Optuna the trial was pruned, with why (`why`: the user attr and its text): by the pruner
+        (pruned_by), or because it diverged or ran out of memory (pruned_reason)."""
+        self.heartbeat.check()
+        self.heartbeat.detach()
+        with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
+            trial.set_user_attr("backbone_images", meter.images)
+            trial.set_user_attr("cache", (self.caches.counts() - before).to_attr())
+            trial.set_user_attr(*why)
+            study.tell(trial, state=TrialState.PRUNED)
+        self.progress.item_end(item, outcome)
+
+    def _tell_complete(
+        self, item: WorkItem, study: optuna.Study, trial: optuna.Trial, rec: RunRecord, before: CacheCounts
+    ) -> None:
+        """Tell Optuna the trial's validation accuracy, with what it cost."""
         value = rec.val_accuracy
+        self.heartbeat.check()  # trained to the end, but the claim may have been lost meanwhile
         with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
             trial.set_user_attr("wall_seconds", rec.wall_seconds)
             trial.set_user_attr("backbone_images", rec.backbone_images)
@@ -355,7 +385,8 @@ class Sweep(Grid):
         """Train and test once, keeping the predictions; None when the run diverged (recorded as such)."""
         preds_dir = self.out / "predictions"
         preds_dir.mkdir(parents=True, exist_ok=True)
-        tmp = preds_dir / f".{cfg.run_id}.{os.getpid()}.csv"
+        final = preds_dir / f"{cfg.run_id}.csv.gz"
+        tmp = temp_path(preds_dir / f"{cfg.run_id}.csv")  # a fresh random name: nothing planted there is followed
         try:
             rec = execute(
                 cfg,
@@ -366,20 +397,37 @@ class Sweep(Grid):
                 compile=self.exp.compile,
                 caches=self.caches,
             )
-            atomic_write(preds_dir / f"{cfg.run_id}.csv.gz", lambda f: _gzip_into(tmp, f))
+            atomic_write(final, lambda f: _gzip_into(tmp, f))
+        except OSError as exc:  # a full disk: name the file being written, not the temporary CSV it is made from
+            if exc.filename == str(tmp):
+                raise OSError(exc.errno, exc.strerror, str(final)) from exc
+            raise
         except Diverged as exc:
-            self.heartbeat.detach()
-            with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
-                self.storage.set_trial_user_attr(tid, "diverged", str(exc))
-                self.storage.set_trial_state_values(tid, TrialState.FAIL)
-            self.progress.item_end(item, f"diverged ({exc})")
+            self._fail_final(item, tid, "diverged", str(exc), f"diverged ({exc})")
             return None
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            reason = out_of_memory(exc)
+        else:
+            return rec
         finally:
             tmp.unlink(missing_ok=True)
-        return rec
+        release_memory(self.device)  # outside the handler, as for a trial
+        self._fail_final(item, tid, "out_of_memory", reason, f"failed: {reason}")
+        return None
+
+    def _fail_final(self, item: WorkItem, tid: int, key: str, reason: str, outcome: str) -> None:
+        """A final run that ended for good without a result (it diverged, it ran out of memory): its claim is
+        FAIL with `key` = `reason`, which no worker retries and the cell reports (bench/sweep/status.py)."""
+        self.heartbeat.check()
+        self.heartbeat.detach()
+        with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
+            self.storage.set_trial_user_attr(tid, key, reason)
+            self.storage.set_trial_state_values(tid, TrialState.FAIL)
+        self.progress.item_end(item, outcome)
 
     def _record_final(self, item: WorkItem, tid: int, rec: RunRecord, cache: CacheCounts) -> None:
         """Complete the record, write it, and mark the claim COMPLETE, all or nothing under a Ctrl-C."""
+        self.heartbeat.check()  # a run whose claim was lost meanwhile is not recorded by us
         cell, run_id = item.cell, rec.run_id
         tuned = bool(self.exp.searches(cell))  # the linear probe's tuned row has no search (protocol v3)
         rec = replace(
@@ -416,6 +464,23 @@ class Sweep(Grid):
             if k == kind and int(n) == self._started[kind]:
                 os.kill(os.getpid(), getattr(signal, f"SIG{sig.upper()}"))
                 time.sleep(0.1)  # let the handler run here, at this point
+
+
+def out_of_memory(exc: BaseException) -> str:
+    """What a trial or final run that ran out of memory (CUDA's OutOfMemoryError, the host's MemoryError)
+    records as its reason: one line."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"out of memory: {first}"[:500]
+
+
+def release_memory(device: torch.device) -> None:
+    """Give the memory of a run that ran out of it back before the next one: its tensors are garbage once
+    the exception is gone, and CUDA's caching allocator keeps their blocks until asked to empty its cache."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _gzip_into(src: Path, f: Any) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +22,7 @@ import torch
 
 from bench.budget import MIN_STEPS, PROTOCOL, article_recipe_steps, step_budget
 from bench.data import Cifar10, check_fraction, cv_folds, label_split, labelled_count
+from bench.files import atomic_write
 from bench.models.backbones import build_backbone, get_backbone, input_resolution
 from bench.models.hparams import RECIPES, ProbeSpec, recipe_name
 from bench.models.methods import ARTICLE_NORMALISATION, ARTICLE_RECIPE, METHODS, HParams, build_net
@@ -424,23 +424,6 @@ def _fold_rows(on_progress: Callable[[dict], None], fold: int, folds: int) -> Ca
         on_progress({**row, "fold": fold, "step": fold * row["steps"] + row["step"], "steps": folds * row["steps"]})
 
     return forward
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write to a temporary file beside `path`, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
-            write(f)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.filename in (None, str(tmp)):  # name the file being written, not its temporary twin
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_predictions(path: Path, probs: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> None:

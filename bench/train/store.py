@@ -11,7 +11,7 @@ for probes), never under names, so a file found is exactly what recomputing woul
     DIR/features/<key>.npy    float32 (images, feature size), then a 32-byte SHA-256 trailer
     DIR/probes/<key>.pt       {"state_dict": head tensors, "history": JSON text, "sha256": ...}
 
-Crash safety: a file is written whole to `.<name>.<host>.<pid>.tmp` beside it, flushed, fsynced,
+Crash safety: a file is written whole to `.<name>.<host>.<pid>.<random>.tmp` beside it (bench/files.py), fsynced,
 then renamed over the final name (`os.replace`, atomic), so a reader sees no file or a whole one;
 a SIGKILL mid-write leaves only the temporary file, which readers never open and `clean()`
 removes (its process is dead here, or it is an hour old). Two processes writing one key both
@@ -27,16 +27,16 @@ import hashlib
 import io
 import json
 import os
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
 
-from bench.processes import pid_alive_here
+from bench.files import atomic_write, stale_temp, temp_owner
 
 STORE_FAULT_ENV = "SFT_BENCH_TEST_STORE_PAUSE"  # tests only: seconds to sleep with half a temporary file written
 STALE_TMP_SECONDS = 3600.0  # a temporary file this old is abandoned, whoever wrote it (another machine too)
@@ -55,38 +55,29 @@ class StoreCounts:
     last_error: str = ""
 
 
-def _host() -> str:
-    """This machine's name as it goes into temporary file names (no dots: they separate fields)."""
-    return socket.gethostname().split(".")[0].replace("_", "-") or "host"
-
-
 def atomic_write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
-    """Write `chunks` to a temporary file beside `path`, fsync it, rename it over `path`.
+    """Write `chunks` to a fresh temporary file beside `path` (bench/files.py: created exclusively,
+    a planted link never followed), fsync it, rename it over `path`.
 
     The rename is the commit: a reader never sees a partial file. `SFT_BENCH_TEST_STORE_PAUSE`
     (tests) sleeps once half the bytes are on disk, so a test can kill the writer there."""
     parts = [memoryview(c).cast("B") for c in chunks]
     total = sum(len(p) for p in parts)
     pause = float(os.environ.get(STORE_FAULT_ENV) or 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{_host()}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            written = 0
-            for part in parts:
-                if pause and written < total // 2 <= written + len(part):
-                    cut = total // 2 - written
-                    f.write(part[:cut])
-                    f.flush()
-                    time.sleep(pause)
-                    part = part[cut:]
-                f.write(part)
-                written += len(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def write(f: IO[Any]) -> None:
+        written = 0
+        for part in parts:
+            if pause and written < total // 2 <= written + len(part):
+                cut = total // 2 - written
+                f.write(part[:cut])
+                f.flush()
+                time.sleep(pause)
+                part = part[cut:]
+            f.write(part)
+            written += len(part)
+
+    atomic_write(path, write, "wb", fsync=True)
 
 
 class FeatureStore:
@@ -188,20 +179,17 @@ class FeatureStore:
         """Remove temporary files of writers that died: their process is gone from this machine, or
         the file has not changed for `older_than` seconds (a writer elsewhere finishes in seconds)."""
         removed = []
-        now, host = time.time(), _host()
+        now = time.time()
         for sub in ("features", "probes"):
             folder = self.root / sub
             if not folder.is_dir():
                 continue
             for p in folder.glob(".*.tmp"):
-                parts = p.name.rsplit(".", 3)  # ".<name>", host, pid, "tmp"
                 try:
-                    mine = len(parts) == 4 and parts[1] == host
-                    dead = mine and int(parts[2]) != os.getpid() and not pid_alive_here(int(parts[2]))
-                    if dead or now - p.stat().st_mtime > older_than:
+                    if stale_temp(p, older_than, now) or (temp_owner(p.name) is None and now - p.lstat().st_mtime > older_than):
                         p.unlink()
                         removed.append(p)
-                except (OSError, ValueError):
+                except OSError:
                     pass
         return removed
 
