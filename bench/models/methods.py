@@ -30,7 +30,7 @@ class InputAdapter(nn.Module):
         self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channels_last: measured faster for these conv nets on CPU and CUDA (docs/benchmarks.md).
+        # channels_last: measured faster for these conv nets on CPU and CUDA (docs/speed.md).
         # Converting the uint8 batch first and normalising in place is the same arithmetic
         # as float -> resize -> normalise -> channels_last, with two fewer copies. (copy=True:
         # a float input of the caller is never modified.)

@@ -8,7 +8,7 @@ import torch
 EVAL_BATCH = 1024  # evaluation and feature batches on CUDA
 # On CPU, small evaluation batches are faster: 128 ran EfficientNet-Lite0 inference at
 # 1.5x the rate of 1024 here (its activations stay in cache and below glibc's mmap
-# threshold, so no fresh pages per batch); ResNet-18 within 10% (docs/benchmarks.md).
+# threshold, so no fresh pages per batch); ResNet-18 within 10% (docs/speed.md).
 CPU_EVAL_BATCH = 128
 
 

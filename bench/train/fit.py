@@ -21,7 +21,7 @@ probe's, and a step at learning rate 0 leaves them there (tests/test_engine.py).
 Precision: bf16 autocast where asked (`precision="bf16"`), fp32 otherwise; channels_last
 memory format always for conv nets (it is faster on CPU and on CUDA here).
 
-Speed (measured in docs/benchmarks.md, `python cli.py perf`):
+Speed (measured in docs/speed.md, `python cli.py perf`):
 - frozen-backbone features come from the `Caches` given (a sweep's: one per process, over the
   on-disk store its workers and resumes share), keyed by the content of the weights, the input
   adapter, the precision and the images, so the trials of one sweep cell encode their images

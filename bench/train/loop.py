@@ -1,7 +1,7 @@
 """The step loop every phase of every method runs (`train_steps`): an optimiser, a schedule
 with linear warm-up, shuffled passes over the examples, and a history row every S/10 steps.
 
-Speed (docs/benchmarks.md): the optimiser is the fused (one kernel) implementation where
+Speed (docs/speed.md): the optimiser is the fused (one kernel) implementation where
 torch has one; loss and accuracy are summed on the device, so there is one host sync per
 history row, not one per step.
 """
@@ -61,7 +61,7 @@ def make_optimizer(groups: list[dict], hp: HParams) -> torch.optim.Optimizer:
     """SGD (with momentum) or AdamW over the parameter groups, as `hp` asks.
 
     fused: one kernel over all parameters instead of a Python loop of small ops per
-    tensor (see docs/benchmarks.md for what it is worth)."""
+    tensor (see docs/speed.md for what it is worth)."""
     fused = _fusable(groups)
     if hp.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, fused=fused)
