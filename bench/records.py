@@ -120,6 +120,8 @@ class RunRecord:
     trainable_params: int = 0
     train_seconds: float = 0.0
     feature_seconds: float = 0.0
+    compile_seconds: float = 0.0  # torch.compile's warm-up before the timed steps (not in train_seconds); 0: not compiled
+    compiled_graphs: int = 0  # graphs torch.compile compiled during this run (0: none, or all reused from earlier runs)
     eval_seconds: float = 0.0
     eval_images_per_second: float = 0.0
     wall_seconds: float = 0.0

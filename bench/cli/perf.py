@@ -70,7 +70,10 @@ def perf(
     steps: Annotated[int | None, typer.Option(min=1, help="Timed training steps per measurement (at most).")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Time limit per measurement after warm-up.")] = None,
     precision: Annotated[str, typer.Option(help="Suite precision in (b), (d), (e): auto, fp32, bf16.")] = "auto",
-    compile: Annotated[bool, typer.Option("--compile", help="Run (b) through torch.compile.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="Run (b) through torch.compile, as a run or sweep does.")] = False,
+    compile_mode: Annotated[
+        str | None, typer.Option("--compile-mode", help="torch.compile mode for (b), implies --compile (e.g. reduce-overhead).")
+    ] = None,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers of the article's pipeline (c).")] = 2,
     frozen_steps: Annotated[
         int | None,
@@ -102,6 +105,10 @@ def perf(
     try:
         if precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"precision '{precision}' is not one of: auto, fp32, bf16")
+        from bench.train.compiling import COMPILE_MODES
+
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise UserError(f"--compile-mode '{compile_mode}' is not one of: {', '.join(COMPILE_MODES)}")
         _check_files(P, project, throughputs, sweep, out)
         # Report-only modes: nothing is measured.
         if throughputs is not None or (sweep is not None and project is None):
@@ -109,7 +116,7 @@ def perf(
             typer.echo(_reports(P, rows, sweep, project))
             return
         selected = P.parse_cases(cases)
-        kw = dict(batch_size=batch_size, precision=precision, compile=compile, workers=workers)
+        kw = dict(batch_size=batch_size, precision=precision, compile=compile_mode or compile, workers=workers)
         given = dict(steps=steps, max_seconds=max_seconds, rounds=rounds, frozen_steps=frozen_steps)
         kw.update({k: v for k, v in given.items() if v is not None})
         settings = P.PerfSettings.quick(**kw) if quick else P.PerfSettings(**kw)

@@ -95,6 +95,7 @@ def load(
     device: str | None = None,
     precision: str | None = None,
     compile_: bool | None = None,
+    compile_mode: str | None = None,
     data_dir: Path | None = None,
     results_dir: Path | None = None,
     storage: str | None = None,
@@ -149,7 +150,13 @@ def load(
     ):
         if value is not None:
             raw[key] = value
-    if compile_:
+    if compile_mode is not None:
+        from bench.train.compiling import COMPILE_MODES
+
+        if compile_mode not in COMPILE_MODES:
+            raise UserError(f"--compile-mode '{compile_mode}' is not one of: {', '.join(COMPILE_MODES)}")
+        raw["compile"] = compile_mode
+    elif compile_:
         raw["compile"] = True
     return resolve(raw, source=str(path))
 
@@ -163,9 +170,11 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
     from bench.sweep import check_settings, check_storage, open_storage, storage_exists
     from bench.sweep.experiment import check_writable
     from bench.train.caches import Caches
+    from bench.train.compiling import check_compile
 
     warnings = []
     device = resolve_device(exp.device)
+    check_compile(exp.compile)
     if exp.precision == "bf16" and device.type == "cpu":
         warnings.append("bf16 on CPU is usually slower than fp32 there")
     backbones = {c.backbone for c in exp.cells()}
@@ -369,6 +378,14 @@ def sweep(
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the end-to-end phase (speed only; not part of the run ids).")
     ] = False,
+    compile_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--compile-mode",
+            help="torch.compile mode, implies --compile: default, reduce-overhead (CUDA graphs), max-autotune, "
+            "max-autotune-no-cudagraphs.",
+        ),
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Folder holding cifar-10-batches-py.")] = None,
     results_dir: Annotated[Path | None, typer.Option(help="Results root; the experiment writes RESULTS_DIR/NAME.")] = None,
     storage: Annotated[
@@ -389,7 +406,8 @@ def sweep(
     """Run an experiment grid: validate it, search every cell on validation data, retrain per seed, test once."""
     flags = dict(name=name, fractions=fractions, backbones=backbones, methods=methods, recipes=recipes, seeds=seeds)
     flags |= dict(trials=trials, steps=steps, search=search, cv_folds=cv_folds, resolution=resolution, device=device)
-    flags |= dict(precision=precision, compile_=compile_, data_dir=data_dir, results_dir=results_dir, storage=storage)
+    flags |= dict(precision=precision, compile_=compile_, compile_mode=compile_mode, data_dir=data_dir, results_dir=results_dir)
+    flags |= dict(storage=storage)
     try:
         exp = load(config, experiment, **flags)
         data, dev, warnings = validate(exp, download=download, parallel=parallel)

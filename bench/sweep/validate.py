@@ -207,7 +207,8 @@ def check_runtime(raw: dict[str, Any], source: str) -> dict[str, Any]:
     compile_ = raw.get("compile", False)
     if not isinstance(compile_, bool | str) or (isinstance(compile_, str) and compile_.lower() in BOOL_WORDS):
         raise UserError(
-            f"{source}: compile must be true, false (TOML booleans, unquoted) or a torch.compile backend name, got {compile_!r}"
+            f"{source}: compile must be true, false (TOML booleans, unquoted), a torch.compile mode (reduce-overhead, ...) "
+            f"or a backend name, got {compile_!r}"
         )
     pretrained = raw.get("pretrained", True)
     if not isinstance(pretrained, bool):

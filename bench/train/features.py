@@ -11,6 +11,7 @@ import torch
 
 from bench.models.methods import Net
 from bench.train.device import autocast, eval_batch
+from bench.train.meter import BackboneMeter, count
 
 if TYPE_CHECKING:
     from bench.train.store import FeatureStore
@@ -19,9 +20,13 @@ DEFAULT_FEATURE_CACHE_MB = 1024.0  # SFT_BENCH_FEATURE_CACHE_MB overrides it, re
 
 
 @torch.inference_mode()
-def encode_all(net: Net, x: torch.Tensor, precision: str, batch: int | None = None) -> torch.Tensor:
-    """Backbone features for every image, in eval mode, as fp32 (batch: `eval_batch` of the device)."""
+def encode_all(
+    net: Net, x: torch.Tensor, precision: str, batch: int | None = None, meter: BackboneMeter | None = None
+) -> torch.Tensor:
+    """Backbone features for every image, in eval mode, as fp32 (batch: `eval_batch` of the device);
+    `meter` counts the images."""
     batch = batch or eval_batch(x.device)
+    count(meter, len(x))
     was = net.training
     net.eval()
     with autocast(x.device, precision):
@@ -87,8 +92,11 @@ class FeatureCache:
         fingerprint(h, x)
         return h.hexdigest()
 
-    def encode(self, net: Net, x: torch.Tensor, precision: str, net_key: str | None = None) -> tuple[torch.Tensor, bool]:
-        """(features, whether they came from the cache). Callers must not modify them."""
+    def encode(
+        self, net: Net, x: torch.Tensor, precision: str, net_key: str | None = None, meter: BackboneMeter | None = None
+    ) -> tuple[torch.Tensor, bool]:
+        """(features, whether they came from the cache). Callers must not modify them. `meter` counts
+        the images a miss puts through the backbone."""
         k = self.key(net, x, precision, net_key)
         if k in self._store:
             self._store.move_to_end(k)
@@ -102,7 +110,7 @@ class FeatureCache:
             return feats, True
         self.misses += 1
         self.miss_images += len(x)
-        feats = encode_all(net, x, precision)
+        feats = encode_all(net, x, precision, meter=meter)
         if self.disk is not None:
             self.disk.save_features(k, feats)
         self._keep(k, feats)

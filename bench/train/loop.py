@@ -34,6 +34,7 @@ class FitResult:
     train_seconds: float = 0.0
     images_seen: int = 0
     feature_seconds: float = 0.0
+    compile_seconds: float = 0.0  # torch.compile's warm-up before the steps (bench/train/compiling.py), not in train_seconds
     # one (images, seconds) per history row: steady-state speed for `perf`
     interval_seconds: list[tuple[int, float]] = field(default_factory=list)
     feature_cache_hits: int = 0

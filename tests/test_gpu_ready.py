@@ -1,0 +1,240 @@
+"""Issue 18, "every path correct on CUDA by construction", checked on this CPU: what a GPU run depends on
+and a CPU can show. torch.compile's graph counts in a real run and over a sweep-like sequence of
+trials; the host syncs per training step; the caches keyed without a host round trip; the data
+moved to the device once; `--parallel`'s device per worker; the backbone built once per process;
+the CUDA defaults resolved from a `torch.device("cuda")` object.
+
+Why here: none of these is visible in a CPU result (CPU runs are bit-identical with and without
+them), and a GPU is not always at hand; each test would fail if its property broke.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from bench.models.methods import METHODS
+from bench.train.run import execute, make_config
+
+CPU = torch.device("cpu")
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+@dataclass
+class CountingBackend:
+    """A torch.compile backend (registered as "counting"): how many graphs it compiled, how often they
+    ran, and an optional sleep per compilation (a slow compiler, to see where its time is booked)."""
+
+    compiles: int = 0
+    calls: int = 0
+    sleep: float = 0.0
+    shapes: list[tuple] = field(default_factory=list)
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        self.compiles += 1
+        self.shapes.append(tuple(tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor))[:1])
+        time.sleep(self.sleep)
+
+        def run(*args: object) -> object:
+            self.calls += 1
+            return gm.forward(*args)
+
+        return run
+
+    def zero(self, sleep: float = 0.0) -> None:
+        # not `reset`: torch._dynamo.reset() calls a cached backend's `reset`
+        self.compiles = self.calls = 0
+        self.sleep = sleep
+        self.shapes.clear()
+
+
+COUNTING = CountingBackend()
+torch._dynamo.register_backend(COUNTING, name="counting")
+
+
+@pytest.fixture
+def counting() -> CountingBackend:
+    """The "counting" backend, its counts at zero and dynamo's caches empty (no graph from an earlier test)."""
+    torch._dynamo.reset()
+    COUNTING.zero()
+    yield COUNTING
+    torch._dynamo.reset()
+
+
+def _run(data, method: str, overrides: dict, *, compile: bool | str = False, stage: str = "final", seed: int = 0, **kw):  # noqa: ANN001, ANN202
+    spec = METHODS.get(method)
+    cfg = make_config(
+        "tiny", method, kw.pop("fraction", 0.2), seed, device=CPU, data=data, overrides=overrides, stage=stage, **kw
+    )
+    assert spec.trains_backbone
+    return execute(cfg, data, CPU, compile=compile)
+
+
+def test_one_run_compiles_one_graph_and_every_step_runs_through_it(synthetic_data, counting: CountingBackend) -> None:  # noqa: ANN001
+    """A real `execute` with compile: one graph (the encoder at the run's batch shape), run by the
+    warm-up and then by every one of the S steps (no fallback to eager), and the images through the
+    backbone counted exactly as without compile (the counter is no longer part of the model)."""
+    from bench.train.compiling import graph_count
+
+    before = graph_count()
+    eager = _run(synthetic_data, "finetune", {"steps": 12, "batch_size": 64})
+    assert counting.compiles == 0 and eager.compiled_graphs == 0 and eager.compile_seconds == 0
+    rec = _run(synthetic_data, "finetune", {"steps": 12, "batch_size": 64}, compile="counting")
+    assert counting.compiles == 1 and graph_count() - before == 1 and rec.compiled_graphs == 1
+    assert counting.calls == 1 + 12  # the warm-up, then each step
+    assert counting.shapes == [((64, 3, 32, 32),)]
+    assert rec.backbone_images == eager.backbone_images == 12 * 64 + rec.n_eval
+    assert rec.compile_seconds > 0
+
+
+def test_a_sweep_like_sequence_of_trials_reuses_its_graphs(synthetic_data, counting: CountingBackend) -> None:  # noqa: ANN001
+    """Trials of every method that trains the backbone, other seeds, fractions, learning rates, head
+    widths and a side branch: one graph for all of them (the encoder's shapes do not depend on the
+    method); BatchNorm in train mode is a second graph, and nothing else is."""
+    trials = [
+        ("finetune", {"lr": 0.01}, 0, 0.2),
+        ("sft", {"lr": 0.001, "backbone_lr_mult": 0.1}, 1, 0.2),
+        ("sft-mlp", {"branch_width": 64}, 0, 0.1),
+        ("sft-mlp", {"branch_width": 1024}, 1, 0.1),
+        ("sft-side", {"branch_width": 64}, 0, 0.2),
+        ("lp_ft", {"label_smoothing": 0.1}, 2, 0.2),
+        ("article_sft", {}, 0, 0.1),
+    ]
+    steps = 0
+    for method, hp, seed, fraction in trials:
+        overrides = {"steps": 4, "batch_size": 32, **hp}
+        _run(synthetic_data, method, overrides, compile="counting", stage="trial", seed=seed, fraction=fraction)
+        steps += 4
+    assert counting.compiles == 1
+    assert counting.calls == steps + len(trials)  # every step compiled, plus one warm-up per fit
+    _run(synthetic_data, "finetune", {"steps": 4, "batch_size": 32, "bn": "train"}, compile="counting", stage="trial")
+    assert counting.compiles == 2
+
+
+def test_compile_time_is_reported_apart_from_the_steps(synthetic_data, counting: CountingBackend) -> None:  # noqa: ANN001
+    """A compiler that takes 1.5 s: the record's compile_seconds has it, train_seconds does not."""
+    counting.zero(sleep=1.5)
+    rec = _run(synthetic_data, "finetune", {"steps": 4, "batch_size": 32}, compile="counting")
+    assert rec.compile_seconds >= 1.5
+    assert rec.train_seconds < 1.0
+
+
+def test_compile_settings_are_read_one_way() -> None:
+    """True is inductor's default mode; a mode name is inductor in that mode (reduce-overhead: CUDA
+    graphs); anything else is a backend; off is None."""
+    from bench.train.compiling import CompileSpec, compile_spec
+
+    assert compile_spec(False) is None and compile_spec("off") is None and compile_spec(None) is None
+    assert compile_spec(True) == CompileSpec("inductor", None) == compile_spec("default")
+    assert compile_spec("reduce-overhead") == CompileSpec("inductor", "reduce-overhead")
+    assert compile_spec("reduce-overhead").cuda_graphs and not compile_spec(True).cuda_graphs
+    assert compile_spec("aot_eager") == CompileSpec("aot_eager", None)
+
+
+def test_reduce_overhead_degrades_to_a_plain_compile_on_cpu(synthetic_data) -> None:  # noqa: ANN001
+    """CUDA graphs (compile mode "reduce-overhead") on a CPU: inductor compiles without them, the run
+    trains and counts as usual, one graph."""
+    torch._dynamo.reset()
+    rec = _run(synthetic_data, "finetune", {"steps": 3, "batch_size": 32}, compile="reduce-overhead")
+    assert rec.compiled_graphs == 1 and rec.backbone_images == 3 * 32 + rec.n_eval
+    torch._dynamo.reset()
+
+
+def test_perf_measures_the_compiled_path_the_sweep_takes(synthetic_data, counting: CountingBackend, monkeypatch) -> None:  # noqa: ANN001
+    """`perf --compile` (its (b), the suite's loop) and a sweep's run both reach the encoder compiled
+    by `fit`, with the same spec, and share its graph."""
+    import bench.train.fit
+    from bench.perf import PerfCase, PerfSettings
+    from bench.perf.measure import Bench
+    from bench.train.compiling import CompileSpec
+
+    real = bench.train.fit.compile_encoder
+    specs: list[tuple[str, CompileSpec]] = []
+
+    def spy(net, spec):  # noqa: ANN001, ANN202
+        specs.append((type(net).__name__, spec))
+        return real(net, spec)
+
+    monkeypatch.setattr(bench.train.fit, "compile_encoder", spy)
+    settings = PerfSettings.quick(batch_size=32, compile="counting", rounds=0)
+    units = Bench(PerfCase("tiny", 32), synthetic_data, CPU, settings).suite_units()
+    assert units and specs == [("Net", CompileSpec("counting"))]
+    _run(synthetic_data, "finetune", {"steps": 4, "batch_size": 32}, compile="counting")
+    assert specs == [("Net", CompileSpec("counting"))] * 2
+    assert counting.compiles == 1  # perf's graph is the run's
+
+
+def test_sweep_with_compile_logs_its_graph_count(tmp_path, synthetic_dir) -> None:  # noqa: ANN001
+    """A whole (small) grid with compile on: at most two graphs (bn is not searched: one), and the
+    sweep says how many it compiled."""
+    from bench.sweep import Sweep
+    from bench.sweep.experiment import read_toml, resolve
+    from bench.train.run import get_data
+
+    toml = tmp_path / "g.toml"
+    toml.write_text(
+        'backbones = ["tiny"]\nmethods = ["finetune", "linear_probe", "sft"]\nfractions = [0.1, 0.2]\nseeds = 2\n'
+        'trials = 2\nsteps = 3\ncompile = "counting"\n[search]\nmode = "pooled"\npool = 2\n[hparams]\nbatch_size = 32\n'
+    )
+    raw = read_toml(toml)
+    raw.update(data_dir=str(synthetic_dir), results_dir=str(tmp_path / "results"))
+    exp = resolve(raw)
+    lines: list[str] = []
+
+    class Log:
+        def status(self, status: object) -> None: ...
+        def item_start(self, item: object) -> None: ...
+        def epoch(self, row: dict) -> None: ...
+        def item_end(self, item: object, outcome: str) -> None: ...
+        def log(self, message: str) -> None:
+            lines.append(message)
+
+    torch._dynamo.reset()
+    COUNTING.zero()
+    status = Sweep(exp, get_data(synthetic_dir), CPU, progress=Log()).run()
+    torch._dynamo.reset()
+    assert status.complete
+    assert COUNTING.compiles == 1
+    final = [line for line in lines if line.startswith("compile (counting):")]
+    assert final and final[-1].startswith("compile (counting): 1 graph(s) compiled by this process over ")
+
+
+@pytest.mark.parametrize(
+    ("command", "flags", "message"),
+    [
+        ("run", ["--compile-mode", "fast"], "--compile-mode 'fast' is not one of: default, reduce-overhead"),
+        ("run", ["--compile-mode", "reduce-overhead", "--backbone", "nope"], "backbone 'nope'"),
+        ("sweep", ["--compile-mode", "fast", "--experiment", "quick"], "--compile-mode 'fast' is not one of"),
+        ("perf", ["--compile-mode", "fast"], "--compile-mode 'fast' is not one of"),
+    ],
+)
+def test_bad_compile_settings_are_one_line_exit_2(command: str, flags: list[str], message: str, synthetic_dir) -> None:  # noqa: ANN001
+    """An unknown compile mode is refused before any work, as every bad input is (one line, exit 2)."""
+    from typer.testing import CliRunner
+
+    import cli
+
+    result = CliRunner().invoke(cli.app, [command, *flags, "--data-dir", str(synthetic_dir)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+
+
+def test_a_compile_backend_torch_does_not_know_is_bad_input(tmp_path, synthetic_dir) -> None:  # noqa: ANN001
+    """compile = "inductr" in an experiment file: one line, exit 2, before anything is written."""
+    from typer.testing import CliRunner
+
+    import cli
+
+    toml = tmp_path / "g.toml"
+    toml.write_text('backbones = ["tiny"]\nmethods = ["finetune"]\nfractions = [0.1]\nseeds = 1\ntrials = 1\n')
+    toml.write_text(toml.read_text() + 'compile = "inductr"\n')
+    args = ["sweep", "--config", str(toml), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r")]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2 and "compile 'inductr' is neither a mode" in result.output, result.output
+    assert not (tmp_path / "r").exists()
