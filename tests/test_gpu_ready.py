@@ -238,3 +238,65 @@ def test_a_compile_backend_torch_does_not_know_is_bad_input(tmp_path, synthetic_
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 2 and "compile 'inductr' is neither a mode" in result.output, result.output
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- host syncs
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_step_loop_waits_for_the_device_only_at_its_history_rows(optimizer: str, synthetic_data, tiny_net) -> None:  # noqa: ANN001
+    """Counted between two optimiser steps (HostSyncs: reads, copies to the host, data-dependent
+    shapes, device syncs): the documented number in every step (none), the documented number at
+    each history row, with augmentation, gradient clipping, label smoothing and a validation split on."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from bench.budget import report_interval
+    from bench.models.methods import HParams
+    from bench.train.engine import fit
+    from bench.train.loop import SYNCS_BEFORE_STEPS, SYNCS_PER_STEP, syncs_per_row
+    from bench.train.syncs import HostSyncs
+
+    hp = HParams(steps=20, batch_size=32, lr=0.01, optimizer=optimizer, grad_clip=1.0, label_smoothing=0.1)
+    x, y = synthetic_data.train_x[:200], synthetic_data.train_y[:200]
+    val = (synthetic_data.train_x[200:300], synthetic_data.train_y[200:300])
+    net = tiny_net("finetune", hp)
+    deltas: list[int] = []
+    with HostSyncs() as syncs:
+        last = [syncs.total]
+
+        def step_done(opt: object, args: object, kwargs: object) -> None:
+            deltas.append(syncs.total - last[0])
+            last[0] = syncs.total
+
+        handle = register_optimizer_step_post_hook(step_done)
+        try:
+            result = fit(net, METHODS.get("finetune"), hp, x, y, seed=0, val=val)
+        finally:
+            handle.remove()
+        tail = syncs.total - last[0]
+    k = report_interval(hp.steps)
+    assert len(result.history) == hp.steps // k and len(deltas) == hp.steps
+    row = syncs_per_row(validates=True)
+    assert deltas[0] == SYNCS_BEFORE_STEPS + SYNCS_PER_STEP
+    assert deltas[1:] == [SYNCS_PER_STEP + (row if step % k == 0 else 0) for step in range(1, hp.steps)]
+    assert tail == row
+    assert syncs.kinds["device sync"] == SYNCS_BEFORE_STEPS + 2 * len(result.history)
+
+
+def test_host_syncs_are_counted_on_a_cpu_as_they_would_be_on_cuda() -> None:
+    """The counter itself: each kind of host wait, once each (a test that cannot miss what it looks for)."""
+    from bench.train.device import sync
+    from bench.train.syncs import HostSyncs
+
+    t = torch.arange(6.0)
+    with HostSyncs() as s:
+        t.sum().item()
+        float(t[0])
+        bool(t[1] > 0)
+        t.tolist()
+        t.cpu()
+        t.nonzero()
+        t[t > 2]
+        sync(CPU)
+        t * 2 + 1  # no wait
+    assert s.kinds == {"read": 3, "copy to host": 2, "size from data": 2, "device sync": 1}

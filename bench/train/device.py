@@ -24,6 +24,11 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
 
 
 def sync(device: torch.device) -> None:
-    """Wait for queued CUDA work: a timing taken without it measures the launch, not the work."""
+    """Wait for queued CUDA work: a timing taken without it measures the launch, not the work. Called
+    on every device (a no-op on CPU), so bench/train/syncs.py counts the same waits everywhere."""
+    _wait(device)
+
+
+def _wait(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -9,6 +9,7 @@ compiling.py  compile_encoder, warm_up, graph_count: torch.compile of the traini
 evaluate.py   predict, classification_metrics
 caches.py     Caches: the feature, probe and data caches one owner shares across fits
 meter.py      BackboneMeter: the images through the backbone, counted by the callers
+syncs.py      HostSyncs: counts where the host waits for the device (diagnostics, tests, gpu_check)
 store.py      FeatureStore: features and probes on disk, shared by processes and resumes
 """
 
