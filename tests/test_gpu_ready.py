@@ -300,3 +300,104 @@ def test_host_syncs_are_counted_on_a_cpu_as_they_would_be_on_cuda() -> None:
         sync(CPU)
         t * 2 + 1  # no wait
     assert s.kinds == {"read": 3, "copy to host": 2, "size from data": 2, "device sync": 1}
+
+
+# ---------------------------------------------------------------- caches keyed where the data is
+
+
+def _key_inputs() -> tuple:
+    """The inputs of the key regression below (a fixed tiny backbone, images, features, labels)."""
+    from bench.models.backbones import build_backbone, get_backbone
+    from bench.models.methods import HParams, build_net
+
+    spec = get_backbone("tiny")
+    torch.manual_seed(0)
+    f, h = build_backbone(spec, True)
+    net = build_net("sft", f, h, spec.feature_dim, 10, HParams(), spec.mean, spec.std, 32).to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8, generator=g)
+    feats = torch.randn(50, 32, generator=g)
+    y = torch.randint(0, 10, (50,), generator=g)
+    return net, x, feats, y
+
+
+def test_cpu_cache_keys_are_the_keys_every_store_was_written_with() -> None:
+    """On the CPU the keys are SHA-256 of the bytes, exactly as before the device-side digest existed
+    (hex digests computed by the code before it): the feature stores of running sweeps stay valid."""
+    from bench.models.hparams import ProbeSpec
+    from bench.train.features import FeatureCache
+    from bench.train.probe import ProbeCache
+
+    net, x, feats, y = _key_inputs()
+    assert FeatureCache.net_key(net, "fp32") == "3043e05d03745f62b81a8b9be010beca68afcd34f47b36ff1ffa892aa20f0a4b"
+    assert FeatureCache.key(net, x, "fp32") == "6a3f51a7ee6a554fd567b94e78bbeb7d9a704acdb7a324efd99804d4a56cea36"
+    assert ProbeCache.key(feats, y, ProbeSpec(), 10) == "a1c64f70224aabba1aa25048c49f8129b46ba532d1f26c8c99507c8c6dd85c60"
+
+
+def test_device_side_keys_read_back_16_bytes_and_follow_the_content() -> None:
+    """The GPU path of the keys, run on CPU tensors: every weight, image and feature digested where it
+    is and read back in one transfer per key (not one copy of each tensor to the host); a changed
+    byte, a swapped pair of words, another layout or length is another key, equal content the same."""
+    import hashlib
+
+    from bench.train.features import device_digest, fingerprint_all
+    from bench.train.syncs import HostSyncs
+
+    net, x, feats, y = _key_inputs()
+    tensors = [*net.backbone.state_dict().values(), x, feats, y]
+
+    def key(ts: list[torch.Tensor]) -> str:
+        h = hashlib.sha256()
+        fingerprint_all(h, ts, device_side=True)
+        return h.hexdigest()
+
+    with HostSyncs() as syncs:
+        base = key(tensors)
+    assert syncs.total == 1 and syncs.kinds["copy to host"] == 1
+    assert key([t.clone() for t in tensors]) == base
+    changed = x.clone()
+    changed[7, 1, 3, 4] ^= 1
+    assert key([*tensors[:-3], changed, feats, y]) != base
+    swapped = feats.clone()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    assert key([*tensors[:-2], swapped, y]) != base
+    assert key([*tensors[:-3], x.contiguous(memory_format=torch.channels_last), feats, y]) != base
+    data = torch.randint(0, 256, (10_007,), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(device_digest(data), device_digest(data, chunk=64))  # chunking is not part of it
+    assert not torch.equal(device_digest(data), device_digest(data[:-1]))
+    assert not torch.equal(device_digest(torch.zeros(4, dtype=torch.uint8)), device_digest(torch.zeros(8, dtype=torch.uint8)))
+
+
+def test_the_dataset_goes_to_the_device_once_per_owner(synthetic_data, monkeypatch) -> None:  # noqa: ANN001
+    """`DataCache.on`: one copy per dataset and device, reused by every fold and run of the owner
+    (a "meta" device stands in for a GPU here); a CPU run copies nothing; the copy's test reads are
+    counted on the dataset (the trial stage never reads the test set, wherever it runs)."""
+    import bench.data.cifar10
+    from bench.train.caches import Caches
+
+    moves: list[str] = []
+    real_to = bench.data.cifar10.Cifar10.to
+
+    def to(self, device):  # noqa: ANN001, ANN202
+        out = real_to(self, device)
+        if out is not self:
+            moves.append(str(device))
+        return out
+
+    monkeypatch.setattr(bench.data.cifar10.Cifar10, "to", to)
+    caches = Caches()
+    meta = torch.device("meta")
+    first = caches.data.on(synthetic_data, meta)
+    assert first.train_x.device.type == "meta" and caches.data.on(synthetic_data, meta) is first
+    assert caches.data.on(synthetic_data, CPU) is synthetic_data and moves == ["meta"]
+    reads = synthetic_data.test_reads
+    first.test()
+    assert synthetic_data.test_reads == reads + 1 and first.test_reads == 0
+    # a k-fold pooled trial: every fold asks the owner's cache for the resident data
+    asked: list[int] = []
+    real_on = caches.data.on
+    monkeypatch.setattr(caches.data, "on", lambda data, device: asked.append(id(data)) or real_on(data, device))
+    cfg = make_config("tiny", "finetune", 0.2, 0, device=CPU, data=synthetic_data, overrides={"steps": 2, "batch_size": 32},
+                      stage="trial", cv_folds=2, pool=(0, 1))  # fmt: skip
+    execute(cfg, synthetic_data, CPU, caches=caches)
+    assert asked == [id(synthetic_data)] * 4 and moves == ["meta"]

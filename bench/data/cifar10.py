@@ -82,10 +82,23 @@ class Cifar10:
     fingerprint: str = ""
     official: bool = True
     test_reads: int = field(default=0)
+    # a copy on another device (`to`) counts its test reads on the dataset it was copied from
+    origin: Cifar10 | None = field(default=None, repr=False, compare=False)
 
     def test(self) -> tuple[torch.Tensor, torch.Tensor]:
-        self.test_reads += 1
+        (self.origin or self).test_reads += 1
         return self._test_x, self._test_y
+
+    def to(self, device: torch.device) -> Cifar10:
+        """This dataset with every tensor on `device` (itself when they are there already). Whoever
+        trains many runs moves it once (`DataCache.on`); a fold then gathers its images on the device."""
+        tensors = (self.train_x, self.train_y, self._test_x, self._test_y)
+        if all(t.device == device for t in tensors):
+            return self
+        moved = [t.to(device) for t in tensors]
+        return Cifar10(
+            *moved, classes=self.classes, fingerprint=self.fingerprint, official=self.official, origin=self.origin or self
+        )
 
     @property
     def num_classes(self) -> int:

@@ -258,12 +258,14 @@ def run_fold(
 ) -> FoldResult:
     """Build the model, train it on the fold's training images, and score it on its validation
     images (or on the test set: the only place a final run reads it)."""
-    train_idx, val_idx = fold.train, fold.val
     torch.manual_seed(fold.seed)
     net = build_model(cfg, data.num_classes).to(device).to(memory_format=torch.channels_last)
-    x = data.train_x[train_idx].to(device)
-    y = data.train_y[train_idx].to(device)
-    val = None if val_idx is None else (data.train_x[val_idx].to(device), data.train_y[val_idx].to(device))
+    # the dataset is on the device once per owner; a fold's images are a gather there
+    resident = caches.data.on(data, device)
+    train_idx = fold.train.to(device)
+    val_idx = None if fold.val is None else fold.val.to(device)
+    x, y = resident.train_x[train_idx], resident.train_y[train_idx]
+    val = None if val_idx is None else (resident.train_x[val_idx], resident.train_y[val_idx])
     spec = METHODS.get(cfg.method)
     result = fit(
         net,
@@ -282,8 +284,7 @@ def run_fold(
     )
     t0 = time.perf_counter()
     if val is None:
-        ex, ey = data.test()
-        ex, ey = ex.to(device), ey.to(device)
+        ex, ey = resident.test()  # counted on `data` (Cifar10.test)
     else:
         ex, ey = val
     feats = None
