@@ -401,3 +401,88 @@ def test_the_dataset_goes_to_the_device_once_per_owner(synthetic_data, monkeypat
                       stage="trial", cv_folds=2, pool=(0, 1))  # fmt: skip
     execute(cfg, synthetic_data, CPU, caches=caches)
     assert asked == [id(synthetic_data)] * 4 and moves == ["meta"]
+
+
+# ---------------------------------------------------------------- backbones built once per process
+
+
+def test_a_backbone_built_once_is_copied_bit_identically_with_the_random_state_it_left() -> None:
+    """BackboneCache: the second build from the same random state is a copy of the first, equal in
+    every tensor to building again, and leaves the random state the build left (the head drawn next
+    is the same); another state is another build (scratch weights differ)."""
+    from bench.models.backbones import BackboneCache, build_backbone, get_backbone
+
+    spec = get_backbone("resnet18")  # torchvision, scratch: its initialisation draws from the global state
+    cache = BackboneCache()
+
+    def build(seed: int, how) -> tuple[dict, torch.Tensor]:  # noqa: ANN001
+        torch.manual_seed(seed)
+        feats, head = how(spec, False)
+        return {**feats.state_dict(), **{f"head.{k}": v for k, v in head.state_dict().items()}}, torch.rand(4)
+
+    first, after_first = build(3, cache.build)
+    second, after_second = build(3, cache.build)
+    fresh, after_fresh = build(3, build_backbone)
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert first.keys() == second.keys() == fresh.keys()
+    assert all(torch.equal(first[k], second[k]) and torch.equal(first[k], fresh[k]) for k in first)
+    assert torch.equal(after_first, after_second) and torch.equal(after_first, after_fresh)
+    other, _ = build(4, cache.build)
+    assert cache.misses == 2 and not torch.equal(other["net.conv1.weight"], first["net.conv1.weight"])
+    small = BackboneCache(max_mb=1)  # ResNet-18 is 45 MB: built every time, nothing kept
+    build(3, small.build)
+    build(3, small.build)
+    assert (small.misses, small.hits, len(small)) == (2, 0, 0)
+
+
+def test_runs_sharing_an_owner_copy_the_backbone_and_give_the_same_record(synthetic_data) -> None:  # noqa: ANN001
+    """Two runs of one seed with one owner's caches: the second copies the backbone the first built,
+    and both records are the one a run with fresh caches gives (accuracy, history, images)."""
+    from bench.train.caches import Caches
+
+    cfg = make_config("tiny", "finetune", 0.2, 5, device=CPU, data=synthetic_data, overrides={"steps": 6, "batch_size": 32},
+                      pretrained=False)  # fmt: skip
+    caches = Caches()
+    a, b = execute(cfg, synthetic_data, CPU, caches=caches), execute(cfg, synthetic_data, CPU, caches=caches)
+    alone = execute(cfg, synthetic_data, CPU)
+    assert (caches.backbones.misses, caches.backbones.hits) == (1, 1)
+    for rec in (a, b):
+        assert (rec.test_accuracy, rec.history, rec.backbone_images) == (
+            alone.test_accuracy,
+            alone.history,
+            alone.backbone_images,
+        )
+
+
+def test_a_timm_spec_reads_its_config_without_building_a_model_and_runs_train_as_before(monkeypatch) -> None:  # noqa: ANN001
+    """get_backbone("timm:...") builds the model on the meta device (no weights, no random draws) once
+    per process; its build makes the draws the spec's CPU model used to make before it, so the
+    weights and the random state after a build (the head's draws) are those of the old code."""
+    import timm
+
+    from bench.models.backbones import _timm_spec, get_backbone
+
+    _timm_spec.cache_clear()
+    devices: list[str] = []
+    real = timm.create_model
+
+    def spy(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        devices.append(str(torch.empty(0).device))  # the default device the model is built on
+        return real(*a, **kw)
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    state = torch.random.get_rng_state()
+    spec = get_backbone("timm:resnet18")
+    assert get_backbone("timm:resnet18") is spec and devices == ["meta"]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert (spec.feature_dim, spec.num_pretrained_classes, spec.input_size) == (512, 1000, 224)
+
+    torch.manual_seed(7)  # the old code: the spec's model on the CPU, then the build, then the head's draws
+    real("resnet18", pretrained=False)
+    old = real("resnet18", pretrained=False)
+    old.reset_classifier(0)
+    old_next = torch.rand(4)
+    torch.manual_seed(7)
+    feats, _ = spec.build(False)
+    assert torch.equal(torch.rand(4), old_next)
+    assert all(torch.equal(v, old.state_dict()[k]) for k, v in feats.net.state_dict().items())

@@ -23,7 +23,7 @@ import torch
 
 from bench.budget import MIN_STEPS, PROTOCOL, article_recipe_steps, step_budget
 from bench.data import Cifar10, check_fraction, cv_folds, label_split, labelled_count
-from bench.models.backbones import build_backbone, get_backbone, input_resolution
+from bench.models.backbones import BackboneCache, build_backbone, get_backbone, input_resolution
 from bench.models.hparams import RECIPES, ProbeSpec, recipe_name
 from bench.models.methods import ARTICLE_NORMALISATION, ARTICLE_RECIPE, METHODS, HParams, build_net
 from bench.provenance import peak_memory_mb, provenance, resolve_device
@@ -190,11 +190,12 @@ def get_data(data_dir: str | Path, caches: Caches | None = None) -> Cifar10:
     return (caches if caches is not None else Caches()).data.get(data_dir)
 
 
-def build_model(cfg: RunConfig, num_classes: int) -> torch.nn.Module:
+def build_model(cfg: RunConfig, num_classes: int, backbones: BackboneCache | None = None) -> torch.nn.Module:
     """The run's network: its backbone (pretrained or not), the method's head and the input adapter
-    (the article's recipe normalises with 0.5 / 0.5, whatever the backbone's own statistics)."""
+    (the article's recipe normalises with 0.5 / 0.5, whatever the backbone's own statistics).
+    `backbones`: the owner's built backbones, copied instead of built again (the same model)."""
     bspec = get_backbone(cfg.backbone)
-    feats, pretrained_head = build_backbone(bspec, cfg.pretrained)
+    feats, pretrained_head = (backbones.build if backbones is not None else build_backbone)(bspec, cfg.pretrained)
     mean, std = ARTICLE_NORMALISATION if cfg.recipe == "article" else (bspec.mean, bspec.std)
     return build_net(cfg.method, feats, pretrained_head, bspec.feature_dim, num_classes, cfg.hp, mean, std, cfg.resolution)
 
@@ -259,7 +260,7 @@ def run_fold(
     """Build the model, train it on the fold's training images, and score it on its validation
     images (or on the test set: the only place a final run reads it)."""
     torch.manual_seed(fold.seed)
-    net = build_model(cfg, data.num_classes).to(device).to(memory_format=torch.channels_last)
+    net = build_model(cfg, data.num_classes, caches.backbones).to(device).to(memory_format=torch.channels_last)
     # the dataset is on the device once per owner; a fold's images are a gather there
     resident = caches.data.on(data, device)
     train_idx = fold.train.to(device)
