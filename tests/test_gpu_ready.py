@@ -486,3 +486,33 @@ def test_a_timm_spec_reads_its_config_without_building_a_model_and_runs_train_as
     feats, _ = spec.build(False)
     assert torch.equal(torch.rand(4), old_next)
     assert all(torch.equal(v, old.state_dict()[k]) for k, v in feats.net.state_dict().items())
+
+
+# ---------------------------------------------------------------- --parallel on a GPU machine
+
+
+def test_parallel_workers_are_spread_over_the_gpus_and_share_cpu_threads_only_on_a_cpu(monkeypatch) -> None:  # noqa: ANN001
+    """With the device count mocked: worker i of a CUDA sweep trains on cuda:(i % N); a sweep that
+    names a GPU keeps it for every worker; CPU workers divide the cores, GPU workers do not."""
+    import os
+
+    from bench.cli.sweep import _set_threads, worker_commands, worker_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cuda = torch.device("cuda")
+    assert worker_devices(cuda, 4) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert worker_devices(cuda, 1) == ["cuda:0"]
+    assert worker_devices(torch.device("cuda:1"), 3) == [None] * 3 and worker_devices(CPU, 2) == [None] * 2
+    cmds = worker_commands(["sweep", "--worker"], cuda, 3, None)
+    assert [c[c.index("--device") + 1] for c in cmds] == ["cuda:0", "cuda:1", "cuda:0"] and all(
+        "--threads" not in c for c in cmds
+    )
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert worker_devices(cuda, 6) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    threads = torch.get_num_threads()
+    try:
+        assert _set_threads(None, cuda, 4) is None and torch.get_num_threads() == threads
+        assert _set_threads(None, CPU, 2) == max(1, (os.cpu_count() or 1) // 2)
+        assert worker_commands(["sweep"], CPU, 2, 1) == [["sweep", "--threads", "1"]] * 2
+    finally:
+        torch.set_num_threads(threads)

@@ -302,9 +302,37 @@ def _announce(exp: Any, dev: Any, warnings: list[str], console: Console) -> None
         )
 
 
+def worker_devices(dev: Any, k: int) -> list[str | None]:
+    """The device each of K `--parallel` workers trains on: on a CUDA machine whose sweep names no
+    GPU (device auto or cuda), worker i takes cuda:(i % N) of the N GPUs, one worker per GPU first
+    (docs/gpu.md: more workers than GPUs share them, best under MPS). None: the worker keeps the
+    experiment's device (a CPU, or the one GPU the sweep named)."""
+    if dev.type != "cuda" or dev.index is not None:
+        return [None] * k
+    import torch
+
+    n = max(1, torch.cuda.device_count())
+    return [f"cuda:{i % n}" for i in range(k)]
+
+
+def worker_commands(base: list[str], dev: Any, k: int, threads: int | None) -> list[list[str]]:
+    """The command line of each of K workers: the shared one, its thread count (CPU workers share the
+    cores: `_set_threads`), its GPU (`worker_devices`)."""
+    cmds = []
+    for device in worker_devices(dev, k):
+        cmd = list(base)
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+        if device is not None:
+            cmd += ["--device", device]
+        cmds.append(cmd)
+    return cmds
+
+
 def _set_threads(threads: int | None, dev: Any, parallel: int) -> int | None:
     """torch's CPU threads in this process: --threads, or the cores shared out among CPU workers
-    (K workers with a thread per core each would fight over the same cores). Returns the count set."""
+    (K workers with a thread per core each would fight over the same cores). On a GPU the workers'
+    CPU threads only launch kernels and are not divided. Returns the count set."""
     if threads is None and dev.type == "cpu" and parallel > 1:
         threads = max(1, (os.cpu_count() or 1) // parallel)
     if threads is not None:
@@ -391,7 +419,9 @@ def sweep(
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage: SQLAlchemy URL or journal file (default RESULTS_DIR/NAME/optuna.journal).")
     ] = None,
-    parallel: Annotated[int, typer.Option(min=1, help="Worker processes sharing the device.")] = 1,
+    parallel: Annotated[
+        int, typer.Option(min=1, help="Worker processes; on a CUDA machine worker i trains on cuda:(i % GPUs) (docs/gpu.md).")
+    ] = 1,
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch CPU threads per worker (default: all, divided by --parallel).")
     ] = None,
@@ -463,9 +493,7 @@ def _run_parallel(exp: Any, data: Any, dev: Any, k: int, threads: int | None, qu
     out = exp.out_dir
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "bench", "sweep", "--config", str(out / "config.toml"), "--worker", "--no-report"]
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
+    base = [sys.executable, "-m", "bench", "sweep", "--config", str(out / "config.toml"), "--worker", "--no-report"]
     env = dict(os.environ)
     # `-m bench` finds this checkout from any working directory, installed or not.
     root = str(Path(__file__).resolve().parent.parent.parent)
@@ -477,7 +505,7 @@ def _run_parallel(exp: Any, data: Any, dev: Any, k: int, threads: int | None, qu
         if password and password != "***":
             env["SFT_BENCH_DB_PASSWORD"] = str(password)
     procs = []
-    for i in range(k):
+    for i, cmd in enumerate(worker_commands(base, dev, k, threads)):
         log = open(logs / f"worker-{i}.log", "a")
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     monitor = Sweep(exp, data, dev, read_only=True)
