@@ -516,3 +516,131 @@ def test_parallel_workers_are_spread_over_the_gpus_and_share_cpu_threads_only_on
         assert worker_commands(["sweep"], CPU, 2, 1) == [["sweep", "--threads", "1"]] * 2
     finally:
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- timing, defaults, determinism
+
+
+def test_cuda_defaults_are_resolved_from_a_cuda_device_object(synthetic_data) -> None:  # noqa: ANN001
+    """`torch.device("cuda")` is enough to resolve what a CUDA run gets (no GPU needed): bf16 for
+    --precision auto, an evaluation batch scaled by the resolution; a CPU keeps fp32 and 128 at
+    every resolution (its results must not move)."""
+    from bench.train.device import CPU_EVAL_BATCH, device_defaults, eval_batch
+
+    cuda = torch.device("cuda")
+    assert device_defaults(cuda).precision == "bf16" and device_defaults(CPU).precision == "fp32"
+    assert [eval_batch(cuda, r) for r in (32, 64, 128, 224, 260, 512)] == [4096, 1024, 256, 128, 128, 128]
+    assert {eval_batch(CPU, r) for r in (32, 64, 128, 224)} == {CPU_EVAL_BATCH} == {128}
+    cfg = make_config("tiny", "finetune", 0.2, 0, device=cuda, data=synthetic_data)
+    assert (cfg.precision, cfg.device_type) == ("bf16", "cuda")
+
+
+def test_evaluation_batches_follow_the_networks_resolution(synthetic_data, tiny_net, monkeypatch) -> None:  # noqa: ANN001
+    """predict and encode_all ask for the batch of their device at the network's input resolution."""
+    import bench.train.evaluate
+    import bench.train.features
+    from bench.train.engine import encode_all, predict
+
+    asked: list[tuple[str, int]] = []
+    for module in (bench.train.evaluate, bench.train.features):
+        real = module.eval_batch
+        monkeypatch.setattr(module, "eval_batch", lambda d, r, real=real: asked.append((d.type, r)) or real(d, r))
+    net = tiny_net("finetune")
+    net.adapter.resolution = 48
+    x = synthetic_data.train_x[:20]
+    predict(net, x, "fp32")
+    encode_all(net, x, "fp32")
+    assert asked == [("cpu", 48), ("cpu", 48)]
+
+
+@pytest.fixture
+def restore_numerics() -> None:
+    """Put the process's numerical settings back to the defaults after a test that changes them."""
+    import os
+
+    from bench.train.device import Numerics, configure_numerics
+
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    yield
+    configure_numerics(Numerics())
+    if workspace is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def test_deterministic_and_tf32_are_set_as_asked_and_recorded(synthetic_data, restore_numerics, monkeypatch) -> None:  # noqa: ANN001
+    """--deterministic sets cuDNN's flags, torch's deterministic algorithms and cuBLAS's workspace;
+    the TF32 policy sets every CUDA fp32 precision; every run's provenance records both (TF32 only
+    counts on CUDA); records written before the fields existed still load."""
+    import os
+
+    import bench.provenance
+    from bench.provenance import provenance
+    from bench.records import RunRecord
+    from bench.train.device import Numerics, configure_numerics
+
+    assert configure_numerics(Numerics()) == Numerics(False, False)
+    assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.conv.fp32_precision == torch.backends.cuda.matmul.fp32_precision == "ieee"
+    assert configure_numerics(Numerics(deterministic=True, tf32=True)) == Numerics(True, True)
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert torch.are_deterministic_algorithms_enabled() and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert torch.backends.cudnn.conv.fp32_precision == torch.backends.cuda.matmul.fp32_precision == "tf32"
+    rec = _run(synthetic_data, "finetune", {"steps": 2, "batch_size": 32})
+    assert rec.provenance.deterministic and not rec.provenance.tf32  # no TF32 on a CPU
+    monkeypatch.setattr(bench.provenance, "device_name", lambda device: "a CUDA device")
+    assert provenance(torch.device("cuda"))["tf32"] is True
+    configure_numerics(Numerics())
+    assert provenance(torch.device("cuda"))["tf32"] is False and provenance(CPU)["deterministic"] is False
+    old = rec.to_dict()
+    for key in ("compile_seconds", "compiled_graphs"):
+        del old[key]
+    for key in ("deterministic", "tf32"):
+        del old["provenance"][key]
+    back = RunRecord.from_dict(old)
+    assert (back.compile_seconds, back.compiled_graphs, back.provenance.deterministic, back.provenance.tf32) == (
+        0.0,
+        0,
+        False,
+        False,
+    )
+
+
+def test_the_ceiling_syncs_once_per_k_steps() -> None:
+    """perf's ceiling: k steps between two device syncs (a pipelined loop), not a sync after each step."""
+    from bench.perf.measure import timed
+    from bench.train.syncs import HostSyncs
+
+    calls: list[int] = []
+    with HostSyncs() as syncs:
+        groups = timed(lambda: calls.append(1), CPU, warmup=2, steps=10, max_seconds=float("inf"), per_sync=4)
+    assert [n for n, _ in groups] == [4, 4, 2] and len(calls) == 12
+    assert syncs.kinds == {"device sync": 1 + 3}
+
+
+def test_the_dry_run_measures_the_suites_loop_with_the_grids_settings(tmp_path, synthetic_dir, monkeypatch) -> None:  # noqa: ANN001
+    """`sweep --dry-run` times training through `fit` with each cell's optimiser, batch, clipping,
+    precision and compile setting, and times no training for a frozen row (it trains heads only)."""
+    from typer.testing import CliRunner
+
+    import bench.train.engine
+    import cli
+
+    seen: list[tuple] = []
+    real = bench.train.engine.fit
+
+    def spy(net, spec, hp, x, y, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append((spec.name, hp.optimizer, hp.batch_size, hp.grad_clip, kw["precision"], kw["compile"], x.device.type))
+        return real(net, spec, hp, x, y, **kw)
+
+    monkeypatch.setattr(bench.train.engine, "fit", spy)
+    toml = tmp_path / "g.toml"
+    toml.write_text(
+        'backbones = ["tiny"]\nmethods = ["finetune", "sft-mlp-frozen"]\nfractions = [0.1]\nseeds = 1\ntrials = 2\n'
+        'compile = "aot_eager"\ndevice = "cpu"\n[hparams]\noptimizer = "sgd"\nbatch_size = 32\ngrad_clip = 1.0\n'
+    )
+    args = ["sweep", "--config", str(toml), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r"), "--dry-run"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert seen == [("finetune", "sgd", 32, 1.0, "fp32", "aot_eager", "cpu")]
+    assert "train head only (frozen backbone)" in result.output  # sft-mlp-frozen: its forward rate only
+    assert "projected wall time" in result.output and not (tmp_path / "r").exists()

@@ -74,6 +74,10 @@ def perf(
     compile_mode: Annotated[
         str | None, typer.Option("--compile-mode", help="torch.compile mode for (b), implies --compile (e.g. reduce-overhead).")
     ] = None,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="CUDA: deterministic kernels only, as run/sweep --deterministic.")
+    ] = False,
+    tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help="CUDA: let fp32 use TF32 (default: IEEE fp32).")] = False,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers of the article's pipeline (c).")] = 2,
     frozen_steps: Annotated[
         int | None,
@@ -122,7 +126,9 @@ def perf(
         settings = P.PerfSettings.quick(**kw) if quick else P.PerfSettings(**kw)
         dev = resolve_device(device)
         from bench.train.caches import Caches
+        from bench.train.device import Numerics, configure_numerics
 
+        configure_numerics(Numerics(deterministic=deterministic, tf32=tf32))  # perf.json's machine records them
         caches = Caches.from_env()  # SFT_BENCH_FEATURE_CACHE_MB is read here, at the entry point
         data = caches.data.get(data_dir)
     except UserError as exc:

@@ -22,6 +22,13 @@ from rich.table import Table
 from bench.cli.errors import fail
 from bench.registry import UserError, check_writable
 
+DETERMINISTIC_HELP = (
+    "CUDA: deterministic kernels only (cuDNN deterministic, no kernel search, torch's deterministic algorithms, "
+    "cuBLAS workspace): the same run twice on the same GPU and software is bit-identical; recorded. A CPU is "
+    "deterministic either way."
+)
+TF32_HELP = "CUDA: let fp32 matmuls and convolutions use TF32 (default: true IEEE fp32); recorded."
+
 
 def _console() -> Console:
     """Made per call: CliRunner replaces sys.stdout for each invocation."""
@@ -108,6 +115,8 @@ class RunOptions:
     save_model: Path | None
     compile_: bool
     compile_mode: str | None
+    deterministic: bool
+    tf32: bool
 
     def compile(self) -> bool | str:
         """What `execute` is given: the mode when one is named (it implies --compile), else the flag."""
@@ -340,12 +349,16 @@ def run(
             "max-autotune-no-cudagraphs.",
         ),
     ] = None,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help=DETERMINISTIC_HELP)] = False,
+    tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help=TF32_HELP)] = False,
 ) -> None:
     """Train and evaluate one (backbone, method, fraction, seed) run."""
     opts = RunOptions(**locals())  # first statement: locals() is exactly the options here
     from bench.train.caches import Caches
+    from bench.train.device import Numerics, configure_numerics
     from bench.train.run import write_record
 
+    configure_numerics(Numerics(deterministic=opts.deterministic, tf32=opts.tf32))  # recorded in the provenance
     try:
         caches = Caches.from_env()  # SFT_BENCH_FEATURE_CACHE_MB is read here, at the entry point
         cfg, data, dev = _prepare(opts, caches)

@@ -96,6 +96,8 @@ def load(
     precision: str | None = None,
     compile_: bool | None = None,
     compile_mode: str | None = None,
+    deterministic: bool | None = None,
+    tf32: bool | None = None,
     data_dir: Path | None = None,
     results_dir: Path | None = None,
     storage: str | None = None,
@@ -158,6 +160,10 @@ def load(
         raw["compile"] = compile_mode
     elif compile_:
         raw["compile"] = True
+    if deterministic:
+        raw["deterministic"] = True
+    if tf32 is not None:
+        raw["tf32"] = tf32
     return resolve(raw, source=str(path))
 
 
@@ -215,9 +221,9 @@ def _dry_run(exp: Any, data: Any, dev: Any, console: Console) -> None:
     console.print(f"measuring throughput on {dev} (a few seconds per backbone and resolution)…", highlight=False)
     p = project(exp, monitor, dev)
     for r in p.rates:
+        train = "head only (frozen backbone)" if r.train != r.train else f"{r.train:.0f} img/s"  # nan: not measured
         console.print(
-            f"  {r.backbone} @ {r.resolution} px, batch {r.batch_size}: train {r.train:.0f} img/s, "
-            f"evaluate {r.forward:.0f} img/s",
+            f"  {r.backbone} @ {r.resolution} px, batch {r.batch_size}: train {train}, evaluate {r.forward:.0f} img/s",
             highlight=False,
         )
     console.print(
@@ -414,6 +420,13 @@ def sweep(
             "max-autotune-no-cudagraphs.",
         ),
     ] = None,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="CUDA: deterministic kernels only (docs/gpu.md); recorded per run.")
+    ] = False,
+    tf32: Annotated[
+        bool | None,
+        typer.Option("--tf32/--no-tf32", help="CUDA: let fp32 use TF32 (default: the experiment's tf32, false)."),
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Folder holding cifar-10-batches-py.")] = None,
     results_dir: Annotated[Path | None, typer.Option(help="Results root; the experiment writes RESULTS_DIR/NAME.")] = None,
     storage: Annotated[
@@ -437,12 +450,16 @@ def sweep(
     flags = dict(name=name, fractions=fractions, backbones=backbones, methods=methods, recipes=recipes, seeds=seeds)
     flags |= dict(trials=trials, steps=steps, search=search, cv_folds=cv_folds, resolution=resolution, device=device)
     flags |= dict(precision=precision, compile_=compile_, compile_mode=compile_mode, data_dir=data_dir, results_dir=results_dir)
-    flags |= dict(storage=storage)
+    flags |= dict(storage=storage, deterministic=deterministic, tf32=tf32)
     try:
         exp = load(config, experiment, **flags)
         data, dev, warnings = validate(exp, download=download, parallel=parallel)
     except UserError as exc:
         fail(str(exc))
+    from bench.train.device import Numerics, configure_numerics
+
+    # every worker reads them from config.toml; each run records them
+    configure_numerics(Numerics(deterministic=exp.deterministic, tf32=exp.tf32))
     if not worker:
         _announce(exp, dev, warnings, _console())
     if dry_run:

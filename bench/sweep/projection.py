@@ -2,9 +2,10 @@
 
 Why: protocol v2 gives every cell at least 500 optimiser steps and a search per seed, so
 the same grid is minutes on a GPU and days on a laptop. A user should know which before
-starting. The projection measures, for each (backbone, resolution, batch) of the grid, a
-few training steps (forward, backward, optimiser; augmentation included) and a few
-evaluation batches on this device, then adds up every work item of the grid:
+starting. The projection measures, for each (backbone, resolution, batch) and training settings of the
+grid, a few training steps through the suite's own loop (`fit`: the cell's optimiser, groups,
+augmentation, BatchNorm policy, precision and compile setting) and a few evaluation batches at
+the suite's evaluation batch on this device, then adds up every work item of the grid:
 
 - a trial or final run that trains B: S steps x batch images at the training rate, plus
   its validation reports (trials) or the test set (final runs), plus the probe's features;
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.budget import REPORTS
-from bench.data import augment, label_split, labelled_count
+from bench.data import label_split, labelled_count
 from bench.models.methods import METHODS, HParams
 from bench.sweep.experiment import Cell, Experiment
 
@@ -36,12 +37,12 @@ TEST_IMAGES = 10_000
 
 @dataclass(frozen=True)
 class Rates:
-    """Images per second on this device for one (backbone, resolution, batch)."""
+    """Images per second on this device for one (backbone, resolution, batch) under a cell's settings."""
 
     backbone: str
     resolution: int
     batch_size: int
-    train: float  # training images/s (end to end, augmented)
+    train: float  # training images/s (the suite's step loop, end to end; nan: not measured, a frozen row)
     forward: float  # evaluation / feature images/s
 
 
@@ -55,44 +56,67 @@ class Projection:
     measure_seconds: float
 
 
-def measure_rates(backbone: str, resolution: int, batch_size: int, device: torch.device, precision: str) -> Rates:
-    """A few timed training steps and evaluation batches (median), after a warm-up."""
-    from bench.train.engine import autocast, encode_all, eval_batch
+class _Measured(Exception):
+    """Raised from `on_progress` once the timed intervals are in (the rest of the budget measures nothing new)."""
+
+
+INTERVAL_STEPS = 2  # steps per history interval of the measurement
+INTERVALS = 2  # timed intervals, after one that warms up (kernel selection, allocator)
+
+
+def measure_rates(
+    backbone: str,
+    resolution: int,
+    hp: HParams,
+    device: torch.device,
+    precision: str,
+    *,
+    compile: bool | str = False,
+    train: bool = True,
+) -> Rates:
+    """The cell's training rate through the suite's own loop (`fit`, end to end: the cell's optimiser,
+    fused where torch has one, its learning-rate groups, augmentation, clipping, BatchNorm policy,
+    precision and compile setting, on uint8 batches gathered on the device), timed over history
+    intervals after a warm-up one (compiling is apart: bench/train/compiling.py); and the evaluation
+    rate of `encode_all` at the suite's evaluation batch for the resolution. `train=False` (a frozen
+    row, which trains only heads on cached features): the forward rate only."""
+    from bench.train.engine import encode_all, eval_batch, fit
     from bench.train.run import RunConfig, build_model
 
-    cfg = RunConfig(backbone, "finetune", 1.0, 0, resolution=resolution, pretrained=False, precision=precision)
+    steps = REPORTS * INTERVAL_STEPS
+    hp = hp.update(steps=steps, backbone_lr_mult=hp.backbone_lr_mult or 1.0)
+    cfg = RunConfig(backbone, "finetune", 1.0, 0, hp=hp, resolution=resolution, pretrained=False, precision=precision)
     net = build_model(cfg, 10).to(device).to(memory_format=torch.channels_last)  # weights do not change the speed
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
-    y = torch.randint(0, 10, (batch_size,), generator=gen, device=device)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    net.train()
+    n = hp.batch_size * INTERVAL_STEPS
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
+    y = torch.randint(0, 10, (n,), generator=gen, device=device)
+    rate = float("nan")
+    if train:
+        ends: list[float] = []
 
-    def step() -> float:
-        t0 = time.perf_counter()
-        with autocast(device, precision):
-            loss = torch.nn.functional.cross_entropy(net(augment(x, gen)).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
+        def progress(row: dict) -> None:
+            ends.append(time.perf_counter())  # the loop has synced the device by then
+            if len(ends) > INTERVALS:
+                raise _Measured
 
-    times = _timed(step)
-    train = batch_size / statistics.median(times)
-    ev = eval_batch(device)
+        try:
+            fit(net, METHODS.get("finetune"), hp, x, y, seed=0, precision=precision, on_progress=progress, compile=compile)
+        except _Measured:
+            pass
+        rate = n / statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
+    ev = eval_batch(device, resolution)
     xe = torch.randint(0, 256, (ev, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
 
     def forward() -> float:
         t0 = time.perf_counter()
-        encode_all(net, xe, precision)
+        encode_all(net, xe, precision)  # its last read syncs the device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
     fwd = ev / statistics.median(_timed(forward))
-    return Rates(backbone, resolution, batch_size, train, fwd)
+    return Rates(backbone, resolution, hp.batch_size, rate, fwd)
 
 
 def _timed(fn: object, warmup: int = 2, at_least: int = 3, seconds: float = 2.0) -> list[float]:
@@ -111,17 +135,21 @@ def project(exp: Experiment, sweep: object, device: torch.device) -> Projection:
     `sweep`: a read-only `bench.sweep.Sweep` of the experiment (its `config` resolves every
     cell's step budget, resolution and batch size exactly as the real runs will)."""
     t_measure = time.perf_counter()
-    rates: dict[tuple[str, int, int, str], Rates] = {}
+    rates: dict[tuple, Rates] = {}
     upper = lower = 0.0
     n_trials = n_finals = 0
     data = sweep.data  # type: ignore[attr-defined]
     for cell in exp.cells():
         cfg = sweep.config(cell, exp.seeds[0], dict(exp.fixed_hparams(cell.method)), "final")  # type: ignore[attr-defined]
-        key = (cell.backbone, cfg.resolution, cfg.hp.batch_size, cfg.precision)
-        if key not in rates:
-            rates[key] = measure_rates(cell.backbone, cfg.resolution, cfg.hp.batch_size, device, cfg.precision)
-        r = rates[key]
         spec = METHODS.get(cell.method)
+        hp = cfg.hp
+        # what changes a step's speed: the loop's settings, not the method's head (a few small layers)
+        key = (cell.backbone, cfg.resolution, hp.batch_size, cfg.precision, spec.trains_backbone)
+        key += (hp.optimizer, hp.bn, hp.augment, hp.grad_clip > 0) if spec.trains_backbone else ()
+        if key not in rates:
+            kw = dict(compile=exp.compile, train=spec.trains_backbone)
+            rates[key] = measure_rates(cell.backbone, cfg.resolution, hp, device, cfg.precision, **kw)
+        r = rates[key]
         n = labelled_count(data.train_y, cell.fraction)
         n_val = len(label_split(data.train_y, cell.fraction, exp.seeds[0], exp.val_fraction).val)
         folds = exp.cv_folds * max(1, len(exp.pool_seeds))

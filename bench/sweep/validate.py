@@ -213,6 +213,10 @@ def check_runtime(raw: dict[str, Any], source: str) -> dict[str, Any]:
     pretrained = raw.get("pretrained", True)
     if not isinstance(pretrained, bool):
         raise UserError(f"{source}: pretrained must be true or false, got {pretrained!r}")
+    numerics = {k: raw.get(k, False) for k in ("deterministic", "tf32")}
+    for key, value in numerics.items():
+        if not isinstance(value, bool):
+            raise UserError(f"{source}: {key} must be true or false (TOML booleans, unquoted), got {value!r}")
     val_fraction = raw.get("val_fraction", 0.2)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
         raise UserError(f"{source}: val_fraction must be in (0, 1), got {val_fraction!r}")
@@ -222,6 +226,7 @@ def check_runtime(raw: dict[str, Any], source: str) -> dict[str, Any]:
         "compile": compile_,
         "pretrained": pretrained,
         "val_fraction": float(val_fraction),
+        **numerics,
     }
 
 

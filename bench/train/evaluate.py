@@ -21,11 +21,12 @@ def predict(
     feats: torch.Tensor | None = None,
     meter: BackboneMeter | None = None,
 ) -> torch.Tensor:
-    """Class probabilities for every image (fp32), in eval mode (batch: `eval_batch` of the device).
+    """Class probabilities for every image (fp32), in eval mode (batch: `eval_batch` of the device at the
+    network's input resolution).
 
     `feats`: the images' frozen-backbone features when already computed (frozen rows), so
     evaluation runs only the head and branch on them. `meter` counts the images through the backbone."""
-    batch = batch or eval_batch(x.device)
+    batch = batch or eval_batch(x.device, net.adapter.resolution)
     if feats is None:
         count(meter, len(x))
     was = net.training

@@ -24,9 +24,9 @@ DEFAULT_FEATURE_CACHE_MB = 1024.0  # SFT_BENCH_FEATURE_CACHE_MB overrides it, re
 def encode_all(
     net: Net, x: torch.Tensor, precision: str, batch: int | None = None, meter: BackboneMeter | None = None
 ) -> torch.Tensor:
-    """Backbone features for every image, in eval mode, as fp32 (batch: `eval_batch` of the device);
-    `meter` counts the images."""
-    batch = batch or eval_batch(x.device)
+    """Backbone features for every image, in eval mode, as fp32 (batch: `eval_batch` of the device at the
+    network's input resolution); `meter` counts the images."""
+    batch = batch or eval_batch(x.device, net.adapter.resolution)
     count(meter, len(x))
     was = net.training
     net.eval()

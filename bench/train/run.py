@@ -31,6 +31,7 @@ from bench.records import Provenance, RunRecord
 from bench.registry import UserError
 from bench.train.caches import Caches
 from bench.train.compiling import graph_count
+from bench.train.device import device_defaults
 from bench.train.evaluate import Scores, classification_metrics, predict
 from bench.train.fit import fit
 from bench.train.loop import FitResult
@@ -163,7 +164,7 @@ def make_config(
             )
         hp = HParams().update(**spec.defaults)
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        precision = device_defaults(device).precision
     return RunConfig(
         backbone,
         method,
