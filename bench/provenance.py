@@ -44,6 +44,12 @@ def git_commit() -> str:
 
 
 def provenance(device: torch.device) -> dict:
+    """Where and with what a run is computed: versions, commit, device, threads, host, and the process's
+    numerical settings (bench/train/device.py `Numerics`: whether CUDA kernels were deterministic, and
+    whether fp32 could use TF32 there; a CPU has no TF32, so its runs record false)."""
+    from bench.train.device import Numerics
+
+    numerics = Numerics.current()
     versions = {}
     for name in PACKAGES:
         try:
@@ -60,6 +66,8 @@ def provenance(device: torch.device) -> dict:
         # runs.csv carries it, and the report says when one cell mixes thread counts.
         "threads": torch.get_num_threads(),
         "hostname": platform.node(),
+        "deterministic": numerics.deterministic,
+        "tf32": numerics.tf32 and device.type == "cuda",
     }
 
 

@@ -68,6 +68,11 @@ class Provenance:
     # protocol v3: which copy of CIFAR-10 ("official": the md5 sums of the official files; "derived": another
     # copy, such as the shared JPEG-derived one, whose numbers are not comparable with published ones)
     data_copy: str = ""
+    # the process's numerical settings (bench/train/device.py Numerics; defaults: what every record written
+    # before they were recorded ran with on a CPU): CUDA kernels deterministic (--deterministic), and fp32
+    # allowed to use TF32 on CUDA (--tf32; a CPU run: false)
+    deterministic: bool = False
+    tf32: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,8 @@ class RunRecord:
     trainable_params: int = 0
     train_seconds: float = 0.0
     feature_seconds: float = 0.0
+    compile_seconds: float = 0.0  # torch.compile's warm-up before the timed steps (not in train_seconds); 0: not compiled
+    compiled_graphs: int = 0  # graphs torch.compile compiled during this run (0: none, or all reused from earlier runs)
     eval_seconds: float = 0.0
     eval_images_per_second: float = 0.0
     wall_seconds: float = 0.0

@@ -26,16 +26,26 @@ CPU = torch.device("cpu")
 
 
 def test_rates_are_measured_once_then_read_from_the_cache(tmp_path: Path) -> None:
+    from bench.models.methods import HParams
+
+    hp = HParams(batch_size=16)
     cache = RateCache(tmp_path / "rates.json")
     t0 = time.perf_counter()
-    first = rates_for("tiny", 32, 16, CPU, "fp32", cache)
+    first = rates_for("tiny", 32, hp, CPU, "fp32", cache)
     measured = time.perf_counter() - t0
     assert not first.cached and first.train > 0 and first.forward > 0 and first.measured_at
     t0 = time.perf_counter()
-    again = rates_for("tiny", 32, 16, CPU, "fp32", RateCache(tmp_path / "rates.json"))  # another process
+    again = rates_for("tiny", 32, hp, CPU, "fp32", RateCache(tmp_path / "rates.json"))  # another process
     assert again.cached and again.train == first.train and time.perf_counter() - t0 < measured / 5
-    key = rate_key("tiny", 32, 16, "fp32", CPU)
-    assert "tiny|32|16|fp32|" in key and f"{torch.get_num_threads()} threads" in key and torch.__version__ in key
+    from bench.sweep.rates import speed_settings
+
+    key = rate_key("tiny", 32, speed_settings(hp, True, False), "fp32", CPU)
+    assert "tiny|32|batch 16|trains|adamw|bn frozen|" in key and "|fp32|" in key
+    assert f"{torch.get_num_threads()} threads" in key and torch.__version__ in key
+    # another optimiser or BatchNorm policy is another rate (a step's speed depends on them); a frozen row's only
+    # on the forward pass
+    assert rate_key("tiny", 32, speed_settings(hp.update(optimizer="sgd"), True, False), "fp32", CPU) != key
+    assert speed_settings(hp.update(optimizer="sgd"), False, False) == speed_settings(hp, False, False)
     # a damaged cache file is an empty cache, never an error
     (tmp_path / "bad.json").write_text("{not json")
     assert RateCache(tmp_path / "bad.json").get(key) is None

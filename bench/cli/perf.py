@@ -76,7 +76,14 @@ def perf(
     ] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Time limit per measurement after warm-up.")] = None,
     precision: Annotated[str, typer.Option(help="Suite precision in (b), (d), (e): auto, fp32, bf16.")] = "auto",
-    compile: Annotated[bool, typer.Option("--compile", help="Run (b) through torch.compile.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="Run (b) through torch.compile, as a run or sweep does.")] = False,
+    compile_mode: Annotated[
+        str | None, typer.Option("--compile-mode", help="torch.compile mode for (b), implies --compile (e.g. reduce-overhead).")
+    ] = None,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="CUDA: deterministic kernels only, as run/sweep --deterministic.")
+    ] = False,
+    tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help="CUDA: let fp32 use TF32 (default: IEEE fp32).")] = False,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers of the article's pipeline (c).")] = 2,
     frozen_steps: Annotated[
         int | None,
@@ -111,6 +118,10 @@ def perf(
         if precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"precision '{precision}' is not one of: auto, fp32, bf16")
         _check_wait(wait_load, wait_max)
+        from bench.train.compiling import COMPILE_MODES
+
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise UserError(f"--compile-mode '{compile_mode}' is not one of: {', '.join(COMPILE_MODES)}")
         _check_files(P, project, throughputs, sweep, out)
         # Report-only modes: nothing is measured.
         if throughputs is not None or (sweep is not None and project is None):
@@ -118,13 +129,15 @@ def perf(
             typer.echo(_reports(P, rows, sweep, project))
             return
         selected = P.parse_cases(cases)
-        kw = dict(batch_size=batch_size, precision=precision, compile=compile, workers=workers)
+        kw = dict(batch_size=batch_size, precision=precision, compile=compile_mode or compile, workers=workers)
         given = dict(steps=steps, max_seconds=max_seconds, rounds=rounds, frozen_steps=frozen_steps)
         kw.update({k: v for k, v in given.items() if v is not None})
         settings = P.PerfSettings.quick(**kw) if quick else P.PerfSettings(**kw)
         dev = resolve_device(device)
         from bench.train.caches import Caches
+        from bench.train.device import Numerics, configure_numerics
 
+        configure_numerics(Numerics(deterministic=deterministic, tf32=tf32))  # perf.json's machine records them
         caches = Caches.from_env()  # SFT_BENCH_FEATURE_CACHE_MB is read here, at the entry point
         data = caches.data.get(data_dir)
     except UserError as exc:

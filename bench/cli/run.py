@@ -23,6 +23,13 @@ from bench.cli.errors import fail
 from bench.models.hparams import MAX_BATCH, MAX_STEPS
 from bench.registry import UserError, check_path, check_writable
 
+DETERMINISTIC_HELP = (
+    "CUDA: deterministic kernels only (cuDNN deterministic, no kernel search, torch's deterministic algorithms, "
+    "cuBLAS workspace): the same run twice on the same GPU and software is bit-identical; recorded. A CPU is "
+    "deterministic either way."
+)
+TF32_HELP = "CUDA: let fp32 matmuls and convolutions use TF32 (default: true IEEE fp32); recorded."
+
 
 def _console() -> Console:
     """Made per call: CliRunner replaces sys.stdout for each invocation."""
@@ -108,6 +115,13 @@ class RunOptions:
     save_predictions: Path | None
     save_model: Path | None
     compile_: bool
+    compile_mode: str | None
+    deterministic: bool
+    tf32: bool
+
+    def compile(self) -> bool | str:
+        """What `execute` is given: the mode when one is named (it implies --compile), else the flag."""
+        return self.compile_mode or self.compile_
 
     def overrides(self) -> dict[str, Any]:
         """The hyperparameters given as flags or --set (flags first, --set may add any other)."""
@@ -137,10 +151,14 @@ def _check_inputs(opts: RunOptions) -> tuple[str, Any]:
     from bench.models.methods import METHODS, method_name
     from bench.provenance import resolve_device
     from bench.sweep.experiment import MAX_SEED  # not at import time: bench.sweep imports torch
+    from bench.train.compiling import COMPILE_MODES, check_compile
 
     if opts.seed > MAX_SEED:
         raise UserError(f"--seed must be in 0..{MAX_SEED}, got {opts.seed}")
     dev = resolve_device(opts.device)
+    if opts.compile_mode is not None and opts.compile_mode not in COMPILE_MODES:
+        raise UserError(f"--compile-mode '{opts.compile_mode}' is not one of: {', '.join(COMPILE_MODES)}")
+    check_compile(opts.compile())
     name = method_name(opts.method, opts.branch)
     METHODS.get(name)
     check_fraction(opts.fraction)
@@ -249,7 +267,7 @@ def _train(cfg: Any, data: Any, dev: Any, opts: RunOptions, caches: Any) -> Any:
                 on_progress=on_progress,
                 save_predictions=opts.save_predictions,
                 save_model=opts.save_model,
-                compile=opts.compile_,
+                compile=opts.compile(),
                 caches=caches,
             )
         except UserError as exc:
@@ -273,6 +291,8 @@ def _print_result(cfg: Any, rec: Any, path: Path) -> None:
     table.add_row("steps (+ probe)", f"{rec.steps} (+ {rec.probe_steps})")
     table.add_row("trainable params", f"{rec.trainable_params:,}")
     table.add_row("train images/s", f"{rec.images_per_second:.0f}")
+    if rec.compile_seconds:
+        table.add_row("compile seconds (apart)", f"{rec.compile_seconds:.1f} ({rec.compiled_graphs} new graph(s))")
     table.add_row("wall seconds", f"{rec.wall_seconds:.1f}")
     table.add_row("peak memory MB", f"{rec.peak_memory_mb:.0f}")
     console = _console()
@@ -329,12 +349,24 @@ def run(
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the training step (speed only; not part of the run id).")
     ] = False,
+    compile_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--compile-mode",
+            help="torch.compile mode, implies --compile: default, reduce-overhead (CUDA graphs), max-autotune, "
+            "max-autotune-no-cudagraphs.",
+        ),
+    ] = None,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help=DETERMINISTIC_HELP)] = False,
+    tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help=TF32_HELP)] = False,
 ) -> None:
     """Train and evaluate one (backbone, method, fraction, seed) run."""
     opts = RunOptions(**locals())  # first statement: locals() is exactly the options here
     from bench.train.caches import Caches
+    from bench.train.device import Numerics, configure_numerics
     from bench.train.run import write_record
 
+    configure_numerics(Numerics(deterministic=opts.deterministic, tf32=opts.tf32))  # recorded in the provenance
     try:
         caches = Caches.from_env()  # SFT_BENCH_FEATURE_CACHE_MB is read here, at the entry point
         cfg, data, dev = _prepare(opts, caches)

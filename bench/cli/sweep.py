@@ -96,6 +96,9 @@ def load(
     device: str | None = None,
     precision: str | None = None,
     compile_: bool | None = None,
+    compile_mode: str | None = None,
+    deterministic: bool | None = None,
+    tf32: bool | None = None,
     data_dir: Path | None = None,
     results_dir: Path | None = None,
     storage: str | None = None,
@@ -152,8 +155,18 @@ def load(
     ):
         if value is not None:
             raw[key] = value
-    if compile_:
+    if compile_mode is not None:
+        from bench.train.compiling import COMPILE_MODES
+
+        if compile_mode not in COMPILE_MODES:
+            raise UserError(f"--compile-mode '{compile_mode}' is not one of: {', '.join(COMPILE_MODES)}")
+        raw["compile"] = compile_mode
+    elif compile_:
         raw["compile"] = True
+    if deterministic:
+        raw["deterministic"] = True
+    if tf32 is not None:
+        raw["tf32"] = tf32
     return resolve(raw, source=str(path))
 
 
@@ -166,9 +179,11 @@ def validate(exp: Any, *, download: bool, parallel: int) -> tuple[Any, Any, list
     from bench.sweep import check_settings, check_storage, open_storage, storage_exists
     from bench.sweep.experiment import check_folder_owner, check_writable
     from bench.train.caches import Caches
+    from bench.train.compiling import check_compile
 
     warnings = []
     device = resolve_device(exp.device)
+    check_compile(exp.compile)
     if exp.precision == "bf16" and device.type == "cpu":
         warnings.append("bf16 on CPU is usually slower than fp32 there")
     backbones = {c.backbone for c in exp.cells()}
@@ -229,6 +244,11 @@ def _print_projection(exp: Any, p: Any, dev: Any, parallel: int, console: Consol
         warning_line(line)
 
 
+def _train_rate(r: Any) -> str:
+    """A rate's training figure: images/s, or what a frozen row trains instead (nan: not measured)."""
+    return "head only (frozen backbone)" if r.train != r.train else f"{r.train:.0f} img/s"
+
+
 def _dry_run(exp: Any, data: Any, dev: Any, p: Any, console: Console) -> None:
     """The grid, each cell's step budget, and the rates its projection used."""
     from bench.models.methods import METHODS
@@ -244,7 +264,7 @@ def _dry_run(exp: Any, data: Any, dev: Any, p: Any, console: Console) -> None:
         console.print(f"  {c.label}: {what}, {cfg.resolution} px", highlight=False)
     for r in p.rates:
         console.print(
-            f"  {r.backbone} @ {r.resolution} px, batch {r.batch_size}, {r.precision}: train {r.train:.0f} img/s, "
+            f"  {r.backbone} @ {r.resolution} px, batch {r.batch_size}, {r.precision}: train {_train_rate(r)}, "
             f"evaluate {r.forward:.0f} img/s ({'cached, ' if r.cached else ''}measured {r.measured_at or '?'}, "
             f"load {r.load:g})",
             highlight=False,
@@ -333,9 +353,37 @@ def _listen_to_sigint() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def worker_devices(dev: Any, k: int) -> list[str | None]:
+    """The device each of K `--parallel` workers trains on: on a CUDA machine whose sweep names no
+    GPU (device auto or cuda), worker i takes cuda:(i % N) of the N GPUs, one worker per GPU first
+    (docs/gpu.md: more workers than GPUs share them, best under MPS). None: the worker keeps the
+    experiment's device (a CPU, or the one GPU the sweep named)."""
+    if dev.type != "cuda" or dev.index is not None:
+        return [None] * k
+    import torch
+
+    n = max(1, torch.cuda.device_count())
+    return [f"cuda:{i % n}" for i in range(k)]
+
+
+def worker_commands(base: list[str], dev: Any, k: int, threads: int | None) -> list[list[str]]:
+    """The command line of each of K workers: the shared one, its thread count (CPU workers share the
+    cores: `_set_threads`), its GPU (`worker_devices`)."""
+    cmds = []
+    for device in worker_devices(dev, k):
+        cmd = list(base)
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+        if device is not None:
+            cmd += ["--device", device]
+        cmds.append(cmd)
+    return cmds
+
+
 def _set_threads(threads: int | None, dev: Any, parallel: int) -> int | None:
     """torch's CPU threads in this process: --threads, or the cores shared out among CPU workers
-    (K workers with a thread per core each would fight over the same cores). Returns the count set."""
+    (K workers with a thread per core each would fight over the same cores). On a GPU the workers'
+    CPU threads only launch kernels and are not divided. Returns the count set."""
     if threads is None and dev.type == "cpu" and parallel > 1:
         threads = max(1, (os.cpu_count() or 1) // parallel)
     if threads is not None:
@@ -411,12 +459,32 @@ def sweep(
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the end-to-end phase (speed only; not part of the run ids).")
     ] = False,
+    compile_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--compile-mode",
+            help="torch.compile mode, implies --compile: default, reduce-overhead (CUDA graphs), max-autotune, "
+            "max-autotune-no-cudagraphs.",
+        ),
+    ] = None,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="CUDA: deterministic kernels only (docs/gpu.md); recorded per run.")
+    ] = False,
+    tf32: Annotated[
+        bool | None,
+        typer.Option("--tf32/--no-tf32", help="CUDA: let fp32 use TF32 (default: the experiment's tf32, false)."),
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Folder holding cifar-10-batches-py.")] = None,
     results_dir: Annotated[Path | None, typer.Option(help="Results root; the experiment writes RESULTS_DIR/NAME.")] = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage: SQLAlchemy URL or journal file (default RESULTS_DIR/NAME/optuna.journal).")
     ] = None,
-    parallel: Annotated[int, typer.Option(min=1, max=MAX_PARALLEL, help="Worker processes sharing the device.")] = 1,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            min=1, max=MAX_PARALLEL, help="Worker processes; on a CUDA machine worker i trains on cuda:(i % GPUs) (docs/gpu.md)."
+        ),
+    ] = 1,
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch CPU threads per worker (default: all, divided by --parallel).")
     ] = None,
@@ -431,12 +499,17 @@ def sweep(
     """Run an experiment grid: validate it, search every cell on validation data, retrain per seed, test once."""
     flags = dict(name=name, fractions=fractions, backbones=backbones, methods=methods, recipes=recipes, seeds=seeds)
     flags |= dict(trials=trials, steps=steps, search=search, cv_folds=cv_folds, resolution=resolution, device=device)
-    flags |= dict(precision=precision, compile_=compile_, data_dir=data_dir, results_dir=results_dir, storage=storage)
+    flags |= dict(precision=precision, compile_=compile_, compile_mode=compile_mode, data_dir=data_dir, results_dir=results_dir)
+    flags |= dict(storage=storage, deterministic=deterministic, tf32=tf32)
     try:
         exp = load(config, experiment, **flags)
         data, dev, warnings = validate(exp, download=download, parallel=parallel)
     except UserError as exc:
         fail(str(exc))
+    from bench.train.device import Numerics, configure_numerics
+
+    # every worker reads them from config.toml; each run records them
+    configure_numerics(Numerics(deterministic=exp.deterministic, tf32=exp.tf32))
     _listen_to_sigint()
     n_threads = _set_threads(threads, dev, parallel)
     costs = None
@@ -497,9 +570,7 @@ def _run_parallel(
     out = exp.out_dir
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "bench", "sweep", "--config", str(out / "config.toml"), "--worker", "--no-report"]
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
+    base = [sys.executable, "-m", "bench", "sweep", "--config", str(out / "config.toml"), "--worker", "--no-report"]
     env = dict(os.environ)
     # `-m bench` finds this checkout from any working directory, installed or not.
     root = str(Path(__file__).resolve().parent.parent.parent)
@@ -511,7 +582,7 @@ def _run_parallel(
         if password and password != "***":
             env["SFT_BENCH_DB_PASSWORD"] = str(password)
     procs = []
-    for i in range(k):
+    for i, cmd in enumerate(worker_commands(base, dev, k, threads)):
         log = open_nofollow(logs / f"worker-{i}.log")  # a link planted there is never followed
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     monitor = Sweep(exp, data, dev, read_only=True)

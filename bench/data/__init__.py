@@ -12,7 +12,7 @@ workers on the hot path.
 
 from bench.data.batches import augment
 from bench.data.cache import DataCache
-from bench.data.cifar10 import CLASSES, FOLDER, Cifar10, load_cifar10, safe_unpickle, synthetic_cifar
+from bench.data.cifar10 import CLASSES, FOLDER, Cifar10, load_cifar10, safe_unpickle, synthetic_cifar, synthetic_data
 from bench.data.splits import Split, check_fraction, cv_folds, label_split, labelled_count
 
 __all__ = [
@@ -29,4 +29,5 @@ __all__ = [
     "load_cifar10",
     "safe_unpickle",
     "synthetic_cifar",
+    "synthetic_data",
 ]

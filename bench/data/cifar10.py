@@ -74,10 +74,23 @@ class Cifar10:
     fingerprint: str = ""
     official: bool = True
     test_reads: int = field(default=0)
+    # a copy on another device (`to`) counts its test reads on the dataset it was copied from
+    origin: Cifar10 | None = field(default=None, repr=False, compare=False)
 
     def test(self) -> tuple[torch.Tensor, torch.Tensor]:
-        self.test_reads += 1
+        (self.origin or self).test_reads += 1
         return self._test_x, self._test_y
+
+    def to(self, device: torch.device) -> Cifar10:
+        """This dataset with every tensor on `device` (itself when they are there already). Whoever
+        trains many runs moves it once (`DataCache.on`); a fold then gathers its images on the device."""
+        tensors = (self.train_x, self.train_y, self._test_x, self._test_y)
+        if all(t.device == device for t in tensors):
+            return self
+        moved = [t.to(device) for t in tensors]
+        return Cifar10(
+            *moved, classes=self.classes, fingerprint=self.fingerprint, official=self.official, origin=self.origin or self
+        )
 
     @property
     def num_classes(self) -> int:
@@ -219,15 +232,12 @@ def load_cifar10(data_dir: str | Path, download_missing: bool = True) -> Cifar10
     )
 
 
-def synthetic_cifar(root: str | Path, n_train_per_class: int = 60, n_test_per_class: int = 20, seed: int = 0) -> Path:
-    """Write a small CIFAR-format folder with learnable class patterns (for tests and demos).
-
-    Class c is a coloured bar at a class-specific position plus noise, so a tiny CNN
-    learns it well above chance in seconds while augmentation still matters.
-    """
+def _synthetic_arrays(
+    n_train_per_class: int, n_test_per_class: int, seed: int
+) -> tuple[np.ndarray, list[int], np.ndarray, list[int]]:
+    """(train images [N, 3072], labels, test images, labels): class c is a coloured bar at a
+    class-specific position plus noise. `n_train_per_class` is per class and per batch file (five)."""
     rng = np.random.default_rng(seed)
-    folder = Path(root) / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
 
     def make(n_per: int) -> tuple[np.ndarray, list[int]]:
         ys = np.repeat(np.arange(10), n_per)
@@ -239,16 +249,44 @@ def synthetic_cifar(root: str | Path, n_train_per_class: int = 60, n_test_per_cl
             xs[i, (y + 1) % 3, 4:28, r0 : r0 + 2] = 160
         return xs.reshape(len(ys), -1), ys.tolist()
 
+    xs, ys = make(n_train_per_class * 5)
+    tx, ty = make(n_test_per_class)
+    return xs, ys, tx, ty
+
+
+def synthetic_cifar(root: str | Path, n_train_per_class: int = 60, n_test_per_class: int = 20, seed: int = 0) -> Path:
+    """Write a small CIFAR-format folder with learnable class patterns (for tests and demos).
+
+    Class c is a coloured bar at a class-specific position plus noise, so a tiny CNN
+    learns it well above chance in seconds while augmentation still matters.
+    """
+    folder = Path(root) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+
     def dump(name: str, xs: np.ndarray, ys: list[int]) -> None:
         with open(folder / name, "wb") as f:
             pickle.dump({"batch_label": name, "labels": ys, "data": xs}, f, protocol=4)
 
-    xs, ys = make(n_train_per_class * 5)
+    xs, ys, tx, ty = _synthetic_arrays(n_train_per_class, n_test_per_class, seed)
     for i in range(5):
         sl = slice(i * len(ys) // 5, (i + 1) * len(ys) // 5)
         dump(f"data_batch_{i + 1}", xs[sl], ys[sl])
-    tx, ty = make(n_test_per_class)
     dump("test_batch", tx, ty)
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": list(CLASSES), "num_cases_per_batch": len(ys) // 5, "num_vis": 3072}, f, protocol=4)
     return Path(root)
+
+
+def synthetic_data(n_train_per_class: int = 60, n_test_per_class: int = 20, seed: int = 0) -> Cifar10:
+    """The images `synthetic_cifar` writes, in memory (no folder): `synthetic_data(1000, 1000)` is a
+    full-size CIFAR-10 (50,000 training and 10,000 test images) for speed checks (scripts/gpu_check.py)."""
+    xs, ys, tx, ty = _synthetic_arrays(n_train_per_class, n_test_per_class, seed)
+
+    def tensors(x: np.ndarray, y: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(np.ascontiguousarray(x.reshape(-1, 3, 32, 32))), torch.tensor(y, dtype=torch.int64)
+
+    train_x, train_y = tensors(xs, ys)
+    test_x, test_y = tensors(tx, ty)
+    return Cifar10(
+        train_x, train_y, test_x, test_y, fingerprint=f"synthetic-{n_train_per_class}-{n_test_per_class}-{seed}", official=False
+    )

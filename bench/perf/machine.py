@@ -47,6 +47,8 @@ def machine(device: torch.device, command: str = "") -> dict:
         "python": prov["python"],
         "versions": prov["versions"],
         "onednn": torch.backends.mkldnn.is_available(),
+        "deterministic": prov["deterministic"],
+        "tf32": prov["tf32"],
         "git_commit": git_commit(),
         "hostname": platform.node(),
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),

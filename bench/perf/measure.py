@@ -35,18 +35,29 @@ from bench.train.run import RunConfig, build_model, make_config
 FROZEN_TRIALS = ("sft-mlp-frozen",)  # (d): the frozen rows whose searches train a head on cached features
 
 
-def timed(step: Callable[[], None], device: torch.device, warmup: int, steps: int, max_seconds: float) -> list[float]:
-    """Seconds of each timed call: `warmup` untimed calls, then up to `steps` calls or `max_seconds`."""
+def timed(
+    step: Callable[[], None], device: torch.device, warmup: int, steps: int, max_seconds: float, per_sync: int = 1
+) -> list[tuple[int, float]]:
+    """(calls, seconds) of each timed group: `warmup` untimed calls, then groups of `per_sync` calls with
+    one device sync at the end of each, up to `steps` calls or `max_seconds`.
+
+    Why groups: a sync after every call times the device's work plus the launch of the next call (the
+    queue runs dry at every sync), which is not what a pipelined loop pays; k calls between two syncs
+    let the host queue ahead as the training loop does (on a CPU the sync is a no-op: the same figures)."""
     for _ in range(warmup):
         step()
     sync(device)
-    out: list[float] = []
-    while len(out) < steps:
+    out: list[tuple[int, float]] = []
+    done = 0
+    while done < steps:
+        k = min(per_sync, steps - done)
         t0 = time.perf_counter()
-        step()
+        for _ in range(k):
+            step()
         sync(device)
-        out.append(time.perf_counter() - t0)
-        if len(out) >= 2 and sum(out) > max_seconds:
+        out.append((k, time.perf_counter() - t0))
+        done += k
+        if len(out) >= 2 and sum(t for _, t in out) > max_seconds:
             break
     return out
 
@@ -111,10 +122,10 @@ class Bench:
         for precision in s.ceiling_precisions:
             for fmt in s.ceiling_formats:
                 step = self.train_step(cfg, hp, precision, fmt, gen)
-                units = [(s.batch_size, t) for t in timed(step, dev, s.warmup, s.steps, s.max_seconds)]
+                units = [(s.batch_size * n, t) for n, t in timed(step, dev, s.warmup, s.steps, s.max_seconds, s.per_sync)]
                 rows.append(measured(RowId(self.case, "a_train", precision, fmt, s.batch_size), self.weights, units))
                 del step
-                rows.append(self.forward(cfg, precision, fmt, eval_batch(dev)))
+                rows.append(self.forward(cfg, precision, fmt, eval_batch(dev, self.case.resolution)))
         by_id = {r.id: r for r in rows}
         # The forward ceiling is also the fastest batch: try the others in the fastest configuration.
         best = max((r.id for r in rows if r.id.path == "a_forward"), key=lambda i: by_id[i].images_per_second)
@@ -154,7 +165,7 @@ class Bench:
 
         # about as many images as the training steps see, whatever the batch
         steps = max(2, s.steps * s.batch_size // (2 * batch))
-        units = [(batch, t) for t in timed(fwd, dev, 1, steps, s.max_seconds)]
+        units = [(batch * n, t) for n, t in timed(fwd, dev, 1, steps, s.max_seconds, s.per_sync)]
         return measured(RowId(self.case, "a_forward", precision, fmt, batch), self.weights, units)
 
     def ceiling_article_config(self) -> PerfRow:
@@ -173,7 +184,7 @@ class Bench:
             loss.backward()
             opt.step()
 
-        units = [(ARTICLE_BATCH, t) for t in timed(step, dev, s.warmup, s.steps, s.max_seconds)]
+        units = [(ARTICLE_BATCH * n, t) for n, t in timed(step, dev, s.warmup, s.steps, s.max_seconds, s.per_sync)]
         rid = RowId(self.case, "a_train", "fp32", "contiguous", ARTICLE_BATCH, setting="article")
         return measured(rid, self.weights, units, "article config")
 
@@ -290,7 +301,7 @@ class Bench:
         if s.eval_images:
             ex = ex[: s.eval_images]
         ex = ex.to(dev)
-        batch = eval_batch(dev)
+        batch = eval_batch(dev, self.case.resolution)
         predict(net, ex[:2048], self.suite_precision)  # warm-up
         units = []
         chunk = 2048  # every test image once, in chunks timed one by one
@@ -326,7 +337,7 @@ def alternating(b: Bench, rows: list[PerfRow], rounds: int) -> list[Interleaved]
     k = s.interval_steps * s.intervals  # the ceiling's sample trains as many steps as the suite's
 
     def ceiling() -> tuple[int, float]:
-        return s.batch_size * k, sum(timed(step, b.device, 0, k, float("inf")))
+        return s.batch_size * k, sum(t for _, t in timed(step, b.device, 0, k, float("inf"), s.per_sync))
 
     def suite() -> tuple[int, float]:
         return _total(b.suite_units())

@@ -76,6 +76,7 @@ class PerfSettings:
     ceiling_precisions: tuple[str, ...] = PRECISIONS
     ceiling_formats: tuple[str, ...] = tuple(FORMATS)
     rounds: int = 5  # alternating rounds of each compared pair (interleave.py); 0: sequential figures only
+    per_sync: int = 4  # (a): steps between two device syncs (a pipelined ceiling; 1: a sync after every step)
 
     def __post_init__(self) -> None:
         if self.batch_size < 2 or self.steps < 2 or self.warmup < 1 or self.article_steps < 2:
@@ -85,6 +86,8 @@ class PerfSettings:
         if self.interval_steps < 1 or not 1 <= self.intervals < REPORTS:
             # the engine writes REPORTS history rows per fit; one is the warm-up
             raise UserError(f"the suite's loop needs interval steps >= 1 and 1..{REPORTS - 1} timed intervals")
+        if self.per_sync < 1:
+            raise UserError(f"steps per sync must be >= 1, got {self.per_sync}")
         if self.rounds < 0:
             raise UserError(f"--rounds must be >= 0, got {self.rounds}")
         if not (isinstance(self.max_seconds, int | float) and math.isfinite(self.max_seconds) and self.max_seconds > 0):
@@ -94,6 +97,14 @@ class PerfSettings:
     def quick(cls, **kw: Any) -> PerfSettings:
         """A smoke run's settings (`--quick`), with any of them overridden by `kw`."""
         quick = dict(
-            steps=3, warmup=1, max_seconds=3.0, interval_steps=2, intervals=2, article_steps=3, eval_images=4096, rounds=3
+            steps=3,
+            warmup=1,
+            max_seconds=3.0,
+            interval_steps=2,
+            intervals=2,
+            article_steps=3,
+            eval_images=4096,
+            rounds=3,
+            per_sync=2,
         )
         return cls(**{**quick, **kw})

@@ -6,7 +6,9 @@ prints its projection at the start (`sweep --dry-run` stops there), and warns in
 cheaper alternative, when it is far beyond what was likely meant. The same per-item estimates seed
 the live ETA (bench/sweep/status.py `eta`), which then scales them by what the finished items took.
 
-Every work item of the grid is added up:
+Rates come from the suite's own loop (`fit`: the cell's optimiser, groups, augmentation, BatchNorm
+policy, precision and compile setting) and evaluation batch on this device. Every work item of the
+grid is added up:
 - a trial or final run that trains B: S steps x batch images at the training rate, plus its
   validation reports (trials) or the test set (final runs), plus the probe's features; a pooled
   trial (protocol v3) does this once per pooled seed, a k-fold trial once per fold;
@@ -30,7 +32,7 @@ from bench.budget import REPORTS
 from bench.data import label_split, labelled_count
 from bench.models.methods import METHODS, HParams
 from bench.sweep.experiment import Cell, Experiment
-from bench.sweep.rates import RateCache, Rates, cache_path, rates_for
+from bench.sweep.rates import RateCache, Rates, cache_path, rates_for, speed_settings
 
 TEST_IMAGES = 10_000
 DAY = 86_400.0
@@ -68,18 +70,19 @@ def project(exp: Experiment, sweep: Any, device: torch.device, cache: RateCache 
     budget, resolution and batch size exactly as the real runs will)."""
     t_measure = time.perf_counter()
     cache = cache if cache is not None else RateCache(cache_path())
-    rates: dict[tuple[str, int, int, str], Rates] = {}
+    rates: dict[tuple, Rates] = {}
     upper = lower = 0.0
     n_trials = n_finals = 0
     costs: dict[Cell, ItemCost] = {}
     data = sweep.data
     for cell in exp.cells():
         cfg = sweep.config(cell, exp.seeds[0], dict(exp.fixed_hparams(cell.method)), "final")
-        key = (cell.backbone, cfg.resolution, cfg.hp.batch_size, cfg.precision)
-        if key not in rates:
-            rates[key] = rates_for(cell.backbone, cfg.resolution, cfg.hp.batch_size, device, cfg.precision, cache)
-        r = rates[key]
         spec = METHODS.get(cell.method)
+        key = (cell.backbone, cfg.resolution, cfg.precision, *speed_settings(cfg.hp, spec.trains_backbone, exp.compile))
+        if key not in rates:
+            kw = dict(compile=exp.compile, train=spec.trains_backbone)
+            rates[key] = rates_for(cell.backbone, cfg.resolution, cfg.hp, device, cfg.precision, cache, **kw)
+        r = rates[key]
         n = labelled_count(data.train_y, cell.fraction)
         n_val = len(label_split(data.train_y, cell.fraction, exp.seeds[0], exp.val_fraction).val)
         folds = exp.cv_folds * max(1, len(exp.pool_seeds))

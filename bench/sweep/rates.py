@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+from bench.budget import REPORTS
+from bench.models.hparams import HParams
+
 CACHE_ENV = "SFT_BENCH_RATE_CACHE"
 OFF = ("off", "none", "no", "false", "0")
 
@@ -35,7 +38,7 @@ class Rates:
     backbone: str
     resolution: int
     batch_size: int
-    train: float  # training images/s (end to end, augmented)
+    train: float  # training images/s (the suite's step loop, end to end; nan: not measured, a frozen row)
     forward: float  # evaluation / feature images/s
     precision: str = "fp32"
     measured_at: str = ""  # UTC, ISO
@@ -43,11 +46,13 @@ class Rates:
     cached: bool = False  # read from the cache, not measured by this process
 
 
-def rate_key(backbone: str, resolution: int, batch_size: int, precision: str, device: torch.device) -> str:
-    """What a rate depends on besides the code: configuration, device, torch and threads."""
+def rate_key(backbone: str, resolution: int, settings: tuple, precision: str, device: torch.device) -> str:
+    """What a rate depends on besides the code: the configuration and the loop's settings that change a step's
+    speed, the device (its threads on a CPU) and torch."""
     from bench.provenance import device_name
 
-    return f"{backbone}|{resolution}|{batch_size}|{precision}|{device_name(device)}|torch {torch.__version__}"
+    parts = "|".join(str(x) for x in settings)
+    return f"{backbone}|{resolution}|{parts}|{precision}|{device_name(device)}|torch {torch.__version__}"
 
 
 def cache_path(environ: dict[str, str] | None = None) -> Path | None:
@@ -98,46 +103,71 @@ class RateCache:
             pass
 
 
-def measure_rates(backbone: str, resolution: int, batch_size: int, device: torch.device, precision: str) -> Rates:
-    """A few timed training steps and evaluation batches (median), after a warm-up, as the suite runs them."""
-    from bench.data import augment
-    from bench.train.device import autocast, eval_batch
-    from bench.train.features import encode_all
+class _Measured(Exception):
+    """Raised from `on_progress` once the timed intervals are in (the rest of the budget measures nothing new)."""
+
+
+INTERVAL_STEPS = 2  # steps per history interval of the measurement
+INTERVALS = 2  # timed intervals, after one that warms up (kernel selection, allocator)
+
+
+def measure_rates(
+    backbone: str,
+    resolution: int,
+    hp: HParams,
+    device: torch.device,
+    precision: str,
+    *,
+    compile: bool | str = False,
+    train: bool = True,
+) -> Rates:
+    """The cell's training rate through the suite's own loop (`fit`, end to end: the cell's optimiser,
+    fused where torch has one, its learning-rate groups, augmentation, clipping, BatchNorm policy,
+    precision and compile setting, on uint8 batches gathered on the device), timed over history
+    intervals after a warm-up one (compiling is apart: bench/train/compiling.py); and the evaluation
+    rate of `encode_all` at the suite's evaluation batch for the resolution. `train=False` (a frozen
+    row, which trains only heads on cached features): the forward rate only."""
+    from bench.models.methods import METHODS
+    from bench.train.engine import encode_all, eval_batch, fit
     from bench.train.run import RunConfig, build_model
 
-    cfg = RunConfig(backbone, "finetune", 1.0, 0, resolution=resolution, pretrained=False, precision=precision)
+    steps = REPORTS * INTERVAL_STEPS
+    hp = hp.update(steps=steps, backbone_lr_mult=hp.backbone_lr_mult or 1.0)
+    cfg = RunConfig(backbone, "finetune", 1.0, 0, hp=hp, resolution=resolution, pretrained=False, precision=precision)
     net = build_model(cfg, 10).to(device).to(memory_format=torch.channels_last)  # weights do not change the speed
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
-    y = torch.randint(0, 10, (batch_size,), generator=gen, device=device)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    net.train()
+    n = hp.batch_size * INTERVAL_STEPS
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
+    y = torch.randint(0, 10, (n,), generator=gen, device=device)
+    rate = float("nan")
+    if train:
+        ends: list[float] = []
 
-    def step() -> float:
-        t0 = time.perf_counter()
-        with autocast(device, precision):
-            loss = torch.nn.functional.cross_entropy(net(augment(x, gen)).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
+        def progress(row: dict) -> None:
+            if row.get("tick"):
+                return  # a step between history rows: not an interval's end
+            ends.append(time.perf_counter())  # the loop has synced the device by then
+            if len(ends) > INTERVALS:
+                raise _Measured
 
-    train = batch_size / statistics.median(_timed(step))
-    ev = eval_batch(device)
+        try:
+            fit(net, METHODS.get("finetune"), hp, x, y, seed=0, precision=precision, on_progress=progress, compile=compile)
+        except _Measured:
+            pass
+        rate = n / statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
+    ev = eval_batch(device, resolution)
     xe = torch.randint(0, 256, (ev, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
 
     def forward() -> float:
         t0 = time.perf_counter()
-        encode_all(net, xe, precision)
+        encode_all(net, xe, precision)  # its last read syncs the device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
     fwd = ev / statistics.median(_timed(forward))
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    return Rates(backbone, resolution, batch_size, train, fwd, precision, now, round(_load(), 2))
+    return Rates(backbone, resolution, hp.batch_size, rate, fwd, precision, now, round(_load(), 2))
 
 
 def _load() -> float:
@@ -164,12 +194,31 @@ def _timed(fn: Callable[[], float], warmup: int = 2, at_least: int = 3, seconds:
     return times
 
 
-def rates_for(backbone: str, resolution: int, batch_size: int, device: torch.device, precision: str, cache: RateCache) -> Rates:
+def speed_settings(hp: HParams, trains: bool, compile: bool | str) -> tuple:
+    """What changes a step's speed besides backbone, resolution and precision: the batch, whether B trains,
+    and then the loop's settings (not the method's head: a few small layers)."""
+    out: tuple = (f"batch {hp.batch_size}", "trains" if trains else "frozen")
+    if trains:
+        out += (hp.optimizer, f"bn {hp.bn}", f"augment {hp.augment}", f"clip {hp.grad_clip > 0}", f"compile {compile}")
+    return out
+
+
+def rates_for(
+    backbone: str,
+    resolution: int,
+    hp: HParams,
+    device: torch.device,
+    precision: str,
+    cache: RateCache,
+    *,
+    compile: bool | str = False,
+    train: bool = True,
+) -> Rates:
     """From the cache when this configuration was measured on this device before, else measured now and kept."""
-    key = rate_key(backbone, resolution, batch_size, precision, device)
+    key = rate_key(backbone, resolution, speed_settings(hp, train, compile), precision, device)
     hit = cache.get(key)
     if hit is not None and not (device.type == "cpu" and busier_then(hit, _load())):
         return hit
-    rates = measure_rates(backbone, resolution, batch_size, device, precision)
+    rates = measure_rates(backbone, resolution, hp, device, precision, compile=compile, train=train)
     cache.put(key, rates)
     return rates

@@ -227,11 +227,16 @@ def check_runtime(raw: dict[str, Any], source: str) -> dict[str, Any]:
     compile_ = raw.get("compile", False)
     if not isinstance(compile_, bool | str) or (isinstance(compile_, str) and compile_.lower() in BOOL_WORDS):
         raise UserError(
-            f"{source}: compile must be true, false (TOML booleans, unquoted) or a torch.compile backend name, got {compile_!r}"
+            f"{source}: compile must be true, false (TOML booleans, unquoted), a torch.compile mode (reduce-overhead, ...) "
+            f"or a backend name, got {compile_!r}"
         )
     pretrained = raw.get("pretrained", True)
     if not isinstance(pretrained, bool):
         raise UserError(f"{source}: pretrained must be true or false, got {pretrained!r}")
+    numerics = {k: raw.get(k, False) for k in ("deterministic", "tf32")}
+    for key, value in numerics.items():
+        if not isinstance(value, bool):
+            raise UserError(f"{source}: {key} must be true or false (TOML booleans, unquoted), got {value!r}")
     val_fraction = raw.get("val_fraction", 0.2)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
         raise UserError(f"{source}: val_fraction must be in (0, 1), got {val_fraction!r}")
@@ -241,6 +246,7 @@ def check_runtime(raw: dict[str, Any], source: str) -> dict[str, Any]:
         "compile": compile_,
         "pretrained": pretrained,
         "val_fraction": float(val_fraction),
+        **numerics,
     }
 
 

@@ -60,6 +60,7 @@ from bench.sweep.status import Grid
 from bench.sweep.storage import is_url, open_storage, storage_location
 from bench.sweep.studies import ensure_study, finals_attrs, search_attrs
 from bench.train.caches import Caches
+from bench.train.compiling import compile_spec, graph_count
 from bench.train.engine import Diverged
 from bench.train.run import BackboneMeter, RunConfig, execute, write_record
 
@@ -144,6 +145,7 @@ class Sweep(Grid):
         self.heartbeat = Heartbeat(self.storage, exp.workers.heartbeat_seconds, exp.workers.stale_after_seconds)
         self.executed: list[WorkItem] = []  # what this process trained (tests, summary)
         self._started: dict[str, int] = {}  # items started by kind (SFT_BENCH_TEST_FAULT)
+        self._graphs_logged = 0  # compiled graphs last logged (compile on)
 
     # ------------------------------------------------ studies (created by a worker only)
 
@@ -198,6 +200,7 @@ class Sweep(Grid):
             self.progress.log(f"removed {len(leftovers)} temporary file(s) killed processes left in {store.root}")
         self.ensure_search_studies()
         self.heartbeat.start()
+        graphs = graph_count()
         try:
             while True:
                 self.free_dead_claims()
@@ -213,10 +216,27 @@ class Sweep(Grid):
                     self._trial(item)
                 else:
                     self._final(item)
+                self._log_graphs(graphs)
         finally:
             self.heartbeat.stop()
             if store is not None:
                 self.progress.log(store.summary())
+            how = compile_spec(self.exp.compile)
+            if how is not None:
+                self.progress.log(
+                    f"compile ({how.describe()}): {graph_count() - graphs} graph(s) compiled by this process "
+                    f"over {len(self.executed)} trained item(s)"
+                )
+
+    def _log_graphs(self, since: int) -> None:
+        """With compile on: one line each time the process's count of compiled graphs grows (a new
+        backbone, resolution, batch or BatchNorm policy compiles; every other item reuses its graph)."""
+        if compile_spec(self.exp.compile) is None:
+            return
+        n = graph_count() - since
+        if n != self._graphs_logged:
+            self._graphs_logged = n
+            self.progress.log(f"compile: {n} graph(s) compiled by this process so far")
 
     def _next(self, status: GridStatus) -> WorkItem | None:
         """Final runs first (they finish cells), then the next trial, in the grid's order."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.data.cache import DataCache
+from bench.models.backbones import BackboneCache
 from bench.records import CacheCounts
 from bench.registry import UserError
 from bench.train.features import DEFAULT_FEATURE_CACHE_MB, FeatureCache
@@ -58,14 +59,15 @@ def feature_store_dir(default: Path | None, environ: Mapping[str, str] | None = 
 
 @dataclass
 class Caches:
-    """The feature cache, the probe cache and the loaded datasets of one owner, and the on-disk
-    `store` behind the first two when given (`Caches(store=FeatureStore(dir))`): a memory miss
-    reads it, a computation is written to it, so other processes and later runs reuse it."""
+    """The feature cache, the probe cache, the loaded datasets and the built backbones of one owner,
+    and the on-disk `store` behind the first two when given (`Caches(store=FeatureStore(dir))`): a
+    memory miss reads it, a computation is written to it, so other processes and later runs reuse it."""
 
     features: FeatureCache = field(default_factory=FeatureCache)
     probes: ProbeCache = field(default_factory=ProbeCache)
     data: DataCache = field(default_factory=DataCache)
     store: FeatureStore | None = None
+    backbones: BackboneCache = field(default_factory=BackboneCache)
 
     def __post_init__(self) -> None:
         if self.store is not None:

@@ -5,8 +5,11 @@ features.py   encode_all, FeatureCache: frozen-backbone features, computed once
 probe.py      ProbeCache, fit_probe: the linear probe (logreg.py: its solver)
 loop.py       train_steps, optimiser and schedule, FitResult, Diverged: the step loop
 fit.py        fit: one model trained by one method, top to bottom (start reading here)
+compiling.py  compile_encoder, warm_up, graph_count: torch.compile of the training step
 evaluate.py   predict, classification_metrics
 caches.py     Caches: the feature, probe and data caches one owner shares across fits
+meter.py      BackboneMeter: the images through the backbone, counted by the callers
+syncs.py      HostSyncs: counts where the host waits for the device (diagnostics, tests, gpu_check)
 store.py      FeatureStore: features and probes on disk, shared by processes and resumes
 """
 
@@ -14,10 +17,11 @@ from __future__ import annotations
 
 from bench.models.methods import HParams
 from bench.train.caches import Caches
+from bench.train.compiling import COMPILE_MODES, CompileSpec, compile_encoder, compile_spec, graph_count
 from bench.train.device import CPU_EVAL_BATCH, EVAL_BATCH, autocast, eval_batch, sync
 from bench.train.evaluate import classification_metrics, predict
 from bench.train.features import FeatureCache, encode_all
-from bench.train.fit import FEATURE_CACHE_MODES, check_fit, compiled, fit
+from bench.train.fit import FEATURE_CACHE_MODES, check_fit, fit
 from bench.train.loop import (
     Diverged,
     FitResult,
@@ -27,6 +31,7 @@ from bench.train.loop import (
     set_train_mode,
     train_steps,
 )
+from bench.train.meter import BackboneMeter
 from bench.train.probe import ProbeCache, fit_probe
 from bench.train.store import FeatureStore
 
@@ -36,10 +41,13 @@ _scheduler = make_scheduler
 _sync = sync
 
 __all__ = [
+    "COMPILE_MODES",
     "CPU_EVAL_BATCH",
     "EVAL_BATCH",
     "FEATURE_CACHE_MODES",
+    "BackboneMeter",
     "Caches",
+    "CompileSpec",
     "Diverged",
     "FeatureCache",
     "FeatureStore",
@@ -49,11 +57,13 @@ __all__ = [
     "autocast",
     "check_fit",
     "classification_metrics",
-    "compiled",
+    "compile_encoder",
+    "compile_spec",
     "encode_all",
     "eval_batch",
     "fit",
     "fit_probe",
+    "graph_count",
     "lr_factor",
     "make_optimizer",
     "make_scheduler",

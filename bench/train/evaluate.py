@@ -9,17 +9,26 @@ import torch
 
 from bench.models.methods import Net
 from bench.train.device import autocast, eval_batch
+from bench.train.meter import BackboneMeter, count
 
 
 @torch.inference_mode()
 def predict(
-    net: Net, x: torch.Tensor, precision: str, batch: int | None = None, feats: torch.Tensor | None = None
+    net: Net,
+    x: torch.Tensor,
+    precision: str,
+    batch: int | None = None,
+    feats: torch.Tensor | None = None,
+    meter: BackboneMeter | None = None,
 ) -> torch.Tensor:
-    """Class probabilities for every image (fp32), in eval mode (batch: `eval_batch` of the device).
+    """Class probabilities for every image (fp32), in eval mode (batch: `eval_batch` of the device at the
+    network's input resolution).
 
     `feats`: the images' frozen-backbone features when already computed (frozen rows), so
-    evaluation runs only the head and branch on them."""
-    batch = batch or eval_batch(x.device)
+    evaluation runs only the head and branch on them. `meter` counts the images through the backbone."""
+    batch = batch or eval_batch(x.device, net.adapter.resolution)
+    if feats is None:
+        count(meter, len(x))
     was = net.training
     net.eval()
     outs = []

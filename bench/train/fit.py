@@ -27,8 +27,11 @@ Speed (measured in docs/speed.md, `python cli.py perf`):
   adapter, the precision and the images, so the trials of one sweep cell encode their images
   once, not once per trial (nor once per worker)
   (`feature_cache="trial"` recomputes per fit, `"off"` on every batch: the baselines);
-- `compile=True` (or a backend name) runs the end-to-end forward/backward through
-  `torch.compile`; it changes speed, not results, so it is not part of a run's id.
+- `compile=True` (or a mode such as "reduce-overhead", or a backend name) runs the encoder (input
+  adapter and backbone) of the end-to-end phase through `torch.compile` (bench/train/compiling.py:
+  one graph per backbone, resolution, batch, precision and BatchNorm policy, reused by every trial),
+  compiled in a warm-up outside `train_seconds`; it changes speed, not the protocol, so it is not
+  part of a run's id.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ from bench.models.hparams import ProbeSpec
 from bench.models.methods import HParams, MethodSpec, Net
 from bench.registry import UserError
 from bench.train.caches import Caches
+from bench.train.compiling import compile_encoder, compile_spec, warm_up
 from bench.train.evaluate import predict
 from bench.train.features import FeatureCache, encode_all
 from bench.train.loop import FitResult, freeze, set_train_mode, train_steps
+from bench.train.meter import BackboneMeter, count
 from bench.train.probe import ProbeCache, fit_probe
 
 FEATURE_CACHE_MODES = ("shared", "trial", "off")
@@ -72,10 +77,21 @@ class FrozenFeatures:
     """The frozen backbone's features of one fit's images, from where `mode` says ("shared": the
     given cache; "trial": computed once here; "off": the backbone again on every batch).
 
-    Called with a batch's indices it gives that batch's features, whatever the mode."""
+    Called with a batch's indices it gives that batch's features, whatever the mode. `meter` counts
+    the images each mode puts through the backbone (a cache hit: none)."""
 
-    def __init__(self, net: Net, x: torch.Tensor, precision: str, mode: str, cache: FeatureCache, result: FitResult) -> None:
+    def __init__(
+        self,
+        net: Net,
+        x: torch.Tensor,
+        precision: str,
+        mode: str,
+        cache: FeatureCache,
+        result: FitResult,
+        meter: BackboneMeter | None = None,
+    ) -> None:
         self.net, self.x, self.precision, self.mode, self.cache, self.result = net, x, precision, mode, cache, result
+        self.meter = meter
         self.train: torch.Tensor | None = None
         self.val: torch.Tensor | None = None
         self._net_key: str | None = None
@@ -83,10 +99,10 @@ class FrozenFeatures:
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         if self.mode == "shared":
             self._net_key = self._net_key or self.cache.net_key(self.net, self.precision)  # hash the weights once per fit
-            out, hit = self.cache.encode(self.net, images, self.precision, self._net_key)
+            out, hit = self.cache.encode(self.net, images, self.precision, self._net_key, meter=self.meter)
             self.result.feature_cache_hits += int(hit)
             return out
-        return encode_all(self.net, images, self.precision)
+        return encode_all(self.net, images, self.precision, meter=self.meter)
 
     def compute(self, val_images: torch.Tensor | None) -> None:
         """Encode the training images (and `val_images`, for frozen rows) once, unless the mode is "off"."""
@@ -100,18 +116,23 @@ class FrozenFeatures:
 
     def matrix(self) -> torch.Tensor:
         """Every training image's features (the probe is fitted on all of them at once)."""
-        return self.train if self.train is not None else encode_all(self.net, self.x, self.precision)
+        return self.train if self.train is not None else encode_all(self.net, self.x, self.precision, meter=self.meter)
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         if self.train is not None:
             return self.train[idx]
+        count(self.meter, len(idx))
         with torch.no_grad():  # feature_cache="off": the frozen backbone again, as encode_all runs it
             self.net.backbone.eval()
             return self.net.encode(self.x[idx]).float()
 
 
 def _evaluator(
-    net: Net, val: tuple[torch.Tensor, torch.Tensor] | None, precision: str, val_feats: torch.Tensor | None
+    net: Net,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    precision: str,
+    val_feats: torch.Tensor | None,
+    meter: BackboneMeter | None = None,
 ) -> Callable[[], float] | None:
     """Validation accuracy of `net` as it is now (None without a validation split)."""
     if val is None:
@@ -119,7 +140,7 @@ def _evaluator(
     vx, vy = val
 
     def evaluate() -> float:
-        probs = predict(net, vx, precision, feats=val_feats)
+        probs = predict(net, vx, precision, feats=val_feats, meter=meter)
         return float((probs.argmax(1) == vy).float().mean())
 
     return evaluate
@@ -140,6 +161,7 @@ def fit(
     compile: bool | str = False,
     probe: ProbeSpec | None = None,
     caches: Caches | None = None,
+    meter: BackboneMeter | None = None,
 ) -> FitResult:
     """Train `net` on uint8 images `x` with labels `y` (both on the training device).
 
@@ -150,7 +172,8 @@ def fit(
     frozen-backbone features come from: "shared" (the feature cache of `caches`), "trial"
     (computed once in this fit) or "off" (the backbone is run again on every batch, as a
     naive loop would). All three give the same model; only the time differs. `compile`:
-    True (inductor) or a torch.compile backend name for the end-to-end phase; speed only.
+    True (inductor), a torch.compile mode or a backend name for the encoder of the end-to-end phase
+    (bench/train/compiling.py); speed only. `meter`: counts the images through the backbone.
     """
     check_fit(spec, hp, feature_cache)
     caches = Caches() if caches is None else caches
@@ -158,15 +181,15 @@ def fit(
     torch.manual_seed(seed)
     gen = torch.Generator(device=x.device).manual_seed(seed)
     result = FitResult()
-    feats = FrozenFeatures(net, x, precision, feature_cache, caches.features, result)
+    feats = FrozenFeatures(net, x, precision, feature_cache, caches.features, result, meter)
     if spec.probe_init or not trains:
         feats.compute(val[0] if val is not None and not trains else None)
-    evaluate = _evaluator(net, val, precision, feats.val)
+    evaluate = _evaluator(net, val, precision, feats.val, meter)
     if spec.is_probe or spec.probe_init:
         _probe_phase(net, probe or ProbeSpec(), y, result, feats, caches.probes, on_progress)
         if spec.is_probe:
             return result
-    _train_phase(net, spec, hp, x, y, gen, precision, result, feats, evaluate, on_progress, compile)
+    _train_phase(net, spec, hp, x, y, gen, precision, result, feats, evaluate, on_progress, compile, meter)
     return result
 
 
@@ -199,9 +222,11 @@ def _train_phase(
     evaluate: Callable[[], float] | None,
     on_progress: Callable[[dict], None] | None,
     compile: bool | str,
+    meter: BackboneMeter | None = None,
 ) -> None:
     """The method's own hp.steps steps: end to end on (augmented) images, or on cached features
-    when the backbone is frozen."""
+    when the backbone is frozen. End to end, the encoder is compiled when asked (and warmed up
+    before the timed steps); the head and branch run eagerly on its output."""
     trains = spec.trains_backbone
     freeze(net, False)
     freeze(net.backbone, not trains)
@@ -209,8 +234,23 @@ def _train_phase(
     groups = [{"params": head_params}]
     if trains:
         groups.append({"params": list(net.backbone.parameters()), "lr": hp.lr * hp.backbone_lr_mult})
-        model = compiled(net, compile)
-        forward = lambda idx, g: model(augment(x[idx], g) if hp.augment else x[idx])  # noqa: E731
+        how = compile_spec(compile)
+        encode = net.encode if how is None else compile_encoder(net, how)
+
+        def batch(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            return augment(x[idx], g) if hp.augment else x[idx]
+
+        def forward(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            xb = batch(idx, g)
+            count(meter, len(xb))
+            # net(xb) is exactly this: from_features(encode(xb), xb)
+            return net.from_features(encode(xb), xb)
+
+        if how is not None:
+            set_train_mode(net, trains, hp.bn)  # the copy warmed up must be in the steps' modes
+            sample = torch.arange(min(hp.batch_size, len(x)), device=x.device)
+            probe_gen = torch.Generator(device=gen.device).set_state(gen.get_state())  # the steps' draws stay untouched
+            result.compile_seconds += warm_up(net, how, batch(sample, probe_gen), precision)
     else:
 
         def forward(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -237,15 +277,3 @@ def _train_phase(
 
 def _out_features(head: nn.Module) -> int:
     return [m for m in head.modules() if isinstance(m, nn.Linear)][-1].out_features
-
-
-def compiled(net: nn.Module, compile: bool | str) -> nn.Module:
-    """`net` through torch.compile (shares its parameters), or `net` itself when not asked.
-
-    Static shapes: the last, smaller batch of an epoch compiles once more instead of
-    turning every batch into a dynamic-shape graph.
-    """
-    if not compile:
-        return net
-    backend = compile if isinstance(compile, str) else "inductor"
-    return torch.compile(net, backend=backend, dynamic=False)

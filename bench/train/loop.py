@@ -2,8 +2,9 @@
 with linear warm-up, shuffled passes over the examples, and a history row every S/10 steps.
 
 Speed (docs/speed.md): the optimiser is the fused (one kernel) implementation where
-torch has one; loss and accuracy are summed on the device, so there is one host sync per
-history row, not one per step.
+torch has one; loss and accuracy are summed on the device and read together once per history row,
+so the host never waits for the device between two rows (`SYNCS_PER_STEP`, `syncs_per_row`: the
+documented counts bench/train/syncs.py checks, tests/test_gpu_ready.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ from bench.budget import report_interval
 from bench.models.methods import HParams, Net
 from bench.train.device import autocast, sync
 
+# Host syncs (bench/train/syncs.py) of the step loop: none in a step; per history row, the device
+# sync that ends its timed interval, one read of its loss and accuracy together, and the sync that
+# starts the next interval; the validation accuracy (when there is a validation split) is one more
+# read. Plus one sync before the first step.
+SYNCS_PER_STEP = 0
+SYNCS_BEFORE_STEPS = 1
+
+
+def syncs_per_row(validates: bool) -> int:
+    """Host syncs of one history row of `train_steps` (with a validation split: one more)."""
+    return 3 + int(validates)
+
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; the sweep prunes such a trial and records why."""
@@ -34,6 +47,7 @@ class FitResult:
     train_seconds: float = 0.0
     images_seen: int = 0
     feature_seconds: float = 0.0
+    compile_seconds: float = 0.0  # torch.compile's warm-up before the steps (bench/train/compiling.py), not in train_seconds
     # one (images, seconds) per history row: steady-state speed for `perf`
     interval_seconds: list[tuple[int, float]] = field(default_factory=list)
     feature_cache_hits: int = 0
@@ -196,10 +210,12 @@ def train_steps(
         result.train_seconds += seconds
         result.interval_seconds.append((seen, seconds))
         result.images_seen += seen
-        loss_value = float(loss_sum) / seen
+        # one read for both (exact: a float32 sum and an integer count are exact as float64)
+        loss_total, correct_total = torch.stack([loss_sum.double(), correct.double()]).tolist()
+        loss_value = loss_total / seen
         if not math.isfinite(loss_value):
             raise Diverged(f"{phase} loss became {loss_value} by step {step} (lr {hp.lr:g})")
-        row = {"phase": phase, "step": step, "steps": steps, "loss": loss_value, "train_accuracy": float(correct) / seen}
+        row = {"phase": phase, "step": step, "steps": steps, "loss": loss_value, "train_accuracy": correct_total / seen}
         if evaluate is not None:
             row["val_accuracy"] = evaluate()
             train_mode()  # evaluation switched to eval mode

@@ -23,16 +23,19 @@ import torch
 from bench.budget import MIN_STEPS, PROTOCOL, article_recipe_steps, step_budget
 from bench.data import Cifar10, check_fraction, cv_folds, label_split, labelled_count
 from bench.files import atomic_write
-from bench.models.backbones import build_backbone, get_backbone, input_resolution
+from bench.models.backbones import BackboneCache, build_backbone, get_backbone, input_resolution
 from bench.models.hparams import RECIPES, ProbeSpec, recipe_name
 from bench.models.methods import ARTICLE_NORMALISATION, ARTICLE_RECIPE, METHODS, HParams, build_net
 from bench.provenance import peak_memory_mb, provenance, resolve_device
 from bench.records import Provenance, RunRecord
 from bench.registry import UserError
 from bench.train.caches import Caches
+from bench.train.compiling import graph_count
+from bench.train.device import device_defaults
 from bench.train.evaluate import Scores, classification_metrics, predict
 from bench.train.fit import fit
 from bench.train.loop import FitResult
+from bench.train.meter import BackboneMeter
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -161,7 +164,7 @@ def make_config(
             )
         hp = HParams().update(**spec.defaults)
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        precision = device_defaults(device).precision
     return RunConfig(
         backbone,
         method,
@@ -188,11 +191,12 @@ def get_data(data_dir: str | Path, caches: Caches | None = None) -> Cifar10:
     return (caches if caches is not None else Caches()).data.get(data_dir)
 
 
-def build_model(cfg: RunConfig, num_classes: int) -> torch.nn.Module:
+def build_model(cfg: RunConfig, num_classes: int, backbones: BackboneCache | None = None) -> torch.nn.Module:
     """The run's network: its backbone (pretrained or not), the method's head and the input adapter
-    (the article's recipe normalises with 0.5 / 0.5, whatever the backbone's own statistics)."""
+    (the article's recipe normalises with 0.5 / 0.5, whatever the backbone's own statistics).
+    `backbones`: the owner's built backbones, copied instead of built again (the same model)."""
     bspec = get_backbone(cfg.backbone)
-    feats, pretrained_head = build_backbone(bspec, cfg.pretrained)
+    feats, pretrained_head = (backbones.build if backbones is not None else build_backbone)(bspec, cfg.pretrained)
     mean, std = ARTICLE_NORMALISATION if cfg.recipe == "article" else (bspec.mean, bspec.std)
     return build_net(cfg.method, feats, pretrained_head, bspec.feature_dim, num_classes, cfg.hp, mean, std, cfg.resolution)
 
@@ -233,19 +237,6 @@ def run_folds(cfg: RunConfig, data: Cifar10) -> list[Fold]:
 
 
 @dataclass
-class BackboneMeter:
-    """Images through the backbone's forward pass, counted by a hook: training steps, validation
-    reports, evaluation and feature passes alike, while a cache or store hit counts nothing. The
-    unit the issue on a grid's cost asks for (what computing each thing once saves), and one that
-    a pruned trial, which returns no record, still leaves with its owner."""
-
-    images: int = 0
-
-    def count(self, module: torch.nn.Module, inputs: tuple, output: Any) -> None:
-        self.images += int(inputs[0].shape[0])
-
-
-@dataclass
 class FoldResult:
     """One fold's training and its scores on what it was evaluated on."""
 
@@ -269,14 +260,14 @@ def run_fold(
 ) -> FoldResult:
     """Build the model, train it on the fold's training images, and score it on its validation
     images (or on the test set: the only place a final run reads it)."""
-    train_idx, val_idx = fold.train, fold.val
     torch.manual_seed(fold.seed)
-    net = build_model(cfg, data.num_classes).to(device).to(memory_format=torch.channels_last)
-    if meter is not None:
-        net.backbone.register_forward_hook(meter.count)  # the net lives for this fold only
-    x = data.train_x[train_idx].to(device)
-    y = data.train_y[train_idx].to(device)
-    val = None if val_idx is None else (data.train_x[val_idx].to(device), data.train_y[val_idx].to(device))
+    net = build_model(cfg, data.num_classes, caches.backbones).to(device).to(memory_format=torch.channels_last)
+    # the dataset is on the device once per owner; a fold's images are a gather there
+    resident = caches.data.on(data, device)
+    train_idx = fold.train.to(device)
+    val_idx = None if fold.val is None else fold.val.to(device)
+    x, y = resident.train_x[train_idx], resident.train_y[train_idx]
+    val = None if val_idx is None else (resident.train_x[val_idx], resident.train_y[val_idx])
     spec = METHODS.get(cfg.method)
     result = fit(
         net,
@@ -291,11 +282,11 @@ def run_fold(
         compile=compile,
         probe=cfg.probe,
         caches=caches,
+        meter=meter,
     )
     t0 = time.perf_counter()
     if val is None:
-        ex, ey = data.test()
-        ex, ey = ex.to(device), ey.to(device)
+        ex, ey = resident.test()  # counted on `data` (Cifar10.test)
     else:
         ex, ey = val
     feats = None
@@ -303,9 +294,9 @@ def run_fold(
         # a frozen backbone's features of the evaluation images: computed once per backbone and
         # image set (the test set: once for every final run of every frozen row), bit-identical to
         # the full forward pass `predict` would run (the same batches, the same kernels)
-        feats, hit = caches.features.encode(net, ex, cfg.precision)
+        feats, hit = caches.features.encode(net, ex, cfg.precision, meter=meter)
         result.feature_cache_hits += int(hit)
-    probs = predict(net, ex, cfg.precision, feats=feats)
+    probs = predict(net, ex, cfg.precision, feats=feats, meter=meter)
     seconds = time.perf_counter() - t0
     return FoldResult(net, result, probs, ey, classification_metrics(probs, ey, data.num_classes), seconds)
 
@@ -337,7 +328,7 @@ def execute(
         torch.cuda.reset_peak_memory_stats(device)
     caches = Caches() if caches is None else caches
     meter = BackboneMeter() if meter is None else meter
-    before = meter.images
+    before, graphs = meter.images, graph_count()
     folds = run_folds(cfg, data)
     k = len(folds)
     done: list[FoldResult] = []
@@ -346,7 +337,7 @@ def execute(
         progress = None if on_progress is None else _fold_rows(on_progress, j, k)
         done.append(run_fold(cfg, data, device, fold, progress, compile, caches, meter))
     record = _record(cfg, data, device, folds, done, time.perf_counter() - wall0)
-    record = replace(record, backbone_images=meter.images - before)
+    record = replace(record, backbone_images=meter.images - before, compiled_graphs=graph_count() - graphs)
     last = done[-1]
     if save_predictions is not None:
         write_predictions(save_predictions, last.probs, last.labels, data.classes)
@@ -368,6 +359,7 @@ def _record(
     n_eval = len(done[-1].labels)
     train_seconds = sum(d.fit.train_seconds for d in done)
     feature_seconds = sum(d.fit.feature_seconds for d in done)
+    compile_seconds = sum(d.fit.compile_seconds for d in done)
     t_eval = sum(d.eval_seconds for d in done)
     images = sum(d.fit.images_seen for d in done)
     config = cfg.to_dict()
@@ -399,6 +391,7 @@ def _record(
         trainable_params=trainable_parameters(done[-1].net, cfg),
         train_seconds=train_seconds,
         feature_seconds=feature_seconds,
+        compile_seconds=compile_seconds,
         eval_seconds=t_eval,
         eval_images_per_second=k * n_eval / t_eval if t_eval > 0 else 0.0,
         wall_seconds=wall_seconds,
