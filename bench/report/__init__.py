@@ -46,7 +46,7 @@ from __future__ import annotations
 # `compare` is both a submodule and its function: importing bench/report/compare.py sets the package attribute
 # to the module, and the name imported from it then replaces that with the function callers expect.
 from bench.report.compare import CompareResult, compare
-from bench.report.figure import PNG_DPI, Figure, _render, drawn_texts, text_problems
+from bench.report.figure import PNG_DPI, Figure, drawn_texts, text_problems
 from bench.report.grid import Completeness, completeness, grid_cells
 from bench.report.html import CSS, render_html
 from bench.report.load import (
@@ -158,7 +158,6 @@ __all__ = [
     "Tables",
     "UP",
     "WTL_COLUMNS",
-    "_render",
     "atomic_write_text",
     "auc_log_fraction",
     "baseline_recipe",
