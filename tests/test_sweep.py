@@ -2,7 +2,7 @@
 divergence, resume after SIGKILL and Ctrl-C, and two processes sharing one grid.
 
 Tiny backbone, synthetic data (tests/conftest.py), one torch thread. Subprocess tests run
-`python cli.py sweep` exactly as a user does; in-process ones drive `bench.sweep.Sweep`
+`python cli.py sweep` exactly as a user does; in-process ones drive `bench.sweep.worker.Sweep`
 with a recording progress object to see which item read what.
 """
 
@@ -129,7 +129,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def test_grid_expands_cross_product_include_exclude_and_flags(tmp_path: Path) -> None:
-    from bench.cli.sweep import load
+    from bench.sweep.prepare import load
 
     text = """
 backbones = ["tiny", "efficientnet_lite0"]
@@ -381,7 +381,7 @@ def test_settings_changed_under_the_same_name_are_refused(tmp_path: Path, synthe
 def finished(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path):  # noqa: ANN201
     """One in-process sweep of TINY, with every item and every label_split call recorded."""
     import bench.train.run
-    from bench.sweep import Sweep
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     tmp = tmp_path_factory.mktemp("finished")
@@ -458,7 +458,8 @@ def test_paired_seeds_draw_identical_subsets_for_every_method(finished) -> None:
 
 
 def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:  # noqa: ANN001
-    from bench.sweep import Sweep, runs_columns
+    from bench.records import runs_columns
+    from bench.sweep.worker import Sweep
 
     exp, data, rec, splits, status, sweep = finished
     out = exp.out_dir
@@ -488,7 +489,7 @@ def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:
     t0 = study.trials[0]
     assert sorted(t0.intermediate_values) == [1, 2, 3]  # validation accuracy reported at optimiser steps
     # Every search's first trial is the method's defaults (the same rule for every method); later ones sample.
-    from bench.sweep import default_params
+    from bench.sweep.search import default_params
 
     for s in storage.get_all_studies():
         if s.user_attrs.get("kind") == "search":
@@ -505,7 +506,7 @@ def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:
 
 
 def test_diverging_trials_are_pruned_with_a_reason_and_the_sweep_goes_on(tmp_path: Path, synthetic_dir: Path) -> None:
-    from bench.sweep import Sweep
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]").replace("seeds = 2", "seeds = 1")
@@ -534,7 +535,7 @@ def test_tied_trials_go_to_the_lowest_slot_whatever_order_they_were_created_in(t
     not; a tie in validation accuracy (100 validation images at 1%) must not depend on that order."""
     from optuna.distributions import FloatDistribution
 
-    from bench.sweep import Sweep
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
@@ -797,7 +798,7 @@ def test_a_freed_claim_gives_its_slot_back_instead_of_shifting_the_later_ones() 
 
     from optuna.trial import FrozenTrial
 
-    from bench.sweep import take_slot
+    from bench.sweep.claims import take_slot
 
     now = time.time()
 
@@ -838,7 +839,9 @@ def test_surveying_never_writes_a_dead_claim_stays_until_a_worker_frees_it(tmp_p
     """Reading the grid (survey, trials) writes nothing, from a worker or a monitor alike: a dead
     process's claim stays RUNNING and the journal byte-identical. The claim simply does not count
     (its slot is free to ask); only a worker's explicit step (before each scheduling step) frees it."""
-    from bench.sweep import BOOT_ID, HOST, Sweep, new_claim
+    from bench.sweep.claims import new_claim
+    from bench.sweep.journal import BOOT_ID, HOST
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
@@ -939,8 +942,8 @@ def test_a_worker_whose_heartbeat_fails_drops_the_claim_says_so_and_goes_on(
     stops, logs one line, gives the claim back (FAIL with the reason, once the storage answers again), and
     the grid completes with the trial redone."""
     import bench.sweep.worker as W
-    from bench.sweep import Sweep
     from bench.sweep.storage import open_storage
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
@@ -984,7 +987,7 @@ def test_out_of_memory_prunes_the_trial_fails_the_final_run_and_the_worker_goes_
     OutOfMemoryError in a trial prunes it with its reason; a host MemoryError in a final run fails that run
     for good, like a divergence (the cell reports it, no start retries it); the worker goes on both times."""
     import bench.sweep.worker as W
-    from bench.sweep import Sweep
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
@@ -1024,8 +1027,8 @@ def test_multi_fidelity_pruners_never_stop_a_trial_before_half_its_steps(
     the same for every method. Some trials stop there; none before."""
     import optuna.pruners
 
-    from bench.sweep import Sweep
     from bench.sweep.search import pruner as make_pruner
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")

@@ -123,6 +123,9 @@ from bench.report.text import (
 )
 from bench.report.write import ReportResult, atomic_write_text, write_report
 
+# `write` is both a submodule and its function, as `compare` is: the function replaces the module attribute.
+from bench.report.write import write  # noqa: E402  isort: skip
+
 __all__ = [
     "BASELINE",
     "BASELINE_ORDER",
@@ -212,5 +215,6 @@ __all__ = [
     "to_markdown",
     "wilcoxon_min_seeds",
     "win_tie_loss",
+    "write",
     "write_report",
 ]
