@@ -760,21 +760,23 @@ def test_user_errors_from_the_library_are_user_errors(tmp_path: Path) -> None:
 def test_claims_liveness_and_recovery(tmp_path: Path) -> None:
     """Claims of dead processes on this machine are freed at once; claims from another machine
     only after `stale_after` without a heartbeat; a finished-but-unmarked result is adopted."""
-    import bench.sweep as S
+    from bench.sweep.claims import Heartbeat, new_claim, recover
+    from bench.sweep.journal import BOOT_ID, HOST
+    from bench.sweep.signals import signal_safe
 
-    storage = S.signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
+    storage = signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
     sid = optuna.create_study(study_name="s", storage=storage, direction="maximize")._study_id
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    here_dead = S.new_claim(storage, sid, {"run_id": "a"})
-    storage.set_trial_user_attr(here_dead, "owner", f"{S.HOST}|{S.BOOT_ID}|{dead}|1")
-    far_fresh = S.new_claim(storage, sid, {"run_id": "b", "owner": "elsewhere|boot|1|1"})
-    far_stale = S.new_claim(storage, sid, {"run_id": "c", "owner": "elsewhere|boot|2|1"})
+    here_dead = new_claim(storage, sid, {"run_id": "a"})
+    storage.set_trial_user_attr(here_dead, "owner", f"{HOST}|{BOOT_ID}|{dead}|1")
+    far_fresh = new_claim(storage, sid, {"run_id": "b", "owner": "elsewhere|boot|1|1"})
+    far_stale = new_claim(storage, sid, {"run_id": "c", "owner": "elsewhere|boot|2|1"})
     storage.set_trial_user_attr(far_stale, "heartbeat", {"time": time.time() - 1000, "progress": ""})
-    adopted = S.new_claim(storage, sid, {"run_id": "d", "owner": "elsewhere|boot|3|1", "result_value": 0.5})
+    adopted = new_claim(storage, sid, {"run_id": "d", "owner": "elsewhere|boot|3|1", "result_value": 0.5})
     storage.set_trial_user_attr(adopted, "heartbeat", {"time": time.time() - 1000, "progress": ""})
-    mine = S.new_claim(storage, sid, {"run_id": "e"})
+    mine = new_claim(storage, sid, {"run_id": "e"})
 
-    assert S.recover(storage, storage.get_all_trials(sid), stale_after=180)
+    assert recover(storage, storage.get_all_trials(sid), stale_after=180)
     state = {t._trial_id: t for t in storage.get_all_trials(sid)}
     assert state[here_dead].state == TrialState.FAIL and state[here_dead].user_attrs["fail_reason"].startswith("stale")
     assert state[far_fresh].state == TrialState.RUNNING  # another machine, heartbeat fresh: still its
@@ -783,7 +785,7 @@ def test_claims_liveness_and_recovery(tmp_path: Path) -> None:
     assert state[mine].state == TrialState.RUNNING  # this process is alive
 
     # A heartbeat on a trial someone else finished tells the worker it lost the claim.
-    hb = S.Heartbeat(storage, interval=3600)
+    hb = Heartbeat(storage, interval=3600)
     hb.attach(far_stale)
     hb.beat()
     assert hb.lost
@@ -870,21 +872,22 @@ def test_surveying_never_writes_a_dead_claim_stays_until_a_worker_frees_it(tmp_p
 def test_a_claim_whose_work_fails_is_marked_failed_with_the_reason(tmp_path: Path) -> None:
     """The one claim skeleton (trials and final runs): an exception in the work marks the claim FAIL
     with the reason and detaches the heartbeat; a claim someone else took over is left as it is."""
-    import bench.sweep as S
+    from bench.sweep.claims import Heartbeat, LostClaim, claim
+    from bench.sweep.signals import signal_safe
 
-    storage = S.signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
+    storage = signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
     optuna.create_study(study_name="s", storage=storage, direction="maximize")
     sid = storage.get_study_id_from_name("s")
-    hb = S.Heartbeat(storage, interval=3600)
-    with pytest.raises(ValueError), S.claim(storage, sid, {"run_id": "a"}, hb) as tid:
+    hb = Heartbeat(storage, interval=3600)
+    with pytest.raises(ValueError), claim(storage, sid, {"run_id": "a"}, hb) as tid:
         assert hb.trial_id == tid
         raise ValueError("disk on fire\nsecond line")
     assert hb.trial_id is None
     failed = storage.get_trial(tid)
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "ValueError: disk on fire"
 
-    with pytest.raises(S.LostClaim), S.claim(storage, sid, {"run_id": "b"}, hb) as tid:
-        raise S.LostClaim("taken over")
+    with pytest.raises(LostClaim), claim(storage, sid, {"run_id": "b"}, hb) as tid:
+        raise LostClaim("taken over")
     assert storage.get_trial(tid).state == TrialState.RUNNING and hb.trial_id is None
 
 
@@ -911,13 +914,14 @@ def test_a_heartbeat_that_fails_is_retried_then_gives_the_claim_up(tmp_path: Pat
     """Issue 19: `Heartbeat.beat` swallowed every exception. A failure is retried sooner than the next beat,
     and once the claim could look stale to others (stale_after since the last beat that landed, less one
     interval) it is lost, with the reason; a storage back in time loses nothing."""
-    import bench.sweep as S
+    from bench.sweep.claims import Heartbeat, HeartbeatLost, new_claim
+    from bench.sweep.signals import signal_safe
 
-    storage = S.signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
+    storage = signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
     sid = optuna.create_study(study_name="s", storage=storage, direction="maximize")._study_id
     flaky = FlakyHeartbeats(storage)
-    hb = S.Heartbeat(storage, interval=0.05, stale_after=0.5)
-    hb.attach(S.new_claim(storage, sid, {"run_id": "a"}))
+    hb = Heartbeat(storage, interval=0.05, stale_after=0.5)
+    hb.attach(new_claim(storage, sid, {"run_id": "a"}))
     flaky.down = True
     assert not hb.beat() and not hb.lost  # one failure: retried, not lost
     flaky.down = False
@@ -930,7 +934,7 @@ def test_a_heartbeat_that_fails_is_retried_then_gives_the_claim_up(tmp_path: Pat
     hb.stop()
     assert hb.lost and flaky.failed >= 3, flaky.failed  # retried (every 0.0125 s) until 0.45 s without a beat
     assert hb.lost_reason.startswith("its heartbeat failed") and "Input/output error" in hb.lost_reason
-    with pytest.raises(S.HeartbeatLost, match="another worker may have taken it over"):
+    with pytest.raises(HeartbeatLost, match="another worker may have taken it over"):
         hb.check()
 
 

@@ -32,7 +32,7 @@ The modules, one idea each (read them in this order):
     journal.py      the journal file that survives crashes; who owns a lock or a claim
     signals.py      Ctrl-C and SIGTERM held back around storage writes
     studies.py      the studies of an experiment: names, attributes, the settings check
-    claims.py       claims, heartbeats, recovery, slots: the only user of Optuna's internals
+    claims.py       claims, heartbeats, recovery, slots: the only user of Optuna's private API
     search.py       what a trial asks: spaces, the defaults-first trial, seeded samplers
     status.py       the grid's state, read-only, and the ETA
     worker.py       the `Sweep` loop: schedule, claim, train, record

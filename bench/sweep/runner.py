@@ -82,7 +82,7 @@ class CellBudget:
     probe: bool
     steps: int
     batch_size: int
-    folds: int
+    folds: int  # a probe's cross-validation folds (0: not a probe)
     resolution: int
 
 
@@ -447,7 +447,8 @@ def _budgets(exp: Experiment, data: Cifar10, dev: torch.device) -> list[CellBudg
     for c in exp.cells():
         cfg = monitor.config(c, exp.seeds[0], dict(exp.fixed_hparams(c.method)), "final")
         probe = METHODS.get(c.method).is_probe
-        out.append(CellBudget(c.label, probe, cfg.hp.steps, cfg.hp.batch_size, cfg.probe.folds, cfg.resolution))
+        folds = cfg.probe.folds if probe else 0  # only a probe has folds (its config's probe is None otherwise)
+        out.append(CellBudget(c.label, probe, cfg.hp.steps, cfg.hp.batch_size, folds, cfg.resolution))
     return out
 
 
