@@ -496,7 +496,7 @@ def test_parallel_workers_are_spread_over_the_gpus_and_share_cpu_threads_only_on
     names a GPU keeps it for every worker; CPU workers divide the cores, GPU workers do not."""
     import os
 
-    from bench.sweep.runner import set_threads, worker_commands, worker_devices
+    from bench.sweep.parallel import set_threads, worker_commands, worker_devices
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     cuda = torch.device("cuda")

@@ -47,7 +47,7 @@ def test_run_returns_typed_results_and_refuses_like_the_cli(tmp_path: Path, synt
     """A dry run: the events the CLI prints, as data; bad input is the CLI's UserError, nothing written."""
     import bench.sweep
     from bench.registry import UserError
-    from bench.sweep.runner import DryRun, Planned, Projected, Projecting
+    from bench.sweep.events import DryRun, Planned, Projected, Projecting
 
     grid = ROOT / "docs" / "examples" / "tiny.toml"
     events: list[object] = []

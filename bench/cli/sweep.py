@@ -25,7 +25,7 @@ from bench.budget import MIN_STEPS
 from bench.cli.display import PlainDisplay, RichDisplay, summary_table
 from bench.cli.errors import fail, warning_line
 from bench.registry import UserError
-from bench.sweep.runner import (
+from bench.sweep.events import (
     DryRun,
     Finished,
     Interrupted,
@@ -33,6 +33,7 @@ from bench.sweep.runner import (
     Planned,
     Projected,
     Projecting,
+    Relay,
     Reported,
     Starting,
     SweepEvent,
@@ -146,12 +147,12 @@ def _finish(e: Finished, console: Console) -> None:
 
 class _View:
     """What the command shows: each event of `bench.sweep.run` printed, and the live view (or `--quiet`'s
-    log lines) as the sweep's Progress, created when the grid is known and entered around the work."""
+    log lines), made once the grid is known and handed to the sweep through a Relay."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.console = _console()
-        self.display: RichDisplay | PlainDisplay | None = None
+        self.progress = Relay()
 
     def event(self, e: SweepEvent) -> None:
         """Print one step of the sweep, as the command always has."""
@@ -167,9 +168,8 @@ class _View:
         elif isinstance(e, DryRun):
             _dry_run(e, self.console)
         elif isinstance(e, Starting):
-            self.display = (
-                PlainDisplay(self.console, e.experiment.name) if self.quiet else RichDisplay(self.console, e.experiment.name)
-            )
+            name = e.experiment.name
+            self.progress.target = PlainDisplay(self.console, name) if self.quiet else RichDisplay(self.console, name)
         elif isinstance(e, Interrupted):
             self.console.print(
                 f"interrupted: {e.status.runs[0]}/{e.status.runs[1]} final runs and {e.status.trials[0]}/{e.status.trials[1]} "
@@ -184,36 +184,6 @@ class _View:
             _finish(e, _console())
         elif isinstance(e, Reported):
             _print_report(e, self.console)
-
-    # the Progress protocol (bench/sweep/worker.py), handed on to the display
-    def __enter__(self) -> _View:
-        if self.display is not None:
-            self.display.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.display is not None:
-            self.display.__exit__(*exc)
-
-    def status(self, status: Any) -> None:
-        if self.display is not None:
-            self.display.status(status)
-
-    def item_start(self, item: Any) -> None:
-        if self.display is not None:
-            self.display.item_start(item)
-
-    def epoch(self, row: dict) -> None:
-        if self.display is not None:
-            self.display.epoch(row)
-
-    def item_end(self, item: Any, outcome: str) -> None:
-        if self.display is not None:
-            self.display.item_end(item, outcome)
-
-    def log(self, message: str) -> None:
-        if self.display is not None:
-            self.display.log(message)
 
 
 def sweep(
@@ -292,7 +262,7 @@ def sweep(
             experiment,
             config=config,
             results_dir=results_dir, data_dir=data_dir, device=device, parallel=parallel, threads=threads,
-            dry_run=dry_run, download=download, report=report, worker=worker, progress=view, on_event=view.event,
+            dry_run=dry_run, download=download, report=report, worker=worker, progress=view.progress, on_event=view.event,
             **flags,
         )  # fmt: skip
     except UserError as exc:

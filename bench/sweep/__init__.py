@@ -30,7 +30,7 @@ The modules, one idea each (read them in this order):
     validate.py     the checks a TOML file passes before anything runs
     storage.py      opening the storage (the one `open_storage`), URLs without passwords
     journal.py      the journal file that survives crashes; who owns a lock or a claim
-    signals.py      Ctrl-C and SIGTERM held back around storage writes
+    signals.py      Ctrl-C and SIGTERM held back around storage writes; SIGTERM stops like Ctrl-C
     studies.py      the studies of an experiment: names, attributes, the settings check
     claims.py       claims, heartbeats, recovery, slots: the only user of Optuna's private API
     search.py       what a trial asks: spaces, the defaults-first trial, seeded samplers
@@ -40,7 +40,9 @@ The modules, one idea each (read them in this order):
     projection.py   how long a grid will take on this device (`sweep --dry-run`)
 
     prepare.py      an experiment file with its overrides, and every check before anything runs
-    runner.py       `run`: the whole sweep as one call (the CLI and notebooks), its events and result
+    runner.py       `run`: the whole sweep as one call (the CLI and notebooks)
+    events.py       what `run` tells its caller (events, the Relay of its progress) and returns
+    parallel.py     `--parallel K`: K worker processes on one storage, watched from here
 
 The public API is the handful of names below (`bench.sweep.run(...)`, see docs/python-api.md); everything
 else is imported from its module (`from bench.sweep.worker import Sweep`). Plain imports, none of them
@@ -51,8 +53,9 @@ report never imports torch; runner.py imports the training stack inside `run`.
 
 from __future__ import annotations
 
+from bench.sweep.events import MachineFault, SweepEvent, SweepResult
 from bench.sweep.experiment import Experiment
 from bench.sweep.prepare import check, load
-from bench.sweep.runner import MachineFault, SweepEvent, SweepResult, run
+from bench.sweep.runner import run
 
 __all__ = ["Experiment", "MachineFault", "SweepEvent", "SweepResult", "check", "load", "run"]
