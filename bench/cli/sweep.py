@@ -24,6 +24,7 @@ from rich.markup import escape
 from bench.budget import MIN_STEPS
 from bench.cli.display import PlainDisplay, RichDisplay, summary_table
 from bench.cli.errors import fail, warning_line
+from bench.cli.options import compile_mode_option
 from bench.registry import UserError
 from bench.sweep.events import (
     DryRun,
@@ -214,14 +215,7 @@ def sweep(
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the end-to-end phase (speed only; not part of the run ids).")
     ] = False,
-    compile_mode: Annotated[
-        str | None,
-        typer.Option(
-            "--compile-mode",
-            help="torch.compile mode, implies --compile: default, reduce-overhead (CUDA graphs), max-autotune, "
-            "max-autotune-no-cudagraphs.",
-        ),
-    ] = None,
+    compile_mode: Annotated[str | None, compile_mode_option()] = None,
     deterministic: Annotated[
         bool, typer.Option("--deterministic", help="CUDA: deterministic kernels only (docs/gpu.md); recorded per run.")
     ] = False,
