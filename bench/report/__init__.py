@@ -33,7 +33,8 @@ The package, one idea per module, in the order a report runs:
 - load.py: experiment folders, runs.csv (checked), the Optuna studies; protocol.py: which protocol ran;
   grid.py: config.toml's grid against runs.csv (an unfinished grid says what it lacks, at the top of everything);
 - stats.py: the statistics stated above, as DataFrames (tests, Holm, win/tie/loss, label efficiency);
-- tables.py: one format-free model per table; render.py: one renderer per format (Markdown, LaTeX, HTML, CSV);
+- tables.py: one format-free model per table (compute.py: the compute table);
+  render.py: one renderer per format (Markdown, LaTeX, HTML, CSV);
 - figure.py: a figure as PNG and PDF bytes; plots.py: one function per figure (search_plots.py: the Optuna
   search's three); origin.py: provenance; html.py: report.html;
 - write.py: `write_report`, which computes everything in memory, then writes a staging folder and moves it into place;
@@ -46,6 +47,7 @@ from __future__ import annotations
 # `compare` is both a submodule and its function: importing bench/report/compare.py sets the package attribute
 # to the module, and the name imported from it then replaces that with the function callers expect.
 from bench.report.compare import CompareResult, compare
+from bench.report.compute import COMPUTE_FIELDS, compute_table
 from bench.report.figure import PNG_DPI, Figure, drawn_texts, text_problems
 from bench.report.grid import Completeness, completeness, grid_cells
 from bench.report.html import CSS, render_html
@@ -105,7 +107,7 @@ from bench.report.stats import (
     wilcoxon_min_seeds,
     win_tie_loss,
 )
-from bench.report.tables import COMPUTE_FIELDS, Tables, build_tables, compute_table
+from bench.report.tables import Tables, build_tables
 from bench.report.text import (
     DAGGER,
     DOWN,

@@ -22,6 +22,7 @@ import pandas as pd
 
 from bench.files import TMP_SUFFIX, atomic_write_bytes, stale_temp, temp_path, write_new
 from bench.registry import UserError
+from bench.report.compute import compute_table
 from bench.report.figure import Figure
 from bench.report.grid import Completeness, completeness
 from bench.report.html import render_html
@@ -43,7 +44,7 @@ from bench.report.stats import (
     tuning_gain,
     win_tie_loss,
 )
-from bench.report.tables import Tables, build_tables, compute_table
+from bench.report.tables import Tables, build_tables
 from bench.report.text import DOWN, UP
 from bench.report.verdicts import read_plan, sentences
 

@@ -1,4 +1,5 @@
-"""What `bench.sweep.run` tells its caller while it works (the events) and what it returns (`SweepResult`).
+"""What `bench.sweep.run` tells its caller while it works (the events, and the live `Progress` of each
+worker) and what it returns (`SweepResult`).
 
 Why data and not printed lines: the command line prints each event exactly as it always has
 (bench/cli/sweep.py), a notebook may show them otherwise or keep them (`SweepResult.events`), and
@@ -10,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
 
-    from bench.records import GridStatus
+    from bench.records import Cell, GridStatus
     from bench.report import ReportResult
     from bench.sweep.experiment import Experiment
     from bench.sweep.projection import Projection
-    from bench.sweep.worker import Progress
+    from bench.train.run import RunConfig
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,58 @@ class SweepResult:
     def config_toml(self) -> Path:
         """The resolved experiment, as the workers and a resumed sweep read it."""
         return self.experiment.out_dir / "config.toml"
+
+
+# ---------------------------------------------------------------- the live progress
+
+
+class Progress(Protocol):
+    """What the sweep tells its display (bench/cli/display.py has a rich one and a plain one)."""
+
+    def status(self, status: GridStatus) -> None: ...
+    def item_start(self, item: WorkItem) -> None: ...
+    def epoch(self, row: dict) -> None: ...
+    def item_end(self, item: WorkItem, outcome: str) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+class NullProgress:
+    """A Progress that shows nothing (library use, tests)."""
+
+    def status(self, status: GridStatus) -> None:
+        pass
+
+    def item_start(self, item: WorkItem) -> None:
+        pass
+
+    def epoch(self, row: dict) -> None:
+        pass
+
+    def item_end(self, item: WorkItem, outcome: str) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class WorkItem:
+    """One piece of work a worker claims: a search trial's slot, or a final run of one seed."""
+
+    kind: str  # "trial" or "final"
+    cell: Cell
+    study_id: int
+    slot: int = 0  # trial: the slot number; final: the seed
+    cfg: RunConfig | None = None
+    seed: int = 0  # trial: the seed whose subset it searches on (the first of a pool)
+    per_seed: bool = False
+
+    @property
+    def label(self) -> str:
+        """How the display and the log name the item."""
+        if self.kind == "trial":
+            return f"trial {self.slot + 1}{f' · seed {self.seed}' if self.per_seed else ''} · {self.cell.label}"
+        return f"final seed {self.slot} · {self.cell.label}"
 
 
 class Relay:

@@ -31,6 +31,7 @@ from bench.sweep.events import (
     Interrupted,
     MachineFault,
     Planned,
+    Progress,
     Projected,
     Projecting,
     Relay,
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
     from bench.records import GridStatus
     from bench.report import ReportResult
     from bench.sweep.projection import ItemCost, Projection
-    from bench.sweep.worker import Progress
 
 
 def run(
@@ -79,7 +79,7 @@ def run(
     `overrides` are the CLI's flags as keywords (`fractions="0.01,0.1"`, `methods="finetune,sft"`,
     `seeds=2`, `trials=3`, `steps=20`, `name=`, `storage=`, ...; see `bench.sweep.prepare.load`);
     with a loaded `Experiment`, change it with `dataclasses.replace` instead. `progress` gets the live
-    progress (bench.sweep.worker.Progress), `on_progress` each new status of the grid, `on_event` each
+    progress (bench.sweep.events.Progress), `on_progress` each new status of the grid, `on_event` each
     step of the call (`SweepEvent`); `result.events` keeps them too. Bad input raises `UserError`
     before anything is written; a fault of the machine while it runs raises `MachineFault`."""
     events: list[SweepEvent] = []
