@@ -26,20 +26,7 @@ from bench.cli.display import PlainDisplay, RichDisplay, summary_table
 from bench.cli.errors import fail, warning_line
 from bench.cli.options import compile_mode_option
 from bench.registry import UserError
-from bench.sweep.events import (
-    DryRun,
-    Finished,
-    Interrupted,
-    MachineFault,
-    Planned,
-    Projected,
-    Projecting,
-    Relay,
-    Reported,
-    Starting,
-    SweepEvent,
-    WorkerFailed,
-)
+from bench.sweep import events as E
 from bench.sweep.runner import run as run_sweep
 from bench.sweep.validate import MAX_PARALLEL, MAX_STEPS, MAX_TRIALS
 
@@ -52,7 +39,7 @@ def _console() -> Console:
     return console
 
 
-def _announce(e: Planned, console: Console) -> None:
+def _announce(e: E.Planned, console: Console) -> None:
     """Before any work: the warnings, then the grid's size in one line (and a smoke test called one)."""
     exp, dev = e.experiment, e.device
     for w in e.warnings:
@@ -79,7 +66,7 @@ def _announce(e: Planned, console: Console) -> None:
         )
 
 
-def _print_projection(e: Projected, console: Console) -> None:
+def _print_projection(e: E.Projected, console: Console) -> None:
     """The projection in one line (and the advice line when it is more than a day)."""
     from bench.sweep.projection import hours
 
@@ -105,7 +92,7 @@ def _train_rate(r: Any) -> str:
     return "head only (frozen backbone)" if r.train != r.train else f"{r.train:.0f} img/s"
 
 
-def _dry_run(e: DryRun, console: Console) -> None:
+def _dry_run(e: E.DryRun, console: Console) -> None:
     """The grid, each cell's step budget, and the rates its projection used."""
     for b in e.budgets:
         if b.probe:
@@ -123,7 +110,7 @@ def _dry_run(e: DryRun, console: Console) -> None:
     console.print("dry run: nothing trained, nothing written", highlight=False)
 
 
-def _print_report(e: Reported, console: Console) -> None:
+def _print_report(e: E.Reported, console: Console) -> None:
     """Where the report is, or why there is none (the sweep's results stand either way)."""
     if e.skipped is not None:
         console.print(f"report: skipped ({e.skipped})", highlight=False, markup=False)
@@ -137,7 +124,7 @@ def _print_report(e: Reported, console: Console) -> None:
         console.print(f"report: {e.result if e.result is not None else e.out_dir}", highlight=False, markup=False)
 
 
-def _finish(e: Finished, console: Console) -> None:
+def _finish(e: E.Finished, console: Console) -> None:
     """The summary table and where the runs are (the report follows, after a complete sweep)."""
     console.print(summary_table(e.status, f"{e.experiment.name}: test accuracy (%) over seeds, per cell"))
     out = e.experiment.out_dir
@@ -148,42 +135,42 @@ def _finish(e: Finished, console: Console) -> None:
 
 class _View:
     """What the command shows: each event of `bench.sweep.run` printed, and the live view (or `--quiet`'s
-    log lines), made once the grid is known and handed to the sweep through a Relay."""
+    log lines), made once the grid is known and handed to the sweep through an events.Relay."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.console = _console()
-        self.progress = Relay()
+        self.progress = E.Relay()
 
-    def event(self, e: SweepEvent) -> None:
+    def event(self, e: E.SweepEvent) -> None:
         """Print one step of the sweep, as the command always has."""
-        if isinstance(e, Planned):
+        if isinstance(e, E.Planned):
             _announce(e, self.console)
-        elif isinstance(e, Projecting):
+        elif isinstance(e, E.Projecting):
             self.console.print(
                 f"projecting the grid's cost on {e.device} (measured rates, cached in {e.cache_path or 'memory'})…",
                 highlight=False,
             )
-        elif isinstance(e, Projected):
+        elif isinstance(e, E.Projected):
             _print_projection(e, self.console)
-        elif isinstance(e, DryRun):
+        elif isinstance(e, E.DryRun):
             _dry_run(e, self.console)
-        elif isinstance(e, Starting):
+        elif isinstance(e, E.Starting):
             name = e.experiment.name
             self.progress.target = PlainDisplay(self.console, name) if self.quiet else RichDisplay(self.console, name)
-        elif isinstance(e, Interrupted):
+        elif isinstance(e, E.Interrupted):
             self.console.print(
                 f"interrupted: {e.status.runs[0]}/{e.status.runs[1]} final runs and {e.status.trials[0]}/{e.status.trials[1]} "
                 "trials are done and kept; the same command resumes",
                 highlight=False,
             )
-        elif isinstance(e, WorkerFailed):
+        elif isinstance(e, E.WorkerFailed):
             self.console.print(
                 f"[red]worker {e.index} exited with code {e.returncode}; see {escape(str(e.log))}[/]", highlight=False
             )
-        elif isinstance(e, Finished):
+        elif isinstance(e, E.Finished):
             _finish(e, _console())
-        elif isinstance(e, Reported):
+        elif isinstance(e, E.Reported):
             _print_report(e, self.console)
 
 
@@ -261,6 +248,6 @@ def sweep(
         )  # fmt: skip
     except UserError as exc:
         fail(str(exc))
-    except MachineFault as exc:
+    except E.MachineFault as exc:
         fail(str(exc), code=1)
     raise typer.Exit(result.code)

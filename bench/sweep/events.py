@@ -73,11 +73,10 @@ class DryRun:
 
 @dataclass(frozen=True)
 class Starting:
-    """The work starts (config.toml is about to be written): here, or in `parallel` workers watched from here."""
+    """The work starts (config.toml is about to be written), here or in the workers watched from here: the
+    moment a display of the grid's progress is made."""
 
     experiment: Experiment
-    parallel: int
-    worker: bool
 
 
 @dataclass(frozen=True)

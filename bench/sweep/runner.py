@@ -106,7 +106,7 @@ def run(
             return result
     relay = Relay(progress, on_progress)
     costs = None if result.projection is None else result.projection.costs
-    emit(Starting(exp, parallel, worker))
+    emit(Starting(exp))
     result.status, result.code = _execute(
         exp, checked.data, checked.device, parallel=parallel, threads=n_threads, worker=worker, costs=costs,
         progress=relay, emit=emit,
