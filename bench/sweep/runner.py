@@ -74,8 +74,8 @@ def run(
 ) -> SweepResult:
     """Check, project and run an experiment grid; return what it did.
 
-    `experiment`: a name (experiments/NAME.toml; None: default), a path to a TOML file (a `Path`, or text
-    ending in .toml), or a loaded `Experiment`; `config` names the file explicitly (`--config`).
+    `experiment`: a name (experiments/NAME.toml; None: default), a TOML file (a `Path`), or a loaded
+    `Experiment`; `config` names the file as text or a Path (`--config`).
     `overrides` are the CLI's flags as keywords (`fractions="0.01,0.1"`, `methods="finetune,sft"`,
     `seeds=2`, `trials=3`, `steps=20`, `name=`, `storage=`, ...; see `bench.sweep.prepare.load`);
     with a loaded `Experiment`, change it with `dataclasses.replace` instead. `progress` gets the live
@@ -131,7 +131,7 @@ def _experiment(
         if config is not None or overrides or results_dir is not None or data_dir is not None or device is not None:
             raise UserError("overrides apply to an experiment name or file; change a loaded Experiment with dataclasses.replace")
         return experiment
-    if isinstance(experiment, Path) or (isinstance(experiment, str) and experiment.endswith(".toml")):
+    if isinstance(experiment, Path):  # text is a name, as --experiment takes it: the CLI's messages stay its own
         if config is not None:
             raise UserError("give either --config or --experiment, not both")
         config, experiment = Path(experiment), None

@@ -11,6 +11,7 @@ SFT_BENCH_EXAMPLE_STEPS (default 20).
 # %% The grid: docs/examples/tiny.toml, with the step budget from the environment
 import csv
 import os
+from pathlib import Path
 
 import bench.report
 import bench.sweep
@@ -22,7 +23,7 @@ steps = int(os.environ.get("SFT_BENCH_EXAMPLE_STEPS", "20"))
 # %% Run it: the same checks, rows and files as `python cli.py sweep --config docs/examples/tiny.toml`
 seen = []
 result = bench.sweep.run(
-    "docs/examples/tiny.toml",
+    Path("docs/examples/tiny.toml"),  # a Path is a file; text is a name from experiments/ ("quick")
     results_dir=results,
     data_dir=data,
     steps=steps,  # any CLI flag is a keyword: fractions="0.01,0.1", methods="finetune", seeds=3, ...
