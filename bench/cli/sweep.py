@@ -133,6 +133,15 @@ def _finish(e: E.Finished, console: Console) -> None:
     )
 
 
+def _write_report(out: Path) -> Any:
+    """The report of a complete sweep (bench.report, imported only now: the command starts without it)."""
+    try:
+        from bench.report import write_report
+    except Exception as exc:  # broken: the sweep's results stand on their own
+        raise E.ReportUnavailable(f"bench.report could not be imported: {type(exc).__name__}: {exc}") from exc
+    return write_report(out)
+
+
 class _View:
     """What the command shows: each event of `bench.sweep.run` printed, and the live view (or `--quiet`'s
     log lines), made once the grid is known and handed to the sweep through an events.Relay."""
@@ -242,10 +251,19 @@ def sweep(
         result = run_sweep(
             experiment,
             config=config,
-            results_dir=results_dir, data_dir=data_dir, device=device, parallel=parallel, threads=threads,
-            dry_run=dry_run, download=download, report=report, worker=worker, progress=view.progress, on_event=view.event,
+            results_dir=results_dir,
+            data_dir=data_dir,
+            device=device,
+            parallel=parallel,
+            threads=threads,
+            dry_run=dry_run,
+            download=download,
+            report=_write_report if report else None,
+            worker=worker,
+            progress=view.progress,
+            on_event=view.event,
             **flags,
-        )  # fmt: skip
+        )
     except UserError as exc:
         fail(str(exc))
     except E.MachineFault as exc:

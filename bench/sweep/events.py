@@ -118,6 +118,10 @@ class Reported:
 SweepEvent = Planned | Projecting | Projected | DryRun | Starting | Interrupted | WorkerFailed | Finished | Reported
 
 
+class ReportUnavailable(Exception):
+    """Raised by a report writer whose package could not be imported: the report is skipped, said so."""
+
+
 class MachineFault(Exception):
     """A fault of the machine, not of the input (full disk, read-only folder, lost database) while the
     sweep ran: one line saying what failed and where; everything finished so far is in the storage."""

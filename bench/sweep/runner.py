@@ -5,7 +5,7 @@
     result.status.complete, result.runs_csv, result.code
 
 Why here and not in the command: the sweep's control flow (check, announce, project, dry run or
-execute here or in K workers, export, report) is the library's; `python cli.py sweep` only parses its
+execute here or in K workers, export, then the report it is handed) is the library's; `python cli.py sweep` only parses its
 flags, calls `run`, and prints the events `run` hands it (`on_event`, bench/sweep/events.py) and the
 live progress (`progress`). So a notebook gets the same checks, the same rows and the same report.
 
@@ -36,6 +36,7 @@ from bench.sweep.events import (
     Projecting,
     Relay,
     Reported,
+    ReportUnavailable,
     Starting,
     SweepEvent,
     SweepResult,
@@ -65,7 +66,7 @@ def run(
     threads: int | None = None,
     dry_run: bool = False,
     download: bool = True,
-    report: bool = True,
+    report: Callable[[Path], ReportResult] | None = None,
     worker: bool = False,
     progress: Progress | None = None,
     on_progress: Callable[[GridStatus], None] | None = None,
@@ -80,7 +81,8 @@ def run(
     `seeds=2`, `trials=3`, `steps=20`, `name=`, `storage=`, ...; see `bench.sweep.prepare.load`);
     with a loaded `Experiment`, change it with `dataclasses.replace` instead. `progress` gets the live
     progress (bench.sweep.events.Progress), `on_progress` each new status of the grid, `on_event` each
-    step of the call (`SweepEvent`); `result.events` keeps them too. Bad input raises `UserError`
+    step of the call (`SweepEvent`); `result.events` keeps them too. `report`: a writer called with the
+    results folder after a complete sweep (`bench.report.write_report`; None: no report). Bad input raises `UserError`
     before anything is written; a fault of the machine while it runs raises `MachineFault`."""
     events: list[SweepEvent] = []
 
@@ -113,8 +115,8 @@ def run(
     )  # fmt: skip
     if not worker:
         emit(Finished(exp, result.status, result.code))
-        if result.code == 0 and report:
-            result.report = _report(exp.out_dir, emit)
+        if result.code == 0 and report is not None:
+            result.report = _report(exp.out_dir, report, emit)
     return result
 
 
@@ -248,15 +250,15 @@ def _run_here(
     return status, 0 if status.complete else 1
 
 
-def _report(out: Path, emit: Callable[[SweepEvent], None]) -> ReportResult | None:
-    """The report of a complete sweep (bench.report); a failing report never loses the sweep."""
+def _report(out: Path, write: Callable[[Path], ReportResult], emit: Callable[[SweepEvent], None]) -> ReportResult | None:
+    """The report of a complete sweep, by the writer the caller handed over (the sweep never imports
+    bench.report: the report reads the sweep's storage, so that import would close a circle); a failing
+    report never loses the sweep."""
     try:
-        from bench.report import write_report
-    except Exception as exc:  # broken: the sweep's results stand on their own
-        emit(Reported(out, skipped=f"bench.report could not be imported: {type(exc).__name__}: {exc}"))
+        result = write(out)
+    except ReportUnavailable as exc:  # the writer's package could not be imported: the results stand on their own
+        emit(Reported(out, skipped=str(exc)))
         return None
-    try:
-        result = write_report(out)
     except Exception as exc:
         emit(Reported(out, error=exc))
         return None

@@ -28,7 +28,8 @@ result = bench.sweep.run(
     data_dir=data,
     steps=steps,  # any CLI flag is a keyword: fractions="0.01,0.1", methods="finetune", seeds=3, ...
     threads=1,
-    report=False,  # written below, with bench.report.write
+    # report=bench.report.write_report would write the report at the end, as the CLI does; here it is written
+    # below, with bench.report.write
     on_progress=seen.append,  # each new status of the grid (bench.records.GridStatus)
 )
 done, total = result.status.runs
