@@ -27,7 +27,7 @@ any moment loses only the trial or run it was in the middle of:
 The modules, one idea each (read them in this order):
 
     experiment.py   an experiment: the dataclasses, reading and writing its TOML file
-    validate.py     the checks a TOML file passes before anything runs
+    validate.py     the checks a TOML file passes before anything runs (validate_hparams.py: [hparams], [space])
     storage.py      opening the storage (the one `open_storage`), URLs without passwords
     journal.py      the journal file that survives crashes; who owns a lock or a claim
     signals.py      Ctrl-C and SIGTERM held back around storage writes; SIGTERM stops like Ctrl-C
