@@ -1475,7 +1475,7 @@ def test_a_report_that_fails_half_way_leaves_the_previous_report_whole(tmp_path:
     """The same without a small file system: the 10th file written fails like a full disk."""
     import errno
 
-    from bench.report import write as W
+    from bench.report import writer as W
 
     exp = make_experiment(tmp_path, "demo", journal=False)
     R.write_report(exp)

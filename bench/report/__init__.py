@@ -37,7 +37,8 @@ The package, one idea per module, in the order a report runs:
   render.py: one renderer per format (Markdown, LaTeX, HTML, CSV);
 - figure.py: a figure as PNG and PDF bytes; plots.py: one function per figure (search_plots.py: the Optuna
   search's three); origin.py: provenance; html.py: report.html;
-- write.py: `write_report`, which computes everything in memory, then writes a staging folder and moves it into place;
+- writer.py: `write_report` (and `write`, which finds the experiment first), which computes everything in memory,
+  then writes a staging folder and moves it into place;
 - compare.py: `compare(a, b)`; text.py: the formatting every output shares.
 This module re-exports the names callers use (`from bench.report import write_report`, `R.holm`, ...).
 """
@@ -123,10 +124,7 @@ from bench.report.text import (
     tex_escape,
     tex_note,
 )
-from bench.report.write import ReportResult, atomic_write_text, write_report
-
-# `write` is both a submodule and its function, as `compare` is: the function replaces the module attribute.
-from bench.report.write import write  # noqa: E402  isort: skip
+from bench.report.writer import ReportResult, atomic_write_text, write, write_report
 
 __all__ = [
     "BASELINE",
