@@ -14,14 +14,23 @@ import torch
 PACKAGES = ("torch", "torchvision", "timm", "optuna", "numpy", "pandas")
 
 
-def cpu_model() -> str:
+def cpuinfo_field(name: str) -> str | None:
+    """The first `name : value` line of /proc/cpuinfo (None where there is none, or no /proc).
+
+    The one parser of that file: the CPU's model (every record's provenance) and its flags (perf's
+    machine line) are read the same way."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(name):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name, or what `platform` says where /proc/cpuinfo has none."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def device_name(device: torch.device) -> str:

@@ -446,7 +446,7 @@ def trial(check: Check) -> dict:
 
 def workers(check: Check) -> dict:
     """1, 2 and 4 training processes started together (worker i on cuda:(i % GPUs), as --parallel does)."""
-    from bench.cli.sweep import worker_devices
+    from bench.sweep.parallel import worker_devices
 
     rows = []
     base = None

@@ -384,9 +384,9 @@ def test_a_full_disk_while_writing_predictions_names_the_predictions_file_not_it
 
     import torch
 
-    from bench.cli.sweep import runtime_failure
-    from bench.sweep import Sweep
     from bench.sweep.experiment import read_toml, resolve
+    from bench.sweep.runner import runtime_failure
+    from bench.sweep.worker import Sweep
     from bench.train import run as run_module
     from bench.train.run import get_data
 

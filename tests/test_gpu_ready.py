@@ -172,8 +172,8 @@ def test_perf_measures_the_compiled_path_the_sweep_takes(synthetic_data, countin
 def test_sweep_with_compile_logs_its_graph_count(tmp_path, synthetic_dir) -> None:  # noqa: ANN001
     """A whole (small) grid with compile on: at most two graphs (bn is not searched: one), and the
     sweep says how many it compiled."""
-    from bench.sweep import Sweep
     from bench.sweep.experiment import read_toml, resolve
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     toml = tmp_path / "g.toml"
@@ -496,7 +496,7 @@ def test_parallel_workers_are_spread_over_the_gpus_and_share_cpu_threads_only_on
     names a GPU keeps it for every worker; CPU workers divide the cores, GPU workers do not."""
     import os
 
-    from bench.cli.sweep import _set_threads, worker_commands, worker_devices
+    from bench.sweep.parallel import set_threads, worker_commands, worker_devices
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     cuda = torch.device("cuda")
@@ -511,8 +511,8 @@ def test_parallel_workers_are_spread_over_the_gpus_and_share_cpu_threads_only_on
     assert worker_devices(cuda, 6) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
     threads = torch.get_num_threads()
     try:
-        assert _set_threads(None, cuda, 4) is None and torch.get_num_threads() == threads
-        assert _set_threads(None, CPU, 2) == max(1, (os.cpu_count() or 1) // 2)
+        assert set_threads(None, cuda, 4) is None and torch.get_num_threads() == threads
+        assert set_threads(None, CPU, 2) == max(1, (os.cpu_count() or 1) // 2)
         assert worker_commands(["sweep"], CPU, 2, 1) == [["sweep", "--threads", "1"]] * 2
     finally:
         torch.set_num_threads(threads)

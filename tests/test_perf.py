@@ -367,27 +367,27 @@ def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
     rows = _throughputs()
     assert rows[0].images_per_second == 1000.0 and rows[0].repeats == 3  # the median unit's rate
     proj = perf.project_grid(grid, rows, pruned_fraction=0.5)
-    cells = {(c["backbone"], c["method"]): c for c in proj["cells"]}
+    cells = {(c.backbone, c.method): c for c in proj.cells}
     n_train, n_val = 4000, 1000  # 10% of 5000 per class, a fifth of it for validation
     run = 500 * 128  # the protocol's floor of 500 steps (10 passes would be 391) at batch 128
     ft = cells[("tiny", "finetune")]
-    assert (ft["steps"], ft["batch_size"], ft["trials"], ft["search_seeds"]) == (500, 128, 6, 2)  # per-seed search
+    assert (ft.steps, ft.batch_size, ft.trials, ft.search_seeds) == (500, 128, 6, 2)  # per-seed search
     search = 6 * (1 - 0.5 / 2)  # 3 trials for each of 2 seeds, half of them pruned halfway
-    assert ft["train_images"] == search * run + 2 * run
-    assert ft["eval_images"] == search * 10 * n_val + 2 * 10_000  # 10 validation reports per trial
-    assert ft["hours"] == pytest.approx((ft["train_images"] / 1000 + ft["eval_images"] / 4000) / 3600)
+    assert ft.train_images == search * run + 2 * run
+    assert ft.eval_images == search * 10 * n_val + 2 * 10_000  # 10 validation reports per trial
+    assert ft.hours == pytest.approx((ft.train_images / 1000 + ft.eval_images / 4000) / 3600)
     lp = cells[("tiny", "linear_probe")]
     # no search (protocol v3: its strength is cross-validated inside the fit); its final runs solve
     # a probe on cached features: one feature pass per final run
-    assert lp["frozen"] and lp["train_images"] == 0 and lp["trials"] == 0
-    assert lp["eval_images"] == 2 * (n_train + n_val + 10_000)
+    assert lp.frozen and lp.train_images == 0 and lp.trials == 0
+    assert lp.eval_images == 2 * (n_train + n_val + 10_000)
     sft = cells[("tiny", "sft")]  # its probe's features: the training part of each search seed's split
-    assert sft["train_images"] == ft["train_images"]
-    assert sft["eval_images"] == ft["eval_images"] + 2 * n_train + 2 * (n_train + n_val)
+    assert sft.train_images == ft.train_images
+    assert sft.eval_images == ft.eval_images + 2 * n_train + 2 * (n_train + n_val)
     seed = cells[("tiny", "article_sft")]  # the article's 10 epochs at batch 100, no search
-    assert (seed["steps"], seed["batch_size"], seed["trials"]) == (500, 100, 0)
-    assert seed["train_images"] == 2 * 500 * 100 and seed["eval_images"] == 2 * 10_000
-    assert proj["missing"] == ["resnet18@32"] and cells[("resnet18", "finetune")]["hours"] is None
+    assert (seed.steps, seed.batch_size, seed.trials) == (500, 100, 0)
+    assert seed.train_images == 2 * 500 * 100 and seed.eval_images == 2 * 10_000
+    assert proj.missing == ["resnet18@32"] and cells[("resnet18", "finetune")].hours is None
     text = perf.projection_markdown(proj)
     assert "not measured" in text and "resnet18 @ 32" in text
     assert "2 search seed(s), search mode per_seed" in text and "the protocol's rule" in text
@@ -400,11 +400,11 @@ def test_projection_fixed_steps_shared_search_and_folds(tmp_path: Path) -> None:
         'cv_folds = 5\nresolution = 32\n[search]\nmode = "shared"\npruner_warmup = 0.75\n[hparams]\nbatch_size = 64\n'
     )
     proj = perf.project_grid(grid, _throughputs(), pruned_fraction=0.5)
-    (ft,) = proj["cells"]
-    assert (ft["steps"], ft["batch_size"], ft["trials"], ft["search_seeds"], ft["folds"]) == (40, 64, 4, 1, 5)
+    (ft,) = proj.cells
+    assert (ft.steps, ft.batch_size, ft.trials, ft.search_seeds, ft.folds) == (40, 64, 4, 1, 5)
     search = 4 * 5 * (1 - 0.5 * 0.25)  # 4 trials of 5 folds; pruned ones train 75% of their steps
-    assert ft["train_images"] == pytest.approx(search * 40 * 64 + 3 * 40 * 64)
-    assert ft["eval_images"] == pytest.approx(search * 10 * 1000 + 3 * 10_000)  # a fold validates on 5000 / 5
+    assert ft.train_images == pytest.approx(search * 40 * 64 + 3 * 40 * 64)
+    assert ft.eval_images == pytest.approx(search * 10 * 1000 + 3 * 10_000)  # a fold validates on 5000 / 5
     text = perf.projection_markdown(proj)
     assert "fixed steps = 40" in text and "search mode shared" in text and "at 75% of their steps" in text
 

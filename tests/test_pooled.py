@@ -44,7 +44,7 @@ def experiment(tmp_path: Path, data_dir: Path, **changes: object):  # noqa: ANN2
 
 @pytest.fixture(scope="module")
 def pooled(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path):  # noqa: ANN201
-    from bench.sweep import Sweep
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     tmp = tmp_path_factory.mktemp("pooled")
@@ -126,7 +126,7 @@ def test_nothing_is_pruned_against_fewer_than_the_floor(tmp_path: Path, syntheti
         study.tell(trial, 0.5)
     assert calls == [2]
     sweep_exp = experiment(tmp_path, synthetic_dir, search={**POOLED["search"], "pruner": "halving"})
-    from bench.sweep import Sweep
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     cfg = Sweep(sweep_exp, get_data(synthetic_dir), CPU, read_only=True).config(sweep_exp.cells()[0], 0, {}, "trial", (0, 1))
@@ -137,7 +137,7 @@ def test_nothing_is_pruned_against_fewer_than_the_floor(tmp_path: Path, syntheti
 
 def test_the_defaults_recipe_trains_each_methods_defaults_without_a_search(tmp_path: Path, synthetic_dir: Path) -> None:
     from bench.models.methods import METHODS, HParams
-    from bench.sweep import Sweep
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     exp = experiment(tmp_path, synthetic_dir, methods=["finetune"], recipes=["tuned", "defaults"], seeds=2)

@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 
 from bench import report as R
 from bench.registry import UserError
+from bench.report import figure as report_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -181,12 +182,12 @@ def has_data(ax) -> bool:  # noqa: ANN001 (a matplotlib Axes)
 
 
 class FigureSpy:
-    """Wraps R._render to record what each figure's axes show (x labels, line data, titles) before it is drawn:
+    """Wraps bench.report.figure._render to record what each figure's axes show (x labels, line data, titles) before it is drawn:
     what a plot says, read from the plot itself rather than from its caption."""
 
     def __init__(self) -> None:
         self.seen: dict[str, list[dict]] = {}
-        self.real = R._render
+        self.real = report_figure._render
 
     def __call__(self, fig, name, title, caption):  # noqa: ANN001, ANN204 (R._render's signature)
         figure = getattr(fig, "figure", fig)
@@ -211,11 +212,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, R.ReportResul
     exp = make_experiment(tmp_path_factory.mktemp("results"))
     before = {p: p.read_bytes() for p in (exp / "runs.csv", exp / "optuna.journal")}
     spy = FigureSpy()
-    R._render = spy
+    report_figure._render = spy
     try:
         res = R.write_report(exp)
     finally:
-        R._render = spy.real
+        report_figure._render = spy.real
     for p, data in before.items():
         assert p.read_bytes() == data, f"the report changed {p.name}"
     return exp, res, spy.seen
@@ -1268,11 +1269,11 @@ def test_an_unfinished_grid_says_what_is_missing(tmp_path: Path) -> None:
     runs.loc[runs["backbone"] == "mini", ["wall_seconds", "train_seconds"]] = math.nan  # mini's run has no timing
     runs.to_csv(exp / "runs.csv", index=False)
     spy = FigureSpy()
-    R._render = spy
+    report_figure._render = spy
     try:
         res = R.write_report(exp)
     finally:
-        R._render = spy.real
+        report_figure._render = spy.real
     grid = res.grid
     assert grid is not None and (grid.cells, grid.seeds, grid.runs, grid.complete_cells) == (18, 8, 7, 0)
     headline = "incomplete: 0 of 18 cells have all 8 seeds; 7 of 144 final runs are in runs.csv"
@@ -1474,7 +1475,7 @@ def test_a_report_that_fails_half_way_leaves_the_previous_report_whole(tmp_path:
     """The same without a small file system: the 10th file written fails like a full disk."""
     import errno
 
-    from bench.report import write as W
+    from bench.report import writer as W
 
     exp = make_experiment(tmp_path, "demo", journal=False)
     R.write_report(exp)

@@ -381,8 +381,8 @@ def test_a_line_of_json_that_is_not_a_journal_entry_is_one_line(tmp_path: Path, 
 def test_a_read_only_folder_names_the_journals_lock_path_not_its_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Audit item 6: the symlink lock's EROFS carried the link's text ("sft-bench-lock:host|...") as the
     file name, so the sweep's one line named that instead of a path."""
-    from bench.cli.sweep import runtime_failure
     from bench.sweep import journal as J
+    from bench.sweep.runner import runtime_failure
 
     path = tmp_path / "optuna.journal"
     make_journal(path, trials=1)

@@ -2,7 +2,7 @@
 divergence, resume after SIGKILL and Ctrl-C, and two processes sharing one grid.
 
 Tiny backbone, synthetic data (tests/conftest.py), one torch thread. Subprocess tests run
-`python cli.py sweep` exactly as a user does; in-process ones drive `bench.sweep.Sweep`
+`python cli.py sweep` exactly as a user does; in-process ones drive `bench.sweep.worker.Sweep`
 with a recording progress object to see which item read what.
 """
 
@@ -129,7 +129,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def test_grid_expands_cross_product_include_exclude_and_flags(tmp_path: Path) -> None:
-    from bench.cli.sweep import load
+    from bench.sweep.prepare import load
 
     text = """
 backbones = ["tiny", "efficientnet_lite0"]
@@ -381,7 +381,7 @@ def test_settings_changed_under_the_same_name_are_refused(tmp_path: Path, synthe
 def finished(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path):  # noqa: ANN201
     """One in-process sweep of TINY, with every item and every label_split call recorded."""
     import bench.train.run
-    from bench.sweep import Sweep
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     tmp = tmp_path_factory.mktemp("finished")
@@ -458,7 +458,8 @@ def test_paired_seeds_draw_identical_subsets_for_every_method(finished) -> None:
 
 
 def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:  # noqa: ANN001
-    from bench.sweep import Sweep, runs_columns
+    from bench.records import runs_columns
+    from bench.sweep.worker import Sweep
 
     exp, data, rec, splits, status, sweep = finished
     out = exp.out_dir
@@ -488,7 +489,7 @@ def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:
     t0 = study.trials[0]
     assert sorted(t0.intermediate_values) == [1, 2, 3]  # validation accuracy reported at optimiser steps
     # Every search's first trial is the method's defaults (the same rule for every method); later ones sample.
-    from bench.sweep import default_params
+    from bench.sweep.search import default_params
 
     for s in storage.get_all_studies():
         if s.user_attrs.get("kind") == "search":
@@ -505,7 +506,7 @@ def test_results_follow_the_contract_and_a_rerun_does_no_work(finished) -> None:
 
 
 def test_diverging_trials_are_pruned_with_a_reason_and_the_sweep_goes_on(tmp_path: Path, synthetic_dir: Path) -> None:
-    from bench.sweep import Sweep
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = TINY.replace("fractions = [0.1, 0.2]", "fractions = [0.1]").replace("seeds = 2", "seeds = 1")
@@ -534,7 +535,7 @@ def test_tied_trials_go_to_the_lowest_slot_whatever_order_they_were_created_in(t
     not; a tie in validation accuracy (100 validation images at 1%) must not depend on that order."""
     from optuna.distributions import FloatDistribution
 
-    from bench.sweep import Sweep
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
@@ -759,21 +760,23 @@ def test_user_errors_from_the_library_are_user_errors(tmp_path: Path) -> None:
 def test_claims_liveness_and_recovery(tmp_path: Path) -> None:
     """Claims of dead processes on this machine are freed at once; claims from another machine
     only after `stale_after` without a heartbeat; a finished-but-unmarked result is adopted."""
-    import bench.sweep as S
+    from bench.sweep.claims import Heartbeat, new_claim, recover
+    from bench.sweep.journal import BOOT_ID, HOST
+    from bench.sweep.signals import signal_safe
 
-    storage = S.signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
+    storage = signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
     sid = optuna.create_study(study_name="s", storage=storage, direction="maximize")._study_id
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    here_dead = S.new_claim(storage, sid, {"run_id": "a"})
-    storage.set_trial_user_attr(here_dead, "owner", f"{S.HOST}|{S.BOOT_ID}|{dead}|1")
-    far_fresh = S.new_claim(storage, sid, {"run_id": "b", "owner": "elsewhere|boot|1|1"})
-    far_stale = S.new_claim(storage, sid, {"run_id": "c", "owner": "elsewhere|boot|2|1"})
+    here_dead = new_claim(storage, sid, {"run_id": "a"})
+    storage.set_trial_user_attr(here_dead, "owner", f"{HOST}|{BOOT_ID}|{dead}|1")
+    far_fresh = new_claim(storage, sid, {"run_id": "b", "owner": "elsewhere|boot|1|1"})
+    far_stale = new_claim(storage, sid, {"run_id": "c", "owner": "elsewhere|boot|2|1"})
     storage.set_trial_user_attr(far_stale, "heartbeat", {"time": time.time() - 1000, "progress": ""})
-    adopted = S.new_claim(storage, sid, {"run_id": "d", "owner": "elsewhere|boot|3|1", "result_value": 0.5})
+    adopted = new_claim(storage, sid, {"run_id": "d", "owner": "elsewhere|boot|3|1", "result_value": 0.5})
     storage.set_trial_user_attr(adopted, "heartbeat", {"time": time.time() - 1000, "progress": ""})
-    mine = S.new_claim(storage, sid, {"run_id": "e"})
+    mine = new_claim(storage, sid, {"run_id": "e"})
 
-    assert S.recover(storage, storage.get_all_trials(sid), stale_after=180)
+    assert recover(storage, storage.get_all_trials(sid), stale_after=180)
     state = {t._trial_id: t for t in storage.get_all_trials(sid)}
     assert state[here_dead].state == TrialState.FAIL and state[here_dead].user_attrs["fail_reason"].startswith("stale")
     assert state[far_fresh].state == TrialState.RUNNING  # another machine, heartbeat fresh: still its
@@ -782,7 +785,7 @@ def test_claims_liveness_and_recovery(tmp_path: Path) -> None:
     assert state[mine].state == TrialState.RUNNING  # this process is alive
 
     # A heartbeat on a trial someone else finished tells the worker it lost the claim.
-    hb = S.Heartbeat(storage, interval=3600)
+    hb = Heartbeat(storage, interval=3600)
     hb.attach(far_stale)
     hb.beat()
     assert hb.lost
@@ -797,7 +800,7 @@ def test_a_freed_claim_gives_its_slot_back_instead_of_shifting_the_later_ones() 
 
     from optuna.trial import FrozenTrial
 
-    from bench.sweep import take_slot
+    from bench.sweep.claims import take_slot
 
     now = time.time()
 
@@ -838,7 +841,9 @@ def test_surveying_never_writes_a_dead_claim_stays_until_a_worker_frees_it(tmp_p
     """Reading the grid (survey, trials) writes nothing, from a worker or a monitor alike: a dead
     process's claim stays RUNNING and the journal byte-identical. The claim simply does not count
     (its slot is free to ask); only a worker's explicit step (before each scheduling step) frees it."""
-    from bench.sweep import BOOT_ID, HOST, Sweep, new_claim
+    from bench.sweep.claims import new_claim
+    from bench.sweep.journal import BOOT_ID, HOST
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
@@ -867,21 +872,22 @@ def test_surveying_never_writes_a_dead_claim_stays_until_a_worker_frees_it(tmp_p
 def test_a_claim_whose_work_fails_is_marked_failed_with_the_reason(tmp_path: Path) -> None:
     """The one claim skeleton (trials and final runs): an exception in the work marks the claim FAIL
     with the reason and detaches the heartbeat; a claim someone else took over is left as it is."""
-    import bench.sweep as S
+    from bench.sweep.claims import Heartbeat, LostClaim, claim
+    from bench.sweep.signals import signal_safe
 
-    storage = S.signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
+    storage = signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
     optuna.create_study(study_name="s", storage=storage, direction="maximize")
     sid = storage.get_study_id_from_name("s")
-    hb = S.Heartbeat(storage, interval=3600)
-    with pytest.raises(ValueError), S.claim(storage, sid, {"run_id": "a"}, hb) as tid:
+    hb = Heartbeat(storage, interval=3600)
+    with pytest.raises(ValueError), claim(storage, sid, {"run_id": "a"}, hb) as tid:
         assert hb.trial_id == tid
         raise ValueError("disk on fire\nsecond line")
     assert hb.trial_id is None
     failed = storage.get_trial(tid)
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "ValueError: disk on fire"
 
-    with pytest.raises(S.LostClaim), S.claim(storage, sid, {"run_id": "b"}, hb) as tid:
-        raise S.LostClaim("taken over")
+    with pytest.raises(LostClaim), claim(storage, sid, {"run_id": "b"}, hb) as tid:
+        raise LostClaim("taken over")
     assert storage.get_trial(tid).state == TrialState.RUNNING and hb.trial_id is None
 
 
@@ -908,13 +914,14 @@ def test_a_heartbeat_that_fails_is_retried_then_gives_the_claim_up(tmp_path: Pat
     """Issue 19: `Heartbeat.beat` swallowed every exception. A failure is retried sooner than the next beat,
     and once the claim could look stale to others (stale_after since the last beat that landed, less one
     interval) it is lost, with the reason; a storage back in time loses nothing."""
-    import bench.sweep as S
+    from bench.sweep.claims import Heartbeat, HeartbeatLost, new_claim
+    from bench.sweep.signals import signal_safe
 
-    storage = S.signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
+    storage = signal_safe(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j"))))
     sid = optuna.create_study(study_name="s", storage=storage, direction="maximize")._study_id
     flaky = FlakyHeartbeats(storage)
-    hb = S.Heartbeat(storage, interval=0.05, stale_after=0.5)
-    hb.attach(S.new_claim(storage, sid, {"run_id": "a"}))
+    hb = Heartbeat(storage, interval=0.05, stale_after=0.5)
+    hb.attach(new_claim(storage, sid, {"run_id": "a"}))
     flaky.down = True
     assert not hb.beat() and not hb.lost  # one failure: retried, not lost
     flaky.down = False
@@ -927,7 +934,7 @@ def test_a_heartbeat_that_fails_is_retried_then_gives_the_claim_up(tmp_path: Pat
     hb.stop()
     assert hb.lost and flaky.failed >= 3, flaky.failed  # retried (every 0.0125 s) until 0.45 s without a beat
     assert hb.lost_reason.startswith("its heartbeat failed") and "Input/output error" in hb.lost_reason
-    with pytest.raises(S.HeartbeatLost, match="another worker may have taken it over"):
+    with pytest.raises(HeartbeatLost, match="another worker may have taken it over"):
         hb.check()
 
 
@@ -939,8 +946,8 @@ def test_a_worker_whose_heartbeat_fails_drops_the_claim_says_so_and_goes_on(
     stops, logs one line, gives the claim back (FAIL with the reason, once the storage answers again), and
     the grid completes with the trial redone."""
     import bench.sweep.worker as W
-    from bench.sweep import Sweep
     from bench.sweep.storage import open_storage
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
@@ -984,7 +991,7 @@ def test_out_of_memory_prunes_the_trial_fails_the_final_run_and_the_worker_goes_
     OutOfMemoryError in a trial prunes it with its reason; a host MemoryError in a final run fails that run
     for good, like a divergence (the cell reports it, no start retries it); the worker goes on both times."""
     import bench.sweep.worker as W
-    from bench.sweep import Sweep
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")
@@ -1024,8 +1031,8 @@ def test_multi_fidelity_pruners_never_stop_a_trial_before_half_its_steps(
     the same for every method. Some trials stop there; none before."""
     import optuna.pruners
 
-    from bench.sweep import Sweep
     from bench.sweep.search import pruner as make_pruner
+    from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 
     text = SMALL.replace('"finetune", "linear_probe"', '"finetune"').replace("seeds = 2", "seeds = 1")

@@ -35,7 +35,7 @@ def _hms(seconds: float | None) -> str:
 
 def _status_line(name: str, status: Any, started: float) -> str:
     """The grid in one line: cells, trials, final runs, elapsed, ETA (both views print it)."""
-    from bench.sweep import GridStatus
+    from bench.records import GridStatus
 
     assert isinstance(status, GridStatus)
     cd, ct = status.cells_done
@@ -55,8 +55,7 @@ def summary_table(status: Any, title: str, limit: int | None = None) -> Table:
 
     Fits 100 columns: short headers, the backbone and recipe columns only where the grid has more than
     one, and whole hyperparameter entries folded onto further lines (never a name cut in two)."""
-    from bench.sweep import summary_rows
-    from bench.sweep.export import hparams_entries
+    from bench.sweep.export import hparams_entries, summary_rows
 
     table = Table(title=title, title_justify="left")
     backbones = {cs.cell.backbone for cs in status.cells}

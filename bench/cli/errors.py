@@ -14,12 +14,12 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperCommand, TyperGroup
 
-try:  # Typer >= 0.24 carries its own copy of Click
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-except ImportError:  # older Typer runs on Click itself
-    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
+# Typer >= 0.24 carries its own copy of Click and raises these two from it; Typer 0.29 (pyproject's floor)
+# exports no public name for either (typer.exceptions has only Abort, Exit, TyperException). Kept on purpose,
+# checked 2026-12-06: the old `click.exceptions` fallback for Typer < 0.24 is gone (the floor excludes it).
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer.core import TyperCommand, TyperGroup
 
 from bench.registry import UserError
 

@@ -151,14 +151,14 @@ def perf(
 
     try:
         kw = dict(log=log, projection=reports, command=command, caches=caches)
-        info, rows, summary, files = P.run_perf(selected, data, dev, settings, out, **kw)
+        result = P.run_perf(selected, data, dev, settings, out, **kw)
     except UserError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         log("interrupted; nothing written")
         raise typer.Exit(130) from None
-    console.print(_summary_table(info, summary))
-    for f in files:
+    console.print(_summary_table(result.info, result.summary))
+    for f in result.files:
         log(f"wrote {f}")
 
 

@@ -45,11 +45,10 @@ def report(
     ] = None,
 ) -> None:
     """Tables (md, tex, csv), plots (png, pdf), label efficiency and report.html from runs.csv and the Optuna storage."""
-    from bench.report import find_experiment_dir, write_report
+    from bench.report import write
 
     try:
-        exp_dir = find_experiment_dir(results_dir, experiment)
-        res = write_report(exp_dir, test=test, alpha=alpha, storage=storage)
+        res = write(results_dir, experiment, test=test, alpha=alpha, storage=storage)
     except UserError as exc:
         fail(str(exc))
     except OSError as exc:  # a fault of the machine (a full disk): the report was staged apart, the old one stands

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.cli.errors import fail
+from bench.cli.options import compile_mode_option
 from bench.models.hparams import MAX_BATCH, MAX_STEPS
 from bench.registry import UserError, check_path, check_writable
 
@@ -349,14 +350,7 @@ def run(
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the training step (speed only; not part of the run id).")
     ] = False,
-    compile_mode: Annotated[
-        str | None,
-        typer.Option(
-            "--compile-mode",
-            help="torch.compile mode, implies --compile: default, reduce-overhead (CUDA graphs), max-autotune, "
-            "max-autotune-no-cudagraphs.",
-        ),
-    ] = None,
+    compile_mode: Annotated[str | None, compile_mode_option()] = None,
     deterministic: Annotated[bool, typer.Option("--deterministic", help=DETERMINISTIC_HELP)] = False,
     tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help=TF32_HELP)] = False,
 ) -> None:

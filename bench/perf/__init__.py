@@ -38,8 +38,9 @@ One idea per module:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,6 +51,8 @@ from bench.perf.measure import Bench, alternative, measure_case, timed
 from bench.perf.output import check_writable, markdown, md_table, read_rows, to_csv, write_outputs
 from bench.perf.projection import (
     ASSUMED_GPU_RATES,
+    CellCost,
+    GridProjection,
     GridRun,
     grid_runs,
     project_grid,
@@ -72,6 +75,17 @@ from bench.perf.sweep_cost import PROTOCOLS, SweepCost, sweep_cost, sweep_markdo
 from bench.train.caches import Caches
 
 
+@dataclass(frozen=True)
+class PerfResult:
+    """What one perf run measured and wrote: the machine (perf.json's `machine`, its settings and loads),
+    every measured row, the ratios against the targets, and the files written."""
+
+    info: dict[str, Any]
+    rows: list[PerfRow]
+    summary: list[dict]
+    files: list[Path]
+
+
 def run_perf(
     cases: list[PerfCase],
     data: Cifar10,
@@ -82,8 +96,8 @@ def run_perf(
     projection: Callable[[list[PerfRow]], str] | None = None,
     command: str = "",
     caches: Caches | None = None,
-) -> tuple[dict, list[PerfRow], list[dict], list[Path]]:
-    """Measure every case, summarise, and write the four outputs; (machine info, rows, summary, files).
+) -> PerfResult:
+    """Measure every case, summarise, and write the four outputs; what was measured and written (PerfResult).
 
     `caches`: the feature and probe caches the frozen trials (d) measure cold and warm (the
     command passes `Caches.from_env()`); default: fresh ones. cuDNN's kernel search is set by
@@ -102,7 +116,7 @@ def run_perf(
     summary = summarise(rows, device.type, pairs)
     text = projection(rows) if projection else ""
     files = write_outputs(out, info, rows, summary, text)
-    return info, rows, summary, files
+    return PerfResult(info, rows, summary, files)
 
 
 __all__ = [
@@ -118,6 +132,9 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "TARGETS",
     "Bench",
+    "CellCost",
+    "GridProjection",
+    "PerfResult",
     "Interleaved",
     "Ratio",
     "SPREAD_LIMIT",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bench.provenance import cpu_model, git_commit, provenance
+from bench.provenance import cpu_model, cpuinfo_field, git_commit, provenance
 
 
 def loadavg() -> float:
@@ -24,13 +24,7 @@ def loadavg() -> float:
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (whether it has bf16 instructions decides what bf16 costs on CPU)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((cpuinfo_field("flags") or "").split())
 
 
 def machine(device: torch.device, command: str = "") -> dict:

@@ -25,6 +25,7 @@ from bench.perf.article import article_pipeline, article_units
 from bench.perf.interleave import Interleaved, interleave
 from bench.perf.rows import PerfRow, RowId, measured
 from bench.perf.settings import ARTICLE_BATCH, FORMATS, FORWARD_BATCHES, PerfCase, PerfSettings
+from bench.timing import timed
 from bench.train.caches import Caches
 from bench.train.device import autocast, eval_batch, sync
 from bench.train.evaluate import predict
@@ -33,33 +34,6 @@ from bench.train.loop import FitResult, make_optimizer
 from bench.train.run import RunConfig, build_model, make_config
 
 FROZEN_TRIALS = ("sft-mlp-frozen",)  # (d): the frozen rows whose searches train a head on cached features
-
-
-def timed(
-    step: Callable[[], None], device: torch.device, warmup: int, steps: int, max_seconds: float, per_sync: int = 1
-) -> list[tuple[int, float]]:
-    """(calls, seconds) of each timed group: `warmup` untimed calls, then groups of `per_sync` calls with
-    one device sync at the end of each, up to `steps` calls or `max_seconds`.
-
-    Why groups: a sync after every call times the device's work plus the launch of the next call (the
-    queue runs dry at every sync), which is not what a pipelined loop pays; k calls between two syncs
-    let the host queue ahead as the training loop does (on a CPU the sync is a no-op: the same figures)."""
-    for _ in range(warmup):
-        step()
-    sync(device)
-    out: list[tuple[int, float]] = []
-    done = 0
-    while done < steps:
-        k = min(per_sync, steps - done)
-        t0 = time.perf_counter()
-        for _ in range(k):
-            step()
-        sync(device)
-        out.append((k, time.perf_counter() - t0))
-        done += k
-        if len(out) >= 2 and sum(t for _, t in out) > max_seconds:
-            break
-    return out
 
 
 # ---------------------------------------------------------------- the measurements

@@ -91,7 +91,32 @@ def _labelled_counts(fraction: float, val_fraction: float = 0.2, per_class: int 
     return (k - n_val) * classes, n_val * classes
 
 
-def project_grid(path: Path, rows: list[PerfRow], pruned_fraction: float | None = None, pruned_source: str = "") -> dict:
+@dataclass(frozen=True)
+class CellCost(GridRun):
+    """One cell of the grid with what it processes, the rates it was costed at, and its hours (None: this
+    device measured no rate for its backbone and resolution)."""
+
+    train_images: int
+    eval_images: int
+    train_ips: float | None
+    eval_ips: float | None
+    hours: float | None
+
+
+@dataclass(frozen=True)
+class GridProjection:
+    """`project_grid`'s answer: every cell's cost, the assumptions as sentences, the total hours of the
+    measured cells, and the (backbone@resolution) it could not cost."""
+
+    cells: list[CellCost]
+    notes: list[str]
+    hours: float
+    missing: list[str]
+
+
+def project_grid(
+    path: Path, rows: list[PerfRow], pruned_fraction: float | None = None, pruned_source: str = ""
+) -> GridProjection:
     """Cost of a grid from measured throughputs (rows of a perf run); assumptions in `notes`.
 
     Per cell, with S its step budget and B its batch: every search trial (trials x search
@@ -123,14 +148,14 @@ def project_grid(path: Path, rows: list[PerfRow], pruned_fraction: float | None 
         eval_imgs = search * (0 if g.frozen else REPORTS * v) + features + g.final_runs * ((n if g.features else 0) + 10_000)
         hours = (train_imgs / t_train + eval_imgs / t_eval) / 3600 if t_train and t_eval else None
         cells.append(
-            {
+            CellCost(
                 **asdict(g),
-                "train_images": int(train_imgs),
-                "eval_images": int(eval_imgs),
-                "train_ips": t_train,
-                "eval_ips": t_eval,
-                "hours": hours,
-            }
+                train_images=int(train_imgs),
+                eval_images=int(eval_imgs),
+                train_ips=t_train,
+                eval_ips=t_eval,
+                hours=hours,
+            )
         )
     tuned = [g for g in runs if g.trials]
     per_search = exp.trials
@@ -153,25 +178,25 @@ def project_grid(path: Path, rows: list[PerfRow], pruned_fraction: float | None 
         "rates: the suite's training (b) and evaluation (e) images/s measured by `perf` on the device that wrote them, "
         "at batch 256; start-up, model building and Optuna overheads are not counted",
     ]
-    total = sum(c["hours"] for c in cells if c["hours"] is not None)
-    missing = sorted({f"{c['backbone']}@{c['resolution']}" for c in cells if c["hours"] is None})
-    return {"cells": cells, "notes": notes, "hours": total, "missing": missing}
+    total = sum(c.hours for c in cells if c.hours is not None)
+    missing = sorted({f"{c.backbone}@{c.resolution}" for c in cells if c.hours is None})
+    return GridProjection(cells, notes, total, missing)
 
 
 ASSUMED_GPU_RATES = (2_000, 5_000, 10_000)  # training images/s, for scale only: not measured
 
 
-def projection_markdown(proj: dict, assumed_rates: tuple[int, ...] = ASSUMED_GPU_RATES) -> str:
+def projection_markdown(proj: GridProjection, assumed_rates: tuple[int, ...] = ASSUMED_GPU_RATES) -> str:
     """Per backbone and resolution: images to process, hours at the measured rates, and hours at
     a few assumed one-GPU rates (labelled as assumptions) so the scale is visible before a GPU run."""
     by: dict[tuple, dict] = {}
-    for c in proj["cells"]:
-        k = (c["backbone"], c["resolution"])
-        agg = by.setdefault(k, {"cells": 0, "train_images": 0, "eval_images": 0, "hours": 0.0, "ips": c["train_ips"]})
+    for c in proj.cells:
+        k = (c.backbone, c.resolution)
+        agg = by.setdefault(k, {"cells": 0, "train_images": 0, "eval_images": 0, "hours": 0.0, "ips": c.train_ips})
         agg["cells"] += 1
-        agg["train_images"] += c["train_images"]
-        agg["eval_images"] += c["eval_images"]
-        agg["hours"] = None if c["hours"] is None or agg["hours"] is None else agg["hours"] + c["hours"]
+        agg["train_images"] += c.train_images
+        agg["eval_images"] += c.eval_images
+        agg["hours"] = None if c.hours is None or agg["hours"] is None else agg["hours"] + c.hours
 
     def assumed(train: float, evals: float, rate: float) -> float:
         return (train / rate + evals / (3 * rate)) / 3600  # forward only: about a third of a training step
@@ -196,11 +221,11 @@ def projection_markdown(proj: dict, assumed_rates: tuple[int, ...] = ASSUMED_GPU
     lines += [
         "",
         f"Total: {total_train / 1e6:.1f} M training images and {total_eval / 1e6:.1f} M evaluated; "
-        f"{proj['hours']:.1f} h at the measured rates (measured cases only); {extra} images/s (assumed rates).",
+        f"{proj.hours:.1f} h at the measured rates (measured cases only); {extra} images/s (assumed rates).",
     ]
-    if proj["missing"]:
-        lines.append(f"Not measured on this device (add them with `perf --cases`): {', '.join(proj['missing'])}.")
-    lines += ["", "Assumptions:", *[f"- {n}" for n in proj["notes"]]]
+    if proj.missing:
+        lines.append(f"Not measured on this device (add them with `perf --cases`): {', '.join(proj.missing)}.")
+    lines += ["", "Assumptions:", *[f"- {n}" for n in proj.notes]]
     lines.append(
         f"- the assumed rates ({', '.join(f'{r:,}' for r in assumed_rates)} training images/s, evaluation 3x faster) are "
         "not measurements: they only show the scale until `perf --device cuda` measures the GPU"

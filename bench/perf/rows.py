@@ -60,13 +60,13 @@ class PerfRow:
     """One measurement: its identity, the weights it ran with, and its timed units' summary."""
 
     id: RowId
-    weights: str
-    images: int
-    seconds: float
-    repeats: int
-    images_per_second: float
-    spread: float
-    loadavg_1m: float
+    weights: str  # "pretrained", or "scratch (random init; same speed)" where no offline weights exist
+    images: int  # per timed unit (the first unit's)
+    seconds: float  # the median unit's
+    repeats: int  # timed units
+    images_per_second: float  # the median unit's rate: a burst of load from other processes moves it less
+    spread: float  # (fastest - slowest unit's rate) / the median rate: how much the machine's load moved it
+    loadavg_1m: float  # at the end of the measurement (these machines are shared)
     note: str = ""
 
     def describe(self) -> str:

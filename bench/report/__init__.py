@@ -33,10 +33,12 @@ The package, one idea per module, in the order a report runs:
 - load.py: experiment folders, runs.csv (checked), the Optuna studies; protocol.py: which protocol ran;
   grid.py: config.toml's grid against runs.csv (an unfinished grid says what it lacks, at the top of everything);
 - stats.py: the statistics stated above, as DataFrames (tests, Holm, win/tie/loss, label efficiency);
-- tables.py: one format-free model per table; render.py: one renderer per format (Markdown, LaTeX, HTML, CSV);
+- tables.py: one format-free model per table (compute.py: the compute table);
+  render.py: one renderer per format (Markdown, LaTeX, HTML, CSV);
 - figure.py: a figure as PNG and PDF bytes; plots.py: one function per figure (search_plots.py: the Optuna
   search's three); origin.py: provenance; html.py: report.html;
-- write.py: `write_report`, which computes everything in memory, then writes a staging folder and moves it into place;
+- writer.py: `write_report` (and `write`, which finds the experiment first), which computes everything in memory,
+  then writes a staging folder and moves it into place;
 - compare.py: `compare(a, b)`; text.py: the formatting every output shares.
 This module re-exports the names callers use (`from bench.report import write_report`, `R.holm`, ...).
 """
@@ -46,7 +48,8 @@ from __future__ import annotations
 # `compare` is both a submodule and its function: importing bench/report/compare.py sets the package attribute
 # to the module, and the name imported from it then replaces that with the function callers expect.
 from bench.report.compare import CompareResult, compare
-from bench.report.figure import PNG_DPI, Figure, _render, drawn_texts, text_problems
+from bench.report.compute import COMPUTE_FIELDS, compute_table
+from bench.report.figure import PNG_DPI, Figure, drawn_texts, text_problems
 from bench.report.grid import Completeness, completeness, grid_cells
 from bench.report.html import CSS, render_html
 from bench.report.load import (
@@ -105,7 +108,7 @@ from bench.report.stats import (
     wilcoxon_min_seeds,
     win_tie_loss,
 )
-from bench.report.tables import COMPUTE_FIELDS, Tables, build_tables, compute_table
+from bench.report.tables import Tables, build_tables
 from bench.report.text import (
     DAGGER,
     DOWN,
@@ -121,7 +124,7 @@ from bench.report.text import (
     tex_escape,
     tex_note,
 )
-from bench.report.write import ReportResult, atomic_write_text, write_report
+from bench.report.writer import ReportResult, atomic_write_text, write, write_report
 
 __all__ = [
     "BASELINE",
@@ -158,7 +161,6 @@ __all__ = [
     "Tables",
     "UP",
     "WTL_COLUMNS",
-    "_render",
     "atomic_write_text",
     "auc_log_fraction",
     "baseline_recipe",
@@ -213,5 +215,6 @@ __all__ = [
     "to_markdown",
     "wilcoxon_min_seeds",
     "win_tie_loss",
+    "write",
     "write_report",
 ]

@@ -2,7 +2,7 @@
 that no two texts of a drawn figure overlap and none leaves it (`text_problems`).
 
 Why one place: every figure of the report becomes bytes here, at one resolution and one layout pass, so that
-a report writes nothing until everything is drawn; and the package attribute `bench.report._render` is the
+a report writes nothing until everything is drawn; and this module's `_render` is the
 seam tests/test_report.py replaces to read what each figure's axes show (`_emit` looks it up at call time).
 
 Why the text check runs on every figure, at draw time: overlapping tick labels ("2×10^0 3×10^0 ..." run
@@ -119,8 +119,6 @@ def _render(fig: Any, name: str, title: str, caption: str) -> Figure:
 
 
 def _emit(fig: Any, name: str, title: str, caption: str) -> Figure:
-    """Render through `bench.report._render`, looked up at call time, so that a replacement of the package
-    attribute (tests/test_report.py's FigureSpy) sees every figure."""
-    from bench import report
-
-    return report._render(fig, name, title, caption)
+    """Render through this module's `_render`, looked up at call time, so that a replacement of it
+    (tests/test_report.py's FigureSpy) sees every figure."""
+    return _render(fig, name, title, caption)

@@ -1,5 +1,5 @@
 """The report's tables, each built once as a format-free model (render.TableModel) from the statistics:
-accuracy per cell, sft* against each of its baselines, label efficiency, and compute per cell.
+accuracy per cell, sft* against each of its baselines, and label efficiency (compute per cell: compute.py).
 
 Why models: the Markdown, LaTeX, CSV and HTML of a table are rendered from the same model by the renderers
 of render.py, so the numbers, marks and notes cannot differ between formats; this module decides what a table
@@ -17,7 +17,7 @@ import pandas as pd
 
 from bench.report.protocol import ProtocolInfo
 from bench.report.render import AccuracyCell, DiffCell, TableModel, to_html, to_latex, to_markdown
-from bench.report.schema import BASELINE, BASELINE_ORDER, KEY, TEST_NAMES, cell_key, is_sft, probe_caveat, row_sort_key
+from bench.report.schema import BASELINE, BASELINE_ORDER, KEY, TEST_NAMES, is_sft, probe_caveat, row_sort_key
 from bench.report.text import DAGGER, DOWN, EQUIV, UP, fmt_needed, frac_label, margin_points, name_list, pct, slug, tex_escape
 
 EFF_HEAD = ("reference (acc. %)", "labels for 90%", "labels for 95%", "AUC (%)", "AUC range")
@@ -456,50 +456,3 @@ def build_tables(
         protocol=protocol,
         gain=gain if gain is not None else pd.DataFrame(),
     )
-
-
-# ---------------------------------------------------------------- compute per cell
-
-
-COMPUTE_FIELDS = (  # runs.csv column -> compute-table header; only those the runs table has are shown
-    ("steps", "steps S"),
-    ("probe_steps", "probe steps"),
-    ("hp_epochs", "epochs (v1)"),
-    ("hp_probe_epochs", "probe epochs (v1)"),
-    ("augment", "augment"),
-    ("bn", "BN"),
-    ("search_mode", "search"),
-    ("n_train", "labelled images"),
-)
-
-
-def _values(col: pd.Series) -> str:
-    """A column's values within one cell, as text: one value, or "a-b" for numbers, or "a / b" otherwise."""
-    v = col.dropna()
-    v = v[v.astype(str).str.strip() != ""]
-    if v.empty:
-        return ""
-    num = pd.to_numeric(v, errors="coerce")
-    if num.notna().all() and v.map(lambda x: not isinstance(x, bool | np.bool_)).all():
-        lo, hi = num.min(), num.max()
-        show = (lambda x: f"{int(x)}") if (num == num.round()).all() else (lambda x: f"{x:g}")
-        return show(lo) if lo == hi else f"{show(lo)}-{show(hi)}"
-    return " / ".join(sorted({str(x).lower() if isinstance(x, bool | np.bool_) else str(x) for x in v}))
-
-
-def compute_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: runs, the optimiser-step budget S and the head-only probe steps beside it (protocol v2; the
-    epochs for protocol v1), whether training augmented, the BN policy, the search mode, and the mean
-    seconds per final run: the compute a cell's numbers cost, next to the numbers."""
-    fields = [(c, h) for c, h in COMPUTE_FIELDS if c in df.columns and df[c].notna().any()]
-    rows = []
-    for (b, r, m, f), g in df.groupby(KEY, sort=False):
-        rec: dict[str, Any] = dict(backbone=b, recipe=r, method=m, fraction=frac_label(f), runs=len(g))
-        for c, h in fields:
-            rec[h] = _values(g[c])
-        for c in ("train_seconds", "wall_seconds"):
-            if c in g.columns:
-                sec = pd.to_numeric(g[c], errors="coerce")
-                rec[f"mean {c.replace('_', ' ')}"] = round(float(sec.mean()), 1) if sec.notna().any() else math.nan
-        rows.append((cell_key(b, r, m, f), rec))
-    return pd.DataFrame([rec for _, rec in sorted(rows, key=lambda kr: kr[0])])

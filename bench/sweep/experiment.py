@@ -53,6 +53,7 @@ from bench.sweep.validate import (  # noqa: F401  (the names a file may hold: th
     V1_SEARCH_KEYS,
     is_distribution,
 )
+from bench.sweep.validate_hparams import check_hparams_space
 
 # The suite's own experiments: the repository's experiments/ (bench/sweep/ -> bench/ -> the repository).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent.parent / "experiments"
@@ -325,45 +326,22 @@ def resolve(raw: dict[str, Any], source: str = "experiment") -> Experiment:
     The checks run in the order a reader meets the keys (bench/sweep/validate.py), so the first
     mistake of a file is the one reported."""
     raw = checks.check_v1_keys(raw, source)
-    name = checks.check_name(raw, source, TOP_KEYS)
-    backbones, methods, recipes, fractions = checks.grid_lists(raw, source)
-    seeds = checks.check_seeds(raw, source)
-    trials, steps, cv = checks.check_budgets(raw, source)
-    resolution = checks.check_resolution(raw, backbones, source)
-    runtime = checks.check_runtime(raw, source)
-    search = checks.check_search(raw, source, Search)
-    workers = checks.check_workers(raw, source, Workers)
-    hparams, space = checks.check_hparams_space(raw, source)
-    probe = checks.check_probe(raw, source)
-    stats = checks.check_stats(raw, source, Stats)
-    include = checks.grid_blocks(raw, "include", source)
-    exclude = checks.grid_blocks(raw, "exclude", source)
-
-    exp = Experiment(
-        name=name,
-        backbones=backbones,
-        methods=methods,
-        fractions=fractions,
-        seeds=seeds,
-        recipes=recipes,
-        trials=trials,
-        steps=steps,
-        cv_folds=cv,
-        resolution=resolution,
-        **runtime,
-        probe=probe,
-        data_dir=checks.string(raw, "data_dir", source, "data"),
-        results_dir=checks.string(raw, "results_dir", source, "results"),
-        storage=checks.string(raw, "storage", source, ""),
-        description=checks.string(raw, "description", source, ""),
-        search=search,
-        stats=stats,
-        workers=workers,
-        hparams=hparams,
-        space=space,
-        include=include,
-        exclude=exclude,
-    )
+    parts: dict[str, Any] = {"name": checks.check_name(raw, source, TOP_KEYS)}
+    parts.update(zip(GRID_KEYS, checks.grid_lists(raw, source), strict=True))  # backbones, methods, recipes, fractions
+    parts["seeds"] = checks.check_seeds(raw, source)
+    parts.update(zip(("trials", "steps", "cv_folds"), checks.check_budgets(raw, source), strict=True))
+    parts["resolution"] = checks.check_resolution(raw, parts["backbones"], source)
+    parts.update(checks.check_runtime(raw, source))
+    parts["search"] = checks.check_search(raw, source, Search)
+    parts["workers"] = checks.check_workers(raw, source, Workers)
+    parts["hparams"], parts["space"] = check_hparams_space(raw, source)
+    parts["probe"] = checks.check_probe(raw, source)
+    parts["stats"] = checks.check_stats(raw, source, Stats)
+    for key in ("include", "exclude"):
+        parts[key] = checks.grid_blocks(raw, key, source)
+    for key, default in (("data_dir", "data"), ("results_dir", "results"), ("storage", ""), ("description", "")):
+        parts[key] = checks.string(raw, key, source, default)
+    exp = Experiment(**parts)
     if not exp.cells():
         raise UserError(f"{source}: the grid is empty (every cell is excluded)")
     checks.check_pool(exp.search, len(exp.seeds), exp.trials, source)

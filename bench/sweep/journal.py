@@ -14,6 +14,9 @@ crowds of workers starting at once. Optuna's JournalFileBackend does not survive
   period). `OwnedSymlinkLock` names its owner in the link, so a lock whose owner is dead on
   this machine is broken at once.
 
+Both classes extend Optuna's public ones (`JournalFileBackend`, `JournalFileSymlinkLock`) through their
+public methods only, on attributes of their own; every use of Optuna's private API is in claims.py.
+
 The owner identity (host, boot id, pid, process start time) is the one the claims carry too
 (bench/sweep/claims.py), and the temporary files a killed process left are recognised by it.
 """
@@ -89,8 +92,10 @@ class OwnedSymlinkLock(JournalFileSymlinkLock):
     machine, an older version) keeps the grace period, measured on the link itself (lstat)."""
 
     def __init__(self, filepath: str, grace_period: float = 30.0) -> None:
-        self._lock_target_file = filepath
-        self._lock_file = filepath + ".lock"
+        # Optuna's __init__ is not called: every method of the lock is ours, on attributes of our own names
+        # (Optuna's are private), so only the public lock protocol (acquire, release) is used.
+        self.target_file = filepath
+        self.lock_file = filepath + ".lock"
         self.grace_period = grace_period
         self.broken: list[str] = []  # owners of stale locks this process broke
 
@@ -99,15 +104,15 @@ class OwnedSymlinkLock(JournalFileSymlinkLock):
         sleep, seen, since = 0.001, None, time.monotonic()
         while True:
             try:
-                os.symlink(me, self._lock_file)
+                os.symlink(me, self.lock_file)
                 return True
             except FileExistsError:
                 pass
             except OSError as exc:  # a read-only or full file system: name the lock's path, not its text
-                raise OSError(exc.errno, exc.strerror, self._lock_file) from None
+                raise OSError(exc.errno, exc.strerror, self.lock_file) from None
             try:
-                target = os.readlink(self._lock_file)
-                mtime = os.lstat(self._lock_file).st_mtime_ns
+                target = os.readlink(self.lock_file)
+                mtime = os.lstat(self.lock_file).st_mtime_ns
             except OSError:
                 continue  # released meanwhile
             if target.startswith(LOCK_PREFIX) and owner_alive(target[len(LOCK_PREFIX) :]) is False:
@@ -124,11 +129,11 @@ class OwnedSymlinkLock(JournalFileSymlinkLock):
     def _break(self, target: str) -> None:
         """Remove the lock if it still is `target`. Breakers are serialised by flock on the journal,
         and nobody can create the lock while it exists, so the check and the removal cannot race."""
-        with open(self._lock_target_file, "rb") as f:
+        with open(self.target_file, "rb") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                if os.readlink(self._lock_file) == target:
-                    os.unlink(self._lock_file)
+                if os.readlink(self.lock_file) == target:
+                    os.unlink(self.lock_file)
                     self.broken.append(target)
             except OSError:
                 pass
@@ -136,9 +141,9 @@ class OwnedSymlinkLock(JournalFileSymlinkLock):
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def release(self) -> None:
-        aside = f"{self._lock_file}{uuid.uuid4()}.rename"
+        aside = f"{self.lock_file}{uuid.uuid4()}.rename"
         try:
-            os.rename(self._lock_file, aside)
+            os.rename(self.lock_file, aside)
             os.unlink(aside)
         except OSError:
             raise RuntimeError("Error: did not possess lock") from None
@@ -282,6 +287,7 @@ class SafeJournalBackend(JournalFileBackend):
     """JournalFileBackend whose appends never land on a partial line and never stay half-written."""
 
     def __init__(self, file_path: str) -> None:
+        self.path = file_path  # our own name for it: Optuna's attribute is private (claims.py holds all such uses)
         self.lock = OwnedSymlinkLock(file_path)
         super().__init__(file_path, lock_obj=self.lock)
         self.notes: list[str] = []
@@ -294,7 +300,7 @@ class SafeJournalBackend(JournalFileBackend):
             if not _entry(log) or (number == 1 and log["op_code"] != CREATE_STUDY):
                 what = "is not a journal entry" if not _entry(log) else "is not a study's creation (the first line was deleted?)"
                 raise JournalDamaged(
-                    f"journal {self._file_path}: line {number} {what}; restore the journal from a backup, or remove the line "
+                    f"journal {self.path}: line {number} {what}; restore the journal from a backup, or remove the line "
                     "if it was added by hand"
                 )
             yield log
@@ -302,7 +308,7 @@ class SafeJournalBackend(JournalFileBackend):
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode("utf-8")
         with _Locked(self.lock):
-            fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
             try:
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -311,7 +317,7 @@ class SafeJournalBackend(JournalFileBackend):
                     note = self._cut_tail_locked()
                     if note:
                         self.notes.append(note)
-                    fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
+                    fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
                     size = os.fstat(fd).st_size
                 try:
                     view = memoryview(data)
@@ -325,14 +331,14 @@ class SafeJournalBackend(JournalFileBackend):
                         os.fsync(fd)
                     except OSError:
                         pass
-                    raise OSError(exc.errno, exc.strerror, self._file_path) from None
+                    raise OSError(exc.errno, exc.strerror, self.path) from None
             finally:
                 if fd >= 0:
                     os.close(fd)
 
     def _cut_tail_locked(self) -> str | None:
         """The file does not end a line (a crash mid-append): cut the partial line, keeping it aside."""
-        path = Path(self._file_path)
+        path = Path(self.path)
         with open(path, "rb") as f:
             data = f.read()
         cut_at = data.rfind(b"\n") + 1

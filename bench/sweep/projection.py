@@ -66,7 +66,7 @@ def project(exp: Experiment, sweep: Any, device: torch.device, cache: RateCache 
     """Rates of the grid's (backbone, resolution, batch, precision) combinations (cached or measured now),
     then every work item added up.
 
-    `sweep`: a read-only `bench.sweep.Sweep` of the experiment (its `config` resolves every cell's step
+    `sweep`: a read-only `bench.sweep.worker.Sweep` of the experiment (its `config` resolves every cell's step
     budget, resolution and batch size exactly as the real runs will)."""
     t_measure = time.perf_counter()
     cache = cache if cache is not None else RateCache(cache_path())

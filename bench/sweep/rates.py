@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 from bench.budget import REPORTS
 from bench.models.hparams import HParams
+from bench.timing import timed
 
 CACHE_ENV = "SFT_BENCH_RATE_CACHE"
 OFF = ("off", "none", "no", "false", "0")
@@ -109,6 +109,7 @@ class _Measured(Exception):
 
 INTERVAL_STEPS = 2  # steps per history interval of the measurement
 INTERVALS = 2  # timed intervals, after one that warms up (kernel selection, allocator)
+FORWARD_CALLS = 20  # evaluation batches timed at most (2 s at most, after 2 untimed ones)
 
 
 def measure_rates(
@@ -158,14 +159,8 @@ def measure_rates(
     ev = eval_batch(device, resolution)
     xe = torch.randint(0, 256, (ev, 3, 32, 32), dtype=torch.uint8, generator=gen, device=device)
 
-    def forward() -> float:
-        t0 = time.perf_counter()
-        encode_all(net, xe, precision)  # its last read syncs the device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
-
-    fwd = ev / statistics.median(_timed(forward))
+    groups = timed(lambda: encode_all(net, xe, precision), device, warmup=2, steps=FORWARD_CALLS, max_seconds=2.0)
+    fwd = ev / statistics.median(t / k for k, t in groups)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return Rates(backbone, resolution, hp.batch_size, rate, fwd, precision, now, round(_load(), 2))
 
@@ -182,16 +177,6 @@ def busier_then(rates: Rates, load_now: float) -> bool:
     if rates.load < 0 or load_now < 0:
         return False
     return rates.load - load_now > max(1.0, (os.cpu_count() or 2) / 2)
-
-
-def _timed(fn: Callable[[], float], warmup: int = 2, at_least: int = 3, seconds: float = 2.0) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    t0 = time.perf_counter()
-    while len(times) < at_least or (time.perf_counter() - t0 < seconds and len(times) < 20):
-        times.append(fn())
-    return times
 
 
 def speed_settings(hp: HParams, trains: bool, compile: bool | str) -> tuple:

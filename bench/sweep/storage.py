@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from bench.registry import UserError
+from bench.registry import UserError, check_writable
 from bench.sweep.journal import SafeJournalBackend, check_journal_file, open_journal
 from bench.sweep.signals import signal_safe
 
@@ -215,15 +215,13 @@ def check_storage(exp: Experiment) -> str | None:
 
     Why before anything runs: a storage folder that is not writable, a URL with a typo or a
     missing driver would otherwise fail after the first training finished."""
-    from bench.sweep.experiment import check_writable
-
     location = storage_location(exp)
     if not is_url(location):
         path = Path(location)
         if path.exists() and not path.is_file():
             raise UserError(f"storage {path} exists and is not a file")
         check_journal_file(path)  # a link, or a file that is not a journal, is refused before anything is written
-        check_writable(path.parent)
+        check_writable(path.parent, what="results ")
         return None
     import sqlalchemy
 
@@ -239,14 +237,12 @@ def check_storage(exp: Experiment) -> str | None:
 
 def _check_sqlite(url: Any) -> str:
     """An SQLite file's folder must exist and be writable; the warning says why SQLite is a poor choice."""
-    from bench.sweep.experiment import check_writable
-
     if url.database and url.database != ":memory:":
         folder = Path(url.database).expanduser().resolve().parent
         if not folder.is_dir():
             shown = url.render_as_string(hide_password=True)
             raise UserError(f"storage {shown}: folder {folder} does not exist; create it or give another path")
-        check_writable(folder)
+        check_writable(folder, what="results ")
     return (
         'SQLite storage is unsafe with several writers ("database is locked"); for processes on one machine '
         "use the default journal file, for several machines PostgreSQL"

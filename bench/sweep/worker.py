@@ -27,9 +27,9 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 import torch
@@ -50,6 +50,7 @@ from bench.sweep.claims import (
     take_slot,
     won,
 )
+from bench.sweep.events import NullProgress, Progress, WorkItem
 from bench.sweep.experiment import Experiment
 from bench.sweep.export import export_runs
 from bench.sweep.journal import clean_leftovers
@@ -63,52 +64,6 @@ from bench.train.caches import Caches
 from bench.train.compiling import compile_spec, graph_count
 from bench.train.engine import Diverged
 from bench.train.run import BackboneMeter, RunConfig, execute, write_record
-
-
-class Progress(Protocol):
-    """What the sweep tells its display (bench/cli/display.py has a rich one and a plain one)."""
-
-    def status(self, status: GridStatus) -> None: ...
-    def item_start(self, item: WorkItem) -> None: ...
-    def epoch(self, row: dict) -> None: ...
-    def item_end(self, item: WorkItem, outcome: str) -> None: ...
-    def log(self, message: str) -> None: ...
-
-
-class NullProgress:
-    """A Progress that shows nothing (library use, tests)."""
-
-    def status(self, status: GridStatus) -> None:
-        pass
-
-    def item_start(self, item: WorkItem) -> None:
-        pass
-
-    def epoch(self, row: dict) -> None:
-        pass
-
-    def item_end(self, item: WorkItem, outcome: str) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        pass
-
-
-@dataclass
-class WorkItem:
-    kind: str  # "trial" or "final"
-    cell: Cell
-    study_id: int
-    slot: int = 0  # trial: the slot number; final: the seed
-    cfg: RunConfig | None = None
-    seed: int = 0  # trial: the seed whose subset it searches on (the first of a pool)
-    per_seed: bool = False
-
-    @property
-    def label(self) -> str:
-        if self.kind == "trial":
-            return f"trial {self.slot + 1}{f' · seed {self.seed}' if self.per_seed else ''} · {self.cell.label}"
-        return f"final seed {self.slot} · {self.cell.label}"
 
 
 class Sweep(Grid):

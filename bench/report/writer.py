@@ -22,10 +22,11 @@ import pandas as pd
 
 from bench.files import TMP_SUFFIX, atomic_write_bytes, stale_temp, temp_path, write_new
 from bench.registry import UserError
+from bench.report.compute import compute_table
 from bench.report.figure import Figure
 from bench.report.grid import Completeness, completeness
 from bench.report.html import render_html
-from bench.report.load import experiment_name, load_runs, load_studies, thread_notes
+from bench.report.load import experiment_name, find_experiment_dir, load_runs, load_studies, thread_notes
 from bench.report.origin import provenance
 from bench.report.plots import make_plots
 from bench.report.protocol import protocol_info
@@ -43,7 +44,7 @@ from bench.report.stats import (
     tuning_gain,
     win_tie_loss,
 )
-from bench.report.tables import Tables, build_tables, compute_table
+from bench.report.tables import Tables, build_tables
 from bench.report.text import DOWN, UP
 from bench.report.verdicts import read_plan, sentences
 
@@ -276,3 +277,17 @@ def write_report(
     removed = _write(exp_dir, {**outputs, html_path: page.encode()})
     seconds = time.perf_counter() - t0
     return ReportResult(exp_dir, html_path, [*outputs, html_path], notes, wtl, seconds, removed, summary, grid)
+
+
+def write(
+    results_dir: str | Path = "results",
+    experiment: str | None = None,
+    *,
+    test: str = "ttest",
+    alpha: float | None = None,
+    storage: str | None = None,
+) -> ReportResult:
+    """The report of one experiment, found as `cli.py report` finds it: RESULTS_DIR/EXPERIMENT, or
+    RESULTS_DIR itself when it holds runs.csv, or its only experiment. The Python API's entry point
+    (`bench.report.write("results", "quick")`); returns what was written (`ReportResult`)."""
+    return write_report(find_experiment_dir(Path(results_dir), experiment), test=test, alpha=alpha, storage=storage)
