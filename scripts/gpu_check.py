@@ -46,8 +46,9 @@ import torch  # noqa: E402
 
 from bench.budget import REPORTS  # noqa: E402
 from bench.data import Cifar10, synthetic_data  # noqa: E402
-from bench.models.backbones import get_backbone  # noqa: E402
-from bench.models.methods import METHODS, HParams  # noqa: E402
+from bench.models.backbones import get_backbone, input_resolution  # noqa: E402
+from bench.models.hparams import HParams  # noqa: E402
+from bench.models.kinds import METHODS  # noqa: E402
 from bench.train.caches import Caches  # noqa: E402
 from bench.train.compiling import graph_count  # noqa: E402
 from bench.train.device import Numerics, configure_numerics, sync  # noqa: E402
@@ -102,16 +103,17 @@ def fit_rates(
     """The suite's loop (`fit`, finetune, end to end, augmented, the suite's precision) for REPORTS history
     intervals: steady images/s (median of the intervals after the first), compile seconds and graphs,
     peak memory on CUDA."""
+    from bench.run_config import RunConfig, make_config
     from bench.train.fit import fit
-    from bench.train.run import RunConfig, build_model, make_config
+    from bench.train.run import build_model
 
     k = steps_per_row or check.interval
     data = check.data
     cfg = make_config(
-        backbone,
-        "finetune",
-        1.0,
-        0,
+        backbone=backbone,
+        method="finetune",
+        fraction=1.0,
+        seed=0,
         device=check.device,
         data=data,
         resolution=resolution,
@@ -241,21 +243,22 @@ def syncs(check: Check) -> dict:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from bench.budget import report_interval
+    from bench.run_config import make_config
     from bench.train.fit import fit
     from bench.train.loop import SYNCS_PER_STEP, syncs_per_row
-    from bench.train.run import build_model, make_config
+    from bench.train.run import build_model
     from bench.train.syncs import HostSyncs
 
     data = check.data
     steps = 20
     cfg = make_config(
-        check.backbone,
-        "finetune",
-        1.0,
-        0,
+        backbone=check.backbone,
+        method="finetune",
+        fraction=1.0,
+        seed=0,
         device=check.device,
         data=data,
-        resolution=32,
+        resolution=input_resolution(check.backbone, "tuned"),
         pretrained=check.pretrained(check.backbone),
         overrides={"steps": steps, "batch_size": check.batch},
     )
@@ -310,19 +313,20 @@ def determinism(check: Check) -> dict:
 
 
 def _determinism_child(spec: dict, check: Check) -> dict:
-    from bench.train.run import make_config, run_fold, run_folds
+    from bench.run_config import make_config
+    from bench.train.run import run_fold, run_folds
 
     configure_numerics(Numerics(deterministic=spec["deterministic"]))
     data = check.data
     steps = 10 if check.quick else 60
     cfg = make_config(
-        check.backbone,
-        "finetune",
-        0.02,
-        0,
+        backbone=check.backbone,
+        method="finetune",
+        fraction=0.02,
+        seed=0,
         device=check.device,
         data=data,
-        resolution=32,
+        resolution=input_resolution(check.backbone, "tuned"),
         pretrained=check.pretrained(check.backbone),
         overrides={"steps": steps, "batch_size": check.batch},
     )
@@ -411,19 +415,20 @@ def throughput(check: Check) -> dict:
 
 def trial(check: Check) -> dict:
     """One 1% trial as the quick experiment runs it (pooled over 2 seeds, 32 px, batch 64)."""
-    from bench.train.run import execute, make_config
+    from bench.run_config import make_config
+    from bench.train.run import execute
 
     data = check.data
     backbone = check.backbone
     overrides = {"batch_size": 64} if not check.quick else {"batch_size": 32, "steps": 20}
     cfg = make_config(
-        backbone,
-        "sft",
-        0.01 if not check.quick else 0.05,
-        0,
+        backbone=backbone,
+        method="sft",
+        fraction=0.01 if not check.quick else 0.05,
+        seed=0,
         device=check.device,
         data=data,
-        resolution=32,
+        resolution=input_resolution(backbone, "tuned"),
         pretrained=check.pretrained(backbone),
         overrides=overrides,
         stage="trial",
@@ -489,8 +494,9 @@ def workers(check: Check) -> dict:
 
 
 def _worker_child(spec: dict, check: Check) -> dict:
+    from bench.run_config import make_config
     from bench.train.fit import fit
-    from bench.train.run import build_model, make_config
+    from bench.train.run import build_model
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -499,13 +505,13 @@ def _worker_child(spec: dict, check: Check) -> dict:
     data = check.data
     steps = 10 if check.quick else 200
     cfg = make_config(
-        check.backbone,
-        "finetune",
-        1.0,
-        0,
+        backbone=check.backbone,
+        method="finetune",
+        fraction=1.0,
+        seed=0,
         device=device,
         data=data,
-        resolution=32,
+        resolution=input_resolution(check.backbone, "tuned"),
         pretrained=check.pretrained(check.backbone),
         overrides={"steps": steps, "batch_size": 64},
     )

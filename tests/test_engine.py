@@ -1,4 +1,5 @@
-"""bench.train.engine through bench.train.run.execute: learning, determinism, optimisation settings, evaluation.
+"""bench.train (fit, loop, probe, evaluate) through bench.train.run.execute: learning,
+determinism, optimisation settings, evaluation.
 
 Why: a benchmark whose loop silently ignores a setting (a schedule, label smoothing,
 gradient clipping), is not reproducible, or evaluates in training mode reports numbers
@@ -20,10 +21,15 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from bench.budget import MIN_STEPS, article_recipe_steps, step_budget
-from bench.models.hparams import ProbeSpec
-from bench.models.methods import METHODS, HParams
-from bench.train.engine import Diverged, FitResult, classification_metrics, encode_all, fit, fit_probe, lr_factor, predict
-from bench.train.run import execute, make_config
+from bench.models.hparams import HParams, ProbeSpec
+from bench.models.kinds import METHODS
+from bench.run_config import make_config
+from bench.train.evaluate import classification_metrics, predict
+from bench.train.features import encode_all
+from bench.train.fit import fit
+from bench.train.loop import Diverged, FitResult, lr_factor
+from bench.train.probe import fit_probe
+from bench.train.run import execute
 
 CPU = torch.device("cpu")
 
@@ -72,10 +78,11 @@ def run(
 ) -> dict:  # noqa: ANN001
     """One tiny-backbone run on the synthetic data through the same path as `cli.py run`."""
     cfg = make_config(
-        "tiny",
-        method,
-        fraction,
-        seed,
+        backbone="tiny",
+        method=method,
+        fraction=fraction,
+        seed=seed,
+        resolution=32,
         device=CPU,
         data=data,
         overrides=overrides,
@@ -181,16 +188,56 @@ def test_step_budget_rule_is_the_same_for_trials_final_runs_and_every_method(syn
     assert step_budget(5000, 64) == 782 and step_budget(50000, 128) == 3907
     assert article_recipe_steps(5000, 100) == 500 and article_recipe_steps(450, 100) == 50
     budgets = {
-        make_config("tiny", m, 0.5, 0, device=CPU, data=synthetic_data, stage=stage, overrides={"batch_size": 64}).hp.steps
+        make_config(
+            backbone="tiny",
+            method=m,
+            fraction=0.5,
+            seed=0,
+            resolution=32,
+            device=CPU,
+            data=synthetic_data,
+            stage=stage,
+            overrides={"batch_size": 64},
+        ).hp.steps
         for m in METHODS.names()
         for stage in ("trial", "final")
     }
     assert budgets == {step_budget(1500, 64)} == {500}
-    full = make_config("tiny", "finetune", 1.0, 0, device=CPU, data=synthetic_data, overrides={"batch_size": 16})
+    full = make_config(
+        backbone="tiny",
+        method="finetune",
+        fraction=1.0,
+        seed=0,
+        resolution=32,
+        device=CPU,
+        data=synthetic_data,
+        overrides={"batch_size": 16},
+    )
     assert full.hp.steps == step_budget(3000, 16) == 1875
-    seed = make_config("tiny", "article_sft", 1.0, 0, recipe="article", device=CPU, data=synthetic_data)
+    seed = make_config(
+        backbone="tiny",
+        method="article_sft",
+        fraction=1.0,
+        seed=0,
+        resolution=32,
+        recipe="article",
+        device=CPU,
+        data=synthetic_data,
+    )
     assert seed.hp.steps == 10 * 30  # 3000 images at batch 100, 10 epochs
-    assert make_config("tiny", "sft", 0.5, 0, device=CPU, data=synthetic_data, overrides={"steps": 7}).hp.steps == 7
+    assert (
+        make_config(
+            backbone="tiny",
+            method="sft",
+            fraction=0.5,
+            seed=0,
+            resolution=32,
+            device=CPU,
+            data=synthetic_data,
+            overrides={"steps": 7},
+        ).hp.steps
+        == 7
+    )
 
 
 @pytest.mark.parametrize("method", ["sft", "sft-mlp", "sft-side", "lp_ft", "sft-mlp-frozen", "sft-side-frozen"])
@@ -355,10 +402,11 @@ def test_records_say_what_the_path_did(synthetic_data) -> None:  # noqa: ANN001
 def test_k_fold_trial_scores_average_the_folds_and_continue_the_step_axis(synthetic_data) -> None:  # noqa: ANN001
     rows: list[dict] = []
     cfg = make_config(
-        "tiny",
-        "finetune",
-        0.1,
-        0,
+        backbone="tiny",
+        method="finetune",
+        fraction=0.1,
+        seed=0,
+        resolution=32,
         device=CPU,
         data=synthetic_data,
         overrides={"steps": 4, "batch_size": 64},
@@ -374,7 +422,15 @@ def test_k_fold_trial_scores_average_the_folds_and_continue_the_step_axis(synthe
     assert (
         cfg.run_id
         != make_config(
-            "tiny", "finetune", 0.1, 0, device=CPU, data=synthetic_data, overrides={"steps": 4, "batch_size": 64}, stage="trial"
+            backbone="tiny",
+            method="finetune",
+            fraction=0.1,
+            seed=0,
+            resolution=32,
+            device=CPU,
+            data=synthetic_data,
+            overrides={"steps": 4, "batch_size": 64},
+            stage="trial",
         ).run_id
     )
 
@@ -403,20 +459,49 @@ def test_article_recipe_is_the_articles_settings(synthetic_data) -> None:  # noq
     """batch 100, SGD lr 0.001 momentum 0.9, constant rate without warm-up, 10 epochs (in steps),
     crop + flip, BatchNorm in train mode (the article never calls eval() while training), 32 px,
     normalisation 0.5 / 0.5 whatever the backbone's own (../shared/docs/methods.md)."""
-    from bench.models.methods import ARTICLE_RECIPE
+    from bench.models.backbones import input_resolution
+    from bench.models.hparams import ARTICLE_RECIPE
     from bench.train.run import build_model
 
-    cfg = make_config("efficientnet_lite0", "article_sft", 0.1, 0, recipe="article", device=CPU, data=synthetic_data)
+    res = input_resolution("efficientnet_lite0", "article")  # the article's 32 px, whatever the backbone's own
+    cfg = make_config(
+        backbone="efficientnet_lite0",
+        method="article_sft",
+        fraction=0.1,
+        seed=0,
+        resolution=res,
+        recipe="article",
+        device=CPU,
+        data=synthetic_data,
+    )
     assert cfg.hp == ARTICLE_RECIPE.update(steps=10 * 3) and cfg.resolution == 32  # 300 labelled images
     hp = cfg.hp
     assert (hp.optimizer, hp.lr, hp.momentum, hp.batch_size, hp.schedule) == ("sgd", 0.001, 0.9, 100, "constant")
     assert hp.augment and hp.label_smoothing == 0.0 and hp.weight_decay == 0.0 and hp.warmup == 0.0 and hp.bn == "train"
-    tiny = make_config("tiny", "article_sft", 0.1, 0, recipe="article", device=CPU, data=synthetic_data)
+    tiny = make_config(
+        backbone="tiny",
+        method="article_sft",
+        fraction=0.1,
+        seed=0,
+        resolution=32,
+        recipe="article",
+        device=CPU,
+        data=synthetic_data,
+    )
     adapter = build_model(tiny, 10).adapter  # tiny's own normalisation is 0.5 / 0.25
     x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 32, 32)
     assert torch.allclose(adapter(x)[:, :, 0, 0], torch.tensor([[-1.0] * 3, [1.0] * 3]))
     assert (
-        make_config("tiny", "article_sft", 0.1, 0, recipe="article", resolution=64, device=CPU, data=synthetic_data).resolution
+        make_config(
+            backbone="tiny",
+            method="article_sft",
+            fraction=0.1,
+            seed=0,
+            recipe="article",
+            resolution=64,
+            device=CPU,
+            data=synthetic_data,
+        ).resolution
         == 64
     )
 
@@ -426,12 +511,39 @@ def test_old_recipe_and_method_names_give_the_article_config_with_a_note(synthet
     `seed_sft` as `article_sft`): the same RunConfig, so the same run id, and a note saying so."""
     from bench.registry import RenamedWarning
 
-    article = make_config("tiny", "article_sft", 0.1, 0, recipe="article", device=CPU, data=synthetic_data)
+    article = make_config(
+        backbone="tiny",
+        method="article_sft",
+        fraction=0.1,
+        seed=0,
+        resolution=32,
+        recipe="article",
+        device=CPU,
+        data=synthetic_data,
+    )
     with pytest.warns(RenamedWarning, match="recipe 'seed' is now called 'article'"):
-        old = make_config("tiny", "article_sft", 0.1, 0, recipe="seed", device=CPU, data=synthetic_data)
+        old = make_config(
+            backbone="tiny",
+            method="article_sft",
+            fraction=0.1,
+            seed=0,
+            resolution=32,
+            recipe="seed",
+            device=CPU,
+            data=synthetic_data,
+        )
     assert old == article and old.run_id == article.run_id and old.recipe == "article"
     with pytest.warns(RenamedWarning) as notes:
-        oldest = make_config("tiny", "seed_sft", 0.1, 0, recipe="seed", device=CPU, data=synthetic_data)
+        oldest = make_config(
+            backbone="tiny",
+            method="seed_sft",
+            fraction=0.1,
+            seed=0,
+            resolution=32,
+            recipe="seed",
+            device=CPU,
+            data=synthetic_data,
+        )
     assert oldest == article and oldest.method == "article_sft"
     assert sorted(str(n.message).split(" is now")[0] for n in notes) == ["method 'seed_sft'", "recipe 'seed'"]
     assert "seed_sft" not in METHODS.names() and METHODS.get("seed_sft") is METHODS.get("article_sft")
@@ -442,7 +554,7 @@ def test_old_recipe_and_method_names_give_the_article_config_with_a_note(synthet
 def test_fits_share_caches_only_when_given_them(synthetic_data, tiny_net) -> None:  # noqa: ANN001
     """No hidden process state: without `caches` every fit has fresh, private ones (nothing is
     reused); with one `Caches` the second fit is served from it, bit-identical to recomputing."""
-    from bench.train.engine import Caches
+    from bench.train.caches import Caches
 
     x, y = synthetic_data.train_x[:200], synthetic_data.train_y[:200]
     hp = HParams(steps=2, batch_size=64, lr=0.0)
@@ -464,7 +576,8 @@ def test_fits_share_caches_only_when_given_them(synthetic_data, tiny_net) -> Non
 def test_the_feature_cache_is_sized_at_the_entry_point() -> None:
     """SFT_BENCH_FEATURE_CACHE_MB is read by `Caches.from_env` (called by the commands), never at import."""
     from bench.registry import UserError
-    from bench.train.engine import Caches, FeatureCache
+    from bench.train.caches import Caches
+    from bench.train.features import FeatureCache
 
     assert Caches.from_env({}).features.max_bytes == FeatureCache().max_bytes == 1024 * 2**20
     assert Caches.from_env({"SFT_BENCH_FEATURE_CACHE_MB": "2.5"}).features.max_bytes == int(2.5 * 2**20)
@@ -476,7 +589,7 @@ def test_records_count_the_images_through_the_backbone_and_a_cache_hit_counts_no
     """`backbone_images`: every image the backbone's forward pass saw (training steps, evaluation,
     feature passes); what the grid-cost figures count, and what computing a thing once saves."""
     from bench.train.caches import Caches
-    from bench.train.run import BackboneMeter
+    from bench.train.meter import BackboneMeter
 
     ft = run(synthetic_data, "finetune", {"steps": 5, "batch_size": 64}, fraction=0.1)
     # five full batches of 64 (protocol v3: no short last batch), then the 200 test images once

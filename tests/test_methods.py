@@ -18,23 +18,23 @@ import torch
 from torch import nn
 
 from bench.models.backbones import build_backbone, get_backbone
-from bench.models.hparams import ProbeSpec
-from bench.models.methods import (
-    ARTICLE_RECIPE,
+from bench.models.hparams import ARTICLE_RECIPE, BN_POLICIES, HParams, ProbeSpec
+from bench.models.kinds import METHODS
+from bench.models.methods import Backbone, InputAdapter, build_net
+from bench.names import method_name
+from bench.registry import UserError
+from bench.run_config import RunConfig
+from bench.sweep.space import (
     BACKBONE_LR_MULT_CHOICES,
-    BN_POLICIES,
     LABEL_SMOOTHING_CHOICES,
     LR_RANGE,
-    METHODS,
     WARMUP_CHOICES,
     WEIGHT_DECAY_RANGE,
-    HParams,
-    build_net,
-    method_name,
+    method_space,
 )
-from bench.registry import UserError
-from bench.train.engine import Caches, fit
-from bench.train.run import RunConfig, trainable_parameters
+from bench.train.caches import Caches
+from bench.train.fit import fit
+from bench.train.run import trainable_parameters
 
 SFT_VARIANTS = ["sft", "sft-mlp", "sft-side", "sft-mlp-frozen", "sft-side-frozen"]
 PROBE_METHODS = {"sft", "sft-mlp", "sft-side", "lp_ft", "sft-mlp-frozen", "sft-side-frozen"}
@@ -215,7 +215,7 @@ def test_trainable_parameter_counts_match_a_hand_count(method: str, batch: tuple
     hp = _hp(method, steps=2, batch_size=64)
     net = tiny_net(method, hp)
     probe = PROBE if METHODS.get(method).probe_init else None
-    cfg = RunConfig("tiny", method, 1.0, 0, hp=hp, probe=probe)
+    cfg = RunConfig(backbone="tiny", method=method, fraction=1.0, seed=0, hp=hp, probe=probe)
     assert trainable_parameters(net, cfg) == HAND_COUNT[method]
     head = _snapshot(net.head)
     fit(net, METHODS.get(method), hp, *batch, seed=0, probe=probe)
@@ -242,7 +242,8 @@ def test_article_sft_maps_the_pretrained_logits_to_classes_lite0() -> None:
     spec = get_backbone("efficientnet_lite0")
     feats, pretrained_head = build_backbone(spec, True)
     reference = pretrained_head.weight.detach().clone()
-    net = build_net("article_sft", feats, pretrained_head, spec.feature_dim, 10, ARTICLE_RECIPE, spec.mean, spec.std, 32).eval()
+    backbone, adapter = Backbone(feats, pretrained_head, spec.feature_dim), InputAdapter(spec.mean, spec.std, 32)
+    net = build_net("article_sft", backbone, adapter, 10, ARTICLE_RECIPE).eval()
     assert torch.equal(net.head[0].weight, reference)  # the ImageNet classifier, K = 1000
     assert (net.head[1].in_features, net.head[1].out_features) == (1000, 10)
     with torch.no_grad():
@@ -254,7 +255,7 @@ def test_search_space_yields_valid_hyperparameters(method: str) -> None:
     spec = METHODS.get(method)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(8):
-        changes = spec.search_space(study.ask())
+        changes = method_space(study.ask(), spec)
         hp = HParams().update(**spec.defaults).update(**changes)
         assert math.isfinite(hp.lr) and hp.lr > 0
         assert "steps" not in changes, "the step budget is the cell's, never searched"
@@ -281,7 +282,7 @@ def test_shared_hyperparameters_have_one_search_space_for_every_method() -> None
         spec = METHODS.get(method)
         study = optuna.create_study()
         trial = study.ask()
-        spec.search_space(trial)
+        method_space(trial, spec)
         dists = dict(trial.distributions)
         width = dists.pop("branch_width", None)
         assert (width is not None) == (method in {"sft-mlp", "sft-side", "sft-mlp-frozen", "sft-side-frozen"})
@@ -320,7 +321,7 @@ def test_numbers_are_normalised_so_equal_settings_share_a_run_id() -> None:
     a = HParams().update(lr=1, steps=3.0, weight_decay=0)
     assert isinstance(a.lr, float) and isinstance(a.steps, int) and isinstance(a.weight_decay, float)
     b = HParams().update(lr=1.0, steps=3, weight_decay=0.0)
-    run = lambda hp, probe=PROBE: RunConfig("tiny", "sft", 0.1, 0, hp=hp, probe=probe).run_id  # noqa: E731
+    run = lambda hp, probe=PROBE: RunConfig(backbone="tiny", method="sft", fraction=0.1, seed=0, hp=hp, probe=probe).run_id  # noqa: E731
     assert run(a) == run(b)
     assert run(a) != run(b.update(lr=0.5))
     assert run(a) != run(a, PROBE.update(folds=4)), "the probe it starts from is part of a run's id"

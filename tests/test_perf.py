@@ -19,10 +19,16 @@ from typer.testing import CliRunner
 
 from bench import perf
 from bench.data import label_split, load_cifar10, synthetic_cifar
-from bench.models.methods import METHODS
+from bench.models.hparams import HParams
+from bench.models.kinds import METHODS
 from bench.records import CacheCounts
-from bench.train import engine
-from bench.train.run import build_model, execute, make_config
+from bench.run_config import make_config
+from bench.train.caches import Caches
+from bench.train.evaluate import predict
+from bench.train.features import FeatureCache, encode_all
+from bench.train.fit import fit
+from bench.train.loop import FitResult, make_optimizer
+from bench.train.run import build_model, execute
 
 CPU = torch.device("cpu")
 
@@ -189,29 +195,37 @@ def test_interleave_alternates_the_order_and_takes_per_round_ratios() -> None:
 
 
 def _fit(
-    data: object, method: str, overrides: dict, caches: engine.Caches | None = None, **kw: object
-) -> tuple[engine.FitResult, torch.nn.Module]:
-    cfg = make_config("tiny", method, 0.5, 0, overrides=overrides, stage="trial", device=CPU, data=data)
+    data: object, method: str, overrides: dict, caches: Caches | None = None, **kw: object
+) -> tuple[FitResult, torch.nn.Module]:
+    cfg = make_config(
+        backbone="tiny",
+        method=method,
+        fraction=0.5,
+        seed=0,
+        resolution=32,
+        overrides=overrides,
+        stage="trial",
+        device=CPU,
+        data=data,
+    )
     torch.manual_seed(0)
     net = build_model(cfg, 10).to(memory_format=torch.channels_last)
     split = label_split(data.train_y, 0.5, 0)
     val = (data.train_x[split.val], data.train_y[split.val])
     precision = kw.pop("precision", "fp32")
     x, y = data.train_x[split.train], data.train_y[split.train]
-    r = engine.fit(net, METHODS.get(method), cfg.hp, x, y, seed=0, precision=precision, val=val, caches=caches, **kw)
+    r = fit(net, METHODS.get(method), cfg.hp, x, y, seed=0, precision=precision, val=val, caches=caches, **kw)
     return r, net
 
 
-def _fresh(
-    data: object, method: str, overrides: dict, caches: engine.Caches, **kw: object
-) -> tuple[engine.FitResult, torch.nn.Module]:
+def _fresh(data: object, method: str, overrides: dict, caches: Caches, **kw: object) -> tuple[FitResult, torch.nn.Module]:
     caches.probes.clear()  # else a second fit of the same probe is served from the probe cache, untrained
     return _fit(data, method, overrides, caches, **kw)
 
 
 @pytest.mark.parametrize("method", ["sft-mlp-frozen", "sft-side-frozen"])
 def test_feature_cache_modes_train_the_same_model(data: object, method: str) -> None:
-    caches = engine.Caches()
+    caches = Caches()
     overrides = {"steps": 4}
     runs = {mode: _fresh(data, method, overrides, caches, feature_cache=mode) for mode in ("off", "trial", "shared")}
     again, _ = _fit(data, method, {**overrides, "lr": 0.01}, caches, feature_cache="shared")  # another trial of the cell
@@ -225,12 +239,12 @@ def test_feature_cache_modes_train_the_same_model(data: object, method: str) -> 
 
 
 def test_feature_cache_keys_on_content(data: object) -> None:
-    cache = engine.FeatureCache(max_mb=64)
-    cfg = make_config("tiny", "linear_probe", 1.0, 0, device=CPU, data=data)
+    cache = FeatureCache(max_mb=64)
+    cfg = make_config(backbone="tiny", method="linear_probe", fraction=1.0, seed=0, resolution=32, device=CPU, data=data)
     net = build_model(cfg, 10)
     x = data.train_x[:32]
     first, hit = cache.encode(net, x, "fp32")
-    assert not hit and torch.equal(first, engine.encode_all(net, x, "fp32"))
+    assert not hit and torch.equal(first, encode_all(net, x, "fp32"))
     assert cache.encode(net, x.clone(), "fp32")[1]  # same content, another tensor: a hit
     assert not cache.encode(net, x, "bf16")[1]  # another precision
     assert not cache.encode(net, x[:16], "fp32")[1]  # other images
@@ -240,7 +254,7 @@ def test_feature_cache_keys_on_content(data: object) -> None:
     assert not hit and not torch.equal(changed, first)
     net.backbone.net[1].running_mean.add_(1.0)  # BatchNorm statistics count too
     assert not cache.encode(net, x, "fp32")[1]
-    tiny = engine.FeatureCache(max_mb=0.001)  # an entry larger than the budget is not kept
+    tiny = FeatureCache(max_mb=0.001)  # an entry larger than the budget is not kept
     tiny.encode(net, x, "fp32")
     assert len(tiny) == 0
 
@@ -249,13 +263,23 @@ def test_feature_cache_keys_on_content(data: object) -> None:
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_precision_and_memory_format_train_and_predict(data: object, precision: str, fmt: torch.memory_format) -> None:
     overrides = {"steps": 3, "batch_size": 32}
-    cfg = make_config("tiny", "finetune", 0.5, 0, overrides=overrides, precision=precision, device=CPU, data=data)
+    cfg = make_config(
+        backbone="tiny",
+        method="finetune",
+        fraction=0.5,
+        seed=0,
+        resolution=32,
+        overrides=overrides,
+        precision=precision,
+        device=CPU,
+        data=data,
+    )
     torch.manual_seed(0)
     net = build_model(cfg, 10).to(memory_format=fmt)
     x, y = data.train_x[:96], data.train_y[:96]
-    r = engine.fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision)
+    r = fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in r.history)
-    probs = engine.predict(net, data.train_x[:40], precision, batch=16)
+    probs = predict(net, data.train_x[:40], precision, batch=16)
     assert probs.shape == (40, 10) and probs.dtype == torch.float32
     assert torch.allclose(probs.sum(1), torch.ones(40), atol=1e-3)
 
@@ -263,11 +287,20 @@ def test_precision_and_memory_format_train_and_predict(data: object, precision: 
 def test_memory_format_does_not_change_the_model(data: object) -> None:
     outs = []
     for fmt in (torch.contiguous_format, torch.channels_last):
-        cfg = make_config("tiny", "finetune", 0.5, 0, overrides={"steps": 2, "batch_size": 32}, device=CPU, data=data)
+        cfg = make_config(
+            backbone="tiny",
+            method="finetune",
+            fraction=0.5,
+            seed=0,
+            resolution=32,
+            overrides={"steps": 2, "batch_size": 32},
+            device=CPU,
+            data=data,
+        )
         torch.manual_seed(0)
         net = build_model(cfg, 10).to(memory_format=fmt)
-        engine.fit(net, METHODS.get("finetune"), cfg.hp, data.train_x[:64], data.train_y[:64], seed=0)
-        outs.append(engine.predict(net, data.train_x[:32], "fp32"))
+        fit(net, METHODS.get("finetune"), cfg.hp, data.train_x[:64], data.train_y[:64], seed=0)
+        outs.append(predict(net, data.train_x[:32], "fp32"))
     assert torch.allclose(outs[0], outs[1], atol=1e-4)
 
 
@@ -279,12 +312,14 @@ def test_compile_path_matches_eager(data: object) -> None:
     compiled, net_b = _fit(data, "finetune", overrides, compile="eager")
     assert [h["loss"] for h in compiled.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-4)
     x = data.train_x[:16]
-    assert torch.allclose(engine.predict(net_a, x, "fp32"), engine.predict(net_b, x, "fp32"), atol=1e-4)
+    assert torch.allclose(predict(net_a, x, "fp32"), predict(net_b, x, "fp32"), atol=1e-4)
     torch._dynamo.reset()
 
 
 def test_execute_passes_compile_and_keeps_the_run_id(data: object) -> None:
-    cfg = make_config("tiny", "linear_probe", 0.5, 0, overrides={"steps": 2}, device=CPU, data=data)
+    cfg = make_config(
+        backbone="tiny", method="linear_probe", fraction=0.5, seed=0, resolution=32, overrides={"steps": 2}, device=CPU, data=data
+    )
     rec = execute(cfg, data, CPU, compile="eager")
     assert rec.run_id == cfg.run_id and "compile" not in json.dumps(rec.config)
     torch._dynamo.reset()
@@ -293,7 +328,7 @@ def test_execute_passes_compile_and_keeps_the_run_id(data: object) -> None:
 def test_fused_optimisers_on_cpu() -> None:
     p = torch.nn.Parameter(torch.zeros(3))
     for name in ("sgd", "adamw"):
-        opt = engine._optimizer([{"params": [p]}], engine.HParams(optimizer=name))
+        opt = make_optimizer([{"params": [p]}], HParams(optimizer=name))
         assert opt.defaults["fused"] is True
 
 

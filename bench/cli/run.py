@@ -59,7 +59,7 @@ def backbones() -> None:
 
 def methods() -> None:
     """List the methods."""
-    from bench.models.methods import METHODS
+    from bench.models.kinds import METHODS
 
     table = Table(title="methods")
     table.add_column("name")
@@ -146,10 +146,11 @@ class RunOptions:
 def _check_inputs(opts: RunOptions) -> tuple[str, Any]:
     """Names, fraction, weights and every output path, checked before the data is read.
     Returns the registry's method name and the torch device."""
-    from bench.data import check_fraction
     from bench.models.backbones import get_backbone
-    from bench.models.methods import METHODS, method_name
+    from bench.models.kinds import METHODS
+    from bench.names import method_name
     from bench.provenance import resolve_device
+    from bench.run_config import check_fraction
     from bench.sweep.experiment import MAX_SEED  # not at import time: bench.sweep imports torch
     from bench.train.compiling import COMPILE_MODES, check_compile
 
@@ -183,13 +184,16 @@ def _check_inputs(opts: RunOptions) -> tuple[str, Any]:
 
 def _prepare(opts: RunOptions, caches: Any) -> tuple[Any, Any, Any]:
     """The run's config, its data and device; every bad input raises UserError before anything is written."""
+    from bench.models.backbones import input_resolution
     from bench.models.hparams import ProbeSpec
-    from bench.train.run import make_config
+    from bench.names import recipe_name
+    from bench.run_config import make_config
 
     overrides = opts.overrides()
     probe_changes = parse_set(opts.probe_set, "--probe-set")
     name, dev = _check_inputs(opts)
     data = caches.data.get(opts.data_dir)
+    recipe = recipe_name(opts.recipe)
     probe = None
     if probe_changes:
         if "l2" in probe_changes:  # one strength, no cross-validation
@@ -199,12 +203,12 @@ def _prepare(opts: RunOptions, caches: Any) -> tuple[Any, Any, Any]:
             probe_changes["l2_grid"] = tuple(grid) if isinstance(grid, list) else (grid,)
         probe = ProbeSpec().update(**probe_changes)
     cfg = make_config(
-        opts.backbone,
-        name,
-        opts.fraction,
-        opts.seed,
-        recipe=opts.recipe,
-        resolution=opts.resolution,
+        backbone=opts.backbone,
+        method=name,
+        fraction=opts.fraction,
+        seed=opts.seed,
+        recipe=recipe,
+        resolution=input_resolution(opts.backbone, recipe, opts.resolution),
         pretrained=not opts.scratch,
         overrides=overrides,
         stage=opts.stage,
@@ -219,7 +223,7 @@ def _prepare(opts: RunOptions, caches: Any) -> tuple[Any, Any, Any]:
 def _announce(cfg: Any, dev: Any) -> None:
     """One line saying what will train; a budget below the protocol's floor is called a smoke test."""
     from bench.budget import MIN_STEPS
-    from bench.models.methods import METHODS
+    from bench.models.kinds import METHODS
 
     is_probe = METHODS.get(cfg.method).is_probe
     smoke = cfg.hp.steps < MIN_STEPS and cfg.recipe != "article" and not is_probe

@@ -251,7 +251,7 @@ def _train_rate(r: Any) -> str:
 
 def _dry_run(exp: Any, data: Any, dev: Any, p: Any, console: Console) -> None:
     """The grid, each cell's step budget, and the rates its projection used."""
-    from bench.models.methods import METHODS
+    from bench.models.kinds import METHODS
     from bench.sweep import Sweep
 
     monitor = Sweep(exp, data, dev, read_only=True, storage=_NoStorage())

@@ -8,7 +8,7 @@ import numbers
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from bench.registry import UserError, renamed
+from bench.registry import UserError
 
 BN_POLICIES = ("frozen", "train")
 # Beyond these a value is a typo, not an experiment: the protocol's largest budget is 3,907 steps (100% of
@@ -169,21 +169,3 @@ ARTICLE_RECIPE = HParams(
     bn="train",
 )
 ARTICLE_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-
-# The recipes a run can have: `tuned` (searched hyperparameters), `defaults` (protocol v3: each
-# method's defaults, no search; beside `tuned` it shows what the search added) and `article` (the
-# article's fixed recipe above). The article's recipe was called `seed`, which also names the random
-# seed: that name is still read (old commands, experiment files and runs.csv files) and means
-# `article`, with a note.
-RECIPES = ("tuned", "defaults", "article")
-RECIPE_ALIASES = {"seed": "article"}
-METHOD_ALIASES = {"seed_sft": "article_sft"}  # the article's model, named after its recipe
-
-
-def recipe_name(recipe: str) -> str:
-    """The recipe's current name: `seed` -> `article` (with a FutureWarning saying so), others as given."""
-    new = RECIPE_ALIASES.get(recipe)
-    if new is None:
-        return recipe
-    renamed("recipe", recipe, new)
-    return new

@@ -20,17 +20,19 @@ from torch import nn
 from bench.budget import REPORTS, report_interval
 from bench.data import Cifar10, label_split
 from bench.models.backbones import get_backbone
-from bench.models.methods import METHODS, HParams
+from bench.models.hparams import HParams
+from bench.models.kinds import METHODS
 from bench.perf.article import article_pipeline, article_units
 from bench.perf.interleave import Interleaved, interleave
 from bench.perf.rows import PerfRow, RowId, measured
 from bench.perf.settings import ARTICLE_BATCH, FORMATS, FORWARD_BATCHES, PerfCase, PerfSettings
+from bench.run_config import RunConfig, make_config
 from bench.train.caches import Caches
 from bench.train.device import autocast, eval_batch, sync
 from bench.train.evaluate import predict
 from bench.train.fit import fit
 from bench.train.loop import FitResult, make_optimizer
-from bench.train.run import RunConfig, build_model, make_config
+from bench.train.run import build_model
 
 FROZEN_TRIALS = ("sft-mlp-frozen",)  # (d): the frozen rows whose searches train a head on cached features
 
@@ -84,7 +86,15 @@ class Bench:
         self.pretrained = ok
         self.weights = "pretrained" if ok else "scratch (random init; same speed)"
         self.suite_precision = make_config(
-            case.backbone, "finetune", 1.0, 0, device=device, data=data, pretrained=ok, precision=settings.precision
+            backbone=case.backbone,
+            method="finetune",
+            fraction=1.0,
+            seed=0,
+            resolution=case.resolution,
+            device=device,
+            data=data,
+            pretrained=ok,
+            precision=settings.precision,
         ).precision
 
     def config(
@@ -92,10 +102,10 @@ class Bench:
     ) -> RunConfig:
         """The run config the suite would make for `method` on this case (seed 0, the case's resolution)."""
         return make_config(
-            self.case.backbone,
-            method,
-            fraction,
-            0,
+            backbone=self.case.backbone,
+            method=method,
+            fraction=fraction,
+            seed=0,
             resolution=self.case.resolution,
             pretrained=self.pretrained,
             overrides=overrides,
@@ -190,7 +200,7 @@ class Bench:
 
     # b: the suite's loop
     def suite_units(self, precision: str | None = None) -> list[tuple[int, float]]:
-        """`engine.fit` (finetune) timed per history interval: the engine writes a row every
+        """`fit` (finetune) timed per history interval: the engine writes a row every
         report_interval(S) steps, so a budget of REPORTS x k steps gives intervals of k steps.
         The first interval warms up (kernel selection, compilation); the fit stops once the
         timed ones are done, the rest of its budget would measure nothing new."""
@@ -311,7 +321,7 @@ class Bench:
             predict(net, ex[i : i + chunk], self.suite_precision)
             sync(dev)
             units.append((len(ex[i : i + chunk]), time.perf_counter() - t0))
-        note = f"engine.predict: uint8 -> probabilities, {len(ex)} test images in chunks of {chunk}"
+        note = f"predict: uint8 -> probabilities, {len(ex)} test images in chunks of {chunk}"
         rid = RowId(self.case, "e_suite_eval", self.suite_precision, "channels_last", batch)
         return measured(rid, self.weights, units, note)
 

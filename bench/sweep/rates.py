@@ -127,13 +127,25 @@ def measure_rates(
     intervals after a warm-up one (compiling is apart: bench/train/compiling.py); and the evaluation
     rate of `encode_all` at the suite's evaluation batch for the resolution. `train=False` (a frozen
     row, which trains only heads on cached features): the forward rate only."""
-    from bench.models.methods import METHODS
-    from bench.train.engine import encode_all, eval_batch, fit
-    from bench.train.run import RunConfig, build_model
+    from bench.models.kinds import METHODS
+    from bench.run_config import RunConfig
+    from bench.train.device import eval_batch
+    from bench.train.features import encode_all
+    from bench.train.fit import fit
+    from bench.train.run import build_model
 
     steps = REPORTS * INTERVAL_STEPS
     hp = hp.update(steps=steps, backbone_lr_mult=hp.backbone_lr_mult or 1.0)
-    cfg = RunConfig(backbone, "finetune", 1.0, 0, hp=hp, resolution=resolution, pretrained=False, precision=precision)
+    cfg = RunConfig(
+        backbone=backbone,
+        method="finetune",
+        fraction=1.0,
+        seed=0,
+        hp=hp,
+        resolution=resolution,
+        pretrained=False,
+        precision=precision,
+    )
     net = build_model(cfg, 10).to(device).to(memory_format=torch.channels_last)  # weights do not change the speed
     gen = torch.Generator(device=device).manual_seed(0)
     n = hp.batch_size * INTERVAL_STEPS

@@ -18,9 +18,9 @@ from dataclasses import fields, replace
 from typing import Any
 
 from bench.models.hparams import MAX_STEPS
+from bench.names import RECIPES
 from bench.registry import UserError, did_you_mean
 
-RECIPES = ("tuned", "defaults", "article")  # "seed": the old name of "article" (bench.models.hparams.RECIPE_ALIASES)
 SEARCH_MODES = ("pooled", "per_seed", "shared")
 FIRST_TRIALS = ("defaults", "sampled")
 # Protocol v1 keys: budgets were epochs. Named here so an old file fails with the remedy.
@@ -105,7 +105,8 @@ def backbone(b: Any, where: str, source: str) -> str:
 
 
 def method(m: Any, where: str, source: str) -> str:
-    from bench.models.methods import METHODS, method_name
+    from bench.models.kinds import METHODS
+    from bench.names import method_name
 
     if isinstance(m, dict):
         extra = set(m) - {"name", "branch"}
@@ -120,7 +121,7 @@ def method(m: Any, where: str, source: str) -> str:
 
 
 def recipe(r: Any, where: str, source: str) -> str:
-    from bench.models.hparams import recipe_name
+    from bench.names import recipe_name
 
     r = recipe_name(r) if isinstance(r, str) else r
     if r not in RECIPES:
@@ -289,7 +290,7 @@ def check_search(raw: dict[str, Any], source: str, cls: type) -> Any:
 
 def _candidates(raw: Any, source: str) -> tuple[dict[str, Any], ...]:
     """search.candidates: a list of tables, each changes to a method's defaults that make valid hyperparameters."""
-    from bench.models.methods import HParams
+    from bench.models.hparams import HParams
 
     if not isinstance(raw, list | tuple) or not all(isinstance(c, dict) for c in raw):
         raise UserError(f"{source}: search.candidates must be a list of tables, e.g. [{{ backbone_lr_mult = 0.1 }}]")
@@ -374,7 +375,8 @@ def check_workers(raw: dict[str, Any], source: str, cls: type) -> Any:
 def check_hparams_space(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """[hparams] (fixed values) and [space] (distributions), all methods or per method: every
     value must make valid hyperparameters, and the step budget is neither fixed per method nor searched."""
-    from bench.models.methods import METHODS, HParams
+    from bench.models.hparams import HParams
+    from bench.models.kinds import METHODS
 
     hp_fields = {f.name for f in fields(HParams)}
     hparams = _per_method_table(raw.get("hparams", {}), "hparams", source, hp_fields, METHODS.names(), lambda v, w: v)
@@ -457,7 +459,7 @@ def _per_method_table(table: Any, key: str, source: str, hp_fields: set, methods
 def _check_distribution(source: str) -> Any:
     def _check_values(name: str, values: list, where: str) -> None:
         """Every value a distribution can give must make valid hyperparameters (checked now, not mid-sweep)."""
-        from bench.models.methods import HParams
+        from bench.models.hparams import HParams
 
         for v in values:
             if isinstance(v, dict | list):

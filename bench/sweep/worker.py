@@ -39,6 +39,7 @@ from optuna.trial import TrialState
 from bench.data import Cifar10
 from bench.files import atomic_write, temp_path
 from bench.records import CacheCounts, Cell, GridStatus, RunRecord
+from bench.run_config import RunConfig
 from bench.sweep.claims import (
     Heartbeat,
     LostClaim,
@@ -61,8 +62,9 @@ from bench.sweep.storage import is_url, open_storage, storage_location
 from bench.sweep.studies import ensure_study, finals_attrs, search_attrs
 from bench.train.caches import Caches
 from bench.train.compiling import compile_spec, graph_count
-from bench.train.engine import Diverged
-from bench.train.run import BackboneMeter, RunConfig, execute, write_record
+from bench.train.loop import Diverged
+from bench.train.meter import BackboneMeter
+from bench.train.run import execute, write_record
 
 
 class Progress(Protocol):

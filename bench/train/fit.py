@@ -40,12 +40,12 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from bench.data import augment
-from bench.models.hparams import ProbeSpec
-from bench.models.methods import HParams, MethodSpec, Net
-from bench.registry import UserError
+from bench.models.hparams import HParams, ProbeSpec
+from bench.models.kinds import MethodSpec
+from bench.models.methods import Net, out_features
+from bench.run_config import check_fit
 from bench.train.caches import Caches
 from bench.train.compiling import compile_encoder, compile_spec, warm_up
 from bench.train.evaluate import predict
@@ -55,22 +55,6 @@ from bench.train.meter import BackboneMeter, count
 from bench.train.probe import ProbeCache, fit_probe
 
 FEATURE_CACHE_MODES = ("shared", "trial", "off")
-
-
-def check_fit(spec: MethodSpec, hp: HParams, feature_cache: str) -> None:
-    """Refuse what `fit` cannot do, before any work: an unknown cache mode, a method that trains
-    the backbone at multiplier 0, an augmented frozen row."""
-    if feature_cache not in FEATURE_CACHE_MODES:
-        raise ValueError(f"feature_cache '{feature_cache}' is not one of: {', '.join(FEATURE_CACHE_MODES)}")
-    if spec.trains_backbone and hp.backbone_lr_mult <= 0:
-        raise UserError(
-            f"{spec.name} trains the backbone, so backbone_lr_mult must be > 0 (got {hp.backbone_lr_mult}); "
-            "a frozen backbone is a row of its own: linear_probe, sft-mlp-frozen, sft-side-frozen"
-        )
-    if not spec.trains_backbone and hp.augment:
-        raise UserError(
-            f"{spec.name} trains on cached features of a frozen backbone, which cannot be augmented; set augment=false"
-        )
 
 
 class FrozenFeatures:
@@ -175,7 +159,9 @@ def fit(
     True (inductor), a torch.compile mode or a backend name for the encoder of the end-to-end phase
     (bench/train/compiling.py); speed only. `meter`: counts the images through the backbone.
     """
-    check_fit(spec, hp, feature_cache)
+    if feature_cache not in FEATURE_CACHE_MODES:
+        raise ValueError(f"feature_cache '{feature_cache}' is not one of: {', '.join(FEATURE_CACHE_MODES)}")
+    check_fit(spec, hp)
     caches = Caches() if caches is None else caches
     trains = spec.trains_backbone
     torch.manual_seed(seed)
@@ -203,7 +189,7 @@ def _probe_phase(
     on_progress: Callable[[dict], None] | None,
 ) -> None:
     """The linear probe into `net.head`: the row itself (linear_probe) or H_f's start (sft*, lp_ft)."""
-    state = fit_probe(feats.matrix(), y, _out_features(net.head), probe, result, probes=probes)
+    state = fit_probe(feats.matrix(), y, out_features(net.head), probe, result, probes=probes)
     net.head.load_state_dict(state)
     if on_progress is not None:
         on_progress(result.history[-1])  # the contract: on_progress sees "probe" rows too (progress bars, heartbeats)
@@ -273,7 +259,3 @@ def _train_phase(
         augmented=trains and hp.augment,
     )
     result.steps = hp.steps
-
-
-def _out_features(head: nn.Module) -> int:
-    return [m for m in head.modules() if isinstance(m, nn.Linear)][-1].out_features

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.budget import report_interval
-from bench.models.methods import HParams, Net
+from bench.models.hparams import HParams
+from bench.models.methods import Net
 from bench.train.device import autocast, sync
 
 # Host syncs (bench/train/syncs.py) of the step loop: none in a step; per history row, the device

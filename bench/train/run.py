@@ -1,7 +1,5 @@
-"""One run: (backbone, method, fraction, seed, hyperparameters) -> a JSON record.
-
-A frozen `RunConfig` describes the run completely; its hash is the run id, so a
-result is found again (and never recomputed) from the config alone.
+"""One run: its `RunConfig` (bench/run_config.py: frozen, torch-free, its hash the run id) -> a
+JSON record (`execute` -> `RunRecord`), its predictions and its model.
 
     python cli.py run --backbone efficientnet_lite0 --method sft --fraction 0.1 --resolution 64
     python cli.py run --recipe article --method article_sft --backbone resnet18   # the article
@@ -10,179 +8,31 @@ result is found again (and never recomputed) from the config alone.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.budget import MIN_STEPS, PROTOCOL, article_recipe_steps, step_budget
-from bench.data import Cifar10, check_fraction, cv_folds, label_split, labelled_count
+from bench.budget import MIN_STEPS
+from bench.data import Cifar10, cv_folds, label_split
 from bench.files import atomic_write
-from bench.models.backbones import BackboneCache, build_backbone, get_backbone, input_resolution
-from bench.models.hparams import RECIPES, ProbeSpec, recipe_name
-from bench.models.methods import ARTICLE_NORMALISATION, ARTICLE_RECIPE, METHODS, HParams, build_net
-from bench.provenance import peak_memory_mb, provenance, resolve_device
+from bench.models.backbones import BackboneCache, build_backbone, get_backbone
+from bench.models.hparams import ARTICLE_NORMALISATION
+from bench.models.kinds import METHODS
+from bench.models.methods import Backbone, InputAdapter, build_net
+from bench.provenance import peak_memory_mb, provenance
 from bench.records import Provenance, RunRecord
-from bench.registry import UserError
+from bench.run_config import RunConfig
 from bench.train.caches import Caches
 from bench.train.compiling import graph_count
-from bench.train.device import device_defaults
 from bench.train.evaluate import Scores, classification_metrics, predict
 from bench.train.fit import fit
 from bench.train.loop import FitResult
 from bench.train.meter import BackboneMeter
-
-PRECISIONS = ("fp32", "bf16")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that can change a result. `stage`: "final" trains on the whole labelled
-    subset and evaluates once on the test set; "trial" trains on the train part of the
-    subset and scores on its validation part (the test set is never read). A trial with a
-    `pool` (protocol v3's pooled selection) does so for each seed of the pool in turn, and
-    scores the mean of their validation accuracies."""
-
-    backbone: str
-    method: str
-    fraction: float
-    seed: int
-    recipe: str = "tuned"
-    hp: HParams = field(default_factory=HParams)
-    resolution: int = 32
-    pretrained: bool = True
-    stage: str = "final"
-    val_fraction: float = 0.2
-    precision: str = "fp32"
-    device_type: str = "cpu"
-    data: str = ""  # the dataset's fingerprint (md5s of its files)
-    probe: ProbeSpec | None = None  # linear_probe, lp_ft, sft*: the linear probe's settings (H_f starts as that model)
-    cv_folds: int = 1  # trial stage: k > 1 scores the mean validation accuracy over k stratified folds
-    protocol: int = PROTOCOL  # ../shared/docs/methods.md version: runs of two versions never share an id
-    pool: tuple[int, ...] = ()  # trial stage, pooled selection: the seeds whose subsets it trains and scores on
-
-    def __post_init__(self) -> None:
-        check_fraction(self.fraction)
-        if self.recipe not in RECIPES:
-            raise UserError(f"recipe '{self.recipe}' is not one of: {', '.join(RECIPES)}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"precision '{self.precision}' is not one of: {', '.join(PRECISIONS)}")
-        if self.stage not in ("final", "trial"):
-            raise UserError(f"stage '{self.stage}' is not one of: final, trial")
-        if not 8 <= self.resolution <= 1024:
-            raise UserError(f"resolution {self.resolution} is outside 8..1024 pixels")
-        spec = METHODS.get(self.method)
-        if spec.trains_backbone and self.hp.backbone_lr_mult <= 0:
-            raise UserError(
-                f"{self.method} trains the backbone, so backbone_lr_mult must be > 0 (got {self.hp.backbone_lr_mult}); "
-                "a frozen backbone is a row of its own: linear_probe, sft-mlp-frozen, sft-side-frozen"
-            )
-        if not spec.trains_backbone and self.hp.augment:
-            raise UserError(f"{self.method} trains on cached features of a frozen backbone, which cannot be augmented")
-        needs_probe = spec.probe_init or spec.is_probe
-        if needs_probe and self.probe is None:
-            object.__setattr__(self, "probe", ProbeSpec())  # the default probe: the same run id as naming it
-        if not needs_probe and self.probe is not None:
-            raise UserError(f"{self.method} fits no linear probe: probe settings do not apply")
-        if self.cv_folds < 1 or (self.cv_folds > 1 and self.stage != "trial"):
-            raise UserError(f"cv_folds {self.cv_folds}: k-fold scores are for the trial stage only (k >= 2), else 1")
-        if self.pool and (self.stage != "trial" or self.pool[0] != self.seed or len(set(self.pool)) != len(self.pool)):
-            raise UserError(f"pool {list(self.pool)}: a pooled trial starts at its own seed ({self.seed}), names each seed once")
-
-    @property
-    def run_id(self) -> str:
-        """The first 16 hex digits of the SHA-256 of the config as sorted JSON: same config, same id."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def to_dict(self) -> dict:
-        """The config as plain data (nested hyperparameters as dicts)."""
-        return asdict(self)
-
-
-def make_config(
-    backbone: str,
-    method: str,
-    fraction: float,
-    seed: int,
-    *,
-    recipe: str = "tuned",
-    resolution: int | None = None,
-    pretrained: bool = True,
-    overrides: dict | None = None,
-    stage: str = "final",
-    precision: str = "auto",
-    device: torch.device,
-    data: Cifar10,
-    val_fraction: float = 0.2,
-    probe: ProbeSpec | None = None,
-    cv_folds: int = 1,
-    pool: tuple[int, ...] = (),
-) -> RunConfig:
-    """Resolve defaults (recipe, method defaults, step budget, backbone resolution) into a RunConfig.
-
-    The step budget is `overrides["steps"]` when given, else the protocol's rule of the
-    labelled-set size (bench/budget.py; the article's 10 epochs for the article recipe).
-    The resolution is `input_resolution`'s (bench/models/backbones.py): the one rule the
-    sweep and perf's projection use too. `probe`: the settings of the linear probe (linear_probe
-    and every method that starts from it; default `ProbeSpec()`). `pool`: a pooled trial's seeds
-    (the first is `seed`). The recipe `defaults` is each method's defaults (no search), like
-    `tuned` before the sweep fills in a search's choice. The old names `recipe="seed"` and
-    `method="seed_sft"` are read as `article` / `article_sft` (same config, same run id),
-    with a RenamedWarning.
-    """
-    recipe = recipe_name(recipe)
-    method = METHODS.canonical(method)
-    spec = METHODS.get(method)
-    article = recipe == "article"
-    hp = (ARTICLE_RECIPE if article else HParams()).update(**spec.defaults)
-    # `is None` inside: an explicit 0 is bad input for RunConfig to refuse, not the default
-    resolution = input_resolution(backbone, recipe, resolution)
-    overrides = dict(overrides or {})
-    hp = hp.update(**overrides)
-    if "steps" not in overrides:
-        n = labelled_count(data.train_y, fraction)
-        hp = hp.update(steps=article_recipe_steps(n, hp.batch_size) if article else step_budget(n, hp.batch_size))
-    needs_probe = spec.probe_init or spec.is_probe
-    if needs_probe and probe is None:
-        probe = ProbeSpec()
-    if spec.is_probe:
-        # The probe is solved (L-BFGS to a tolerance), not trained for S steps: no training
-        # hyperparameter applies, so none is part of its id (a budget or batch size asked for the
-        # whole grid is ignored; anything else is refused).
-        ignored = {"steps", "batch_size"} | ({"augment"} if overrides.get("augment") is False else set())
-        if set(overrides) - ignored:
-            names = sorted(set(overrides) - ignored)
-            raise UserError(
-                f"{method} has no training hyperparameters under protocol v{PROTOCOL} (it is a converged logistic "
-                f"regression), so {', '.join(names)} cannot be set; its settings are the probe's (--probe-set folds=..., l2=...)"
-            )
-        hp = HParams().update(**spec.defaults)
-    if precision == "auto":
-        precision = device_defaults(device).precision
-    return RunConfig(
-        backbone,
-        method,
-        float(fraction),
-        int(seed),
-        recipe,
-        hp,
-        int(resolution),
-        pretrained,
-        stage,
-        val_fraction,
-        precision,
-        device.type,
-        data.fingerprint,
-        probe if needs_probe else None,
-        cv_folds,
-        pool=tuple(int(s) for s in pool),
-    )
 
 
 def get_data(data_dir: str | Path, caches: Caches | None = None) -> Cifar10:
@@ -198,7 +48,8 @@ def build_model(cfg: RunConfig, num_classes: int, backbones: BackboneCache | Non
     bspec = get_backbone(cfg.backbone)
     feats, pretrained_head = (backbones.build if backbones is not None else build_backbone)(bspec, cfg.pretrained)
     mean, std = ARTICLE_NORMALISATION if cfg.recipe == "article" else (bspec.mean, bspec.std)
-    return build_net(cfg.method, feats, pretrained_head, bspec.feature_dim, num_classes, cfg.hp, mean, std, cfg.resolution)
+    backbone = Backbone(feats, pretrained_head, bspec.feature_dim)
+    return build_net(cfg.method, backbone, InputAdapter(mean, std, cfg.resolution), num_classes, cfg.hp)
 
 
 def trainable_parameters(net: torch.nn.Module, cfg: RunConfig) -> int:
@@ -437,8 +288,3 @@ def write_predictions(path: Path, probs: torch.Tensor, labels: torch.Tensor, cla
 def write_record(path: Path, record: RunRecord) -> None:
     """The run's JSON record, written whole or not at all."""
     atomic_write(path, lambda f: f.write(json.dumps(record.to_dict(), indent=2)), mode="w")
-
-
-def default_device(name: str = "auto") -> torch.device:
-    """The torch device for a name (auto: CUDA when there is one)."""
-    return resolve_device(name)
