@@ -55,7 +55,7 @@ def build_model(cfg: RunConfig, num_classes: int, backbones: BackboneCache | Non
 def trainable_parameters(net: torch.nn.Module, cfg: RunConfig) -> int:
     """Parameters the run trains: the head and branch, and the backbone's when the method trains it."""
     spec = METHODS.get(cfg.method)
-    backbone = sum(p.numel() for p in net.backbone.parameters()) if spec.train_backbone(cfg.hp) else 0
+    backbone = sum(p.numel() for p in net.backbone.parameters()) if spec.trains_backbone else 0
     rest = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("backbone."))
     return backbone + rest
 
