@@ -51,6 +51,7 @@ from bench.models.hparams import HParams  # noqa: E402
 from bench.models.kinds import METHODS  # noqa: E402
 from bench.train.caches import Caches  # noqa: E402
 from bench.train.compiling import graph_count  # noqa: E402
+from bench.train.context import FitContext, FitData  # noqa: E402
 from bench.train.device import Numerics, configure_numerics, sync  # noqa: E402
 
 NO_CUDA = "skipped: no CUDA device"
@@ -128,7 +129,9 @@ def fit_rates(
     if check.cuda:
         torch.cuda.reset_peak_memory_stats(check.device)
     graphs = graph_count()
-    result = fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=cfg.precision, compile=compile)
+    result = fit(
+        net, METHODS.get("finetune"), cfg.hp, FitData(x, y), FitContext(seed=0, precision=cfg.precision, compile=compile)
+    )
     rates = [images / seconds for images, seconds in result.interval_seconds[1:]]
     return {
         "precision": cfg.precision,
@@ -282,7 +285,7 @@ def syncs(check: Check) -> dict:
 
         handle = register_optimizer_step_post_hook(step_done)
         try:
-            fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=cfg.precision, val=val)
+            fit(net, METHODS.get("finetune"), cfg.hp, FitData(x, y, val=val), FitContext(seed=0, precision=cfg.precision))
         finally:
             handle.remove()
             if check.cuda:
@@ -333,7 +336,7 @@ def _determinism_child(spec: dict, check: Check) -> dict:
     outs = []
     for _ in range(2):
         fold = run_folds(cfg, data)[0]
-        outs.append(run_fold(cfg, data, check.device, fold, None, False, Caches()))
+        outs.append(run_fold(cfg, data, fold, FitContext(caches=Caches()), check.device))
     a, b = outs
     probs = (a.probs - b.probs).abs().max().item()
     weights = max((p - q).abs().max().item() for p, q in zip(a.net.parameters(), b.net.parameters(), strict=True))
@@ -395,7 +398,7 @@ def throughput(check: Check) -> dict:
         hp = r["cfg"].hp.update(steps=2 * check.interval)
 
         def profiled(r: dict = r, hp: HParams = hp) -> None:
-            fit(r["net"], METHODS.get("finetune"), hp, r["x"], r["y"], seed=1, precision=r["precision"])
+            fit(r["net"], METHODS.get("finetune"), hp, FitData(r["x"], r["y"]), FitContext(seed=1, precision=r["precision"]))
 
         rows.append(
             {
@@ -434,7 +437,7 @@ def trial(check: Check) -> dict:
         stage="trial",
         pool=(0, 1),
     )
-    rec = execute(cfg, data, check.device, caches=Caches())
+    rec = execute(cfg, data, check.device, FitContext(caches=Caches()))
     row = {
         "run": f"{backbone} sft, fraction {cfg.fraction:g}, trial pooled over seeds 0 and 1",
         "steps per seed": rec.steps,
@@ -521,10 +524,10 @@ def _worker_child(spec: dict, check: Check) -> dict:
     x, y = data.train_x[:n].to(device), data.train_y[:n].to(device)
     print("ready", flush=True)
     sys.stdin.readline()
-    result = fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=cfg.precision)
+    result = fit(net, METHODS.get("finetune"), cfg.hp, FitData(x, y), FitContext(seed=0, precision=cfg.precision))
     return {
         "images": result.images_seen,
-        "images_per_second": result.images_per_second,
+        "images_per_second": result.images_seen / result.train_seconds if result.train_seconds > 0 else 0.0,
         "peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20) if check.cuda else 0,
     }
 

@@ -21,13 +21,15 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from bench.budget import MIN_STEPS, article_recipe_steps, step_budget
+from bench.history import HistoryRow
 from bench.models.hparams import HParams, ProbeSpec
 from bench.models.kinds import METHODS
 from bench.run_config import make_config
+from bench.train.context import FitContext, FitData
 from bench.train.evaluate import classification_metrics, predict
 from bench.train.features import encode_all
 from bench.train.fit import fit
-from bench.train.loop import Diverged, FitResult, lr_factor
+from bench.train.loop import Diverged, lr_factor
 from bench.train.probe import fit_probe
 from bench.train.run import execute
 
@@ -90,7 +92,7 @@ def run(
         precision=precision,
         probe=probe if METHODS.get(method).probe_init or METHODS.get(method).is_probe else None,
     )
-    return execute(cfg, data, CPU, **kw)
+    return execute(cfg, data, CPU, FitContext(**kw))
 
 
 @contextmanager
@@ -252,15 +254,14 @@ def test_probe_initialised_methods_start_at_the_linear_probe_and_stay_there_at_l
     probe = PROBE
     lp_hp = HParams(augment=False)
     lp = tiny_net("linear_probe", lp_hp)
-    fit(lp, METHODS.get("linear_probe"), lp_hp, x, y, seed=0, probe=probe)
+    fit(lp, METHODS.get("linear_probe"), lp_hp, FitData(x, y), FitContext(seed=0, probe=probe))
     with torch.no_grad():
         reference = lp.eval()(x)
 
     # step 0: the model fit builds before its first step
     net = tiny_net(method)
     feats = encode_all(net, x, "fp32")
-    result = FitResult()
-    state = fit_probe(feats, y, 10, probe, result)
+    state, _, _ = fit_probe(feats, y, 10, probe)
     net.head.load_state_dict(state)
     with torch.no_grad():
         assert torch.equal(net.eval()(x), reference), "step 0 is not the linear probe"
@@ -272,7 +273,7 @@ def test_probe_initialised_methods_start_at_the_linear_probe_and_stay_there_at_l
             continue  # a frozen row has no BatchNorm policy: its backbone is always in eval mode
         hp = HParams().update(**spec.defaults).update(lr=0.0, steps=1, batch_size=200, bn=bn)
         net = tiny_net(method, hp)
-        fit(net, spec, hp, x, y, seed=0, probe=probe)
+        fit(net, spec, hp, FitData(x, y), FitContext(seed=0, probe=probe))
         with torch.no_grad():
             logits = net.eval()(x)
         diff = float((logits - reference).abs().max())
@@ -293,11 +294,11 @@ def test_label_smoothing_is_the_loss_minimised(smoothing: float, synthetic_data,
     with torch.no_grad():
         net.head.weight.mul_(100.0)  # confident logits, where smoothing changes the loss a lot
         logits = net.eval().from_features(encode_all(net, x, "fp32"))
-    result = fit(net, METHODS.get("finetune"), hp, x, y, seed=0)
+    result = fit(net, METHODS.get("finetune"), hp, FitData(x, y), FitContext(seed=0))
     expected = float(F.cross_entropy(logits, y, label_smoothing=smoothing))
     other = float(F.cross_entropy(logits, y, label_smoothing=0.1 - smoothing))
-    assert math.isclose(result.history[0]["loss"], expected, rel_tol=1e-5)
-    assert not math.isclose(result.history[0]["loss"], other, rel_tol=1e-3)
+    assert math.isclose(result.history[0].loss, expected, rel_tol=1e-5)
+    assert not math.isclose(result.history[0].loss, other, rel_tol=1e-3)
 
 
 def test_gradient_clipping_bounds_every_step(synthetic_data, tiny_net) -> None:  # noqa: ANN001
@@ -318,7 +319,7 @@ def test_gradient_clipping_bounds_every_step(synthetic_data, tiny_net) -> None: 
         )
         net = tiny_net("finetune", hp)
         before = [p.detach().clone() for p in net.parameters()]
-        fit(net, METHODS.get("finetune"), hp, x, y, seed=0)
+        fit(net, METHODS.get("finetune"), hp, FitData(x, y), FitContext(seed=0))
         moved[clip] = float(torch.cat([(p.detach() - b).flatten() for p, b in zip(net.parameters(), before, strict=True)]).norm())
     bound = 5 * 0.1 * 1e-3  # 5 steps
     assert moved[1e-3] <= bound * 1.01
@@ -358,29 +359,34 @@ def test_evaluation_runs_in_inference_and_eval_mode(synthetic_data, tiny_net) ->
 
 
 def test_on_progress_gets_every_row_and_validation_accuracy_in_training(synthetic_data, tiny_net) -> None:  # noqa: ANN001
-    rows: list[dict] = []
     hp = HParams(steps=25, batch_size=64)
     x, y = synthetic_data.train_x[:200], synthetic_data.train_y[:200]
     val = (synthetic_data.train_x[200:300], synthetic_data.train_y[200:300])
-    seen: list[dict] = []
-    result = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, x, y, seed=0, val=val, on_progress=seen.append, probe=PROBE)
-    ticks = [r for r in seen if r.get("tick")]
-    rows = [r for r in seen if not r.get("tick")]
+    seen: list[HistoryRow] = []
+    result = fit(
+        tiny_net("sft", hp),
+        METHODS.get("sft"),
+        hp,
+        FitData(x, y, val=val),
+        FitContext(seed=0, on_progress=seen.append, probe=PROBE),
+    )
+    ticks = [r for r in seen if r.tick]
+    rows = [r for r in seen if not r.tick]
     # every step between two history rows is a tick: its step count for a live view, no figures, not history
-    assert [r["step"] for r in ticks] == [s for s in range(1, 26) if s % 3 and s != 25]
-    assert all(set(r) == {"phase", "step", "steps", "tick"} for r in ticks)
-    cv = [r for r in result.history if r["phase"] == "probe_cv"]
+    assert [r.step for r in ticks] == [s for s in range(1, 26) if s % 3 and s != 25]
+    assert all(set(r.to_dict()) == {"phase", "step", "steps", "tick"} for r in ticks)
+    cv = [r for r in result.history if r.phase == "probe_cv"]
     assert len(cv) == len(PROBE.l2_grid), "one cross-validation row per L2 strength"
-    assert rows == [r for r in result.history if r["phase"] != "probe_cv"], "on_progress sees every step row, the probe's too"
-    assert [r["phase"] for r in rows] == ["probe"] + ["train"] * 9
+    assert rows == [r for r in result.history if r.phase != "probe_cv"], "on_progress sees every step row, the probe's too"
+    assert [r.phase for r in rows] == ["probe"] + ["train"] * 9
     train_rows = rows[1:]
-    assert [r["step"] for r in train_rows] == [3, 6, 9, 12, 15, 18, 21, 24, 25]  # every ceil(25 / 10) steps, and the last
-    assert all(r["steps"] == 25 for r in train_rows)
+    assert [r.step for r in train_rows] == [3, 6, 9, 12, 15, 18, 21, 24, 25]  # every ceil(25 / 10) steps, and the last
+    assert all(r.steps == 25 for r in train_rows)
     # every batch is full (protocol v3): a pass of 200 continues into the next shuffled pass
     assert sum(n for n, _ in result.interval_seconds) == 25 * 64
     for r in train_rows:
-        assert {"loss", "train_accuracy", "val_accuracy"} <= r.keys()
-        assert 0.0 <= r["val_accuracy"] <= 1.0 and 0.0 <= r["train_accuracy"] <= 1.0
+        assert {"loss", "train_accuracy", "val_accuracy"} <= r.to_dict().keys()
+        assert 0.0 <= r.val_accuracy <= 1.0 and 0.0 <= r.train_accuracy <= 1.0
 
 
 def test_records_say_what_the_path_did(synthetic_data) -> None:  # noqa: ANN001
@@ -400,7 +406,7 @@ def test_records_say_what_the_path_did(synthetic_data) -> None:  # noqa: ANN001
 
 
 def test_k_fold_trial_scores_average_the_folds_and_continue_the_step_axis(synthetic_data) -> None:  # noqa: ANN001
-    rows: list[dict] = []
+    rows: list[HistoryRow] = []
     cfg = make_config(
         backbone="tiny",
         method="finetune",
@@ -414,11 +420,11 @@ def test_k_fold_trial_scores_average_the_folds_and_continue_the_step_axis(synthe
         cv_folds=3,
     )
     reads = synthetic_data.test_reads
-    rec = execute(cfg, synthetic_data, CPU, on_progress=rows.append)
+    rec = execute(cfg, synthetic_data, CPU, FitContext(on_progress=rows.append))
     assert synthetic_data.test_reads == reads
     folds = rec.fold_val_accuracy
     assert len(folds) == 3 and math.isclose(rec.val_accuracy, sum(folds) / 3)
-    assert [r["step"] for r in rows] == list(range(1, 13)) and {r["steps"] for r in rows} == {12}
+    assert [r.step for r in rows] == list(range(1, 13)) and {r.steps for r in rows} == {12}
     assert (
         cfg.run_id
         != make_config(
@@ -560,15 +566,15 @@ def test_fits_share_caches_only_when_given_them(synthetic_data, tiny_net) -> Non
     hp = HParams(steps=2, batch_size=64, lr=0.0)
     probe = PROBE
     spec = METHODS.get("sft")
-    alone = [fit(tiny_net("sft", hp), spec, hp, x, y, seed=0, probe=probe) for _ in range(2)]
+    alone = [fit(tiny_net("sft", hp), spec, hp, FitData(x, y), FitContext(seed=0, probe=probe)) for _ in range(2)]
     assert not any(r.probe_cache_hit or r.feature_cache_hits for r in alone)
     caches = Caches()
     nets = [tiny_net("sft", hp) for _ in range(2)]
-    shared = [fit(net, spec, hp, x, y, seed=0, probe=probe, caches=caches) for net in nets]
+    shared = [fit(net, spec, hp, FitData(x, y), FitContext(seed=0, probe=probe, caches=caches)) for net in nets]
     assert not shared[0].probe_cache_hit and shared[1].probe_cache_hit and shared[1].feature_cache_hits == 1
     assert caches.probes.hits == 1 and caches.features.hits == 1 and len(caches.features) == 1
     fresh = tiny_net("sft", hp)
-    fit(fresh, spec, hp, x, y, seed=0, probe=probe)
+    fit(fresh, spec, hp, FitData(x, y), FitContext(seed=0, probe=probe))
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in nets[1].state_dict().items())
     assert shared[1].history == alone[1].history
 

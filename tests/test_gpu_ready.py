@@ -18,6 +18,7 @@ import torch
 
 from bench.models.kinds import METHODS
 from bench.run_config import make_config
+from bench.train.context import FitContext, FitData
 from bench.train.run import execute
 
 CPU = torch.device("cpu")
@@ -82,7 +83,7 @@ def _run(data, method: str, overrides: dict, *, compile: bool | str = False, sta
         **kw,
     )
     assert spec.trains_backbone
-    return execute(cfg, data, CPU, compile=compile)
+    return execute(cfg, data, CPU, FitContext(compile=compile))
 
 
 def test_one_run_compiles_one_graph_and_every_step_runs_through_it(synthetic_data, counting: CountingBackend) -> None:  # noqa: ANN001
@@ -280,7 +281,7 @@ def test_the_step_loop_waits_for_the_device_only_at_its_history_rows(optimizer: 
 
         handle = register_optimizer_step_post_hook(step_done)
         try:
-            result = fit(net, METHODS.get("finetune"), hp, x, y, seed=0, val=val)
+            result = fit(net, METHODS.get("finetune"), hp, FitData(x, y, val=val), FitContext(seed=0))
         finally:
             handle.remove()
         tail = syncs.total - last[0]
@@ -412,7 +413,7 @@ def test_the_dataset_goes_to_the_device_once_per_owner(synthetic_data, monkeypat
     cfg = make_config(backbone="tiny", method="finetune", fraction=0.2, seed=0, resolution=32, device=CPU, data=synthetic_data,
                       overrides={"steps": 2, "batch_size": 32},
                       stage="trial", cv_folds=2, pool=(0, 1))  # fmt: skip
-    execute(cfg, synthetic_data, CPU, caches=caches)
+    execute(cfg, synthetic_data, CPU, FitContext(caches=caches))
     assert asked == [id(synthetic_data)] * 4 and moves == ["meta"]
 
 
@@ -457,7 +458,10 @@ def test_runs_sharing_an_owner_copy_the_backbone_and_give_the_same_record(synthe
                       overrides={"steps": 6, "batch_size": 32},
                       pretrained=False)  # fmt: skip
     caches = Caches()
-    a, b = execute(cfg, synthetic_data, CPU, caches=caches), execute(cfg, synthetic_data, CPU, caches=caches)
+    a, b = (
+        execute(cfg, synthetic_data, CPU, FitContext(caches=caches)),
+        execute(cfg, synthetic_data, CPU, FitContext(caches=caches)),
+    )
     alone = execute(cfg, synthetic_data, CPU)
     assert (caches.backbones.misses, caches.backbones.hits) == (1, 1)
     for rec in (a, b):

@@ -24,6 +24,7 @@ from bench.models.kinds import METHODS
 from bench.records import CacheCounts
 from bench.run_config import make_config
 from bench.train.caches import Caches
+from bench.train.context import FitContext, FitData
 from bench.train.evaluate import predict
 from bench.train.features import FeatureCache, encode_all
 from bench.train.fit import fit
@@ -214,7 +215,9 @@ def _fit(
     val = (data.train_x[split.val], data.train_y[split.val])
     precision = kw.pop("precision", "fp32")
     x, y = data.train_x[split.train], data.train_y[split.train]
-    r = fit(net, METHODS.get(method), cfg.hp, x, y, seed=0, precision=precision, val=val, caches=caches, **kw)
+    r = fit(
+        net, METHODS.get(method), cfg.hp, FitData(x, y, val=val), FitContext(seed=0, precision=precision, caches=caches, **kw)
+    )
     return r, net
 
 
@@ -229,12 +232,12 @@ def test_feature_cache_modes_train_the_same_model(data: object, method: str) -> 
     overrides = {"steps": 4}
     runs = {mode: _fresh(data, method, overrides, caches, feature_cache=mode) for mode in ("off", "trial", "shared")}
     again, _ = _fit(data, method, {**overrides, "lr": 0.01}, caches, feature_cache="shared")  # another trial of the cell
-    losses = {mode: [h["loss"] for h in r.history if "loss" in h] for mode, (r, _) in runs.items()}
+    losses = {mode: [h.loss for h in r.history if h.loss is not None] for mode, (r, _) in runs.items()}
     assert losses["off"] == pytest.approx(losses["trial"], rel=1e-5) and losses["trial"] == losses["shared"]
-    vals = {mode: [h.get("val_accuracy") for h in r.history if h["phase"] == "train"] for mode, (r, _) in runs.items()}
+    vals = {mode: [h.val_accuracy for h in r.history if h.phase == "train"] for mode, (r, _) in runs.items()}
     assert vals["off"] == vals["trial"] == vals["shared"]
     assert runs["shared"][0].feature_cache_hits == 0 and again.feature_cache_hits == 2  # train and val features
-    train_rows = [h for h in runs["off"][0].history if h["phase"] == "train"]
+    train_rows = [h for h in runs["off"][0].history if h.phase == "train"]
     assert len(runs["off"][0].interval_seconds) == len(train_rows) == 4
 
 
@@ -277,8 +280,8 @@ def test_precision_and_memory_format_train_and_predict(data: object, precision: 
     torch.manual_seed(0)
     net = build_model(cfg, 10).to(memory_format=fmt)
     x, y = data.train_x[:96], data.train_y[:96]
-    r = fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision)
-    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in r.history)
+    r = fit(net, METHODS.get("finetune"), cfg.hp, FitData(x, y), FitContext(seed=0, precision=precision))
+    assert all(torch.isfinite(torch.tensor(h.loss)) for h in r.history)
     probs = predict(net, data.train_x[:40], precision, batch=16)
     assert probs.shape == (40, 10) and probs.dtype == torch.float32
     assert torch.allclose(probs.sum(1), torch.ones(40), atol=1e-3)
@@ -299,7 +302,7 @@ def test_memory_format_does_not_change_the_model(data: object) -> None:
         )
         torch.manual_seed(0)
         net = build_model(cfg, 10).to(memory_format=fmt)
-        fit(net, METHODS.get("finetune"), cfg.hp, data.train_x[:64], data.train_y[:64], seed=0)
+        fit(net, METHODS.get("finetune"), cfg.hp, FitData(data.train_x[:64], data.train_y[:64]), FitContext(seed=0))
         outs.append(predict(net, data.train_x[:32], "fp32"))
     assert torch.allclose(outs[0], outs[1], atol=1e-4)
 
@@ -310,7 +313,7 @@ def test_compile_path_matches_eager(data: object) -> None:
     plain, net_a = _fit(data, "finetune", overrides)
     torch._dynamo.reset()
     compiled, net_b = _fit(data, "finetune", overrides, compile="eager")
-    assert [h["loss"] for h in compiled.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-4)
+    assert [h.loss for h in compiled.history] == pytest.approx([h.loss for h in plain.history], rel=1e-4)
     x = data.train_x[:16]
     assert torch.allclose(predict(net_a, x, "fp32"), predict(net_b, x, "fp32"), atol=1e-4)
     torch._dynamo.reset()
@@ -320,7 +323,7 @@ def test_execute_passes_compile_and_keeps_the_run_id(data: object) -> None:
     cfg = make_config(
         backbone="tiny", method="linear_probe", fraction=0.5, seed=0, resolution=32, overrides={"steps": 2}, device=CPU, data=data
     )
-    rec = execute(cfg, data, CPU, compile="eager")
+    rec = execute(cfg, data, CPU, FitContext(compile="eager"))
     assert rec.run_id == cfg.run_id and "compile" not in json.dumps(rec.config)
     torch._dynamo.reset()
 

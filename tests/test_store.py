@@ -23,12 +23,14 @@ import pytest
 import torch
 from test_postgres import GRID
 
+from bench.history import HistoryRow
 from bench.models.kinds import METHODS
 from bench.records import RunRecord
 from bench.run_config import RunConfig, make_config
 from bench.train.caches import Caches, feature_store_dir
+from bench.train.context import FitContext
 from bench.train.features import FeatureCache
-from bench.train.run import execute
+from bench.train.run import SaveTo, execute
 from bench.train.store import STORE_FAULT_ENV, FeatureStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +70,7 @@ def config(data, method: str, stage: str = "final", probe_of: RunConfig | None =
 
 
 def run(cfg: RunConfig, data, caches: Caches, preds: Path | None = None) -> RunRecord:  # noqa: ANN001
-    return execute(cfg, data, CPU, caches=caches, save_predictions=preds)
+    return execute(cfg, data, CPU, FitContext(caches=caches), SaveTo(predictions=preds))
 
 
 def same(a: RunRecord, b: RunRecord) -> None:
@@ -138,17 +140,19 @@ import sys, torch
 from bench.train.run import execute, get_data
 from bench.run_config import make_config
 from bench.train.caches import Caches
+from bench.train.context import FitContext
 from bench.train.store import FeatureStore
 torch.set_num_threads(1)
 data = get_data(sys.argv[1])
 cfg = make_config(backbone="tiny", method="linear_probe", fraction=0.2, seed=0, resolution=32,
                   device=torch.device("cpu"), data=data, overrides={"steps": 3})
-execute(cfg, data, torch.device("cpu"), caches=Caches(store=FeatureStore(sys.argv[2])))
+execute(cfg, data, torch.device("cpu"), FitContext(caches=Caches(store=FeatureStore(sys.argv[2]))))
 """
 
 WRITER = """
 import sys, torch
 from bench.train.store import FeatureStore
+from bench.train.context import FitContext
 torch.manual_seed(0)
 FeatureStore(sys.argv[1]).save_features("k" * 64, torch.randn(3000, 64))
 """
@@ -211,7 +215,7 @@ def test_damaged_files_are_misses_and_are_rewritten(tmp_path: Path, tiny_net, sy
         assert not hit and torch.equal(again, feats)
         assert path.read_bytes() == good  # rewritten whole
     assert store.counts.rejected == 12
-    state, rows = {"weight": torch.randn(10, 8), "bias": torch.randn(10)}, [{"phase": "train", "loss": 0.5}]
+    state, rows = {"weight": torch.randn(10, 8), "bias": torch.randn(10)}, [HistoryRow(phase="train", loss=0.5)]
     store.save_probe("p" * 64, state, rows)
     whole = store.probe_path("p" * 64).read_bytes()
     for damage in (whole[: len(whole) // 2], b"", whole[:-30], bytes(len(whole))):

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.cli.errors import fail
+from bench.history import HistoryRow
 from bench.models.hparams import MAX_BATCH, MAX_STEPS
 from bench.registry import UserError, check_path, check_writable
 
@@ -243,36 +244,34 @@ def _train(cfg: Any, data: Any, dev: Any, opts: RunOptions, caches: Any) -> Any:
     """Train with a progress bar per phase; divergence and Ctrl-C end the command with nothing written."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from bench.train.context import FitContext
     from bench.train.loop import Diverged
-    from bench.train.run import execute
+    from bench.train.run import SaveTo, execute
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=_console()) as bar:
         tasks: dict[str, Any] = {}
 
-        def on_progress(row: dict) -> None:
+        def on_progress(row: HistoryRow) -> None:
             """One bar per phase (probe, train), advanced at each history row."""
-            phase = row["phase"]
+            phase = row.phase
             if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=row["steps"], info="")
-            if row.get("tick"):  # a step between history rows: the count moves, the figures stay
-                bar.update(tasks[phase], completed=row["step"])
+                tasks[phase] = bar.add_task(phase, total=row.steps, info="")
+            if row.tick:  # a step between history rows: the count moves, the figures stay
+                bar.update(tasks[phase], completed=row.step)
                 return
-            info = f"loss {row['loss']:.3f}  train acc {row['train_accuracy']:.3f}"
-            if "val_accuracy" in row:
-                info += f"  val acc {row['val_accuracy']:.3f}"
-            bar.update(tasks[phase], completed=row["step"], info=info)
+            info = f"loss {row.loss:.3f}  train acc {row.train_accuracy:.3f}"
+            if row.val_accuracy is not None:
+                info += f"  val acc {row.val_accuracy:.3f}"
+            bar.update(tasks[phase], completed=row.step, info=info)
 
         try:
             return execute(
                 cfg,
                 data,
                 dev,
-                on_progress=on_progress,
-                save_predictions=opts.save_predictions,
-                save_model=opts.save_model,
-                compile=opts.compile(),
-                caches=caches,
+                FitContext(on_progress=on_progress, compile=opts.compile(), caches=caches),
+                SaveTo(predictions=opts.save_predictions, model=opts.save_model),
             )
         except UserError as exc:
             fail(str(exc))

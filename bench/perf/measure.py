@@ -19,6 +19,7 @@ from torch import nn
 
 from bench.budget import REPORTS, report_interval
 from bench.data import Cifar10, label_split
+from bench.history import HistoryRow
 from bench.models.backbones import get_backbone
 from bench.models.hparams import HParams
 from bench.models.kinds import METHODS
@@ -28,6 +29,7 @@ from bench.perf.rows import PerfRow, RowId, measured
 from bench.perf.settings import ARTICLE_BATCH, FORMATS, FORWARD_BATCHES, PerfCase, PerfSettings
 from bench.run_config import RunConfig, make_config
 from bench.train.caches import Caches
+from bench.train.context import FitContext, FitData
 from bench.train.device import autocast, eval_batch, sync
 from bench.train.evaluate import predict
 from bench.train.fit import fit
@@ -216,8 +218,8 @@ class Bench:
         y = self.data.train_y[:n].to(dev)
         ends: list[float] = []  # when each history row arrived (the engine has synced the device by then)
 
-        def progress(row: dict) -> None:
-            if row.get("tick"):
+        def progress(row: HistoryRow) -> None:
+            if row.tick:
                 return  # a live view's step count between history rows: not an interval end
             ends.append(time.perf_counter())
             if len(ends) > s.intervals:
@@ -225,7 +227,7 @@ class Bench:
 
         try:
             kw = dict(on_progress=progress, compile=s.compile, caches=self.caches)
-            fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision, **kw)
+            fit(net, METHODS.get("finetune"), cfg.hp, FitData(x, y), FitContext(seed=0, precision=precision, **kw))
         except _Enough:
             pass
         return [(n, b - a) for a, b in pairwise(ends)]
@@ -265,7 +267,7 @@ class Bench:
         sync(self.device)
         t0 = time.perf_counter()
         kw = dict(val=val, feature_cache=mode, probe=cfg.probe, caches=self.caches)
-        r = fit(net, METHODS.get(cfg.method), hp, *train, seed=0, precision=self.suite_precision, **kw)
+        r = fit(net, METHODS.get(cfg.method), hp, FitData(*train), FitContext(seed=0, precision=self.suite_precision, **kw))
         sync(self.device)
         return r, time.perf_counter() - t0
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.budget import REPORTS
+from bench.history import HistoryRow
 from bench.models.hparams import HParams
 
 CACHE_ENV = "SFT_BENCH_RATE_CACHE"
@@ -129,6 +130,7 @@ def measure_rates(
     row, which trains only heads on cached features): the forward rate only."""
     from bench.models.kinds import METHODS
     from bench.run_config import RunConfig
+    from bench.train.context import FitContext, FitData
     from bench.train.device import eval_batch
     from bench.train.features import encode_all
     from bench.train.fit import fit
@@ -155,15 +157,21 @@ def measure_rates(
     if train:
         ends: list[float] = []
 
-        def progress(row: dict) -> None:
-            if row.get("tick"):
+        def progress(row: HistoryRow) -> None:
+            if row.tick:
                 return  # a step between history rows: not an interval's end
             ends.append(time.perf_counter())  # the loop has synced the device by then
             if len(ends) > INTERVALS:
                 raise _Measured
 
         try:
-            fit(net, METHODS.get("finetune"), hp, x, y, seed=0, precision=precision, on_progress=progress, compile=compile)
+            fit(
+                net,
+                METHODS.get("finetune"),
+                hp,
+                FitData(x, y),
+                FitContext(seed=0, precision=precision, on_progress=progress, compile=compile),
+            )
         except _Measured:
             pass
         rate = n / statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))

@@ -38,6 +38,7 @@ from optuna.trial import TrialState
 
 from bench.data import Cifar10
 from bench.files import atomic_write, temp_path
+from bench.history import HistoryRow
 from bench.records import CacheCounts, Cell, GridStatus, RunRecord
 from bench.run_config import RunConfig
 from bench.sweep.claims import (
@@ -62,9 +63,10 @@ from bench.sweep.storage import is_url, open_storage, storage_location
 from bench.sweep.studies import ensure_study, finals_attrs, search_attrs
 from bench.train.caches import Caches
 from bench.train.compiling import compile_spec, graph_count
+from bench.train.context import FitContext
 from bench.train.loop import Diverged
 from bench.train.meter import BackboneMeter
-from bench.train.run import execute, write_record
+from bench.train.run import SaveTo, execute, write_record
 
 
 class Progress(Protocol):
@@ -72,7 +74,7 @@ class Progress(Protocol):
 
     def status(self, status: GridStatus) -> None: ...
     def item_start(self, item: WorkItem) -> None: ...
-    def epoch(self, row: dict) -> None: ...
+    def epoch(self, row: HistoryRow) -> None: ...
     def item_end(self, item: WorkItem, outcome: str) -> None: ...
     def log(self, message: str) -> None: ...
 
@@ -86,7 +88,7 @@ class NullProgress:
     def item_start(self, item: WorkItem) -> None:
         pass
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: HistoryRow) -> None:
         pass
 
     def item_end(self, item: WorkItem, outcome: str) -> None:
@@ -271,8 +273,8 @@ class Sweep(Grid):
         self.executed.append(item)
         self._test_fault(item.kind)
 
-    def _on_progress(self, row: dict) -> None:
-        self.heartbeat.progress = f"{row['phase']} {row['step']}/{row['steps']}"
+    def _on_progress(self, row: HistoryRow) -> None:
+        self.heartbeat.progress = f"{row.phase} {row.step}/{row.steps}"
         self.progress.epoch(row)
         self.heartbeat.check()  # a claim we could not keep alive (or someone took over) is not ours to finish
 
@@ -320,19 +322,20 @@ class Sweep(Grid):
     def _train_trial(self, item: WorkItem, study: optuna.Study, trial: optuna.Trial, cfg: RunConfig) -> None:
         """Train the trial, reporting validation accuracy to the pruner; tell Optuna the outcome."""
 
-        def on_progress(row: dict) -> None:
+        def on_progress(row: HistoryRow) -> None:
             self._on_progress(row)
-            if row["phase"] == "train" and "val_accuracy" in row:
-                trial.report(row["val_accuracy"], row["step"])
+            if row.phase == "train" and row.val_accuracy is not None:
+                trial.report(row.val_accuracy, row.step)
                 if trial.should_prune():
-                    raise optuna.TrialPruned(
-                        f"{self.exp.search.pruner} at step {row['step']} (val acc {row['val_accuracy']:.4f})"
-                    )
+                    raise optuna.TrialPruned(f"{self.exp.search.pruner} at step {row.step} (val acc {row.val_accuracy:.4f})")
 
         meter, before = BackboneMeter(), self.caches.counts()
         try:
             rec = execute(
-                cfg, self.data, self.device, on_progress=on_progress, compile=self.exp.compile, caches=self.caches, meter=meter
+                cfg,
+                self.data,
+                self.device,
+                FitContext(on_progress=on_progress, compile=self.exp.compile, caches=self.caches, meter=meter),
             )
         except optuna.TrialPruned as exc:
             self._tell_pruned(item, study, trial, meter, before, ("pruned_by", str(exc)), f"pruned ({exc})")
@@ -414,10 +417,8 @@ class Sweep(Grid):
                 cfg,
                 self.data,
                 self.device,
-                on_progress=self._on_progress,
-                save_predictions=tmp,
-                compile=self.exp.compile,
-                caches=self.caches,
+                FitContext(on_progress=self._on_progress, compile=self.exp.compile, caches=self.caches),
+                SaveTo(predictions=tmp),
             )
             atomic_write(final, lambda f: _gzip_into(tmp, f))
         except OSError as exc:  # a full disk: name the file being written, not the temporary CSV it is made from

@@ -20,6 +20,7 @@ import torch
 from bench.budget import MIN_STEPS
 from bench.data import Cifar10, cv_folds, label_split
 from bench.files import atomic_write
+from bench.history import HistoryRow
 from bench.models.backbones import BackboneCache, build_backbone, get_backbone
 from bench.models.hparams import ARTICLE_NORMALISATION
 from bench.models.kinds import METHODS
@@ -29,6 +30,7 @@ from bench.records import Provenance, RunRecord
 from bench.run_config import RunConfig
 from bench.train.caches import Caches
 from bench.train.compiling import graph_count
+from bench.train.context import FitContext, FitData
 from bench.train.evaluate import Scores, classification_metrics, predict
 from bench.train.fit import fit
 from bench.train.loop import FitResult
@@ -99,18 +101,12 @@ class FoldResult:
     eval_seconds: float
 
 
-def run_fold(
-    cfg: RunConfig,
-    data: Cifar10,
-    device: torch.device,
-    fold: Fold,
-    progress: Callable[[dict], None] | None,
-    compile: bool | str,
-    caches: Caches,
-    meter: BackboneMeter | None = None,
-) -> FoldResult:
+def run_fold(cfg: RunConfig, data: Cifar10, fold: Fold, ctx: FitContext, device: torch.device) -> FoldResult:
     """Build the model, train it on the fold's training images, and score it on its validation
-    images (or on the test set: the only place a final run reads it)."""
+    images (or on the test set: the only place a final run reads it). `ctx` gives the caches (set),
+    progress, compile and meter; the fold's seed and the config's precision and probe go into it here."""
+    caches, meter = ctx.caches, ctx.meter
+    assert caches is not None, "a run's context has its caches"
     torch.manual_seed(fold.seed)
     net = build_model(cfg, data.num_classes, caches.backbones).to(device).to(memory_format=torch.channels_last)
     # the dataset is on the device once per owner; a fold's images are a gather there
@@ -120,21 +116,7 @@ def run_fold(
     x, y = resident.train_x[train_idx], resident.train_y[train_idx]
     val = None if val_idx is None else (resident.train_x[val_idx], resident.train_y[val_idx])
     spec = METHODS.get(cfg.method)
-    result = fit(
-        net,
-        spec,
-        cfg.hp,
-        x,
-        y,
-        seed=fold.seed,
-        precision=cfg.precision,
-        val=val,
-        on_progress=progress,
-        compile=compile,
-        probe=cfg.probe,
-        caches=caches,
-        meter=meter,
-    )
+    result = fit(net, spec, cfg.hp, FitData(x, y, val), replace(ctx, seed=fold.seed, precision=cfg.precision, probe=cfg.probe))
     t0 = time.perf_counter()
     if val is None:
         ex, ey = resident.test()  # counted on `data` (Cifar10.test)
@@ -156,45 +138,51 @@ def execute(
     cfg: RunConfig,
     data: Cifar10,
     device: torch.device,
-    *,
-    on_progress: Callable[[dict], None] | None = None,
-    save_predictions: Path | None = None,
-    save_model: Path | None = None,
-    compile: bool | str = False,
-    caches: Caches | None = None,
-    meter: BackboneMeter | None = None,
+    ctx: FitContext | None = None,
+    save: SaveTo | None = None,
 ) -> RunRecord:
     """Train and evaluate one run; return its record.
 
-    `compile` (torch.compile for the end-to-end phase) changes speed, not the result, so
-    it is not part of the RunConfig or its run id. `caches`: the feature and probe caches
-    shared with the owner's other runs (a sweep's); default: fresh ones, private to this
-    run (the same record, less reuse). `meter`: counts the images through the backbone (the
-    record's `backbone_images`; pass one to read the count of a run that raises, as a pruned
-    trial does). Process settings (cuDNN's kernel search) are the
+    `ctx`: how it runs (its `on_progress`, `compile`, `caches`, `meter`; the seed, precision and probe
+    are the config's). `compile` (torch.compile for the end-to-end phase) changes speed, not the
+    result, so it is not part of the RunConfig or its run id. `caches`: the feature and probe caches
+    shared with the owner's other runs (a sweep's); default: fresh ones, private to this run (the
+    same record, less reuse). `meter`: counts the images through the backbone (the record's
+    `backbone_images`; pass one to read the count of a run that raises, as a pruned trial does).
+    `save`: where the predictions and the model go. Process settings (cuDNN's kernel search) are the
     entry point's (bench/cli/__init__.py, configure_runtime), not made here.
     """
     wall0 = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    caches = Caches() if caches is None else caches
-    meter = BackboneMeter() if meter is None else meter
+    ctx = ctx or FitContext()
+    meter = BackboneMeter() if ctx.meter is None else ctx.meter
+    ctx = replace(ctx, caches=Caches() if ctx.caches is None else ctx.caches, meter=meter)
     before, graphs = meter.images, graph_count()
     folds = run_folds(cfg, data)
     k = len(folds)
     done: list[FoldResult] = []
     for j, fold in enumerate(folds):
         # fold j's rows continue the step count of the folds before it: one axis for the pruner
-        progress = None if on_progress is None else _fold_rows(on_progress, j, k)
-        done.append(run_fold(cfg, data, device, fold, progress, compile, caches, meter))
+        progress = None if ctx.on_progress is None else _fold_rows(ctx.on_progress, j, k)
+        done.append(run_fold(cfg, data, fold, replace(ctx, on_progress=progress), device))
     record = _record(cfg, data, device, folds, done, time.perf_counter() - wall0)
     record = replace(record, backbone_images=meter.images - before, compiled_graphs=graph_count() - graphs)
     last = done[-1]
-    if save_predictions is not None:
-        write_predictions(save_predictions, last.probs, last.labels, data.classes)
-    if save_model is not None:
-        save_checkpoint(save_model, last.net, cfg, data.classes)
+    if save is not None and save.predictions is not None:
+        write_predictions(save.predictions, last.probs, last.labels, data.classes)
+    if save is not None and save.model is not None:
+        save_checkpoint(save.model, last.net, cfg, data.classes)
     return record
+
+
+@dataclass(frozen=True)
+class SaveTo:
+    """Where a run's outputs beside its record go (None: not written): its test predictions (CSV) and
+    its trained model (a checkpoint)."""
+
+    predictions: Path | None = None
+    model: Path | None = None
 
 
 def _record(
@@ -205,7 +193,7 @@ def _record(
     spec = METHODS.get(cfg.method)
     # a final run is scored once, on the test set; a trial on its validation fold(s), averaged
     trial, scores = cfg.stage == "trial", [d.scores for d in done]
-    history = [dict(r, fold=j) if k > 1 else r for j, d in enumerate(done) for r in d.fit.history]
+    history = [(r.in_fold(j) if k > 1 else r).to_dict() for j, d in enumerate(done) for r in d.fit.history]
     result = done[-1].fit
     n_eval = len(done[-1].labels)
     train_seconds = sum(d.fit.train_seconds for d in done)
@@ -259,13 +247,14 @@ def save_checkpoint(path: Path, net: torch.nn.Module, cfg: RunConfig, classes: t
     atomic_write(path, lambda f: torch.save(blob, f))
 
 
-def _fold_rows(on_progress: Callable[[dict], None], fold: int, folds: int) -> Callable[[dict], None]:
+def _fold_rows(on_progress: Callable[[HistoryRow], None], fold: int, folds: int) -> Callable[[HistoryRow], None]:
     """`on_progress` for fold `fold`: its rows say their fold and count steps on from the folds before."""
     if folds == 1:
         return on_progress
 
-    def forward(row: dict) -> None:
-        on_progress({**row, "fold": fold, "step": fold * row["steps"] + row["step"], "steps": folds * row["steps"]})
+    def forward(row: HistoryRow) -> None:
+        assert row.step is not None and row.steps is not None, "progress rows count steps"
+        on_progress(replace(row, fold=fold, step=fold * row.steps + row.step, steps=folds * row.steps))
 
     return forward
 
