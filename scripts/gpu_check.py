@@ -50,7 +50,7 @@ from bench.models.backbones import get_backbone, input_resolution  # noqa: E402
 from bench.models.hparams import HParams  # noqa: E402
 from bench.models.kinds import METHODS  # noqa: E402
 from bench.train.caches import Caches  # noqa: E402
-from bench.train.compiling import graph_count  # noqa: E402
+from bench.train.compiling import compile_spec, graph_count  # noqa: E402
 from bench.train.context import FitContext, FitData  # noqa: E402
 from bench.train.device import Numerics, configure_numerics, sync  # noqa: E402
 
@@ -130,7 +130,11 @@ def fit_rates(
         torch.cuda.reset_peak_memory_stats(check.device)
     graphs = graph_count()
     result = fit(
-        net, METHODS.get("finetune"), cfg.hp, FitData(x, y), FitContext(seed=0, precision=cfg.precision, compile=compile)
+        net,
+        METHODS.get("finetune"),
+        cfg.hp,
+        FitData(x, y),
+        FitContext(seed=0, precision=cfg.precision, compile=compile_spec(compile)),
     )
     rates = [images / seconds for images, seconds in result.interval_seconds[1:]]
     return {

@@ -18,6 +18,7 @@ import torch
 
 from bench.models.kinds import METHODS
 from bench.run_config import make_config
+from bench.train.compiling import compile_spec
 from bench.train.context import FitContext, FitData
 from bench.train.run import execute
 
@@ -83,7 +84,7 @@ def _run(data, method: str, overrides: dict, *, compile: bool | str = False, sta
         **kw,
     )
     assert spec.trains_backbone
-    return execute(cfg, data, CPU, FitContext(compile=compile))
+    return execute(cfg, data, CPU, FitContext(compile=compile_spec(compile)))
 
 
 def test_one_run_compiles_one_graph_and_every_step_runs_through_it(synthetic_data, counting: CountingBackend) -> None:  # noqa: ANN001

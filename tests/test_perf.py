@@ -24,6 +24,7 @@ from bench.models.kinds import METHODS
 from bench.records import CacheCounts
 from bench.run_config import make_config
 from bench.train.caches import Caches
+from bench.train.compiling import compile_spec
 from bench.train.context import FitContext, FitData
 from bench.train.evaluate import predict
 from bench.train.features import FeatureCache, encode_all
@@ -312,7 +313,7 @@ def test_compile_path_matches_eager(data: object) -> None:
     overrides = {"steps": 4, "batch_size": 32}
     plain, net_a = _fit(data, "finetune", overrides)
     torch._dynamo.reset()
-    compiled, net_b = _fit(data, "finetune", overrides, compile="eager")
+    compiled, net_b = _fit(data, "finetune", overrides, compile=compile_spec("eager"))
     assert [h.loss for h in compiled.history] == pytest.approx([h.loss for h in plain.history], rel=1e-4)
     x = data.train_x[:16]
     assert torch.allclose(predict(net_a, x, "fp32"), predict(net_b, x, "fp32"), atol=1e-4)
@@ -323,7 +324,7 @@ def test_execute_passes_compile_and_keeps_the_run_id(data: object) -> None:
     cfg = make_config(
         backbone="tiny", method="linear_probe", fraction=0.5, seed=0, resolution=32, overrides={"steps": 2}, device=CPU, data=data
     )
-    rec = execute(cfg, data, CPU, FitContext(compile="eager"))
+    rec = execute(cfg, data, CPU, FitContext(compile=compile_spec("eager")))
     assert rec.run_id == cfg.run_id and "compile" not in json.dumps(rec.config)
     torch._dynamo.reset()
 

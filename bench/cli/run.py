@@ -244,6 +244,7 @@ def _train(cfg: Any, data: Any, dev: Any, opts: RunOptions, caches: Any) -> Any:
     """Train with a progress bar per phase; divergence and Ctrl-C end the command with nothing written."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from bench.train.compiling import compile_spec
     from bench.train.context import FitContext
     from bench.train.loop import Diverged
     from bench.train.run import SaveTo, execute
@@ -270,7 +271,7 @@ def _train(cfg: Any, data: Any, dev: Any, opts: RunOptions, caches: Any) -> Any:
                 cfg,
                 data,
                 dev,
-                FitContext(on_progress=on_progress, compile=opts.compile(), caches=caches),
+                FitContext(on_progress=on_progress, compile=compile_spec(opts.compile()), caches=caches),
                 SaveTo(predictions=opts.save_predictions, model=opts.save_model),
             )
         except UserError as exc:

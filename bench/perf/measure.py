@@ -29,6 +29,7 @@ from bench.perf.rows import PerfRow, RowId, measured
 from bench.perf.settings import ARTICLE_BATCH, FORMATS, FORWARD_BATCHES, PerfCase, PerfSettings
 from bench.run_config import RunConfig, make_config
 from bench.train.caches import Caches
+from bench.train.compiling import compile_spec
 from bench.train.context import FitContext, FitData
 from bench.train.device import autocast, eval_batch, sync
 from bench.train.evaluate import predict
@@ -226,7 +227,7 @@ class Bench:
                 raise _Enough
 
         try:
-            kw = dict(on_progress=progress, compile=s.compile, caches=self.caches)
+            kw = dict(on_progress=progress, compile=compile_spec(s.compile), caches=self.caches)
             fit(net, METHODS.get("finetune"), cfg.hp, FitData(x, y), FitContext(seed=0, precision=precision, **kw))
         except _Enough:
             pass
@@ -266,8 +267,8 @@ class Bench:
         net = self.net(cfg)
         sync(self.device)
         t0 = time.perf_counter()
-        kw = dict(val=val, feature_cache=mode, probe=cfg.probe, caches=self.caches)
-        r = fit(net, METHODS.get(cfg.method), hp, FitData(*train), FitContext(seed=0, precision=self.suite_precision, **kw))
+        ctx = FitContext(seed=0, precision=self.suite_precision, feature_cache=mode, probe=cfg.probe, caches=self.caches)
+        r = fit(net, METHODS.get(cfg.method), hp, FitData(*train, val=val), ctx)
         sync(self.device)
         return r, time.perf_counter() - t0
 

@@ -130,6 +130,7 @@ def measure_rates(
     row, which trains only heads on cached features): the forward rate only."""
     from bench.models.kinds import METHODS
     from bench.run_config import RunConfig
+    from bench.train.compiling import compile_spec
     from bench.train.context import FitContext, FitData
     from bench.train.device import eval_batch
     from bench.train.features import encode_all
@@ -170,7 +171,7 @@ def measure_rates(
                 METHODS.get("finetune"),
                 hp,
                 FitData(x, y),
-                FitContext(seed=0, precision=precision, on_progress=progress, compile=compile),
+                FitContext(seed=0, precision=precision, on_progress=progress, compile=compile_spec(compile)),
             )
         except _Measured:
             pass

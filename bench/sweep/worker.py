@@ -335,7 +335,7 @@ class Sweep(Grid):
                 cfg,
                 self.data,
                 self.device,
-                FitContext(on_progress=on_progress, compile=self.exp.compile, caches=self.caches, meter=meter),
+                FitContext(on_progress=on_progress, compile=compile_spec(self.exp.compile), caches=self.caches, meter=meter),
             )
         except optuna.TrialPruned as exc:
             self._tell_pruned(item, study, trial, meter, before, ("pruned_by", str(exc)), f"pruned ({exc})")
@@ -417,7 +417,7 @@ class Sweep(Grid):
                 cfg,
                 self.data,
                 self.device,
-                FitContext(on_progress=self._on_progress, compile=self.exp.compile, caches=self.caches),
+                FitContext(on_progress=self._on_progress, compile=compile_spec(self.exp.compile), caches=self.caches),
                 SaveTo(predictions=tmp),
             )
             atomic_write(final, lambda f: _gzip_into(tmp, f))

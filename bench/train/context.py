@@ -18,6 +18,7 @@ import torch
 
 from bench.history import HistoryRow
 from bench.models.hparams import ProbeSpec
+from bench.train.compiling import CompileSpec
 
 if TYPE_CHECKING:
     from bench.train.caches import Caches
@@ -44,8 +45,8 @@ class FitContext:
     the images' device). `precision`: "fp32" or "bf16" autocast. `probe`: the linear probe's settings
     (linear_probe and the probe-initialised methods; None: `ProbeSpec()`). `caches`: the feature and
     probe caches shared with other fits (None: fresh ones, private to this fit; the model is the same
-    either way). `on_progress` sees every history row and a tick per step. `compile`: True (inductor),
-    a torch.compile mode or a backend name for the encoder of the end-to-end phase; speed only.
+    either way). `on_progress` sees every history row and a tick per step. `compile`: how the encoder of
+    the end-to-end phase is compiled (None: not; `compile_spec` reads the `--compile` setting); speed only.
     `feature_cache`: where frozen-backbone features come from: "shared" (the caches'), "trial"
     (computed once in this fit) or "off" (the backbone again on every batch); the same model, only
     the time differs. `meter` counts the images through the backbone.
@@ -56,7 +57,7 @@ class FitContext:
     probe: ProbeSpec | None = None
     caches: Caches | None = None
     on_progress: Callable[[HistoryRow], None] | None = None
-    compile: bool | str = False
+    compile: CompileSpec | None = None
     feature_cache: str = "shared"
     meter: BackboneMeter | None = None
     generator: torch.Generator | None = None

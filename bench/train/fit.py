@@ -27,7 +27,7 @@ Speed (measured in docs/speed.md, `python cli.py perf`):
   adapter, the precision and the images, so the trials of one sweep cell encode their images
   once, not once per trial (nor once per worker)
   (`feature_cache="trial"` recomputes per fit, `"off"` on every batch: the baselines);
-- `compile=True` (or a mode such as "reduce-overhead", or a backend name) runs the encoder (input
+- `FitContext.compile` (the `compile_spec` of True, a mode such as "reduce-overhead", or a backend name) runs the encoder (input
   adapter and backbone) of the end-to-end phase through `torch.compile` (bench/train/compiling.py:
   one graph per backbone, resolution, batch, precision and BatchNorm policy, reused by every trial),
   compiled in a warm-up outside `train_seconds`; it changes speed, not the protocol, so it is not
@@ -48,7 +48,7 @@ from bench.models.kinds import MethodSpec
 from bench.models.methods import Net, out_features
 from bench.run_config import check_fit
 from bench.train.caches import Caches
-from bench.train.compiling import compile_encoder, compile_spec, warm_up
+from bench.train.compiling import compile_encoder, warm_up
 from bench.train.context import FitContext, FitData
 from bench.train.evaluate import predict
 from bench.train.features import encode_all
@@ -191,7 +191,7 @@ def _end_to_end(run: _Fit, hp: HParams, ctx: FitContext) -> Callable[[torch.Tens
     """The forward pass of a batch through the whole network (augmented when hp says so), its encoder
     compiled when `ctx.compile` asks (compiled and warmed up here, outside the timed steps)."""
     net, x = run.net, run.data.x
-    how = compile_spec(ctx.compile)
+    how = ctx.compile
     encode = net.encode if how is None else compile_encoder(net, how)
 
     def batch(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:

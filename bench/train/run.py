@@ -222,7 +222,7 @@ def _record(
         probe_steps=result.probe_steps,
         min_steps=0 if spec.is_probe else MIN_STEPS,  # the probe has no step budget (protocol v3)
         augment=result.augmented,
-        bn=cfg.hp.bn if spec.trains_backbone else "frozen",
+        bn=str(cfg.hp.bn) if spec.trains_backbone else "frozen",
         probe_cache_hit=any(d.fit.probe_cache_hit for d in done),
         probe_l2=result.probe_l2,
         probe_converged=None if result.probe_converged is None else all(d.fit.probe_converged for d in done),
