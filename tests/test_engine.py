@@ -31,7 +31,7 @@ from bench.train.features import encode_all
 from bench.train.fit import fit
 from bench.train.loop import Diverged, lr_factor
 from bench.train.probe import fit_probe
-from bench.train.run import execute
+from bench.train.run import SaveTo, execute
 
 CPU = torch.device("cpu")
 
@@ -92,7 +92,8 @@ def run(
         precision=precision,
         probe=probe if METHODS.get(method).probe_init or METHODS.get(method).is_probe else None,
     )
-    return execute(cfg, data, CPU, FitContext(**kw))
+    save = SaveTo(model=kw.pop("save_model")) if "save_model" in kw else None
+    return execute(cfg, data, CPU, FitContext(**kw), save)
 
 
 @contextmanager
