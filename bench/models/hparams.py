@@ -46,7 +46,7 @@ class HParams:
     augment: bool = True  # crop + flip; only paths that train on images can (frozen rows: false)
     backbone_lr_mult: float = 1.0  # lr of the backbone relative to lr (methods that train it: > 0)
     bn: BnPolicy = BnPolicy.FROZEN  # BatchNorm of a trained backbone: frozen (pretrained statistics) | train (batch statistics)
-    branch_width: int = 256  # sft-mlp hidden units, sft-side channels
+    branch_width: int = 256  # sft-mlp's hidden units; sft-side's first convolution has max(8, branch_width // 8) channels
 
     def __post_init__(self) -> None:
         self._check_types()
