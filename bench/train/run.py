@@ -99,6 +99,7 @@ class FoldResult:
     labels: torch.Tensor
     scores: Scores
     eval_seconds: float
+    n_train: int  # the images it trained on
 
 
 def run_fold(cfg: RunConfig, data: Cifar10, fold: Fold, ctx: FitContext, device: torch.device) -> FoldResult:
@@ -131,7 +132,8 @@ def run_fold(cfg: RunConfig, data: Cifar10, fold: Fold, ctx: FitContext, device:
         result.feature_cache_hits += int(hit)
     probs = predict(net, ex, cfg.precision, feats=feats, meter=meter)
     seconds = time.perf_counter() - t0
-    return FoldResult(net, result, probs, ey, classification_metrics(probs, ey, data.num_classes), seconds)
+    scores = classification_metrics(probs, ey, data.num_classes)
+    return FoldResult(net, result, probs, ey, scores, seconds, len(fold.train))
 
 
 def execute(
@@ -166,7 +168,7 @@ def execute(
         # fold j's rows continue the step count of the folds before it: one axis for the pruner
         progress = None if ctx.on_progress is None else _fold_rows(ctx.on_progress, j, k)
         done.append(run_fold(cfg, data, fold, replace(ctx, on_progress=progress), device))
-    record = _record(cfg, data, device, folds, done, time.perf_counter() - wall0)
+    record = _record(cfg, data, device, done, time.perf_counter() - wall0)
     record = replace(record, backbone_images=meter.images - before, compiled_graphs=graph_count() - graphs)
     last = done[-1]
     if save is not None and save.predictions is not None:
@@ -185,9 +187,7 @@ class SaveTo:
     model: Path | None = None
 
 
-def _record(
-    cfg: RunConfig, data: Cifar10, device: torch.device, folds: list[Fold], done: list[FoldResult], wall_seconds: float
-) -> RunRecord:
+def _record(cfg: RunConfig, data: Cifar10, device: torch.device, done: list[FoldResult], wall_seconds: float) -> RunRecord:
     """The run's record from its folds: metrics (a trial's averaged over folds), counts, timings, provenance."""
     k = len(done)
     spec = METHODS.get(cfg.method)
@@ -216,7 +216,7 @@ def _record(
         val_macro_f1=sum(s.macro_f1 for s in scores) / k if trial else None,
         fold_val_accuracy=[s.accuracy for s in scores] if trial and k > 1 else None,
         classes=list(data.classes),
-        n_train=len(folds[0].train),
+        n_train=done[0].n_train,
         n_eval=n_eval,
         steps=result.steps,
         probe_steps=result.probe_steps,
