@@ -20,6 +20,7 @@ from typing import Any
 from bench.models.hparams import MAX_STEPS
 from bench.names import RECIPES
 from bench.registry import UserError, did_you_mean
+from bench.run_config import PRECISIONS as RUN_PRECISIONS
 
 SEARCH_MODES = ("pooled", "per_seed", "shared")
 FIRST_TRIALS = ("defaults", "sampled")
@@ -32,7 +33,7 @@ V1_SEARCH_KEYS = {
     "epochs": "epochs are not searched in protocol v2 (budgets are steps): remove search.epochs",
     "min_epochs": "epochs are not searched in protocol v2 (budgets are steps): remove search.min_epochs",
 }
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", *RUN_PRECISIONS)  # auto: the device's default (bench/run_config.py)
 PRUNERS = ("median", "halving", "hyperband", "none")
 GRID_KEYS = ("backbones", "methods", "recipes", "fractions")
 MAX_SEEDS = 1000  # a count beyond this is a typo, not an experiment
