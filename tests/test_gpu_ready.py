@@ -648,9 +648,10 @@ def test_the_dry_run_measures_the_suites_loop_with_the_grids_settings(tmp_path, 
     seen: list[tuple] = []
     real = bench.train.fit.fit
 
-    def spy(net, spec, hp, x, y, **kw):  # noqa: ANN001, ANN003, ANN202
-        seen.append((spec.name, hp.optimizer, hp.batch_size, hp.grad_clip, kw["precision"], kw["compile"], x.device.type))
-        return real(net, spec, hp, x, y, **kw)
+    def spy(net, spec, hp, data, ctx):  # noqa: ANN001, ANN202
+        how = ctx.compile.describe() if ctx.compile is not None else None
+        seen.append((spec.name, hp.optimizer, hp.batch_size, hp.grad_clip, ctx.precision, how, data.x.device.type))
+        return real(net, spec, hp, data, ctx)
 
     monkeypatch.setattr(bench.train.fit, "fit", spy)
     toml = tmp_path / "g.toml"
