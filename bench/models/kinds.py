@@ -69,16 +69,20 @@ class MethodSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
 
+    # the kind's answers, on the spec for brevity at the many call sites that hold a spec
     @property
     def trains_backbone(self) -> bool:
+        """Whether B trains (see MethodKind)."""
         return self.kind.trains_backbone
 
     @property
     def probe_init(self) -> bool:
+        """Whether H_f starts as the linear probe (see MethodKind)."""
         return self.kind.probe_init
 
     @property
     def is_probe(self) -> bool:
+        """Whether this is the linear probe itself (see MethodKind)."""
         return self.kind.is_probe
 
     @property

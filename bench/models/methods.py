@@ -63,6 +63,7 @@ class SideBranch(nn.Module):
         zero_(self.out)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """The branch's logits of the adapted image."""
         return self.out(self.body(image))
 
 
@@ -99,18 +100,22 @@ def out_features(module: nn.Module) -> int:
 
 
 def _linear(b: Backbone, c: int, hp: HParams) -> Head:
+    """A new Linear(d, C) on B(x): finetune, linear_probe, lp_ft."""
     return Head(nn.Linear(b.feature_dim, c))
 
 
 def _article(b: Backbone, c: int, hp: HParams) -> Head:
+    """The article's model: the whole pretrained classifier (K logits), then Linear(K, C)."""
     return Head(nn.Sequential(b.pretrained_head, nn.Linear(out_features(b.pretrained_head), c)))
 
 
 def _sft_linear(b: Backbone, c: int, hp: HParams) -> Head:
+    """sft: f = Linear(d, C) and g = a zero-initialised Linear(d, C) on B(x) (f + g starts as f)."""
     return Head(nn.Linear(b.feature_dim, c), zero_(nn.Linear(b.feature_dim, c)))
 
 
 def _mlp(b: Backbone, c: int, hp: HParams) -> Head:
+    """sft-mlp: g = an MLP on B(x) with `branch_width` hidden units, its last layer zero-initialised."""
     d = b.feature_dim
     # the branch is built first: the order of the random initialisations every run so far had
     branch = nn.Sequential(nn.Linear(d, hp.branch_width), nn.ReLU(), zero_(nn.Linear(hp.branch_width, c)))
@@ -118,6 +123,7 @@ def _mlp(b: Backbone, c: int, hp: HParams) -> Head:
 
 
 def _side(b: Backbone, c: int, hp: HParams) -> Head:
+    """sft-side: g = a small CNN on the image (`SideBranch`), its last layer zero-initialised."""
     return Head(nn.Linear(b.feature_dim, c), SideBranch(hp.branch_width, c), branch_on_image=True)
 
 
