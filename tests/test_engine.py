@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from configs import tiny_config
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from bench.budget import MIN_STEPS, article_recipe_steps, step_budget
@@ -79,14 +80,11 @@ def run(
     **kw,
 ) -> dict:  # noqa: ANN001
     """One tiny-backbone run on the synthetic data through the same path as `cli.py run`."""
-    cfg = make_config(
-        backbone="tiny",
-        method=method,
-        fraction=fraction,
-        seed=seed,
-        resolution=32,
-        device=CPU,
-        data=data,
+    cfg = tiny_config(
+        data,
+        method,
+        fraction,
+        seed,
         overrides=overrides,
         stage=stage,
         precision=precision,
@@ -191,56 +189,16 @@ def test_step_budget_rule_is_the_same_for_trials_final_runs_and_every_method(syn
     assert step_budget(5000, 64) == 782 and step_budget(50000, 128) == 3907
     assert article_recipe_steps(5000, 100) == 500 and article_recipe_steps(450, 100) == 50
     budgets = {
-        make_config(
-            backbone="tiny",
-            method=m,
-            fraction=0.5,
-            seed=0,
-            resolution=32,
-            device=CPU,
-            data=synthetic_data,
-            stage=stage,
-            overrides={"batch_size": 64},
-        ).hp.steps
+        tiny_config(synthetic_data, m, 0.5, 0, stage=stage, overrides={"batch_size": 64}).hp.steps
         for m in METHODS.names()
         for stage in ("trial", "final")
     }
     assert budgets == {step_budget(1500, 64)} == {500}
-    full = make_config(
-        backbone="tiny",
-        method="finetune",
-        fraction=1.0,
-        seed=0,
-        resolution=32,
-        device=CPU,
-        data=synthetic_data,
-        overrides={"batch_size": 16},
-    )
+    full = tiny_config(synthetic_data, "finetune", 1.0, 0, overrides={"batch_size": 16})
     assert full.hp.steps == step_budget(3000, 16) == 1875
-    seed = make_config(
-        backbone="tiny",
-        method="article_sft",
-        fraction=1.0,
-        seed=0,
-        resolution=32,
-        recipe="article",
-        device=CPU,
-        data=synthetic_data,
-    )
+    seed = tiny_config(synthetic_data, "article_sft", 1.0, 0, recipe="article")
     assert seed.hp.steps == 10 * 30  # 3000 images at batch 100, 10 epochs
-    assert (
-        make_config(
-            backbone="tiny",
-            method="sft",
-            fraction=0.5,
-            seed=0,
-            resolution=32,
-            device=CPU,
-            data=synthetic_data,
-            overrides={"steps": 7},
-        ).hp.steps
-        == 7
-    )
+    assert tiny_config(synthetic_data, "sft", 0.5, 0, overrides={"steps": 7}).hp.steps == 7
 
 
 @pytest.mark.parametrize("method", ["sft", "sft-mlp", "sft-side", "lp_ft", "sft-mlp-frozen", "sft-side-frozen"])
@@ -408,18 +366,7 @@ def test_records_say_what_the_path_did(synthetic_data) -> None:  # noqa: ANN001
 
 def test_k_fold_trial_scores_average_the_folds_and_continue_the_step_axis(synthetic_data) -> None:  # noqa: ANN001
     rows: list[HistoryRow] = []
-    cfg = make_config(
-        backbone="tiny",
-        method="finetune",
-        fraction=0.1,
-        seed=0,
-        resolution=32,
-        device=CPU,
-        data=synthetic_data,
-        overrides={"steps": 4, "batch_size": 64},
-        stage="trial",
-        cv_folds=3,
-    )
+    cfg = tiny_config(synthetic_data, "finetune", 0.1, 0, overrides={"steps": 4, "batch_size": 64}, stage="trial", cv_folds=3)
     reads = synthetic_data.test_reads
     rec = execute(cfg, synthetic_data, CPU, FitContext(on_progress=rows.append))
     assert synthetic_data.test_reads == reads
@@ -428,17 +375,7 @@ def test_k_fold_trial_scores_average_the_folds_and_continue_the_step_axis(synthe
     assert [r.step for r in rows] == list(range(1, 13)) and {r.steps for r in rows} == {12}
     assert (
         cfg.run_id
-        != make_config(
-            backbone="tiny",
-            method="finetune",
-            fraction=0.1,
-            seed=0,
-            resolution=32,
-            device=CPU,
-            data=synthetic_data,
-            overrides={"steps": 4, "batch_size": 64},
-            stage="trial",
-        ).run_id
+        != tiny_config(synthetic_data, "finetune", 0.1, 0, overrides={"steps": 4, "batch_size": 64}, stage="trial").run_id
     )
 
 
@@ -485,16 +422,7 @@ def test_article_recipe_is_the_articles_settings(synthetic_data) -> None:  # noq
     hp = cfg.hp
     assert (hp.optimizer, hp.lr, hp.momentum, hp.batch_size, hp.schedule) == ("sgd", 0.001, 0.9, 100, "constant")
     assert hp.augment and hp.label_smoothing == 0.0 and hp.weight_decay == 0.0 and hp.warmup == 0.0 and hp.bn == "train"
-    tiny = make_config(
-        backbone="tiny",
-        method="article_sft",
-        fraction=0.1,
-        seed=0,
-        resolution=32,
-        recipe="article",
-        device=CPU,
-        data=synthetic_data,
-    )
+    tiny = tiny_config(synthetic_data, "article_sft", 0.1, 0, recipe="article")
     adapter = build_model(tiny, 10).adapter  # tiny's own normalisation is 0.5 / 0.25
     x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 32, 32)
     assert torch.allclose(adapter(x)[:, :, 0, 0], torch.tensor([[-1.0] * 3, [1.0] * 3]))
@@ -518,39 +446,12 @@ def test_old_recipe_and_method_names_give_the_article_config_with_a_note(synthet
     `seed_sft` as `article_sft`): the same RunConfig, so the same run id, and a note saying so."""
     from bench.registry import RenamedWarning
 
-    article = make_config(
-        backbone="tiny",
-        method="article_sft",
-        fraction=0.1,
-        seed=0,
-        resolution=32,
-        recipe="article",
-        device=CPU,
-        data=synthetic_data,
-    )
+    article = tiny_config(synthetic_data, "article_sft", 0.1, 0, recipe="article")
     with pytest.warns(RenamedWarning, match="recipe 'seed' is now called 'article'"):
-        old = make_config(
-            backbone="tiny",
-            method="article_sft",
-            fraction=0.1,
-            seed=0,
-            resolution=32,
-            recipe="seed",
-            device=CPU,
-            data=synthetic_data,
-        )
+        old = tiny_config(synthetic_data, "article_sft", 0.1, 0, recipe="seed")
     assert old == article and old.run_id == article.run_id and old.recipe == "article"
     with pytest.warns(RenamedWarning) as notes:
-        oldest = make_config(
-            backbone="tiny",
-            method="seed_sft",
-            fraction=0.1,
-            seed=0,
-            resolution=32,
-            recipe="seed",
-            device=CPU,
-            data=synthetic_data,
-        )
+        oldest = tiny_config(synthetic_data, "seed_sft", 0.1, 0, recipe="seed")
     assert oldest == article and oldest.method == "article_sft"
     assert sorted(str(n.message).split(" is now")[0] for n in notes) == ["method 'seed_sft'", "recipe 'seed'"]
     assert "seed_sft" not in METHODS.names() and METHODS.get("seed_sft") is METHODS.get("article_sft")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from configs import tiny_config
 
 from bench.models.kinds import METHODS
 from bench.run_config import make_config
@@ -411,9 +412,8 @@ def test_the_dataset_goes_to_the_device_once_per_owner(synthetic_data, monkeypat
     asked: list[int] = []
     real_on = caches.data.on
     monkeypatch.setattr(caches.data, "on", lambda data, device: asked.append(id(data)) or real_on(data, device))
-    cfg = make_config(backbone="tiny", method="finetune", fraction=0.2, seed=0, resolution=32, device=CPU, data=synthetic_data,
-                      overrides={"steps": 2, "batch_size": 32},
-                      stage="trial", cv_folds=2, pool=(0, 1))  # fmt: skip
+    overrides = {"steps": 2, "batch_size": 32}
+    cfg = tiny_config(synthetic_data, "finetune", 0.2, 0, overrides=overrides, stage="trial", cv_folds=2, pool=(0, 1))
     execute(cfg, synthetic_data, CPU, FitContext(caches=caches))
     assert asked == [id(synthetic_data)] * 4 and moves == ["meta"]
 
@@ -455,9 +455,7 @@ def test_runs_sharing_an_owner_copy_the_backbone_and_give_the_same_record(synthe
     and both records are the one a run with fresh caches gives (accuracy, history, images)."""
     from bench.train.caches import Caches
 
-    cfg = make_config(backbone="tiny", method="finetune", fraction=0.2, seed=5, resolution=32, device=CPU, data=synthetic_data,
-                      overrides={"steps": 6, "batch_size": 32},
-                      pretrained=False)  # fmt: skip
+    cfg = tiny_config(synthetic_data, "finetune", 0.2, 5, overrides={"steps": 6, "batch_size": 32}, pretrained=False)
     caches = Caches()
     a, b = (
         execute(cfg, synthetic_data, CPU, FitContext(caches=caches)),

@@ -376,21 +376,9 @@ def test_sft_linear_is_lp_ft_with_a_doubled_head_step(optimizer: str, batch: tup
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # with weight decay the two differ (decay on two copies of the head)
     decay = dict(common, weight_decay=0.1)
-    sft_wd = tiny_net("sft", _hp("sft", lr=0.01, backbone_lr_mult=1.0, **decay))
-    lp_wd = tiny_net("lp_ft", _hp("lp_ft", lr=0.02, backbone_lr_mult=0.5, **decay))
-    fit(
-        sft_wd,
-        METHODS.get("sft"),
-        _hp("sft", lr=0.01, backbone_lr_mult=1.0, **decay),
-        FitData(x, y),
-        FitContext(seed=5, probe=PROBE),
-    )
-    fit(
-        lp_wd,
-        METHODS.get("lp_ft"),
-        _hp("lp_ft", lr=0.02, backbone_lr_mult=0.5, **decay),
-        FitData(x, y),
-        FitContext(seed=5, probe=PROBE),
-    )
+    sft_wd_hp, lp_wd_hp = _hp("sft", lr=0.01, backbone_lr_mult=1.0, **decay), _hp("lp_ft", lr=0.02, backbone_lr_mult=0.5, **decay)
+    sft_wd, lp_wd = tiny_net("sft", sft_wd_hp), tiny_net("lp_ft", lp_wd_hp)
+    for net, method, hp in ((sft_wd, "sft", sft_wd_hp), (lp_wd, "lp_ft", lp_wd_hp)):
+        fit(net, METHODS.get(method), hp, FitData(x, y), FitContext(seed=5, probe=PROBE))
     with torch.no_grad():
         assert not torch.allclose(sft_wd.eval()(x), lp_wd.eval()(x), rtol=1e-4, atol=1e-4)

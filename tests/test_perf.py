@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from configs import tiny_config
 from typer.testing import CliRunner
 
 from bench import perf
@@ -22,7 +23,6 @@ from bench.data import label_split, load_cifar10, synthetic_cifar
 from bench.models.hparams import HParams
 from bench.models.kinds import METHODS
 from bench.records import CacheCounts
-from bench.run_config import make_config
 from bench.train.caches import Caches
 from bench.train.compiling import compile_spec
 from bench.train.context import FitContext, FitData
@@ -199,17 +199,7 @@ def test_interleave_alternates_the_order_and_takes_per_round_ratios() -> None:
 def _fit(
     data: object, method: str, overrides: dict, caches: Caches | None = None, **kw: object
 ) -> tuple[FitResult, torch.nn.Module]:
-    cfg = make_config(
-        backbone="tiny",
-        method=method,
-        fraction=0.5,
-        seed=0,
-        resolution=32,
-        overrides=overrides,
-        stage="trial",
-        device=CPU,
-        data=data,
-    )
+    cfg = tiny_config(data, method, 0.5, 0, overrides=overrides, stage="trial")
     torch.manual_seed(0)
     net = build_model(cfg, 10).to(memory_format=torch.channels_last)
     split = label_split(data.train_y, 0.5, 0)
@@ -244,7 +234,7 @@ def test_feature_cache_modes_train_the_same_model(data: object, method: str) -> 
 
 def test_feature_cache_keys_on_content(data: object) -> None:
     cache = FeatureCache(max_mb=64)
-    cfg = make_config(backbone="tiny", method="linear_probe", fraction=1.0, seed=0, resolution=32, device=CPU, data=data)
+    cfg = tiny_config(data, "linear_probe", 1.0, 0)
     net = build_model(cfg, 10)
     x = data.train_x[:32]
     first, hit = cache.encode(net, x, "fp32")
@@ -267,17 +257,7 @@ def test_feature_cache_keys_on_content(data: object) -> None:
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_precision_and_memory_format_train_and_predict(data: object, precision: str, fmt: torch.memory_format) -> None:
     overrides = {"steps": 3, "batch_size": 32}
-    cfg = make_config(
-        backbone="tiny",
-        method="finetune",
-        fraction=0.5,
-        seed=0,
-        resolution=32,
-        overrides=overrides,
-        precision=precision,
-        device=CPU,
-        data=data,
-    )
+    cfg = tiny_config(data, "finetune", 0.5, 0, overrides=overrides, precision=precision)
     torch.manual_seed(0)
     net = build_model(cfg, 10).to(memory_format=fmt)
     x, y = data.train_x[:96], data.train_y[:96]
@@ -291,16 +271,7 @@ def test_precision_and_memory_format_train_and_predict(data: object, precision: 
 def test_memory_format_does_not_change_the_model(data: object) -> None:
     outs = []
     for fmt in (torch.contiguous_format, torch.channels_last):
-        cfg = make_config(
-            backbone="tiny",
-            method="finetune",
-            fraction=0.5,
-            seed=0,
-            resolution=32,
-            overrides={"steps": 2, "batch_size": 32},
-            device=CPU,
-            data=data,
-        )
+        cfg = tiny_config(data, "finetune", 0.5, 0, overrides={"steps": 2, "batch_size": 32})
         torch.manual_seed(0)
         net = build_model(cfg, 10).to(memory_format=fmt)
         fit(net, METHODS.get("finetune"), cfg.hp, FitData(data.train_x[:64], data.train_y[:64]), FitContext(seed=0))
@@ -321,9 +292,7 @@ def test_compile_path_matches_eager(data: object) -> None:
 
 
 def test_execute_passes_compile_and_keeps_the_run_id(data: object) -> None:
-    cfg = make_config(
-        backbone="tiny", method="linear_probe", fraction=0.5, seed=0, resolution=32, overrides={"steps": 2}, device=CPU, data=data
-    )
+    cfg = tiny_config(data, "linear_probe", 0.5, 0, overrides={"steps": 2})
     rec = execute(cfg, data, CPU, FitContext(compile=compile_spec("eager")))
     assert rec.run_id == cfg.run_id and "compile" not in json.dumps(rec.config)
     torch._dynamo.reset()

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from configs import tiny_config
 from test_postgres import GRID
 
 from bench.history import HistoryRow
 from bench.models.kinds import METHODS
 from bench.records import RunRecord
-from bench.run_config import RunConfig, make_config
+from bench.run_config import RunConfig
 from bench.train.caches import Caches, feature_store_dir
 from bench.train.context import FitContext
 from bench.train.features import FeatureCache
@@ -55,18 +56,7 @@ def config(data, method: str, stage: str = "final", probe_of: RunConfig | None =
     """A 3-step tiny run at 20% of the labels; probe-initialised methods start from `probe_of`'s
     probe settings (the linear_probe row's, as the sweep passes them)."""
     probe = probe_of.probe if probe_of is not None and METHODS.get(method).probe_init else None
-    return make_config(
-        backbone="tiny",
-        method=method,
-        fraction=0.2,
-        seed=0,
-        resolution=32,
-        device=CPU,
-        data=data,
-        overrides={"steps": 3},
-        stage=stage,
-        probe=probe,
-    )
+    return tiny_config(data, method, 0.2, 0, overrides={"steps": 3}, stage=stage, probe=probe)
 
 
 def run(cfg: RunConfig, data, caches: Caches, preds: Path | None = None) -> RunRecord:  # noqa: ANN001
@@ -152,7 +142,6 @@ execute(cfg, data, torch.device("cpu"), FitContext(caches=Caches(store=FeatureSt
 WRITER = """
 import sys, torch
 from bench.train.store import FeatureStore
-from bench.train.context import FitContext
 torch.manual_seed(0)
 FeatureStore(sys.argv[1]).save_features("k" * 64, torch.randn(3000, 64))
 """
