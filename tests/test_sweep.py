@@ -84,7 +84,7 @@ class Recorder:
             {"kind": item.kind, "cell": item.cell, "slot": item.slot, "seed": item.seed, "reads_before": self.data.test_reads}
         )
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: HistoryRow) -> None:
         pass
 
     def item_end(self, item, outcome: str) -> None:  # noqa: ANN001
