@@ -330,13 +330,9 @@ class Sweep(Grid):
                     raise optuna.TrialPruned(f"{self.exp.search.pruner} at step {row.step} (val acc {row.val_accuracy:.4f})")
 
         meter, before = BackboneMeter(), self.caches.counts()
+        ctx = FitContext(on_progress=on_progress, compile=compile_spec(self.exp.compile), caches=self.caches, meter=meter)
         try:
-            rec = execute(
-                cfg,
-                self.data,
-                self.device,
-                FitContext(on_progress=on_progress, compile=compile_spec(self.exp.compile), caches=self.caches, meter=meter),
-            )
+            rec = execute(cfg, self.data, self.device, ctx)
         except optuna.TrialPruned as exc:
             self._tell_pruned(item, study, trial, meter, before, ("pruned_by", str(exc)), f"pruned ({exc})")
             return
@@ -413,13 +409,8 @@ class Sweep(Grid):
         final = preds_dir / f"{cfg.run_id}.csv.gz"
         tmp = temp_path(preds_dir / f"{cfg.run_id}.csv")  # a fresh random name: nothing planted there is followed
         try:
-            rec = execute(
-                cfg,
-                self.data,
-                self.device,
-                FitContext(on_progress=self._on_progress, compile=compile_spec(self.exp.compile), caches=self.caches),
-                SaveTo(predictions=tmp),
-            )
+            ctx = FitContext(on_progress=self._on_progress, compile=compile_spec(self.exp.compile), caches=self.caches)
+            rec = execute(cfg, self.data, self.device, ctx, SaveTo(predictions=tmp))
             atomic_write(final, lambda f: _gzip_into(tmp, f))
         except OSError as exc:  # a full disk: name the file being written, not the temporary CSV it is made from
             if exc.filename == str(tmp):
