@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, astuple, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bench.models.hparams import HParams
-
-if TYPE_CHECKING:
-    from bench.train.run import RunConfig
+from bench.run_config import RunConfig
 
 HP_FIELDS = tuple(f.name for f in fields(HParams))
 

@@ -46,10 +46,12 @@ import torch  # noqa: E402
 
 from bench.budget import REPORTS  # noqa: E402
 from bench.data import Cifar10, synthetic_data  # noqa: E402
-from bench.models.backbones import get_backbone  # noqa: E402
-from bench.models.methods import METHODS, HParams  # noqa: E402
+from bench.models.backbones import get_backbone, input_resolution  # noqa: E402
+from bench.models.hparams import HParams  # noqa: E402
+from bench.models.kinds import METHODS  # noqa: E402
 from bench.train.caches import Caches  # noqa: E402
-from bench.train.compiling import graph_count  # noqa: E402
+from bench.train.compiling import compile_spec, graph_count  # noqa: E402
+from bench.train.context import FitContext, FitData  # noqa: E402
 from bench.train.device import Numerics, configure_numerics, sync  # noqa: E402
 
 NO_CUDA = "skipped: no CUDA device"
@@ -102,16 +104,17 @@ def fit_rates(
     """The suite's loop (`fit`, finetune, end to end, augmented, the suite's precision) for REPORTS history
     intervals: steady images/s (median of the intervals after the first), compile seconds and graphs,
     peak memory on CUDA."""
+    from bench.run_config import RunConfig, make_config
     from bench.train.fit import fit
-    from bench.train.run import RunConfig, build_model, make_config
+    from bench.train.run import build_model
 
     k = steps_per_row or check.interval
     data = check.data
     cfg = make_config(
-        backbone,
-        "finetune",
-        1.0,
-        0,
+        backbone=backbone,
+        method="finetune",
+        fraction=1.0,
+        seed=0,
         device=check.device,
         data=data,
         resolution=resolution,
@@ -126,7 +129,13 @@ def fit_rates(
     if check.cuda:
         torch.cuda.reset_peak_memory_stats(check.device)
     graphs = graph_count()
-    result = fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=cfg.precision, compile=compile)
+    result = fit(
+        net,
+        METHODS.get("finetune"),
+        cfg.hp,
+        FitData(x, y),
+        FitContext(seed=0, precision=cfg.precision, compile=compile_spec(compile)),
+    )
     rates = [images / seconds for images, seconds in result.interval_seconds[1:]]
     return {
         "precision": cfg.precision,
@@ -241,21 +250,22 @@ def syncs(check: Check) -> dict:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from bench.budget import report_interval
+    from bench.run_config import make_config
     from bench.train.fit import fit
     from bench.train.loop import SYNCS_PER_STEP, syncs_per_row
-    from bench.train.run import build_model, make_config
+    from bench.train.run import build_model
     from bench.train.syncs import HostSyncs
 
     data = check.data
     steps = 20
     cfg = make_config(
-        check.backbone,
-        "finetune",
-        1.0,
-        0,
+        backbone=check.backbone,
+        method="finetune",
+        fraction=1.0,
+        seed=0,
         device=check.device,
         data=data,
-        resolution=32,
+        resolution=input_resolution(check.backbone, "tuned"),
         pretrained=check.pretrained(check.backbone),
         overrides={"steps": steps, "batch_size": check.batch},
     )
@@ -279,7 +289,7 @@ def syncs(check: Check) -> dict:
 
         handle = register_optimizer_step_post_hook(step_done)
         try:
-            fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=cfg.precision, val=val)
+            fit(net, METHODS.get("finetune"), cfg.hp, FitData(x, y, val=val), FitContext(seed=0, precision=cfg.precision))
         finally:
             handle.remove()
             if check.cuda:
@@ -310,26 +320,27 @@ def determinism(check: Check) -> dict:
 
 
 def _determinism_child(spec: dict, check: Check) -> dict:
-    from bench.train.run import make_config, run_fold, run_folds
+    from bench.run_config import make_config
+    from bench.train.run import run_fold, run_folds
 
     configure_numerics(Numerics(deterministic=spec["deterministic"]))
     data = check.data
     steps = 10 if check.quick else 60
     cfg = make_config(
-        check.backbone,
-        "finetune",
-        0.02,
-        0,
+        backbone=check.backbone,
+        method="finetune",
+        fraction=0.02,
+        seed=0,
         device=check.device,
         data=data,
-        resolution=32,
+        resolution=input_resolution(check.backbone, "tuned"),
         pretrained=check.pretrained(check.backbone),
         overrides={"steps": steps, "batch_size": check.batch},
     )
     outs = []
     for _ in range(2):
         fold = run_folds(cfg, data)[0]
-        outs.append(run_fold(cfg, data, check.device, fold, None, False, Caches()))
+        outs.append(run_fold(cfg, data, fold, FitContext(caches=Caches()), check.device))
     a, b = outs
     probs = (a.probs - b.probs).abs().max().item()
     weights = max((p - q).abs().max().item() for p, q in zip(a.net.parameters(), b.net.parameters(), strict=True))
@@ -391,7 +402,7 @@ def throughput(check: Check) -> dict:
         hp = r["cfg"].hp.update(steps=2 * check.interval)
 
         def profiled(r: dict = r, hp: HParams = hp) -> None:
-            fit(r["net"], METHODS.get("finetune"), hp, r["x"], r["y"], seed=1, precision=r["precision"])
+            fit(r["net"], METHODS.get("finetune"), hp, FitData(r["x"], r["y"]), FitContext(seed=1, precision=r["precision"]))
 
         rows.append(
             {
@@ -411,25 +422,26 @@ def throughput(check: Check) -> dict:
 
 def trial(check: Check) -> dict:
     """One 1% trial as the quick experiment runs it (pooled over 2 seeds, 32 px, batch 64)."""
-    from bench.train.run import execute, make_config
+    from bench.run_config import make_config
+    from bench.train.run import execute
 
     data = check.data
     backbone = check.backbone
     overrides = {"batch_size": 64} if not check.quick else {"batch_size": 32, "steps": 20}
     cfg = make_config(
-        backbone,
-        "sft",
-        0.01 if not check.quick else 0.05,
-        0,
+        backbone=backbone,
+        method="sft",
+        fraction=0.01 if not check.quick else 0.05,
+        seed=0,
         device=check.device,
         data=data,
-        resolution=32,
+        resolution=input_resolution(backbone, "tuned"),
         pretrained=check.pretrained(backbone),
         overrides=overrides,
         stage="trial",
         pool=(0, 1),
     )
-    rec = execute(cfg, data, check.device, caches=Caches())
+    rec = execute(cfg, data, check.device, FitContext(caches=Caches()))
     row = {
         "run": f"{backbone} sft, fraction {cfg.fraction:g}, trial pooled over seeds 0 and 1",
         "steps per seed": rec.steps,
@@ -489,8 +501,9 @@ def workers(check: Check) -> dict:
 
 
 def _worker_child(spec: dict, check: Check) -> dict:
+    from bench.run_config import make_config
     from bench.train.fit import fit
-    from bench.train.run import build_model, make_config
+    from bench.train.run import build_model
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -499,13 +512,13 @@ def _worker_child(spec: dict, check: Check) -> dict:
     data = check.data
     steps = 10 if check.quick else 200
     cfg = make_config(
-        check.backbone,
-        "finetune",
-        1.0,
-        0,
+        backbone=check.backbone,
+        method="finetune",
+        fraction=1.0,
+        seed=0,
         device=device,
         data=data,
-        resolution=32,
+        resolution=input_resolution(check.backbone, "tuned"),
         pretrained=check.pretrained(check.backbone),
         overrides={"steps": steps, "batch_size": 64},
     )
@@ -515,10 +528,10 @@ def _worker_child(spec: dict, check: Check) -> dict:
     x, y = data.train_x[:n].to(device), data.train_y[:n].to(device)
     print("ready", flush=True)
     sys.stdin.readline()
-    result = fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=cfg.precision)
+    result = fit(net, METHODS.get("finetune"), cfg.hp, FitData(x, y), FitContext(seed=0, precision=cfg.precision))
     return {
         "images": result.images_seen,
-        "images_per_second": result.images_per_second,
+        "images_per_second": result.images_seen / result.train_seconds if result.train_seconds > 0 else 0.0,
         "peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20) if check.cuda else 0,
     }
 

@@ -34,14 +34,23 @@ def main() -> int:
 
     from bench.data import label_split, load_cifar10
     from bench.models.hparams import ProbeSpec
+    from bench.run_config import make_config
     from bench.train.features import encode_all
     from bench.train.logreg import accuracy, choose_probe
-    from bench.train.run import build_model, make_config
+    from bench.train.run import build_model
 
     warnings.filterwarnings("ignore", message=".*md5 sums differ.*")
     data = load_cifar10(a.data_dir, download_missing=False)
     dev = torch.device("cpu")
-    cfg = make_config("efficientnet_lite0", "linear_probe", 0.1, a.seed, resolution=a.resolution, device=dev, data=data)
+    cfg = make_config(
+        backbone="efficientnet_lite0",
+        method="linear_probe",
+        fraction=0.1,
+        seed=a.seed,
+        resolution=a.resolution,
+        device=dev,
+        data=data,
+    )
     net = build_model(cfg, data.num_classes).to(memory_format=torch.channels_last)
     tx, ty = data.test()
     t0 = time.perf_counter()

@@ -17,7 +17,8 @@ import torch
 
 from bench.data import label_split
 from bench.models.backbones import build_backbone, get_backbone
-from bench.models.methods import HParams, build_net
+from bench.models.hparams import HParams
+from bench.models.methods import Backbone, InputAdapter, build_net
 from bench.train.features import encode_all
 
 
@@ -30,7 +31,8 @@ def main() -> None:
     spec = get_backbone(name)
     torch.manual_seed(0)
     feats, head = build_backbone(spec, True)
-    net = build_net("linear_probe", feats, head, spec.feature_dim, 10, HParams(), spec.mean, spec.std, res)
+    backbone, adapter = Backbone(feats, head, spec.feature_dim), InputAdapter(spec.mean, spec.std, res)
+    net = build_net("linear_probe", backbone, adapter, 10, HParams())
     net = net.to(memory_format=torch.channels_last)
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     y = torch.arange(n) % 10

@@ -74,15 +74,17 @@ def tiny_net():  # noqa: ANN201 (a factory)
     """`tiny_net(method, hp=None, seed=0)`: the method's Net on the `tiny` backbone, 10 classes, 32 px.
 
     The same construction as a run (bench.train.run.build_model) without a RunConfig, so tests
-    can train it with bench.train.engine.fit directly. The seed fixes the new layers' init.
+    can train it with bench.train.fit.fit directly. The seed fixes the new layers' init.
     """
     from bench.models.backbones import build_backbone, get_backbone
-    from bench.models.methods import HParams, build_net
+    from bench.models.hparams import HParams
+    from bench.models.methods import Backbone, InputAdapter, build_net
 
     def make(method: str, hp: HParams | None = None, seed: int = 0):  # noqa: ANN202
         spec = get_backbone("tiny")
         torch.manual_seed(seed)
         feats, head = build_backbone(spec, True)
-        return build_net(method, feats, head, spec.feature_dim, 10, hp or HParams(), spec.mean, spec.std, 32)
+        backbone, adapter = Backbone(feats, head, spec.feature_dim), InputAdapter(spec.mean, spec.std, 32)
+        return build_net(method, backbone, adapter, 10, hp or HParams())
 
     return make

@@ -20,10 +20,10 @@ import torch
 from typer.testing import CliRunner
 
 import cli
-from bench.models.hparams import ProbeSpec
-from bench.models.methods import HParams
-from bench.train.engine import predict
-from bench.train.run import RunConfig, build_model
+from bench.models.hparams import HParams, ProbeSpec
+from bench.run_config import RunConfig
+from bench.train.evaluate import predict
+from bench.train.run import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()

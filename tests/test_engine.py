@@ -1,4 +1,5 @@
-"""bench.train.engine through bench.train.run.execute: learning, determinism, optimisation settings, evaluation.
+"""bench.train (fit, loop, probe, evaluate) through bench.train.run.execute: learning,
+determinism, optimisation settings, evaluation.
 
 Why: a benchmark whose loop silently ignores a setting (a schedule, label smoothing,
 gradient clipping), is not reproducible, or evaluates in training mode reports numbers
@@ -17,13 +18,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from configs import tiny_config
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from bench.budget import MIN_STEPS, article_recipe_steps, step_budget
-from bench.models.hparams import ProbeSpec
-from bench.models.methods import METHODS, HParams
-from bench.train.engine import Diverged, FitResult, classification_metrics, encode_all, fit, fit_probe, lr_factor, predict
-from bench.train.run import execute, make_config
+from bench.history import HistoryRow
+from bench.models.hparams import HParams, ProbeSpec
+from bench.models.kinds import METHODS
+from bench.run_config import make_config
+from bench.train.context import FitContext, FitData
+from bench.train.evaluate import classification_metrics, predict
+from bench.train.features import encode_all
+from bench.train.fit import fit
+from bench.train.loop import Diverged, lr_factor
+from bench.train.probe import fit_probe
+from bench.train.run import SaveTo, execute
 
 CPU = torch.device("cpu")
 
@@ -71,19 +80,18 @@ def run(
     **kw,
 ) -> dict:  # noqa: ANN001
     """One tiny-backbone run on the synthetic data through the same path as `cli.py run`."""
-    cfg = make_config(
-        "tiny",
+    cfg = tiny_config(
+        data,
         method,
         fraction,
         seed,
-        device=CPU,
-        data=data,
         overrides=overrides,
         stage=stage,
         precision=precision,
         probe=probe if METHODS.get(method).probe_init or METHODS.get(method).is_probe else None,
     )
-    return execute(cfg, data, CPU, **kw)
+    save = SaveTo(model=kw.pop("save_model")) if "save_model" in kw else None
+    return execute(cfg, data, CPU, FitContext(**kw), save)
 
 
 @contextmanager
@@ -181,16 +189,16 @@ def test_step_budget_rule_is_the_same_for_trials_final_runs_and_every_method(syn
     assert step_budget(5000, 64) == 782 and step_budget(50000, 128) == 3907
     assert article_recipe_steps(5000, 100) == 500 and article_recipe_steps(450, 100) == 50
     budgets = {
-        make_config("tiny", m, 0.5, 0, device=CPU, data=synthetic_data, stage=stage, overrides={"batch_size": 64}).hp.steps
+        tiny_config(synthetic_data, m, 0.5, 0, stage=stage, overrides={"batch_size": 64}).hp.steps
         for m in METHODS.names()
         for stage in ("trial", "final")
     }
     assert budgets == {step_budget(1500, 64)} == {500}
-    full = make_config("tiny", "finetune", 1.0, 0, device=CPU, data=synthetic_data, overrides={"batch_size": 16})
+    full = tiny_config(synthetic_data, "finetune", 1.0, 0, overrides={"batch_size": 16})
     assert full.hp.steps == step_budget(3000, 16) == 1875
-    seed = make_config("tiny", "article_sft", 1.0, 0, recipe="article", device=CPU, data=synthetic_data)
+    seed = tiny_config(synthetic_data, "article_sft", 1.0, 0, recipe="article")
     assert seed.hp.steps == 10 * 30  # 3000 images at batch 100, 10 epochs
-    assert make_config("tiny", "sft", 0.5, 0, device=CPU, data=synthetic_data, overrides={"steps": 7}).hp.steps == 7
+    assert tiny_config(synthetic_data, "sft", 0.5, 0, overrides={"steps": 7}).hp.steps == 7
 
 
 @pytest.mark.parametrize("method", ["sft", "sft-mlp", "sft-side", "lp_ft", "sft-mlp-frozen", "sft-side-frozen"])
@@ -205,15 +213,14 @@ def test_probe_initialised_methods_start_at_the_linear_probe_and_stay_there_at_l
     probe = PROBE
     lp_hp = HParams(augment=False)
     lp = tiny_net("linear_probe", lp_hp)
-    fit(lp, METHODS.get("linear_probe"), lp_hp, x, y, seed=0, probe=probe)
+    fit(lp, METHODS.get("linear_probe"), lp_hp, FitData(x, y), FitContext(seed=0, probe=probe))
     with torch.no_grad():
         reference = lp.eval()(x)
 
     # step 0: the model fit builds before its first step
     net = tiny_net(method)
     feats = encode_all(net, x, "fp32")
-    result = FitResult()
-    state = fit_probe(feats, y, 10, probe, result)
+    state, _, _ = fit_probe(feats, y, 10, probe)
     net.head.load_state_dict(state)
     with torch.no_grad():
         assert torch.equal(net.eval()(x), reference), "step 0 is not the linear probe"
@@ -225,7 +232,7 @@ def test_probe_initialised_methods_start_at_the_linear_probe_and_stay_there_at_l
             continue  # a frozen row has no BatchNorm policy: its backbone is always in eval mode
         hp = HParams().update(**spec.defaults).update(lr=0.0, steps=1, batch_size=200, bn=bn)
         net = tiny_net(method, hp)
-        fit(net, spec, hp, x, y, seed=0, probe=probe)
+        fit(net, spec, hp, FitData(x, y), FitContext(seed=0, probe=probe))
         with torch.no_grad():
             logits = net.eval()(x)
         diff = float((logits - reference).abs().max())
@@ -246,11 +253,11 @@ def test_label_smoothing_is_the_loss_minimised(smoothing: float, synthetic_data,
     with torch.no_grad():
         net.head.weight.mul_(100.0)  # confident logits, where smoothing changes the loss a lot
         logits = net.eval().from_features(encode_all(net, x, "fp32"))
-    result = fit(net, METHODS.get("finetune"), hp, x, y, seed=0)
+    result = fit(net, METHODS.get("finetune"), hp, FitData(x, y), FitContext(seed=0))
     expected = float(F.cross_entropy(logits, y, label_smoothing=smoothing))
     other = float(F.cross_entropy(logits, y, label_smoothing=0.1 - smoothing))
-    assert math.isclose(result.history[0]["loss"], expected, rel_tol=1e-5)
-    assert not math.isclose(result.history[0]["loss"], other, rel_tol=1e-3)
+    assert math.isclose(result.history[0].loss, expected, rel_tol=1e-5)
+    assert not math.isclose(result.history[0].loss, other, rel_tol=1e-3)
 
 
 def test_gradient_clipping_bounds_every_step(synthetic_data, tiny_net) -> None:  # noqa: ANN001
@@ -271,7 +278,7 @@ def test_gradient_clipping_bounds_every_step(synthetic_data, tiny_net) -> None: 
         )
         net = tiny_net("finetune", hp)
         before = [p.detach().clone() for p in net.parameters()]
-        fit(net, METHODS.get("finetune"), hp, x, y, seed=0)
+        fit(net, METHODS.get("finetune"), hp, FitData(x, y), FitContext(seed=0))
         moved[clip] = float(torch.cat([(p.detach() - b).flatten() for p, b in zip(net.parameters(), before, strict=True)]).norm())
     bound = 5 * 0.1 * 1e-3  # 5 steps
     assert moved[1e-3] <= bound * 1.01
@@ -311,29 +318,34 @@ def test_evaluation_runs_in_inference_and_eval_mode(synthetic_data, tiny_net) ->
 
 
 def test_on_progress_gets_every_row_and_validation_accuracy_in_training(synthetic_data, tiny_net) -> None:  # noqa: ANN001
-    rows: list[dict] = []
     hp = HParams(steps=25, batch_size=64)
     x, y = synthetic_data.train_x[:200], synthetic_data.train_y[:200]
     val = (synthetic_data.train_x[200:300], synthetic_data.train_y[200:300])
-    seen: list[dict] = []
-    result = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, x, y, seed=0, val=val, on_progress=seen.append, probe=PROBE)
-    ticks = [r for r in seen if r.get("tick")]
-    rows = [r for r in seen if not r.get("tick")]
+    seen: list[HistoryRow] = []
+    result = fit(
+        tiny_net("sft", hp),
+        METHODS.get("sft"),
+        hp,
+        FitData(x, y, val=val),
+        FitContext(seed=0, on_progress=seen.append, probe=PROBE),
+    )
+    ticks = [r for r in seen if r.tick]
+    rows = [r for r in seen if not r.tick]
     # every step between two history rows is a tick: its step count for a live view, no figures, not history
-    assert [r["step"] for r in ticks] == [s for s in range(1, 26) if s % 3 and s != 25]
-    assert all(set(r) == {"phase", "step", "steps", "tick"} for r in ticks)
-    cv = [r for r in result.history if r["phase"] == "probe_cv"]
+    assert [r.step for r in ticks] == [s for s in range(1, 26) if s % 3 and s != 25]
+    assert all(set(r.to_dict()) == {"phase", "step", "steps", "tick"} for r in ticks)
+    cv = [r for r in result.history if r.phase == "probe_cv"]
     assert len(cv) == len(PROBE.l2_grid), "one cross-validation row per L2 strength"
-    assert rows == [r for r in result.history if r["phase"] != "probe_cv"], "on_progress sees every step row, the probe's too"
-    assert [r["phase"] for r in rows] == ["probe"] + ["train"] * 9
+    assert rows == [r for r in result.history if r.phase != "probe_cv"], "on_progress sees every step row, the probe's too"
+    assert [r.phase for r in rows] == ["probe"] + ["train"] * 9
     train_rows = rows[1:]
-    assert [r["step"] for r in train_rows] == [3, 6, 9, 12, 15, 18, 21, 24, 25]  # every ceil(25 / 10) steps, and the last
-    assert all(r["steps"] == 25 for r in train_rows)
+    assert [r.step for r in train_rows] == [3, 6, 9, 12, 15, 18, 21, 24, 25]  # every ceil(25 / 10) steps, and the last
+    assert all(r.steps == 25 for r in train_rows)
     # every batch is full (protocol v3): a pass of 200 continues into the next shuffled pass
     assert sum(n for n, _ in result.interval_seconds) == 25 * 64
     for r in train_rows:
-        assert {"loss", "train_accuracy", "val_accuracy"} <= r.keys()
-        assert 0.0 <= r["val_accuracy"] <= 1.0 and 0.0 <= r["train_accuracy"] <= 1.0
+        assert {"loss", "train_accuracy", "val_accuracy"} <= r.to_dict().keys()
+        assert 0.0 <= r.val_accuracy <= 1.0 and 0.0 <= r.train_accuracy <= 1.0
 
 
 def test_records_say_what_the_path_did(synthetic_data) -> None:  # noqa: ANN001
@@ -353,29 +365,17 @@ def test_records_say_what_the_path_did(synthetic_data) -> None:  # noqa: ANN001
 
 
 def test_k_fold_trial_scores_average_the_folds_and_continue_the_step_axis(synthetic_data) -> None:  # noqa: ANN001
-    rows: list[dict] = []
-    cfg = make_config(
-        "tiny",
-        "finetune",
-        0.1,
-        0,
-        device=CPU,
-        data=synthetic_data,
-        overrides={"steps": 4, "batch_size": 64},
-        stage="trial",
-        cv_folds=3,
-    )
+    rows: list[HistoryRow] = []
+    cfg = tiny_config(synthetic_data, "finetune", 0.1, 0, overrides={"steps": 4, "batch_size": 64}, stage="trial", cv_folds=3)
     reads = synthetic_data.test_reads
-    rec = execute(cfg, synthetic_data, CPU, on_progress=rows.append)
+    rec = execute(cfg, synthetic_data, CPU, FitContext(on_progress=rows.append))
     assert synthetic_data.test_reads == reads
     folds = rec.fold_val_accuracy
     assert len(folds) == 3 and math.isclose(rec.val_accuracy, sum(folds) / 3)
-    assert [r["step"] for r in rows] == list(range(1, 13)) and {r["steps"] for r in rows} == {12}
+    assert [r.step for r in rows] == list(range(1, 13)) and {r.steps for r in rows} == {12}
     assert (
         cfg.run_id
-        != make_config(
-            "tiny", "finetune", 0.1, 0, device=CPU, data=synthetic_data, overrides={"steps": 4, "batch_size": 64}, stage="trial"
-        ).run_id
+        != tiny_config(synthetic_data, "finetune", 0.1, 0, overrides={"steps": 4, "batch_size": 64}, stage="trial").run_id
     )
 
 
@@ -403,20 +403,40 @@ def test_article_recipe_is_the_articles_settings(synthetic_data) -> None:  # noq
     """batch 100, SGD lr 0.001 momentum 0.9, constant rate without warm-up, 10 epochs (in steps),
     crop + flip, BatchNorm in train mode (the article never calls eval() while training), 32 px,
     normalisation 0.5 / 0.5 whatever the backbone's own (../shared/docs/methods.md)."""
-    from bench.models.methods import ARTICLE_RECIPE
+    from bench.models.backbones import input_resolution
+    from bench.models.hparams import ARTICLE_RECIPE
     from bench.train.run import build_model
 
-    cfg = make_config("efficientnet_lite0", "article_sft", 0.1, 0, recipe="article", device=CPU, data=synthetic_data)
+    res = input_resolution("efficientnet_lite0", "article")  # the article's 32 px, whatever the backbone's own
+    cfg = make_config(
+        backbone="efficientnet_lite0",
+        method="article_sft",
+        fraction=0.1,
+        seed=0,
+        resolution=res,
+        recipe="article",
+        device=CPU,
+        data=synthetic_data,
+    )
     assert cfg.hp == ARTICLE_RECIPE.update(steps=10 * 3) and cfg.resolution == 32  # 300 labelled images
     hp = cfg.hp
     assert (hp.optimizer, hp.lr, hp.momentum, hp.batch_size, hp.schedule) == ("sgd", 0.001, 0.9, 100, "constant")
     assert hp.augment and hp.label_smoothing == 0.0 and hp.weight_decay == 0.0 and hp.warmup == 0.0 and hp.bn == "train"
-    tiny = make_config("tiny", "article_sft", 0.1, 0, recipe="article", device=CPU, data=synthetic_data)
+    tiny = tiny_config(synthetic_data, "article_sft", 0.1, 0, recipe="article")
     adapter = build_model(tiny, 10).adapter  # tiny's own normalisation is 0.5 / 0.25
     x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 32, 32)
     assert torch.allclose(adapter(x)[:, :, 0, 0], torch.tensor([[-1.0] * 3, [1.0] * 3]))
     assert (
-        make_config("tiny", "article_sft", 0.1, 0, recipe="article", resolution=64, device=CPU, data=synthetic_data).resolution
+        make_config(
+            backbone="tiny",
+            method="article_sft",
+            fraction=0.1,
+            seed=0,
+            recipe="article",
+            resolution=64,
+            device=CPU,
+            data=synthetic_data,
+        ).resolution
         == 64
     )
 
@@ -426,12 +446,12 @@ def test_old_recipe_and_method_names_give_the_article_config_with_a_note(synthet
     `seed_sft` as `article_sft`): the same RunConfig, so the same run id, and a note saying so."""
     from bench.registry import RenamedWarning
 
-    article = make_config("tiny", "article_sft", 0.1, 0, recipe="article", device=CPU, data=synthetic_data)
+    article = tiny_config(synthetic_data, "article_sft", 0.1, 0, recipe="article")
     with pytest.warns(RenamedWarning, match="recipe 'seed' is now called 'article'"):
-        old = make_config("tiny", "article_sft", 0.1, 0, recipe="seed", device=CPU, data=synthetic_data)
+        old = tiny_config(synthetic_data, "article_sft", 0.1, 0, recipe="seed")
     assert old == article and old.run_id == article.run_id and old.recipe == "article"
     with pytest.warns(RenamedWarning) as notes:
-        oldest = make_config("tiny", "seed_sft", 0.1, 0, recipe="seed", device=CPU, data=synthetic_data)
+        oldest = tiny_config(synthetic_data, "seed_sft", 0.1, 0, recipe="seed")
     assert oldest == article and oldest.method == "article_sft"
     assert sorted(str(n.message).split(" is now")[0] for n in notes) == ["method 'seed_sft'", "recipe 'seed'"]
     assert "seed_sft" not in METHODS.names() and METHODS.get("seed_sft") is METHODS.get("article_sft")
@@ -442,21 +462,21 @@ def test_old_recipe_and_method_names_give_the_article_config_with_a_note(synthet
 def test_fits_share_caches_only_when_given_them(synthetic_data, tiny_net) -> None:  # noqa: ANN001
     """No hidden process state: without `caches` every fit has fresh, private ones (nothing is
     reused); with one `Caches` the second fit is served from it, bit-identical to recomputing."""
-    from bench.train.engine import Caches
+    from bench.train.caches import Caches
 
     x, y = synthetic_data.train_x[:200], synthetic_data.train_y[:200]
     hp = HParams(steps=2, batch_size=64, lr=0.0)
     probe = PROBE
     spec = METHODS.get("sft")
-    alone = [fit(tiny_net("sft", hp), spec, hp, x, y, seed=0, probe=probe) for _ in range(2)]
+    alone = [fit(tiny_net("sft", hp), spec, hp, FitData(x, y), FitContext(seed=0, probe=probe)) for _ in range(2)]
     assert not any(r.probe_cache_hit or r.feature_cache_hits for r in alone)
     caches = Caches()
     nets = [tiny_net("sft", hp) for _ in range(2)]
-    shared = [fit(net, spec, hp, x, y, seed=0, probe=probe, caches=caches) for net in nets]
+    shared = [fit(net, spec, hp, FitData(x, y), FitContext(seed=0, probe=probe, caches=caches)) for net in nets]
     assert not shared[0].probe_cache_hit and shared[1].probe_cache_hit and shared[1].feature_cache_hits == 1
     assert caches.probes.hits == 1 and caches.features.hits == 1 and len(caches.features) == 1
     fresh = tiny_net("sft", hp)
-    fit(fresh, spec, hp, x, y, seed=0, probe=probe)
+    fit(fresh, spec, hp, FitData(x, y), FitContext(seed=0, probe=probe))
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in nets[1].state_dict().items())
     assert shared[1].history == alone[1].history
 
@@ -464,7 +484,8 @@ def test_fits_share_caches_only_when_given_them(synthetic_data, tiny_net) -> Non
 def test_the_feature_cache_is_sized_at_the_entry_point() -> None:
     """SFT_BENCH_FEATURE_CACHE_MB is read by `Caches.from_env` (called by the commands), never at import."""
     from bench.registry import UserError
-    from bench.train.engine import Caches, FeatureCache
+    from bench.train.caches import Caches
+    from bench.train.features import FeatureCache
 
     assert Caches.from_env({}).features.max_bytes == FeatureCache().max_bytes == 1024 * 2**20
     assert Caches.from_env({"SFT_BENCH_FEATURE_CACHE_MB": "2.5"}).features.max_bytes == int(2.5 * 2**20)
@@ -476,7 +497,7 @@ def test_records_count_the_images_through_the_backbone_and_a_cache_hit_counts_no
     """`backbone_images`: every image the backbone's forward pass saw (training steps, evaluation,
     feature passes); what the grid-cost figures count, and what computing a thing once saves."""
     from bench.train.caches import Caches
-    from bench.train.run import BackboneMeter
+    from bench.train.meter import BackboneMeter
 
     ft = run(synthetic_data, "finetune", {"steps": 5, "batch_size": 64}, fraction=0.1)
     # five full batches of 64 (protocol v3: no short last batch), then the 200 test images once

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from configs import tiny_config
 
-from bench.models.methods import METHODS
-from bench.train.run import execute, make_config
+from bench.models.kinds import METHODS
+from bench.run_config import make_config
+from bench.train.compiling import compile_spec
+from bench.train.context import FitContext, FitData
+from bench.train.run import execute
 
 CPU = torch.device("cpu")
 
@@ -69,10 +73,19 @@ def counting() -> CountingBackend:
 def _run(data, method: str, overrides: dict, *, compile: bool | str = False, stage: str = "final", seed: int = 0, **kw):  # noqa: ANN001, ANN202
     spec = METHODS.get(method)
     cfg = make_config(
-        "tiny", method, kw.pop("fraction", 0.2), seed, device=CPU, data=data, overrides=overrides, stage=stage, **kw
+        backbone="tiny",
+        method=method,
+        fraction=kw.pop("fraction", 0.2),
+        seed=seed,
+        resolution=kw.pop("resolution", 32),
+        device=CPU,
+        data=data,
+        overrides=overrides,
+        stage=stage,
+        **kw,
     )
     assert spec.trains_backbone
-    return execute(cfg, data, CPU, compile=compile)
+    return execute(cfg, data, CPU, FitContext(compile=compile_spec(compile)))
 
 
 def test_one_run_compiles_one_graph_and_every_step_runs_through_it(synthetic_data, counting: CountingBackend) -> None:  # noqa: ANN001
@@ -189,7 +202,7 @@ def test_sweep_with_compile_logs_its_graph_count(tmp_path, synthetic_dir) -> Non
     class Log:
         def status(self, status: object) -> None: ...
         def item_start(self, item: object) -> None: ...
-        def epoch(self, row: dict) -> None: ...
+        def epoch(self, row: object) -> None: ...
         def item_end(self, item: object, outcome: str) -> None: ...
         def log(self, message: str) -> None:
             lines.append(message)
@@ -251,8 +264,8 @@ def test_the_step_loop_waits_for_the_device_only_at_its_history_rows(optimizer: 
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from bench.budget import report_interval
-    from bench.models.methods import HParams
-    from bench.train.engine import fit
+    from bench.models.hparams import HParams
+    from bench.train.fit import fit
     from bench.train.loop import SYNCS_BEFORE_STEPS, SYNCS_PER_STEP, syncs_per_row
     from bench.train.syncs import HostSyncs
 
@@ -270,7 +283,7 @@ def test_the_step_loop_waits_for_the_device_only_at_its_history_rows(optimizer: 
 
         handle = register_optimizer_step_post_hook(step_done)
         try:
-            result = fit(net, METHODS.get("finetune"), hp, x, y, seed=0, val=val)
+            result = fit(net, METHODS.get("finetune"), hp, FitData(x, y, val=val), FitContext(seed=0))
         finally:
             handle.remove()
         tail = syncs.total - last[0]
@@ -308,12 +321,14 @@ def test_host_syncs_are_counted_on_a_cpu_as_they_would_be_on_cuda() -> None:
 def _key_inputs() -> tuple:
     """The inputs of the key regression below (a fixed tiny backbone, images, features, labels)."""
     from bench.models.backbones import build_backbone, get_backbone
-    from bench.models.methods import HParams, build_net
+    from bench.models.hparams import HParams
+    from bench.models.methods import Backbone, InputAdapter, build_net
 
     spec = get_backbone("tiny")
     torch.manual_seed(0)
     f, h = build_backbone(spec, True)
-    net = build_net("sft", f, h, spec.feature_dim, 10, HParams(), spec.mean, spec.std, 32).to(memory_format=torch.channels_last)
+    backbone, adapter = Backbone(f, h, spec.feature_dim), InputAdapter(spec.mean, spec.std, 32)
+    net = build_net("sft", backbone, adapter, 10, HParams()).to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(5)
     x = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8, generator=g)
     feats = torch.randn(50, 32, generator=g)
@@ -397,9 +412,9 @@ def test_the_dataset_goes_to_the_device_once_per_owner(synthetic_data, monkeypat
     asked: list[int] = []
     real_on = caches.data.on
     monkeypatch.setattr(caches.data, "on", lambda data, device: asked.append(id(data)) or real_on(data, device))
-    cfg = make_config("tiny", "finetune", 0.2, 0, device=CPU, data=synthetic_data, overrides={"steps": 2, "batch_size": 32},
-                      stage="trial", cv_folds=2, pool=(0, 1))  # fmt: skip
-    execute(cfg, synthetic_data, CPU, caches=caches)
+    overrides = {"steps": 2, "batch_size": 32}
+    cfg = tiny_config(synthetic_data, "finetune", 0.2, 0, overrides=overrides, stage="trial", cv_folds=2, pool=(0, 1))
+    execute(cfg, synthetic_data, CPU, FitContext(caches=caches))
     assert asked == [id(synthetic_data)] * 4 and moves == ["meta"]
 
 
@@ -440,10 +455,12 @@ def test_runs_sharing_an_owner_copy_the_backbone_and_give_the_same_record(synthe
     and both records are the one a run with fresh caches gives (accuracy, history, images)."""
     from bench.train.caches import Caches
 
-    cfg = make_config("tiny", "finetune", 0.2, 5, device=CPU, data=synthetic_data, overrides={"steps": 6, "batch_size": 32},
-                      pretrained=False)  # fmt: skip
+    cfg = tiny_config(synthetic_data, "finetune", 0.2, 5, overrides={"steps": 6, "batch_size": 32}, pretrained=False)
     caches = Caches()
-    a, b = execute(cfg, synthetic_data, CPU, caches=caches), execute(cfg, synthetic_data, CPU, caches=caches)
+    a, b = (
+        execute(cfg, synthetic_data, CPU, FitContext(caches=caches)),
+        execute(cfg, synthetic_data, CPU, FitContext(caches=caches)),
+    )
     alone = execute(cfg, synthetic_data, CPU)
     assert (caches.backbones.misses, caches.backbones.hits) == (1, 1)
     for rec in (a, b):
@@ -531,7 +548,7 @@ def test_cuda_defaults_are_resolved_from_a_cuda_device_object(synthetic_data) ->
     assert device_defaults(cuda).precision == "bf16" and device_defaults(CPU).precision == "fp32"
     assert [eval_batch(cuda, r) for r in (32, 64, 128, 224, 260, 512)] == [4096, 1024, 256, 128, 128, 128]
     assert {eval_batch(CPU, r) for r in (32, 64, 128, 224)} == {CPU_EVAL_BATCH} == {128}
-    cfg = make_config("tiny", "finetune", 0.2, 0, device=cuda, data=synthetic_data)
+    cfg = make_config(backbone="tiny", method="finetune", fraction=0.2, seed=0, resolution=32, device=cuda, data=synthetic_data)
     assert (cfg.precision, cfg.device_type) == ("bf16", "cuda")
 
 
@@ -539,7 +556,8 @@ def test_evaluation_batches_follow_the_networks_resolution(synthetic_data, tiny_
     """predict and encode_all ask for the batch of their device at the network's input resolution."""
     import bench.train.evaluate
     import bench.train.features
-    from bench.train.engine import encode_all, predict
+    from bench.train.evaluate import predict
+    from bench.train.features import encode_all
 
     asked: list[tuple[str, int]] = []
     for module in (bench.train.evaluate, bench.train.features):
@@ -622,17 +640,18 @@ def test_the_dry_run_measures_the_suites_loop_with_the_grids_settings(tmp_path, 
     precision and compile setting, and times no training for a frozen row (it trains heads only)."""
     from typer.testing import CliRunner
 
-    import bench.train.engine
+    import bench.train.fit
     import cli
 
     seen: list[tuple] = []
-    real = bench.train.engine.fit
+    real = bench.train.fit.fit
 
-    def spy(net, spec, hp, x, y, **kw):  # noqa: ANN001, ANN003, ANN202
-        seen.append((spec.name, hp.optimizer, hp.batch_size, hp.grad_clip, kw["precision"], kw["compile"], x.device.type))
-        return real(net, spec, hp, x, y, **kw)
+    def spy(net, spec, hp, data, ctx):  # noqa: ANN001, ANN202
+        how = ctx.compile.describe() if ctx.compile is not None else None
+        seen.append((spec.name, hp.optimizer, hp.batch_size, hp.grad_clip, ctx.precision, how, data.x.device.type))
+        return real(net, spec, hp, data, ctx)
 
-    monkeypatch.setattr(bench.train.engine, "fit", spy)
+    monkeypatch.setattr(bench.train.fit, "fit", spy)
     toml = tmp_path / "g.toml"
     toml.write_text(
         'backbones = ["tiny"]\nmethods = ["finetune", "sft-mlp-frozen"]\nfractions = [0.1]\nseeds = 1\ntrials = 2\n'

@@ -18,23 +18,24 @@ import torch
 from torch import nn
 
 from bench.models.backbones import build_backbone, get_backbone
-from bench.models.hparams import ProbeSpec
-from bench.models.methods import (
-    ARTICLE_RECIPE,
+from bench.models.hparams import ARTICLE_RECIPE, BN_POLICIES, HParams, ProbeSpec
+from bench.models.kinds import METHODS
+from bench.models.methods import Backbone, InputAdapter, build_net
+from bench.names import method_name
+from bench.registry import UserError
+from bench.run_config import RunConfig
+from bench.sweep.space import (
     BACKBONE_LR_MULT_CHOICES,
-    BN_POLICIES,
     LABEL_SMOOTHING_CHOICES,
     LR_RANGE,
-    METHODS,
     WARMUP_CHOICES,
     WEIGHT_DECAY_RANGE,
-    HParams,
-    build_net,
-    method_name,
+    method_space,
 )
-from bench.registry import UserError
-from bench.train.engine import Caches, fit
-from bench.train.run import RunConfig, trainable_parameters
+from bench.train.caches import Caches
+from bench.train.context import FitContext, FitData
+from bench.train.fit import fit
+from bench.train.run import trainable_parameters
 
 SFT_VARIANTS = ["sft", "sft-mlp", "sft-side", "sft-mlp-frozen", "sft-side-frozen"]
 PROBE_METHODS = {"sft", "sft-mlp", "sft-side", "lp_ft", "sft-mlp-frozen", "sft-side-frozen"}
@@ -105,7 +106,7 @@ def test_sft_starts_exactly_at_the_heads_output(method: str, batch: tuple, tiny_
 def test_sft_branch_is_trained(method: str, batch: tuple, tiny_net) -> None:
     hp = _hp(method, steps=8, batch_size=32)
     net = tiny_net(method, hp)
-    fit(net, METHODS.get(method), hp, *batch, seed=0, probe=PROBE)
+    fit(net, METHODS.get(method), hp, FitData(*batch), FitContext(seed=0, probe=PROBE))
     net.eval()
     x = batch[0]
     with torch.no_grad():
@@ -122,15 +123,15 @@ def test_head_starts_as_the_linear_probe_rows_model(method: str, batch: tuple, t
     net = tiny_net(method, hp)
     init = _snapshot(net.head)["weight"]
     caches.probes.clear()
-    result = fit(net, METHODS.get(method), hp, *batch, seed=3, probe=PROBE, caches=caches)
-    assert {row["phase"] for row in result.history} == {"probe_cv", "probe", "train"}
+    result = fit(net, METHODS.get(method), hp, FitData(*batch), FitContext(seed=3, probe=PROBE, caches=caches))
+    assert {row.phase for row in result.history} == {"probe_cv", "probe", "train"}
     assert result.probe_steps > 0 and result.steps == 1 and result.probe_converged
     assert not torch.allclose(net.head.weight, init), "the probe phase did not fit the head"
 
     lp_hp = _hp("linear_probe")
     row = tiny_net("linear_probe", lp_hp)
     caches.probes.clear()  # fitted again, not served from the cache
-    lp = fit(row, METHODS.get("linear_probe"), lp_hp, *batch, seed=7, probe=PROBE, caches=caches)
+    lp = fit(row, METHODS.get("linear_probe"), lp_hp, FitData(*batch), FitContext(seed=7, probe=PROBE, caches=caches))
     assert not lp.probe_cache_hit and lp.steps == 0 and lp.probe_steps == result.probe_steps
     assert torch.equal(net.head.weight, row.head.weight) and torch.equal(net.head.bias, row.head.bias)
 
@@ -139,22 +140,34 @@ def test_the_probe_is_fitted_once_and_a_cached_probe_is_bit_identical(batch: tup
     caches = Caches()
     caches.probes.clear()
     hp = _hp("sft", lr=0.0, steps=1, batch_size=32)
-    first = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE, caches=caches)
+    first = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, FitData(*batch), FitContext(seed=1, probe=PROBE, caches=caches))
     net = tiny_net("sft", hp)
-    second = fit(net, METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE, caches=caches)
+    second = fit(net, METHODS.get("sft"), hp, FitData(*batch), FitContext(seed=1, probe=PROBE, caches=caches))
     assert not first.probe_cache_hit and second.probe_cache_hit and caches.probes.hits == 1
     cached = _snapshot(net.head)
     caches.probes.clear()
     net = tiny_net("sft", hp)
-    fit(net, METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE, caches=caches)
+    fit(net, METHODS.get("sft"), hp, FitData(*batch), FitContext(seed=1, probe=PROBE, caches=caches))
     assert all(torch.equal(v, net.head.state_dict()[k]) for k, v in cached.items())
     # the probe is deterministic (protocol v3): another seed is the same probe; other settings or
     # other images are another
-    same = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=2, probe=PROBE, caches=caches)
+    same = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, FitData(*batch), FitContext(seed=2, probe=PROBE, caches=caches))
     assert same.probe_cache_hit
-    other = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, *batch, seed=1, probe=PROBE.update(folds=2), caches=caches)
+    other = fit(
+        tiny_net("sft", hp),
+        METHODS.get("sft"),
+        hp,
+        FitData(*batch),
+        FitContext(seed=1, probe=PROBE.update(folds=2), caches=caches),
+    )
     assert not other.probe_cache_hit
-    fewer = fit(tiny_net("sft", hp), METHODS.get("sft"), hp, batch[0][1:], batch[1][1:], seed=1, probe=PROBE, caches=caches)
+    fewer = fit(
+        tiny_net("sft", hp),
+        METHODS.get("sft"),
+        hp,
+        FitData(batch[0][1:], batch[1][1:]),
+        FitContext(seed=1, probe=PROBE, caches=caches),
+    )
     assert not fewer.probe_cache_hit
 
 
@@ -167,7 +180,7 @@ def test_frozen_rows_get_no_gradient_and_keep_batchnorm_statistics(
     net = tiny_net(method, hp)
     before = _snapshot(net.backbone)
     head_before = _snapshot(net.head)
-    fit(net, METHODS.get(method), hp, *batch, seed=0, feature_cache=feature_cache, probe=PROBE)
+    fit(net, METHODS.get(method), hp, FitData(*batch), FitContext(seed=0, feature_cache=feature_cache, probe=PROBE))
     assert all(p.grad is None for p in net.backbone.parameters())
     after = net.backbone.state_dict()
     for key, value in before.items():
@@ -186,7 +199,7 @@ def test_frozen_batchnorm_policy_keeps_the_pretrained_statistics_while_the_backb
         hp = _hp(method, steps=4, batch_size=32, lr=0.01, bn=bn)
         net = tiny_net(method, hp)
         before = _snapshot(net.backbone)
-        fit(net, METHODS.get(method), hp, *batch, seed=0, probe=PROBE)
+        fit(net, METHODS.get(method), hp, FitData(*batch), FitContext(seed=0, probe=PROBE))
         after = net.backbone.state_dict()
         assert not torch.equal(before["net.0.weight"], after["net.0.weight"]), "the backbone did not train"
         assert not torch.equal(before["net.1.weight"], after["net.1.weight"]), "BN affine parameters did not train"
@@ -203,11 +216,11 @@ def test_methods_that_train_the_backbone_refuse_a_zero_multiplier_and_frozen_row
     for method in sorted(set(METHODS.names()) - FROZEN_ROWS):
         with pytest.raises(UserError, match="frozen backbone is a row of its own"):
             hp = _hp(method, steps=1, backbone_lr_mult=0.0)
-            fit(tiny_net(method, hp), METHODS.get(method), hp, *batch, seed=0, probe=PROBE)
+            fit(tiny_net(method, hp), METHODS.get(method), hp, FitData(*batch), FitContext(seed=0, probe=PROBE))
     for method in sorted(FROZEN_ROWS):
         with pytest.raises(UserError, match="cannot be augmented"):
             hp = _hp(method, steps=1, augment=True)
-            fit(tiny_net(method, hp), METHODS.get(method), hp, *batch, seed=0, probe=PROBE)
+            fit(tiny_net(method, hp), METHODS.get(method), hp, FitData(*batch), FitContext(seed=0, probe=PROBE))
 
 
 @pytest.mark.parametrize("method", sorted(HAND_COUNT))
@@ -215,10 +228,10 @@ def test_trainable_parameter_counts_match_a_hand_count(method: str, batch: tuple
     hp = _hp(method, steps=2, batch_size=64)
     net = tiny_net(method, hp)
     probe = PROBE if METHODS.get(method).probe_init else None
-    cfg = RunConfig("tiny", method, 1.0, 0, hp=hp, probe=probe)
+    cfg = RunConfig(backbone="tiny", method=method, fraction=1.0, seed=0, hp=hp, probe=probe)
     assert trainable_parameters(net, cfg) == HAND_COUNT[method]
     head = _snapshot(net.head)
-    fit(net, METHODS.get(method), hp, *batch, seed=0, probe=probe)
+    fit(net, METHODS.get(method), hp, FitData(*batch), FitContext(seed=0, probe=probe))
     if METHODS.get(method).is_probe:
         # the linear probe is fitted as a Linear of its own and loaded into the head (so the sft*
         # rows can start from the very same model): the head changed, nothing else has a gradient
@@ -242,7 +255,8 @@ def test_article_sft_maps_the_pretrained_logits_to_classes_lite0() -> None:
     spec = get_backbone("efficientnet_lite0")
     feats, pretrained_head = build_backbone(spec, True)
     reference = pretrained_head.weight.detach().clone()
-    net = build_net("article_sft", feats, pretrained_head, spec.feature_dim, 10, ARTICLE_RECIPE, spec.mean, spec.std, 32).eval()
+    backbone, adapter = Backbone(feats, pretrained_head, spec.feature_dim), InputAdapter(spec.mean, spec.std, 32)
+    net = build_net("article_sft", backbone, adapter, 10, ARTICLE_RECIPE).eval()
     assert torch.equal(net.head[0].weight, reference)  # the ImageNet classifier, K = 1000
     assert (net.head[1].in_features, net.head[1].out_features) == (1000, 10)
     with torch.no_grad():
@@ -254,7 +268,7 @@ def test_search_space_yields_valid_hyperparameters(method: str) -> None:
     spec = METHODS.get(method)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(8):
-        changes = spec.search_space(study.ask())
+        changes = method_space(study.ask(), spec)
         hp = HParams().update(**spec.defaults).update(**changes)
         assert math.isfinite(hp.lr) and hp.lr > 0
         assert "steps" not in changes, "the step budget is the cell's, never searched"
@@ -281,7 +295,7 @@ def test_shared_hyperparameters_have_one_search_space_for_every_method() -> None
         spec = METHODS.get(method)
         study = optuna.create_study()
         trial = study.ask()
-        spec.search_space(trial)
+        method_space(trial, spec)
         dists = dict(trial.distributions)
         width = dists.pop("branch_width", None)
         assert (width is not None) == (method in {"sft-mlp", "sft-side", "sft-mlp-frozen", "sft-side-frozen"})
@@ -320,7 +334,7 @@ def test_numbers_are_normalised_so_equal_settings_share_a_run_id() -> None:
     a = HParams().update(lr=1, steps=3.0, weight_decay=0)
     assert isinstance(a.lr, float) and isinstance(a.steps, int) and isinstance(a.weight_decay, float)
     b = HParams().update(lr=1.0, steps=3, weight_decay=0.0)
-    run = lambda hp, probe=PROBE: RunConfig("tiny", "sft", 0.1, 0, hp=hp, probe=probe).run_id  # noqa: E731
+    run = lambda hp, probe=PROBE: RunConfig(backbone="tiny", method="sft", fraction=0.1, seed=0, hp=hp, probe=probe).run_id  # noqa: E731
     assert run(a) == run(b)
     assert run(a) != run(b.update(lr=0.5))
     assert run(a) != run(a, PROBE.update(folds=4)), "the probe it starts from is part of a run's id"
@@ -351,10 +365,10 @@ def test_sft_linear_is_lp_ft_with_a_doubled_head_step(optimizer: str, batch: tup
     sft_hp = _hp("sft", lr=0.01, backbone_lr_mult=1.0, **common)
     lp_hp = _hp("lp_ft", lr=0.02, backbone_lr_mult=0.5, **common)
     sft, lp = tiny_net("sft", sft_hp), tiny_net("lp_ft", lp_hp)
-    fit(sft, METHODS.get("sft"), sft_hp, x, y, seed=5, probe=PROBE)
-    fit(lp, METHODS.get("lp_ft"), lp_hp, x, y, seed=5, probe=PROBE)
+    fit(sft, METHODS.get("sft"), sft_hp, FitData(x, y), FitContext(seed=5, probe=PROBE))
+    fit(lp, METHODS.get("lp_ft"), lp_hp, FitData(x, y), FitContext(seed=5, probe=PROBE))
     start = tiny_net("lp_ft", lp_hp)
-    fit(start, METHODS.get("lp_ft"), lp_hp.update(lr=0.0), x, y, seed=5, probe=PROBE)
+    fit(start, METHODS.get("lp_ft"), lp_hp.update(lr=0.0), FitData(x, y), FitContext(seed=5, probe=PROBE))
     with torch.no_grad():
         a, b = sft.eval()(x), lp.eval()(x)
         moved = float((b - start.eval()(x)).abs().max())
@@ -362,9 +376,9 @@ def test_sft_linear_is_lp_ft_with_a_doubled_head_step(optimizer: str, batch: tup
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # with weight decay the two differ (decay on two copies of the head)
     decay = dict(common, weight_decay=0.1)
-    sft_wd = tiny_net("sft", _hp("sft", lr=0.01, backbone_lr_mult=1.0, **decay))
-    lp_wd = tiny_net("lp_ft", _hp("lp_ft", lr=0.02, backbone_lr_mult=0.5, **decay))
-    fit(sft_wd, METHODS.get("sft"), _hp("sft", lr=0.01, backbone_lr_mult=1.0, **decay), x, y, seed=5, probe=PROBE)
-    fit(lp_wd, METHODS.get("lp_ft"), _hp("lp_ft", lr=0.02, backbone_lr_mult=0.5, **decay), x, y, seed=5, probe=PROBE)
+    sft_wd_hp, lp_wd_hp = _hp("sft", lr=0.01, backbone_lr_mult=1.0, **decay), _hp("lp_ft", lr=0.02, backbone_lr_mult=0.5, **decay)
+    sft_wd, lp_wd = tiny_net("sft", sft_wd_hp), tiny_net("lp_ft", lp_wd_hp)
+    for net, method, hp in ((sft_wd, "sft", sft_wd_hp), (lp_wd, "lp_ft", lp_wd_hp)):
+        fit(net, METHODS.get(method), hp, FitData(x, y), FitContext(seed=5, probe=PROBE))
     with torch.no_grad():
         assert not torch.allclose(sft_wd.eval()(x), lp_wd.eval()(x), rtol=1e-4, atol=1e-4)

@@ -15,14 +15,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from configs import tiny_config
 from typer.testing import CliRunner
 
 from bench import perf
 from bench.data import label_split, load_cifar10, synthetic_cifar
-from bench.models.methods import METHODS
+from bench.models.hparams import HParams
+from bench.models.kinds import METHODS
 from bench.records import CacheCounts
-from bench.train import engine
-from bench.train.run import build_model, execute, make_config
+from bench.train.caches import Caches
+from bench.train.compiling import compile_spec
+from bench.train.context import FitContext, FitData
+from bench.train.evaluate import predict
+from bench.train.features import FeatureCache, encode_all
+from bench.train.fit import fit
+from bench.train.loop import FitResult, make_optimizer
+from bench.train.run import build_model, execute
 
 CPU = torch.device("cpu")
 
@@ -189,48 +197,48 @@ def test_interleave_alternates_the_order_and_takes_per_round_ratios() -> None:
 
 
 def _fit(
-    data: object, method: str, overrides: dict, caches: engine.Caches | None = None, **kw: object
-) -> tuple[engine.FitResult, torch.nn.Module]:
-    cfg = make_config("tiny", method, 0.5, 0, overrides=overrides, stage="trial", device=CPU, data=data)
+    data: object, method: str, overrides: dict, caches: Caches | None = None, **kw: object
+) -> tuple[FitResult, torch.nn.Module]:
+    cfg = tiny_config(data, method, 0.5, 0, overrides=overrides, stage="trial")
     torch.manual_seed(0)
     net = build_model(cfg, 10).to(memory_format=torch.channels_last)
     split = label_split(data.train_y, 0.5, 0)
     val = (data.train_x[split.val], data.train_y[split.val])
     precision = kw.pop("precision", "fp32")
     x, y = data.train_x[split.train], data.train_y[split.train]
-    r = engine.fit(net, METHODS.get(method), cfg.hp, x, y, seed=0, precision=precision, val=val, caches=caches, **kw)
+    r = fit(
+        net, METHODS.get(method), cfg.hp, FitData(x, y, val=val), FitContext(seed=0, precision=precision, caches=caches, **kw)
+    )
     return r, net
 
 
-def _fresh(
-    data: object, method: str, overrides: dict, caches: engine.Caches, **kw: object
-) -> tuple[engine.FitResult, torch.nn.Module]:
+def _fresh(data: object, method: str, overrides: dict, caches: Caches, **kw: object) -> tuple[FitResult, torch.nn.Module]:
     caches.probes.clear()  # else a second fit of the same probe is served from the probe cache, untrained
     return _fit(data, method, overrides, caches, **kw)
 
 
 @pytest.mark.parametrize("method", ["sft-mlp-frozen", "sft-side-frozen"])
 def test_feature_cache_modes_train_the_same_model(data: object, method: str) -> None:
-    caches = engine.Caches()
+    caches = Caches()
     overrides = {"steps": 4}
     runs = {mode: _fresh(data, method, overrides, caches, feature_cache=mode) for mode in ("off", "trial", "shared")}
     again, _ = _fit(data, method, {**overrides, "lr": 0.01}, caches, feature_cache="shared")  # another trial of the cell
-    losses = {mode: [h["loss"] for h in r.history if "loss" in h] for mode, (r, _) in runs.items()}
+    losses = {mode: [h.loss for h in r.history if h.loss is not None] for mode, (r, _) in runs.items()}
     assert losses["off"] == pytest.approx(losses["trial"], rel=1e-5) and losses["trial"] == losses["shared"]
-    vals = {mode: [h.get("val_accuracy") for h in r.history if h["phase"] == "train"] for mode, (r, _) in runs.items()}
+    vals = {mode: [h.val_accuracy for h in r.history if h.phase == "train"] for mode, (r, _) in runs.items()}
     assert vals["off"] == vals["trial"] == vals["shared"]
     assert runs["shared"][0].feature_cache_hits == 0 and again.feature_cache_hits == 2  # train and val features
-    train_rows = [h for h in runs["off"][0].history if h["phase"] == "train"]
+    train_rows = [h for h in runs["off"][0].history if h.phase == "train"]
     assert len(runs["off"][0].interval_seconds) == len(train_rows) == 4
 
 
 def test_feature_cache_keys_on_content(data: object) -> None:
-    cache = engine.FeatureCache(max_mb=64)
-    cfg = make_config("tiny", "linear_probe", 1.0, 0, device=CPU, data=data)
+    cache = FeatureCache(max_mb=64)
+    cfg = tiny_config(data, "linear_probe", 1.0, 0)
     net = build_model(cfg, 10)
     x = data.train_x[:32]
     first, hit = cache.encode(net, x, "fp32")
-    assert not hit and torch.equal(first, engine.encode_all(net, x, "fp32"))
+    assert not hit and torch.equal(first, encode_all(net, x, "fp32"))
     assert cache.encode(net, x.clone(), "fp32")[1]  # same content, another tensor: a hit
     assert not cache.encode(net, x, "bf16")[1]  # another precision
     assert not cache.encode(net, x[:16], "fp32")[1]  # other images
@@ -240,7 +248,7 @@ def test_feature_cache_keys_on_content(data: object) -> None:
     assert not hit and not torch.equal(changed, first)
     net.backbone.net[1].running_mean.add_(1.0)  # BatchNorm statistics count too
     assert not cache.encode(net, x, "fp32")[1]
-    tiny = engine.FeatureCache(max_mb=0.001)  # an entry larger than the budget is not kept
+    tiny = FeatureCache(max_mb=0.001)  # an entry larger than the budget is not kept
     tiny.encode(net, x, "fp32")
     assert len(tiny) == 0
 
@@ -249,13 +257,13 @@ def test_feature_cache_keys_on_content(data: object) -> None:
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 def test_precision_and_memory_format_train_and_predict(data: object, precision: str, fmt: torch.memory_format) -> None:
     overrides = {"steps": 3, "batch_size": 32}
-    cfg = make_config("tiny", "finetune", 0.5, 0, overrides=overrides, precision=precision, device=CPU, data=data)
+    cfg = tiny_config(data, "finetune", 0.5, 0, overrides=overrides, precision=precision)
     torch.manual_seed(0)
     net = build_model(cfg, 10).to(memory_format=fmt)
     x, y = data.train_x[:96], data.train_y[:96]
-    r = engine.fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision)
-    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in r.history)
-    probs = engine.predict(net, data.train_x[:40], precision, batch=16)
+    r = fit(net, METHODS.get("finetune"), cfg.hp, FitData(x, y), FitContext(seed=0, precision=precision))
+    assert all(torch.isfinite(torch.tensor(h.loss)) for h in r.history)
+    probs = predict(net, data.train_x[:40], precision, batch=16)
     assert probs.shape == (40, 10) and probs.dtype == torch.float32
     assert torch.allclose(probs.sum(1), torch.ones(40), atol=1e-3)
 
@@ -263,11 +271,11 @@ def test_precision_and_memory_format_train_and_predict(data: object, precision: 
 def test_memory_format_does_not_change_the_model(data: object) -> None:
     outs = []
     for fmt in (torch.contiguous_format, torch.channels_last):
-        cfg = make_config("tiny", "finetune", 0.5, 0, overrides={"steps": 2, "batch_size": 32}, device=CPU, data=data)
+        cfg = tiny_config(data, "finetune", 0.5, 0, overrides={"steps": 2, "batch_size": 32})
         torch.manual_seed(0)
         net = build_model(cfg, 10).to(memory_format=fmt)
-        engine.fit(net, METHODS.get("finetune"), cfg.hp, data.train_x[:64], data.train_y[:64], seed=0)
-        outs.append(engine.predict(net, data.train_x[:32], "fp32"))
+        fit(net, METHODS.get("finetune"), cfg.hp, FitData(data.train_x[:64], data.train_y[:64]), FitContext(seed=0))
+        outs.append(predict(net, data.train_x[:32], "fp32"))
     assert torch.allclose(outs[0], outs[1], atol=1e-4)
 
 
@@ -276,16 +284,16 @@ def test_compile_path_matches_eager(data: object) -> None:
     overrides = {"steps": 4, "batch_size": 32}
     plain, net_a = _fit(data, "finetune", overrides)
     torch._dynamo.reset()
-    compiled, net_b = _fit(data, "finetune", overrides, compile="eager")
-    assert [h["loss"] for h in compiled.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-4)
+    compiled, net_b = _fit(data, "finetune", overrides, compile=compile_spec("eager"))
+    assert [h.loss for h in compiled.history] == pytest.approx([h.loss for h in plain.history], rel=1e-4)
     x = data.train_x[:16]
-    assert torch.allclose(engine.predict(net_a, x, "fp32"), engine.predict(net_b, x, "fp32"), atol=1e-4)
+    assert torch.allclose(predict(net_a, x, "fp32"), predict(net_b, x, "fp32"), atol=1e-4)
     torch._dynamo.reset()
 
 
 def test_execute_passes_compile_and_keeps_the_run_id(data: object) -> None:
-    cfg = make_config("tiny", "linear_probe", 0.5, 0, overrides={"steps": 2}, device=CPU, data=data)
-    rec = execute(cfg, data, CPU, compile="eager")
+    cfg = tiny_config(data, "linear_probe", 0.5, 0, overrides={"steps": 2})
+    rec = execute(cfg, data, CPU, FitContext(compile=compile_spec("eager")))
     assert rec.run_id == cfg.run_id and "compile" not in json.dumps(rec.config)
     torch._dynamo.reset()
 
@@ -293,7 +301,7 @@ def test_execute_passes_compile_and_keeps_the_run_id(data: object) -> None:
 def test_fused_optimisers_on_cpu() -> None:
     p = torch.nn.Parameter(torch.zeros(3))
     for name in ("sgd", "adamw"):
-        opt = engine._optimizer([{"params": [p]}], engine.HParams(optimizer=name))
+        opt = make_optimizer([{"params": [p]}], HParams(optimizer=name))
         assert opt.defaults["fused"] is True
 
 

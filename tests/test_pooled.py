@@ -136,7 +136,8 @@ def test_nothing_is_pruned_against_fewer_than_the_floor(tmp_path: Path, syntheti
 
 
 def test_the_defaults_recipe_trains_each_methods_defaults_without_a_search(tmp_path: Path, synthetic_dir: Path) -> None:
-    from bench.models.methods import METHODS, HParams
+    from bench.models.hparams import HParams
+    from bench.models.kinds import METHODS
     from bench.sweep.worker import Sweep
     from bench.train.run import get_data
 

@@ -26,7 +26,7 @@ CPU = torch.device("cpu")
 
 
 def test_rates_are_measured_once_then_read_from_the_cache(tmp_path: Path) -> None:
-    from bench.models.methods import HParams
+    from bench.models.hparams import HParams
 
     hp = HParams(batch_size=16)
     cache = RateCache(tmp_path / "rates.json")

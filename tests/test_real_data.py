@@ -18,7 +18,8 @@ import torch
 from bench.data import CLASSES, load_cifar10
 from bench.models.backbones import build_backbone, get_backbone
 from bench.models.methods import InputAdapter
-from bench.train.run import execute, get_data, make_config
+from bench.run_config import make_config
+from bench.train.run import execute, get_data
 
 pytestmark = pytest.mark.slow  # real CIFAR-10 (60,000 images) built and read
 CPU = torch.device("cpu")
@@ -91,7 +92,9 @@ def test_lite0_linear_probe_at_ten_percent_is_well_above_chance(real_data) -> No
     accuracy for other CPUs and library versions, and 0.14 above what random features
     reach, so it fails if the pretrained weights or the probe stop working.
     """
-    cfg = make_config("efficientnet_lite0", "linear_probe", 0.1, 0, resolution=32, device=CPU, data=real_data)
+    cfg = make_config(
+        backbone="efficientnet_lite0", method="linear_probe", fraction=0.1, seed=0, resolution=32, device=CPU, data=real_data
+    )
     t0 = time.perf_counter()
     rec = execute(cfg, real_data, CPU)
     seconds = time.perf_counter() - t0

@@ -21,13 +21,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from configs import tiny_config
 from test_postgres import GRID
 
-from bench.models.methods import METHODS
+from bench.history import HistoryRow
+from bench.models.kinds import METHODS
 from bench.records import RunRecord
+from bench.run_config import RunConfig
 from bench.train.caches import Caches, feature_store_dir
+from bench.train.context import FitContext
 from bench.train.features import FeatureCache
-from bench.train.run import RunConfig, execute, make_config
+from bench.train.run import SaveTo, execute
 from bench.train.store import STORE_FAULT_ENV, FeatureStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,11 +56,11 @@ def config(data, method: str, stage: str = "final", probe_of: RunConfig | None =
     """A 3-step tiny run at 20% of the labels; probe-initialised methods start from `probe_of`'s
     probe settings (the linear_probe row's, as the sweep passes them)."""
     probe = probe_of.probe if probe_of is not None and METHODS.get(method).probe_init else None
-    return make_config("tiny", method, 0.2, 0, device=CPU, data=data, overrides={"steps": 3}, stage=stage, probe=probe)
+    return tiny_config(data, method, 0.2, 0, overrides={"steps": 3}, stage=stage, probe=probe)
 
 
 def run(cfg: RunConfig, data, caches: Caches, preds: Path | None = None) -> RunRecord:  # noqa: ANN001
-    return execute(cfg, data, CPU, caches=caches, save_predictions=preds)
+    return execute(cfg, data, CPU, FitContext(caches=caches), SaveTo(predictions=preds))
 
 
 def same(a: RunRecord, b: RunRecord) -> None:
@@ -123,13 +127,16 @@ def test_a_probe_fitted_by_sft_serves_the_linear_probe_row(
 
 CHILD = """
 import sys, torch
-from bench.train.run import execute, make_config, get_data
+from bench.train.run import execute, get_data
+from bench.run_config import make_config
 from bench.train.caches import Caches
+from bench.train.context import FitContext
 from bench.train.store import FeatureStore
 torch.set_num_threads(1)
 data = get_data(sys.argv[1])
-cfg = make_config("tiny", "linear_probe", 0.2, 0, device=torch.device("cpu"), data=data, overrides={"steps": 3})
-execute(cfg, data, torch.device("cpu"), caches=Caches(store=FeatureStore(sys.argv[2])))
+cfg = make_config(backbone="tiny", method="linear_probe", fraction=0.2, seed=0, resolution=32,
+                  device=torch.device("cpu"), data=data, overrides={"steps": 3})
+execute(cfg, data, torch.device("cpu"), FitContext(caches=Caches(store=FeatureStore(sys.argv[2]))))
 """
 
 WRITER = """
@@ -197,7 +204,7 @@ def test_damaged_files_are_misses_and_are_rewritten(tmp_path: Path, tiny_net, sy
         assert not hit and torch.equal(again, feats)
         assert path.read_bytes() == good  # rewritten whole
     assert store.counts.rejected == 12
-    state, rows = {"weight": torch.randn(10, 8), "bias": torch.randn(10)}, [{"phase": "train", "loss": 0.5}]
+    state, rows = {"weight": torch.randn(10, 8), "bias": torch.randn(10)}, [HistoryRow(phase="train", loss=0.5)]
     store.save_probe("p" * 64, state, rows)
     whole = store.probe_path("p" * 64).read_bytes()
     for damage in (whole[: len(whole) // 2], b"", whole[:-30], bytes(len(whole))):
@@ -301,7 +308,8 @@ def test_evaluating_a_frozen_row_from_its_features_is_the_full_forward_pass(back
     """`run_fold` scores frozen rows on the test set from (stored) features: the same numbers as
     running the whole network, because `encode_all` and `predict` cut the same batches."""
     from bench.models.backbones import build_backbone, get_backbone
-    from bench.models.methods import HParams, build_net
+    from bench.models.hparams import HParams
+    from bench.models.methods import Backbone, InputAdapter, build_net
     from bench.train.evaluate import predict
     from bench.train.features import encode_all
 
@@ -310,7 +318,8 @@ def test_evaluating_a_frozen_row_from_its_features_is_the_full_forward_pass(back
         pytest.skip(f"{backbone}'s weights are not installed")
     torch.manual_seed(0)
     feats, head = build_backbone(spec, True)
-    net = build_net(method, feats, head, spec.feature_dim, 10, HParams(), spec.mean, spec.std, 32)
+    backbone, adapter = Backbone(feats, head, spec.feature_dim), InputAdapter(spec.mean, spec.std, 32)
+    net = build_net(method, backbone, adapter, 10, HParams())
     net = net.to(memory_format=torch.channels_last)
     x, _ = synthetic_data.test()  # 200 images: a batch of 128, then one of 72
     assert torch.equal(predict(net, x, "fp32", feats=encode_all(net, x, "fp32")), predict(net, x, "fp32"))

@@ -24,6 +24,7 @@ import torch
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from bench.history import HistoryRow
 from bench.registry import UserError
 from bench.sweep.experiment import Cell, read_toml, resolve
 
@@ -83,7 +84,7 @@ class Recorder:
             {"kind": item.kind, "cell": item.cell, "slot": item.slot, "seed": item.seed, "reads_before": self.data.test_reads}
         )
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: HistoryRow) -> None:
         pass
 
     def item_end(self, item, outcome: str) -> None:  # noqa: ANN001
@@ -961,7 +962,7 @@ def test_a_worker_whose_heartbeat_fails_drops_the_claim_says_so_and_goes_on(
     sweep = Sweep(exp, data, CPU, storage=flaky.storage, progress=progress)
     real, calls = W.execute, []
 
-    def storage_down_during_the_first_trial(cfg, data, device, *, on_progress=None, **kw):  # noqa: ANN001, ANN202
+    def storage_down_during_the_first_trial(cfg, data, device, ctx, *save):  # noqa: ANN001, ANN002, ANN202
         calls.append(cfg.stage)
         if len(calls) == 1:
             flaky.down = True
@@ -969,8 +970,8 @@ def test_a_worker_whose_heartbeat_fails_drops_the_claim_says_so_and_goes_on(
             while not sweep.heartbeat.lost and time.time() < deadline:
                 time.sleep(0.01)
             flaky.down = False  # the storage is back: the claim can be given back
-            on_progress({"phase": "train", "step": 1, "steps": 3, "loss": 0.0, "train_accuracy": 0.0})
-        return real(cfg, data, device, on_progress=on_progress, **kw)
+            ctx.on_progress(HistoryRow(phase="train", step=1, steps=3, loss=0.0, train_accuracy=0.0))
+        return real(cfg, data, device, ctx, *save)
 
     monkeypatch.setattr(W, "execute", storage_down_during_the_first_trial)
     status = sweep.run()

@@ -18,6 +18,8 @@ from rich.progress import Progress as Bar
 from rich.table import Table
 from rich.text import Text
 
+from bench.history import HistoryRow
+
 
 def _hms(seconds: float | None) -> str:
     """Seconds as [Nd ]H:MM:SS; None (no rate measured yet) says so instead of a made-up ETA."""
@@ -161,25 +163,25 @@ class RichDisplay:
             self.bar.remove_task(self.task)
             self.task = None
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: HistoryRow) -> None:
         """A history row or a step tick: advance the bar of its phase (probe, then train) step by step, with
         the steps per second measured on this phase; the loss and accuracies change at history rows only."""
         now = time.time()
-        if row["phase"] != self.phase or self.task is None:
+        if row.phase != self.phase or self.task is None:
             if self.task is not None:
                 self.bar.remove_task(self.task)
-            self.phase = row["phase"]
-            self.task = self.bar.add_task(row["phase"], total=row["steps"], info="", rate="")
+            self.phase = row.phase
+            self.task = self.bar.add_task(row.phase, total=row.steps, info="", rate="")
             self.rate_from = (now, 0)
         t0, s0 = self.rate_from
-        rate = f"{(row['step'] - s0) / (now - t0):.1f} steps/s" if now > t0 + 1 and row["step"] > s0 else ""
-        if row.get("tick"):
-            self.bar.update(self.task, completed=row["step"], rate=rate)
+        rate = f"{(row.step - s0) / (now - t0):.1f} steps/s" if now > t0 + 1 and row.step > s0 else ""
+        if row.tick:
+            self.bar.update(self.task, completed=row.step, rate=rate)
             return
-        info = f"loss {row['loss']:.3f}  train acc {row['train_accuracy']:.3f}"
-        if "val_accuracy" in row:
-            info += f"  val acc {row['val_accuracy']:.3f}"
-        self.bar.update(self.task, completed=row["step"], info=info, rate=rate)
+        info = f"loss {row.loss:.3f}  train acc {row.train_accuracy:.3f}"
+        if row.val_accuracy is not None:
+            info += f"  val acc {row.val_accuracy:.3f}"
+        self.bar.update(self.task, completed=row.step, info=info, rate=rate)
 
     def item_end(self, item: Any, outcome: str) -> None:
         """A finished item stays in the scrollback above the live view, with its outcome and time."""
@@ -227,13 +229,13 @@ class PlainDisplay:
         self.item_started = time.time()
         self._print(f"start {item.label}")
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: HistoryRow) -> None:
         """One line per history row (step ticks are for the live view only)."""
-        if row.get("tick"):
+        if row.tick:
             return
-        info = f"  {row['phase']} {row['step']}/{row['steps']} loss {row['loss']:.4f} train acc {row['train_accuracy']:.4f}"
-        if "val_accuracy" in row:
-            info += f" val acc {row['val_accuracy']:.4f}"
+        info = f"  {row.phase} {row.step}/{row.steps} loss {row.loss:.4f} train acc {row.train_accuracy:.4f}"
+        if row.val_accuracy is not None:
+            info += f" val acc {row.val_accuracy:.4f}"
         self._print(info)
 
     def item_end(self, item: Any, outcome: str) -> None:

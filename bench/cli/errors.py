@@ -125,7 +125,7 @@ def tidy_help(params: Sequence[Any]) -> None:
 def registry_names() -> dict[str, str]:
     """The registries' keys as help text: backbones (and timm:<name>) and methods."""
     from bench.models.backbones import backbone_names
-    from bench.models.methods import METHODS
+    from bench.models.kinds import METHODS
 
     return {"backbones": ", ".join(backbone_names()), "methods": ", ".join(METHODS.names())}
 

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from bench.cli.errors import fail
 from bench.cli.options import compile_mode_option
+from bench.history import HistoryRow
 from bench.models.hparams import MAX_BATCH, MAX_STEPS
 from bench.registry import UserError, check_path, check_writable
 
@@ -60,7 +61,7 @@ def backbones() -> None:
 
 def methods() -> None:
     """List the methods."""
-    from bench.models.methods import METHODS
+    from bench.models.kinds import METHODS
 
     table = Table(title="methods")
     table.add_column("name")
@@ -147,10 +148,11 @@ class RunOptions:
 def _check_inputs(opts: RunOptions) -> tuple[str, Any]:
     """Names, fraction, weights and every output path, checked before the data is read.
     Returns the registry's method name and the torch device."""
-    from bench.data import check_fraction
     from bench.models.backbones import get_backbone
-    from bench.models.methods import METHODS, method_name
+    from bench.models.kinds import METHODS
+    from bench.names import method_name
     from bench.provenance import resolve_device
+    from bench.run_config import check_fraction
     from bench.sweep.experiment import MAX_SEED  # not at import time: bench.sweep imports torch
     from bench.train.compiling import COMPILE_MODES, check_compile
 
@@ -184,13 +186,16 @@ def _check_inputs(opts: RunOptions) -> tuple[str, Any]:
 
 def _prepare(opts: RunOptions, caches: Any) -> tuple[Any, Any, Any]:
     """The run's config, its data and device; every bad input raises UserError before anything is written."""
+    from bench.models.backbones import input_resolution
     from bench.models.hparams import ProbeSpec
-    from bench.train.run import make_config
+    from bench.names import recipe_name
+    from bench.run_config import make_config
 
     overrides = opts.overrides()
     probe_changes = parse_set(opts.probe_set, "--probe-set")
     name, dev = _check_inputs(opts)
     data = caches.data.get(opts.data_dir)
+    recipe = recipe_name(opts.recipe)
     probe = None
     if probe_changes:
         if "l2" in probe_changes:  # one strength, no cross-validation
@@ -200,12 +205,12 @@ def _prepare(opts: RunOptions, caches: Any) -> tuple[Any, Any, Any]:
             probe_changes["l2_grid"] = tuple(grid) if isinstance(grid, list) else (grid,)
         probe = ProbeSpec().update(**probe_changes)
     cfg = make_config(
-        opts.backbone,
-        name,
-        opts.fraction,
-        opts.seed,
-        recipe=opts.recipe,
-        resolution=opts.resolution,
+        backbone=opts.backbone,
+        method=name,
+        fraction=opts.fraction,
+        seed=opts.seed,
+        recipe=recipe,
+        resolution=input_resolution(opts.backbone, recipe, opts.resolution),
         pretrained=not opts.scratch,
         overrides=overrides,
         stage=opts.stage,
@@ -220,7 +225,7 @@ def _prepare(opts: RunOptions, caches: Any) -> tuple[Any, Any, Any]:
 def _announce(cfg: Any, dev: Any) -> None:
     """One line saying what will train; a budget below the protocol's floor is called a smoke test."""
     from bench.budget import MIN_STEPS
-    from bench.models.methods import METHODS
+    from bench.models.kinds import METHODS
 
     is_probe = METHODS.get(cfg.method).is_probe
     smoke = cfg.hp.steps < MIN_STEPS and cfg.recipe != "article" and not is_probe
@@ -240,36 +245,35 @@ def _train(cfg: Any, data: Any, dev: Any, opts: RunOptions, caches: Any) -> Any:
     """Train with a progress bar per phase; divergence and Ctrl-C end the command with nothing written."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from bench.train.compiling import compile_spec
+    from bench.train.context import FitContext
     from bench.train.loop import Diverged
-    from bench.train.run import execute
+    from bench.train.run import SaveTo, execute
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=_console()) as bar:
         tasks: dict[str, Any] = {}
 
-        def on_progress(row: dict) -> None:
+        def on_progress(row: HistoryRow) -> None:
             """One bar per phase (probe, train), advanced at each history row."""
-            phase = row["phase"]
+            phase = row.phase
             if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=row["steps"], info="")
-            if row.get("tick"):  # a step between history rows: the count moves, the figures stay
-                bar.update(tasks[phase], completed=row["step"])
+                tasks[phase] = bar.add_task(phase, total=row.steps, info="")
+            if row.tick:  # a step between history rows: the count moves, the figures stay
+                bar.update(tasks[phase], completed=row.step)
                 return
-            info = f"loss {row['loss']:.3f}  train acc {row['train_accuracy']:.3f}"
-            if "val_accuracy" in row:
-                info += f"  val acc {row['val_accuracy']:.3f}"
-            bar.update(tasks[phase], completed=row["step"], info=info)
+            info = f"loss {row.loss:.3f}  train acc {row.train_accuracy:.3f}"
+            if row.val_accuracy is not None:
+                info += f"  val acc {row.val_accuracy:.3f}"
+            bar.update(tasks[phase], completed=row.step, info=info)
 
         try:
             return execute(
                 cfg,
                 data,
                 dev,
-                on_progress=on_progress,
-                save_predictions=opts.save_predictions,
-                save_model=opts.save_model,
-                compile=opts.compile(),
-                caches=caches,
+                FitContext(on_progress=on_progress, compile=compile_spec(opts.compile()), caches=caches),
+                SaveTo(predictions=opts.save_predictions, model=opts.save_model),
             )
         except UserError as exc:
             fail(str(exc))

@@ -13,7 +13,7 @@ workers on the hot path.
 from bench.data.batches import augment
 from bench.data.cache import DataCache
 from bench.data.cifar10 import CLASSES, FOLDER, Cifar10, load_cifar10, safe_unpickle, synthetic_cifar, synthetic_data
-from bench.data.splits import Split, check_fraction, cv_folds, label_split, labelled_count
+from bench.data.splits import Split, cv_folds, label_split, labelled_count
 
 __all__ = [
     "CLASSES",
@@ -22,7 +22,6 @@ __all__ = [
     "DataCache",
     "Split",
     "augment",
-    "check_fraction",
     "cv_folds",
     "label_split",
     "labelled_count",

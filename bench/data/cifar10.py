@@ -23,6 +23,7 @@ import torch
 
 from bench.cifar_files import FILE_MD5
 from bench.cifar_files import fingerprint as data_fingerprint
+from bench.data.splits import labelled_count
 from bench.registry import UserError, check_path
 
 FOLDER = "cifar-10-batches-py"
@@ -76,6 +77,10 @@ class Cifar10:
     test_reads: int = field(default=0)
     # a copy on another device (`to`) counts its test reads on the dataset it was copied from
     origin: Cifar10 | None = field(default=None, repr=False, compare=False)
+
+    def labelled_count(self, fraction: float) -> int:
+        """The size of the labelled subset at `fraction` (what a run config's step budget needs)."""
+        return labelled_count(self.train_y, fraction)
 
     def test(self) -> tuple[torch.Tensor, torch.Tensor]:
         (self.origin or self).test_reads += 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.registry import UserError
+from bench.run_config import check_fraction
 
 
 @dataclass(frozen=True)
@@ -20,11 +21,6 @@ class Split:
     labelled: torch.Tensor
     train: torch.Tensor
     val: torch.Tensor
-
-
-def check_fraction(fraction: float) -> None:
-    if not (0.0 < fraction <= 1.0):
-        raise UserError(f"label fraction {fraction} is outside (0, 1]; use e.g. 0.01 for 1% of the labels")
 
 
 def label_split(labels: torch.Tensor, fraction: float, seed: int, val_fraction: float = 0.2) -> Split:

@@ -92,7 +92,7 @@ def input_resolution(backbone: str, recipe: str, override: int | None = None) ->
     the article's recipe runs at its 32 px, else the backbone's own input size."""
     if override is not None:
         return override
-    if recipe in ("seed", "article"):
+    if recipe == "article":
         return ARTICLE_RESOLUTION
     return get_backbone(backbone).input_size
 

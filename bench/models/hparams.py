@@ -6,11 +6,22 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from typing import Any
 
-from bench.registry import UserError, renamed
+from bench.registry import UserError
 
-BN_POLICIES = ("frozen", "train")
+
+class BnPolicy(StrEnum):
+    """BatchNorm of a trained backbone (protocol v2, one policy for every method): FROZEN keeps the
+    pretrained running statistics in training as in evaluation (the affine parameters still train);
+    TRAIN uses and updates batch statistics. A str: records and runs.csv hold the same strings."""
+
+    FROZEN = "frozen"
+    TRAIN = "train"
+
+
+BN_POLICIES = tuple(p.value for p in BnPolicy)  # plain strings: an Optuna categorical's choices
 # Beyond these a value is a typo, not an experiment: the protocol's largest budget is 3,907 steps (100% of
 # CIFAR-10 at batch 128) and a batch is never larger than the 50,000 training images; a run of 10^12 steps
 # or a batch of 10^9 would only exhaust the machine (issue 19, audit item 1).
@@ -34,8 +45,8 @@ class HParams:
     grad_clip: float = 0.0  # 0 = off
     augment: bool = True  # crop + flip; only paths that train on images can (frozen rows: false)
     backbone_lr_mult: float = 1.0  # lr of the backbone relative to lr (methods that train it: > 0)
-    bn: str = "frozen"  # BatchNorm of a trained backbone: frozen (pretrained statistics) | train (batch statistics)
-    branch_width: int = 256  # sft-mlp hidden units, sft-side channels
+    bn: BnPolicy = BnPolicy.FROZEN  # BatchNorm of a trained backbone: frozen (pretrained statistics) | train (batch statistics)
+    branch_width: int = 256  # sft-mlp's hidden units; sft-side's first convolution has max(8, branch_width // 8) channels
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -49,6 +60,7 @@ class HParams:
             raise UserError(f"schedule '{self.schedule}' is not one of: cosine, onecycle, constant")
         if self.bn not in BN_POLICIES:
             raise UserError(f"bn '{self.bn}' is not one of: {', '.join(BN_POLICIES)}")
+        object.__setattr__(self, "bn", BnPolicy(self.bn))
         for name, most in (("steps", MAX_STEPS), ("batch_size", MAX_BATCH)):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
@@ -79,6 +91,7 @@ class HParams:
         """
         for f in fields(self):
             value, kind = getattr(self, f.name), str(f.type)
+            kind = kind if kind in ("bool", "int", "float") else "str"  # a mode's StrEnum is given as its string
             if kind == "bool":
                 ok = isinstance(value, bool)
             elif kind == "int":
@@ -169,21 +182,3 @@ ARTICLE_RECIPE = HParams(
     bn="train",
 )
 ARTICLE_NORMALISATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-
-# The recipes a run can have: `tuned` (searched hyperparameters), `defaults` (protocol v3: each
-# method's defaults, no search; beside `tuned` it shows what the search added) and `article` (the
-# article's fixed recipe above). The article's recipe was called `seed`, which also names the random
-# seed: that name is still read (old commands, experiment files and runs.csv files) and means
-# `article`, with a note.
-RECIPES = ("tuned", "defaults", "article")
-RECIPE_ALIASES = {"seed": "article"}
-METHOD_ALIASES = {"seed_sft": "article_sft"}  # the article's model, named after its recipe
-
-
-def recipe_name(recipe: str) -> str:
-    """The recipe's current name: `seed` -> `article` (with a FutureWarning saying so), others as given."""
-    new = RECIPE_ALIASES.get(recipe)
-    if new is None:
-        return recipe
-    renamed("recipe", recipe, new)
-    return new

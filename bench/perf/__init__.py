@@ -6,7 +6,7 @@ process, on the same model and machine:
 
     a  ceiling    forward + backward + optimiser step on synthetic float tensors already
                   in memory, for every memory format x precision; and forward only
-    b  suite      `engine.fit` (finetune) on real CIFAR-10: indexing, augmentation, the
+    b  suite      `fit` (finetune) on real CIFAR-10: indexing, augmentation, the
                   input adapter, loss and accuracy bookkeeping included; timed per history
                   interval (the engine's unit of bookkeeping: one host sync per interval)
     c  article    the article's pipeline: torchvision transforms on PIL images,
@@ -15,7 +15,7 @@ process, on the same model and machine:
                   features after its linear probe; protocol v2 also timed linear_probe) with the
                   feature cache (cold: first trial; warm: any later trial of the cell)
                   against the same trial recomputing the backbone on every step
-    e  eval       `engine.predict` on the test images, against (a)'s forward-only rate
+    e  eval       `predict` on the test images, against (a)'s forward-only rate
 
 Figures are ratios first (these machines are shared and noisy), with the load average
 at measurement time beside them. Every measurement warms up first (oneDNN and cuDNN

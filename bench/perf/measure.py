@@ -19,19 +19,24 @@ from torch import nn
 
 from bench.budget import REPORTS, report_interval
 from bench.data import Cifar10, label_split
+from bench.history import HistoryRow
 from bench.models.backbones import get_backbone
-from bench.models.methods import METHODS, HParams
+from bench.models.hparams import HParams
+from bench.models.kinds import METHODS
 from bench.perf.article import article_pipeline, article_units
 from bench.perf.interleave import Interleaved, interleave
 from bench.perf.rows import PerfRow, RowId, measured
 from bench.perf.settings import ARTICLE_BATCH, FORMATS, FORWARD_BATCHES, PerfCase, PerfSettings
+from bench.run_config import RunConfig, make_config
 from bench.timing import timed
 from bench.train.caches import Caches
+from bench.train.compiling import compile_spec
+from bench.train.context import FitContext, FitData
 from bench.train.device import autocast, eval_batch, sync
 from bench.train.evaluate import predict
 from bench.train.fit import fit
 from bench.train.loop import FitResult, make_optimizer
-from bench.train.run import RunConfig, build_model, make_config
+from bench.train.run import build_model
 
 FROZEN_TRIALS = ("sft-mlp-frozen",)  # (d): the frozen rows whose searches train a head on cached features
 
@@ -58,7 +63,15 @@ class Bench:
         self.pretrained = ok
         self.weights = "pretrained" if ok else "scratch (random init; same speed)"
         self.suite_precision = make_config(
-            case.backbone, "finetune", 1.0, 0, device=device, data=data, pretrained=ok, precision=settings.precision
+            backbone=case.backbone,
+            method="finetune",
+            fraction=1.0,
+            seed=0,
+            resolution=case.resolution,
+            device=device,
+            data=data,
+            pretrained=ok,
+            precision=settings.precision,
         ).precision
 
     def config(
@@ -66,10 +79,10 @@ class Bench:
     ) -> RunConfig:
         """The run config the suite would make for `method` on this case (seed 0, the case's resolution)."""
         return make_config(
-            self.case.backbone,
-            method,
-            fraction,
-            0,
+            backbone=self.case.backbone,
+            method=method,
+            fraction=fraction,
+            seed=0,
             resolution=self.case.resolution,
             pretrained=self.pretrained,
             overrides=overrides,
@@ -164,7 +177,7 @@ class Bench:
 
     # b: the suite's loop
     def suite_units(self, precision: str | None = None) -> list[tuple[int, float]]:
-        """`engine.fit` (finetune) timed per history interval: the engine writes a row every
+        """`fit` (finetune) timed per history interval: the engine writes a row every
         report_interval(S) steps, so a budget of REPORTS x k steps gives intervals of k steps.
         The first interval warms up (kernel selection, compilation); the fit stops once the
         timed ones are done, the rest of its budget would measure nothing new."""
@@ -180,16 +193,16 @@ class Bench:
         y = self.data.train_y[:n].to(dev)
         ends: list[float] = []  # when each history row arrived (the engine has synced the device by then)
 
-        def progress(row: dict) -> None:
-            if row.get("tick"):
+        def progress(row: HistoryRow) -> None:
+            if row.tick:
                 return  # a live view's step count between history rows: not an interval end
             ends.append(time.perf_counter())
             if len(ends) > s.intervals:
                 raise _Enough
 
         try:
-            kw = dict(on_progress=progress, compile=s.compile, caches=self.caches)
-            fit(net, METHODS.get("finetune"), cfg.hp, x, y, seed=0, precision=precision, **kw)
+            kw = dict(on_progress=progress, compile=compile_spec(s.compile), caches=self.caches)
+            fit(net, METHODS.get("finetune"), cfg.hp, FitData(x, y), FitContext(seed=0, precision=precision, **kw))
         except _Enough:
             pass
         return [(n, b - a) for a, b in pairwise(ends)]
@@ -228,8 +241,8 @@ class Bench:
         net = self.net(cfg)
         sync(self.device)
         t0 = time.perf_counter()
-        kw = dict(val=val, feature_cache=mode, probe=cfg.probe, caches=self.caches)
-        r = fit(net, METHODS.get(cfg.method), hp, *train, seed=0, precision=self.suite_precision, **kw)
+        ctx = FitContext(seed=0, precision=self.suite_precision, feature_cache=mode, probe=cfg.probe, caches=self.caches)
+        r = fit(net, METHODS.get(cfg.method), hp, FitData(*train, val=val), ctx)
         sync(self.device)
         return r, time.perf_counter() - t0
 
@@ -285,7 +298,7 @@ class Bench:
             predict(net, ex[i : i + chunk], self.suite_precision)
             sync(dev)
             units.append((len(ex[i : i + chunk]), time.perf_counter() - t0))
-        note = f"engine.predict: uint8 -> probabilities, {len(ex)} test images in chunks of {chunk}"
+        note = f"predict: uint8 -> probabilities, {len(ex)} test images in chunks of {chunk}"
         rid = RowId(self.case, "e_suite_eval", self.suite_precision, "channels_last", batch)
         return measured(rid, self.weights, units, note)
 

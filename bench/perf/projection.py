@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from bench.budget import REPORTS, article_recipe_steps, step_budget
 from bench.models.backbones import input_resolution
-from bench.models.hparams import ARTICLE_RECIPE, RECIPE_ALIASES
-from bench.models.methods import METHODS, HParams
+from bench.models.hparams import ARTICLE_RECIPE, HParams
+from bench.models.kinds import METHODS
+from bench.names import RECIPE_ALIASES
 from bench.perf.rows import PerfRow
 from bench.records import Cell
 

@@ -12,9 +12,9 @@ import torch
 from bench.budget import REPORTS
 from bench.models.backbones import get_backbone
 from bench.registry import UserError
+from bench.run_config import PRECISIONS
 
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-PRECISIONS = ("fp32", "bf16")
 # The article's example (../shared/seed): batch 100, SGD lr 0.001 momentum 0.9, two workers.
 ARTICLE_BATCH = 100
 ARTICLE_WORKERS = 2

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.models.hparams import METHOD_ALIASES, RECIPE_ALIASES
+from bench.names import METHOD_ALIASES, RECIPE_ALIASES
 from bench.report.schema import cell_key
 from bench.report.text import frac_label
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.models.hparams import METHOD_ALIASES, RECIPE_ALIASES
+from bench.names import METHOD_ALIASES, RECIPE_ALIASES
 from bench.registry import UserError, check_path, did_you_mean
 from bench.report.schema import JOURNAL, KEY, METRIC, REQUIRED, RUNS_CSV, STR_COLUMNS
 

@@ -3,7 +3,7 @@ every method is compared with, and the display order of methods and recipes.
 
 Why a module of its own: every other part of the report (loading, statistics, tables, plots, compare) needs
 these few names, and they must agree; kept here, none of those modules has to import another for them. The
-method order is copied from the registry (bench/models/methods.py) so that a report never imports torch.
+method order and kinds are the registry's (bench/models/kinds.py), which imports no torch.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import fields
 
 import pandas as pd
 
+from bench.models.kinds import METHODS, MethodKind
 from bench.records import RunsRow
 
 BASELINE = "finetune"
@@ -29,23 +30,12 @@ STR_COLUMNS = tuple(f.name for f in fields(RunsRow) if f.type == "str")
 KEY = ["backbone", "recipe", "method", "fraction"]
 TESTS = ("ttest", "wilcoxon")
 TEST_NAMES = {"ttest": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
-# Display order (the registry's order in bench/models/methods.py); copied here so a report never imports
-# torch. Methods not listed follow alphabetically.
-METHOD_ORDER = (
-    "finetune",
-    "linear_probe",
-    "lp_ft",
-    "article_sft",
-    "sft",
-    "sft-mlp",
-    "sft-side",
-    "sft-mlp-frozen",
-    "sft-side-frozen",
-)
+# Display order: the registry's (bench/models/kinds.py, torch-free). Methods not listed follow alphabetically.
+METHOD_ORDER = tuple(METHODS.names())
 RECIPE_ORDER = ("tuned", "article")
 # The methods that start from the same linear probe on the same seeds (sft's linear branch is lp_ft with a
 # doubled head step): comparisons among them are correlated, and the notes say so where two of them ran.
-PROBE_INITIALISED = ("lp_ft", "sft", "sft-mlp", "sft-side")
+PROBE_INITIALISED = tuple(n for n in METHODS.names() if METHODS.get(n).kind is MethodKind.FROM_PROBE)
 
 
 def method_rank(m: str) -> tuple[int, str]:

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from bench.history import HistoryRow
     from bench.records import Cell, GridStatus
     from bench.report import ReportResult
+    from bench.run_config import RunConfig
     from bench.sweep.experiment import Experiment
     from bench.sweep.projection import Projection
-    from bench.train.run import RunConfig
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ class Progress(Protocol):
 
     def status(self, status: GridStatus) -> None: ...
     def item_start(self, item: WorkItem) -> None: ...
-    def epoch(self, row: dict) -> None: ...
+    def epoch(self, row: HistoryRow) -> None: ...
     def item_end(self, item: WorkItem, outcome: str) -> None: ...
     def log(self, message: str) -> None: ...
 
@@ -186,7 +187,7 @@ class NullProgress:
     def item_start(self, item: WorkItem) -> None:
         pass
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: HistoryRow) -> None:
         pass
 
     def item_end(self, item: WorkItem, outcome: str) -> None:
@@ -243,7 +244,7 @@ class Relay:
         if self.target is not None:
             self.target.item_start(item)
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: HistoryRow) -> None:
         if self.target is not None:
             self.target.epoch(row)
 

@@ -165,7 +165,7 @@ class Experiment:
     def searches(self, cell: Cell) -> tuple[int, ...]:
         """The searches a cell has (by search seed): none for a fixed recipe (`defaults`, `article`) and
         none for the linear probe, whose one setting (its L2 strength) is cross-validated inside its fit."""
-        from bench.models.methods import METHODS
+        from bench.models.kinds import METHODS
 
         if cell.recipe != "tuned" or not METHODS.get(cell.method).searched:
             return ()

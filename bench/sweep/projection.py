@@ -30,7 +30,8 @@ import torch
 
 from bench.budget import REPORTS
 from bench.data import label_split, labelled_count
-from bench.models.methods import METHODS, HParams
+from bench.models.hparams import HParams
+from bench.models.kinds import METHODS
 from bench.sweep.experiment import Cell, Experiment
 from bench.sweep.rates import RateCache, Rates, cache_path, rates_for, speed_settings
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.budget import REPORTS
+from bench.history import HistoryRow
 from bench.models.hparams import HParams
 from bench.timing import timed
 
@@ -128,13 +129,27 @@ def measure_rates(
     intervals after a warm-up one (compiling is apart: bench/train/compiling.py); and the evaluation
     rate of `encode_all` at the suite's evaluation batch for the resolution. `train=False` (a frozen
     row, which trains only heads on cached features): the forward rate only."""
-    from bench.models.methods import METHODS
-    from bench.train.engine import encode_all, eval_batch, fit
-    from bench.train.run import RunConfig, build_model
+    from bench.models.kinds import METHODS
+    from bench.run_config import RunConfig
+    from bench.train.compiling import compile_spec
+    from bench.train.context import FitContext, FitData
+    from bench.train.device import eval_batch
+    from bench.train.features import encode_all
+    from bench.train.fit import fit
+    from bench.train.run import build_model
 
     steps = REPORTS * INTERVAL_STEPS
     hp = hp.update(steps=steps, backbone_lr_mult=hp.backbone_lr_mult or 1.0)
-    cfg = RunConfig(backbone, "finetune", 1.0, 0, hp=hp, resolution=resolution, pretrained=False, precision=precision)
+    cfg = RunConfig(
+        backbone=backbone,
+        method="finetune",
+        fraction=1.0,
+        seed=0,
+        hp=hp,
+        resolution=resolution,
+        pretrained=False,
+        precision=precision,
+    )
     net = build_model(cfg, 10).to(device).to(memory_format=torch.channels_last)  # weights do not change the speed
     gen = torch.Generator(device=device).manual_seed(0)
     n = hp.batch_size * INTERVAL_STEPS
@@ -144,15 +159,21 @@ def measure_rates(
     if train:
         ends: list[float] = []
 
-        def progress(row: dict) -> None:
-            if row.get("tick"):
+        def progress(row: HistoryRow) -> None:
+            if row.tick:
                 return  # a step between history rows: not an interval's end
             ends.append(time.perf_counter())  # the loop has synced the device by then
             if len(ends) > INTERVALS:
                 raise _Measured
 
         try:
-            fit(net, METHODS.get("finetune"), hp, x, y, seed=0, precision=precision, on_progress=progress, compile=compile)
+            fit(
+                net,
+                METHODS.get("finetune"),
+                hp,
+                FitData(x, y),
+                FitContext(seed=0, precision=precision, on_progress=progress, compile=compile_spec(compile)),
+            )
         except _Measured:
             pass
         rate = n / statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))

@@ -171,7 +171,7 @@ def _project(exp: Experiment, data: Cifar10, dev: torch.device, parallel: int, e
 
 def _budgets(exp: Experiment, data: Cifar10, dev: torch.device) -> list[CellBudget]:
     """Each cell's final-run budget, as the sweep would configure it (the first seed's)."""
-    from bench.models.methods import METHODS
+    from bench.models.kinds import METHODS
     from bench.sweep.worker import Sweep
 
     monitor = Sweep(exp, data, dev, read_only=True, storage=_NoStorage())  # type: ignore[arg-type]

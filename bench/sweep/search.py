@@ -1,6 +1,6 @@
 """What one search trial asks: the hyperparameter space, the defaults-first trial, the seeds.
 
-Why a module of its own: every method declares its own search space (bench/models/methods.py),
+Why a module of its own: the search space is declared once (bench/sweep/space.py),
 and the experiment may fix some of its hyperparameters ([hparams]) or swap in other
 distributions ([space]). `sample_hparams` is the one place these meet, for the real trial and
 for the stand-in that finds the defaults the first trial asks. `slot_seed` makes each slot's
@@ -18,15 +18,17 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.models.methods import METHODS, HParams
+from bench.models.hparams import HParams
+from bench.models.kinds import METHODS
+from bench.sweep.space import method_space
 
 if TYPE_CHECKING:
+    from bench.run_config import RunConfig
     from bench.sweep.experiment import Experiment
-    from bench.train.run import RunConfig
 
 
 class SpaceTrial:
-    """What a method's `search_space(trial)` sees: the Optuna trial, with the experiment's
+    """What a method's `method_space(trial, spec)` sees: the Optuna trial, with the experiment's
     fixed hyperparameters answered without asking and its [space] distributions swapped in."""
 
     def __init__(self, trial: Any, fixed: dict[str, Any], space: dict[str, dict]) -> None:
@@ -62,8 +64,8 @@ class SpaceTrial:
 
 
 def sample_hparams(trial: Any, exp: Experiment, method: str) -> dict[str, Any]:
-    """The hyperparameter changes of one trial: the shared space plus the method's own (declared
-    with the method in bench/models/methods.py), the experiment's [space] and [hparams]. The BatchNorm
+    """The hyperparameter changes of one trial: the shared space plus the method's own
+    (bench/sweep/space.py), the experiment's [space] and [hparams]. The BatchNorm
     policy is fixed ("frozen") unless [search] bn = true; the step budget is never searched."""
     spec = METHODS.get(method)
     fixed = exp.fixed_hparams(method)
@@ -71,7 +73,7 @@ def sample_hparams(trial: Any, exp: Experiment, method: str) -> dict[str, Any]:
         fixed.setdefault("bn", "frozen")
     space = exp.space_for(method)
     proxy = SpaceTrial(trial, fixed, space)
-    changes = dict(spec.search_space(proxy))
+    changes = dict(method_space(proxy, spec))
     for name, dist in space.items():
         if name not in proxy.asked and name not in fixed:
             changes[name] = proxy.suggest(name, dist)

@@ -29,8 +29,8 @@ from bench.sweep.slots import independent_slots, next_slot, ready
 
 if TYPE_CHECKING:
     from bench.sweep.projection import ItemCost
+from bench.run_config import RunConfig, make_config
 from bench.sweep.studies import find_study, search_name
-from bench.train.run import RunConfig, make_config
 
 
 class Grid:
@@ -92,10 +92,10 @@ class Grid:
         if self.exp.steps is not None:  # a fixed budget (smoke tests), for every cell alike
             changes["steps"] = self.exp.steps
         return make_config(
-            cell.backbone,
-            cell.method,
-            cell.fraction,
-            seed,
+            backbone=cell.backbone,
+            method=cell.method,
+            fraction=cell.fraction,
+            seed=seed,
             recipe=cell.recipe,
             resolution=self.resolution(cell),
             pretrained=self.exp.pretrained,

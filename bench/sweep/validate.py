@@ -18,9 +18,10 @@ from dataclasses import fields, replace
 from typing import Any
 
 from bench.models.hparams import MAX_STEPS
+from bench.names import RECIPES
 from bench.registry import UserError, did_you_mean
+from bench.run_config import PRECISIONS as RUN_PRECISIONS
 
-RECIPES = ("tuned", "defaults", "article")  # "seed": the old name of "article" (bench.models.hparams.RECIPE_ALIASES)
 SEARCH_MODES = ("pooled", "per_seed", "shared")
 FIRST_TRIALS = ("defaults", "sampled")
 # Protocol v1 keys: budgets were epochs. Named here so an old file fails with the remedy.
@@ -32,7 +33,7 @@ V1_SEARCH_KEYS = {
     "epochs": "epochs are not searched in protocol v2 (budgets are steps): remove search.epochs",
     "min_epochs": "epochs are not searched in protocol v2 (budgets are steps): remove search.min_epochs",
 }
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", *RUN_PRECISIONS)  # auto: the device's default (bench/run_config.py)
 PRUNERS = ("median", "halving", "hyperband", "none")
 GRID_KEYS = ("backbones", "methods", "recipes", "fractions")
 MAX_SEEDS = 1000  # a count beyond this is a typo, not an experiment
@@ -105,7 +106,8 @@ def backbone(b: Any, where: str, source: str) -> str:
 
 
 def method(m: Any, where: str, source: str) -> str:
-    from bench.models.methods import METHODS, method_name
+    from bench.models.kinds import METHODS
+    from bench.names import method_name
 
     if isinstance(m, dict):
         extra = set(m) - {"name", "branch"}
@@ -120,7 +122,7 @@ def method(m: Any, where: str, source: str) -> str:
 
 
 def recipe(r: Any, where: str, source: str) -> str:
-    from bench.models.hparams import recipe_name
+    from bench.names import recipe_name
 
     r = recipe_name(r) if isinstance(r, str) else r
     if r not in RECIPES:
@@ -289,7 +291,7 @@ def check_search(raw: dict[str, Any], source: str, cls: type) -> Any:
 
 def _candidates(raw: Any, source: str) -> tuple[dict[str, Any], ...]:
     """search.candidates: a list of tables, each changes to a method's defaults that make valid hyperparameters."""
-    from bench.models.methods import HParams
+    from bench.models.hparams import HParams
 
     if not isinstance(raw, list | tuple) or not all(isinstance(c, dict) for c in raw):
         raise UserError(f"{source}: search.candidates must be a list of tables, e.g. [{{ backbone_lr_mult = 0.1 }}]")

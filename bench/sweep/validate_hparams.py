@@ -19,7 +19,8 @@ from bench.sweep.validate import is_distribution
 def check_hparams_space(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """[hparams] (fixed values) and [space] (distributions), all methods or per method: every
     value must make valid hyperparameters, and the step budget is neither fixed per method nor searched."""
-    from bench.models.methods import METHODS, HParams
+    from bench.models.hparams import HParams
+    from bench.models.kinds import METHODS
 
     hp_fields = {f.name for f in fields(HParams)}
     hparams = _per_method_table(raw.get("hparams", {}), "hparams", source, hp_fields, METHODS.names(), lambda v, w: v)
@@ -70,7 +71,7 @@ def _check_distribution(source: str) -> Any:
 
     def _check_values(name: str, values: list, where: str) -> None:
         """Every value a distribution can give must make valid hyperparameters (checked now, not mid-sweep)."""
-        from bench.models.methods import HParams
+        from bench.models.hparams import HParams
 
         for v in values:
             if isinstance(v, dict | list):

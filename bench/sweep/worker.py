@@ -38,7 +38,9 @@ from optuna.trial import TrialState
 
 from bench.data import Cifar10
 from bench.files import atomic_write, temp_path
+from bench.history import HistoryRow
 from bench.records import CacheCounts, Cell, GridStatus, RunRecord
+from bench.run_config import RunConfig
 from bench.sweep.claims import (
     Heartbeat,
     LostClaim,
@@ -62,8 +64,10 @@ from bench.sweep.storage import is_url, open_storage, storage_location
 from bench.sweep.studies import ensure_study, finals_attrs, search_attrs
 from bench.train.caches import Caches
 from bench.train.compiling import compile_spec, graph_count
-from bench.train.engine import Diverged
-from bench.train.run import BackboneMeter, RunConfig, execute, write_record
+from bench.train.context import FitContext
+from bench.train.loop import Diverged
+from bench.train.meter import BackboneMeter
+from bench.train.run import SaveTo, execute, write_record
 
 
 class Sweep(Grid):
@@ -224,8 +228,8 @@ class Sweep(Grid):
         self.executed.append(item)
         self._test_fault(item.kind)
 
-    def _on_progress(self, row: dict) -> None:
-        self.heartbeat.progress = f"{row['phase']} {row['step']}/{row['steps']}"
+    def _on_progress(self, row: HistoryRow) -> None:
+        self.heartbeat.progress = f"{row.phase} {row.step}/{row.steps}"
         self.progress.epoch(row)
         self.heartbeat.check()  # a claim we could not keep alive (or someone took over) is not ours to finish
 
@@ -273,20 +277,17 @@ class Sweep(Grid):
     def _train_trial(self, item: WorkItem, study: optuna.Study, trial: optuna.Trial, cfg: RunConfig) -> None:
         """Train the trial, reporting validation accuracy to the pruner; tell Optuna the outcome."""
 
-        def on_progress(row: dict) -> None:
+        def on_progress(row: HistoryRow) -> None:
             self._on_progress(row)
-            if row["phase"] == "train" and "val_accuracy" in row:
-                trial.report(row["val_accuracy"], row["step"])
+            if row.phase == "train" and row.val_accuracy is not None:
+                trial.report(row.val_accuracy, row.step)
                 if trial.should_prune():
-                    raise optuna.TrialPruned(
-                        f"{self.exp.search.pruner} at step {row['step']} (val acc {row['val_accuracy']:.4f})"
-                    )
+                    raise optuna.TrialPruned(f"{self.exp.search.pruner} at step {row.step} (val acc {row.val_accuracy:.4f})")
 
         meter, before = BackboneMeter(), self.caches.counts()
+        ctx = FitContext(on_progress=on_progress, compile=compile_spec(self.exp.compile), caches=self.caches, meter=meter)
         try:
-            rec = execute(
-                cfg, self.data, self.device, on_progress=on_progress, compile=self.exp.compile, caches=self.caches, meter=meter
-            )
+            rec = execute(cfg, self.data, self.device, ctx)
         except optuna.TrialPruned as exc:
             self._tell_pruned(item, study, trial, meter, before, ("pruned_by", str(exc)), f"pruned ({exc})")
             return
@@ -363,15 +364,8 @@ class Sweep(Grid):
         final = preds_dir / f"{cfg.run_id}.csv.gz"
         tmp = temp_path(preds_dir / f"{cfg.run_id}.csv")  # a fresh random name: nothing planted there is followed
         try:
-            rec = execute(
-                cfg,
-                self.data,
-                self.device,
-                on_progress=self._on_progress,
-                save_predictions=tmp,
-                compile=self.exp.compile,
-                caches=self.caches,
-            )
+            ctx = FitContext(on_progress=self._on_progress, compile=compile_spec(self.exp.compile), caches=self.caches)
+            rec = execute(cfg, self.data, self.device, ctx, SaveTo(predictions=tmp))
             atomic_write(final, lambda f: _gzip_into(tmp, f))
         except OSError as exc:  # a full disk: name the file being written, not the temporary CSV it is made from
             if exc.filename == str(tmp):

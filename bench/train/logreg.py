@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bench.history import HistoryRow
 from bench.models.hparams import ProbeSpec
 
 
@@ -59,22 +60,25 @@ class ProbeChoice:
     note: str = ""
     grid: tuple[float, ...] = ()  # the strengths cross-validated (empty without CV)
 
-    def history(self) -> list[dict]:
-        """The rows a record keeps of the probe: one per grid value (its CV accuracy) and the final fit."""
-        rows: list[dict] = [
-            {"phase": "probe_cv", "l2": l2, "cv_accuracy": acc} for l2, acc in zip(self.grid, self.cv_accuracy, strict=True)
-        ]
-        rows.append(
-            {
-                "phase": "probe",
-                "l2": self.l2,
-                "iterations": self.fit.iterations,
-                "converged": self.fit.converged,
-                "grad_max": self.fit.grad_max,
-                "loss": self.fit.loss,
-            }
+    def history(self, train_accuracy: float) -> list[HistoryRow]:
+        """The rows a record keeps of the probe: one per grid value (its CV accuracy) and the final fit
+        (with its accuracy on the images it was fitted on)."""
+        rows = [HistoryRow(phase="probe_cv", l2=l2, cv_accuracy=acc) for l2, acc in zip(self.grid, self.cv_accuracy, strict=True)]
+        final = HistoryRow(
+            phase="probe",
+            l2=self.l2,
+            iterations=self.fit.iterations,
+            converged=self.fit.converged,
+            grad_max=self.fit.grad_max,
+            loss=self.fit.loss,
+            step=1,
+            steps=1,
+            train_accuracy=train_accuracy,
+            cv_iterations=self.cv_iterations,
+            folds=self.folds,
+            note=self.note or None,
         )
-        return rows
+        return [*rows, final]
 
 
 def _objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l2: float) -> torch.Tensor:

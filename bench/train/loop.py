@@ -19,7 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.budget import report_interval
-from bench.models.methods import HParams, Net
+from bench.history import HistoryRow, tick
+from bench.models.hparams import HParams
+from bench.models.methods import Net
+from bench.train.context import FitContext
 from bench.train.device import autocast, sync
 
 # Host syncs (bench/train/syncs.py) of the step loop: none in a step; per history row, the device
@@ -43,7 +46,7 @@ class Diverged(RuntimeError):
 class FitResult:
     """What one `fit` did: its history rows, its step counts and where its time went."""
 
-    history: list[dict] = field(default_factory=list)
+    history: list[HistoryRow] = field(default_factory=list)
     train_seconds: float = 0.0
     images_seen: int = 0
     feature_seconds: float = 0.0
@@ -58,11 +61,18 @@ class FitResult:
     probe_cache_hit: bool = False
     augmented: bool = False  # whether any training batch was augmented
 
-    @property
-    def images_per_second(self) -> float:
-        """Training images per second, the one-off feature pass of frozen phases included."""
-        seconds = self.train_seconds + self.feature_seconds
-        return self.images_seen / seconds if seconds > 0 else 0.0
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What the step loop trains: the optimiser's parameter groups, the logits of a batch
+    (`forward(idx, gen)`), the train mode to (re)enter, the validation accuracy (None: no split), and
+    whether batches are augmented (the record says so)."""
+
+    groups: list[dict]
+    forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    train_mode: Callable[[], None]
+    evaluate: Callable[[], float] | None = None
+    augmented: bool = False
 
 
 def _fusable(groups: list[dict]) -> bool:
@@ -154,28 +164,14 @@ class FullBatches:
         return idx
 
 
-def train_steps(
-    groups: list[dict],
-    hp: HParams,
-    n: int,
-    forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    y: torch.Tensor,
-    gen: torch.Generator,
-    precision: str,
-    result: FitResult,
-    phase: str,
-    *,
-    train_mode: Callable[[], None],
-    evaluate: Callable[[], float] | None = None,
-    on_progress: Callable[[dict], None] | None = None,
-    augmented: bool = False,
-) -> None:
-    """hp.steps optimiser steps over shuffled passes of the n examples; `forward(idx, gen)`
-    gives the logits of a batch. A history row every `report_interval(steps)` steps; between them,
-    `on_progress` gets a tick row ({phase, step, steps, "tick": True}) after every step, for live step
-    counts (it costs no host sync; ticks are not history)."""
-    steps, bs = hp.steps, hp.batch_size
-    device = y.device
+def train_steps(plan: StepPlan, hp: HParams, y: torch.Tensor, ctx: FitContext, result: FitResult) -> None:
+    """hp.steps optimiser steps over shuffled passes of the examples (labels `y`) with `ctx`'s generator
+    and precision; `plan.forward(idx, gen)` gives the logits of a batch. A history row every
+    `report_interval(steps)` steps; between them, `ctx.on_progress` gets a tick after every step, for
+    live step counts (it costs no host sync; ticks are not history)."""
+    steps, bs, phase = hp.steps, hp.batch_size, "train"
+    device, gen, precision, n = y.device, ctx.gen, ctx.precision, len(y)
+    groups, forward, train_mode, evaluate = plan.groups, plan.forward, plan.train_mode, plan.evaluate
     opt = make_optimizer(groups, hp)
     sched = make_scheduler(opt, hp, steps)
     params = [p for g in groups for p in g["params"]]
@@ -202,8 +198,7 @@ def train_steps(
         correct += (logits.detach().argmax(1) == y[idx]).sum()
         seen += len(idx)
         if step % interval and step != steps:
-            if on_progress is not None:  # a live view's step count: no loss (that needs a host sync), no history row
-                on_progress({"phase": phase, "step": step, "steps": steps, "tick": True})
+            ctx.report(tick(phase, step, steps))  # a live view's step count: no loss (that needs a host sync)
             continue
         sync(device)
         seconds = time.perf_counter() - t0
@@ -215,16 +210,18 @@ def train_steps(
         loss_value = loss_total / seen
         if not math.isfinite(loss_value):
             raise Diverged(f"{phase} loss became {loss_value} by step {step} (lr {hp.lr:g})")
-        row = {"phase": phase, "step": step, "steps": steps, "loss": loss_value, "train_accuracy": correct_total / seen}
+        val = None
         if evaluate is not None:
-            row["val_accuracy"] = evaluate()
+            val = evaluate()
             train_mode()  # evaluation switched to eval mode
+        row = HistoryRow(
+            phase=phase, step=step, steps=steps, loss=loss_value, train_accuracy=correct_total / seen, val_accuracy=val
+        )
         result.history.append(row)
-        if on_progress is not None:
-            on_progress(row)
+        ctx.report(row)
         loss_sum.zero_()
         correct.zero_()
         seen = 0
         sync(device)
         t0 = time.perf_counter()
-    result.augmented = result.augmented or augmented
+    result.augmented = result.augmented or plan.augmented

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bench.history import HistoryRow
 from bench.models.hparams import ProbeSpec
 from bench.train.features import fingerprint_all
 from bench.train.logreg import accuracy, choose_probe, probe_state
@@ -25,7 +26,7 @@ from bench.train.loop import FitResult
 if TYPE_CHECKING:
     from bench.train.store import FeatureStore
 
-Probe = tuple[dict[str, torch.Tensor], list[dict]]  # (head state dict, history rows of its fit)
+Probe = tuple[dict[str, torch.Tensor], list[HistoryRow]]  # (head state dict, history rows of its fit)
 
 
 class ProbeCache:
@@ -65,9 +66,10 @@ class ProbeCache:
         self.misses += 1
         return None
 
-    def put(self, key: str, state: dict[str, torch.Tensor], history: list[dict]) -> None:
-        """Keep a copy of a fitted probe (the caller goes on training its own tensors), on disk too."""
-        entry = ({k: v.detach().clone() for k, v in state.items()}, [dict(r) for r in history])
+    def put(self, key: str, state: dict[str, torch.Tensor], history: list[HistoryRow]) -> None:
+        """Keep a copy of a fitted probe (the caller goes on training its own tensors), on disk too
+        (the rows are frozen: shared, not copied)."""
+        entry = ({k: v.detach().clone() for k, v in state.items()}, list(history))
         self._keep(key, entry)
         if self.disk is not None:
             self.disk.save_probe(key, *entry)
@@ -88,38 +90,32 @@ class ProbeCache:
 
 
 def fit_probe(
-    feats: torch.Tensor,
-    y: torch.Tensor,
-    num_classes: int,
-    spec: ProbeSpec,
-    result: FitResult,
-    *,
-    probes: ProbeCache | None = None,
-) -> dict[str, torch.Tensor]:
-    """The linear probe on frozen features `feats` [n, d] with labels `y`: Linear(d, C)'s state dict.
+    feats: torch.Tensor, y: torch.Tensor, num_classes: int, spec: ProbeSpec, probes: ProbeCache | None = None
+) -> tuple[dict[str, torch.Tensor], list[HistoryRow], bool]:
+    """The linear probe on frozen features `feats` [n, d] with labels `y`: (Linear(d, C)'s state dict,
+    the history rows of its fit, whether `probes` served it).
 
-    Served from (and kept in) `probes` when given. The record's `probe_steps` are the L-BFGS
-    iterations of the final fit and of its cross-validation (compute beside the step budget S),
-    and its history gets one row per cross-validated strength and one for the final fit."""
+    Served from (and kept in) `probes` when given. The history has one row per cross-validated
+    strength and one for the final fit (`record_probe` puts them in a fit's result)."""
     key = ProbeCache.key(feats, y, spec, num_classes) if probes is not None else None
     hit = probes.get(key) if probes is not None and key is not None else None
     if hit is not None:
-        result.probe_cache_hit = True
-        state, rows = {k: v.clone().to(y.device) for k, v in hit[0].items()}, [dict(r) for r in hit[1]]
-    else:
-        choice = choose_probe(feats, y, num_classes, spec)
-        state = {k: v.to(y.device) for k, v in probe_state(choice).items()}
-        rows = choice.history()
-        rows[-1].update(step=1, steps=1, train_accuracy=accuracy(choice.fit, feats, y))
-        rows[-1]["cv_iterations"] = choice.cv_iterations
-        rows[-1]["folds"] = choice.folds
-        if choice.note:
-            rows[-1]["note"] = choice.note
-        if probes is not None and key is not None:
-            probes.put(key, state, rows)
+        return {k: v.clone().to(y.device) for k, v in hit[0].items()}, list(hit[1]), True
+    choice = choose_probe(feats, y, num_classes, spec)
+    state = {k: v.to(y.device) for k, v in probe_state(choice).items()}
+    rows = choice.history(accuracy(choice.fit, feats, y))
+    if probes is not None and key is not None:
+        probes.put(key, state, rows)
+    return state, rows, False
+
+
+def record_probe(result: FitResult, rows: list[HistoryRow], hit: bool) -> None:
+    """A fitted probe in a fit's result: its rows, and its `probe_steps` (the L-BFGS iterations of the
+    final fit and of its cross-validation: compute beside the step budget S), strength and convergence."""
     final = rows[-1]
+    assert final.iterations is not None and final.l2 is not None, "a probe's last row is its final fit"
+    result.probe_cache_hit = result.probe_cache_hit or hit
     result.history.extend(rows)
-    result.probe_steps = int(final["iterations"]) + int(final.get("cv_iterations", 0))
-    result.probe_l2 = float(final["l2"])
-    result.probe_converged = bool(final["converged"])
-    return state
+    result.probe_steps = int(final.iterations) + int(final.cv_iterations or 0)
+    result.probe_l2 = float(final.l2)
+    result.probe_converged = bool(final.converged)

@@ -1,7 +1,5 @@
-"""One run: (backbone, method, fraction, seed, hyperparameters) -> a JSON record.
-
-A frozen `RunConfig` describes the run completely; its hash is the run id, so a
-result is found again (and never recomputed) from the config alone.
+"""One run: its `RunConfig` (bench/run_config.py: frozen, torch-free, its hash the run id) -> a
+JSON record (`execute` -> `RunRecord`), its predictions and its model.
 
     python cli.py run --backbone efficientnet_lite0 --method sft --fraction 0.1 --resolution 64
     python cli.py run --recipe article --method article_sft --backbone resnet18   # the article
@@ -10,179 +8,33 @@ result is found again (and never recomputed) from the config alone.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.budget import MIN_STEPS, PROTOCOL, article_recipe_steps, step_budget
-from bench.data import Cifar10, check_fraction, cv_folds, label_split, labelled_count
+from bench.budget import MIN_STEPS
+from bench.data import Cifar10, cv_folds, label_split
 from bench.files import atomic_write
-from bench.models.backbones import BackboneCache, build_backbone, get_backbone, input_resolution
-from bench.models.hparams import RECIPES, ProbeSpec, recipe_name
-from bench.models.methods import ARTICLE_NORMALISATION, ARTICLE_RECIPE, METHODS, HParams, build_net
-from bench.provenance import peak_memory_mb, provenance, resolve_device
+from bench.history import HistoryRow
+from bench.models.backbones import BackboneCache, build_backbone, get_backbone
+from bench.models.hparams import ARTICLE_NORMALISATION
+from bench.models.kinds import METHODS
+from bench.models.methods import Backbone, InputAdapter, build_net
+from bench.provenance import peak_memory_mb, provenance
 from bench.records import Provenance, RunRecord
-from bench.registry import UserError
+from bench.run_config import RunConfig
 from bench.train.caches import Caches
 from bench.train.compiling import graph_count
-from bench.train.device import device_defaults
+from bench.train.context import FitContext, FitData
 from bench.train.evaluate import Scores, classification_metrics, predict
 from bench.train.fit import fit
 from bench.train.loop import FitResult
 from bench.train.meter import BackboneMeter
-
-PRECISIONS = ("fp32", "bf16")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that can change a result. `stage`: "final" trains on the whole labelled
-    subset and evaluates once on the test set; "trial" trains on the train part of the
-    subset and scores on its validation part (the test set is never read). A trial with a
-    `pool` (protocol v3's pooled selection) does so for each seed of the pool in turn, and
-    scores the mean of their validation accuracies."""
-
-    backbone: str
-    method: str
-    fraction: float
-    seed: int
-    recipe: str = "tuned"
-    hp: HParams = field(default_factory=HParams)
-    resolution: int = 32
-    pretrained: bool = True
-    stage: str = "final"
-    val_fraction: float = 0.2
-    precision: str = "fp32"
-    device_type: str = "cpu"
-    data: str = ""  # the dataset's fingerprint (md5s of its files)
-    probe: ProbeSpec | None = None  # linear_probe, lp_ft, sft*: the linear probe's settings (H_f starts as that model)
-    cv_folds: int = 1  # trial stage: k > 1 scores the mean validation accuracy over k stratified folds
-    protocol: int = PROTOCOL  # ../shared/docs/methods.md version: runs of two versions never share an id
-    pool: tuple[int, ...] = ()  # trial stage, pooled selection: the seeds whose subsets it trains and scores on
-
-    def __post_init__(self) -> None:
-        check_fraction(self.fraction)
-        if self.recipe not in RECIPES:
-            raise UserError(f"recipe '{self.recipe}' is not one of: {', '.join(RECIPES)}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"precision '{self.precision}' is not one of: {', '.join(PRECISIONS)}")
-        if self.stage not in ("final", "trial"):
-            raise UserError(f"stage '{self.stage}' is not one of: final, trial")
-        if not 8 <= self.resolution <= 1024:
-            raise UserError(f"resolution {self.resolution} is outside 8..1024 pixels")
-        spec = METHODS.get(self.method)
-        if spec.trains_backbone and self.hp.backbone_lr_mult <= 0:
-            raise UserError(
-                f"{self.method} trains the backbone, so backbone_lr_mult must be > 0 (got {self.hp.backbone_lr_mult}); "
-                "a frozen backbone is a row of its own: linear_probe, sft-mlp-frozen, sft-side-frozen"
-            )
-        if not spec.trains_backbone and self.hp.augment:
-            raise UserError(f"{self.method} trains on cached features of a frozen backbone, which cannot be augmented")
-        needs_probe = spec.probe_init or spec.is_probe
-        if needs_probe and self.probe is None:
-            object.__setattr__(self, "probe", ProbeSpec())  # the default probe: the same run id as naming it
-        if not needs_probe and self.probe is not None:
-            raise UserError(f"{self.method} fits no linear probe: probe settings do not apply")
-        if self.cv_folds < 1 or (self.cv_folds > 1 and self.stage != "trial"):
-            raise UserError(f"cv_folds {self.cv_folds}: k-fold scores are for the trial stage only (k >= 2), else 1")
-        if self.pool and (self.stage != "trial" or self.pool[0] != self.seed or len(set(self.pool)) != len(self.pool)):
-            raise UserError(f"pool {list(self.pool)}: a pooled trial starts at its own seed ({self.seed}), names each seed once")
-
-    @property
-    def run_id(self) -> str:
-        """The first 16 hex digits of the SHA-256 of the config as sorted JSON: same config, same id."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def to_dict(self) -> dict:
-        """The config as plain data (nested hyperparameters as dicts)."""
-        return asdict(self)
-
-
-def make_config(
-    backbone: str,
-    method: str,
-    fraction: float,
-    seed: int,
-    *,
-    recipe: str = "tuned",
-    resolution: int | None = None,
-    pretrained: bool = True,
-    overrides: dict | None = None,
-    stage: str = "final",
-    precision: str = "auto",
-    device: torch.device,
-    data: Cifar10,
-    val_fraction: float = 0.2,
-    probe: ProbeSpec | None = None,
-    cv_folds: int = 1,
-    pool: tuple[int, ...] = (),
-) -> RunConfig:
-    """Resolve defaults (recipe, method defaults, step budget, backbone resolution) into a RunConfig.
-
-    The step budget is `overrides["steps"]` when given, else the protocol's rule of the
-    labelled-set size (bench/budget.py; the article's 10 epochs for the article recipe).
-    The resolution is `input_resolution`'s (bench/models/backbones.py): the one rule the
-    sweep and perf's projection use too. `probe`: the settings of the linear probe (linear_probe
-    and every method that starts from it; default `ProbeSpec()`). `pool`: a pooled trial's seeds
-    (the first is `seed`). The recipe `defaults` is each method's defaults (no search), like
-    `tuned` before the sweep fills in a search's choice. The old names `recipe="seed"` and
-    `method="seed_sft"` are read as `article` / `article_sft` (same config, same run id),
-    with a RenamedWarning.
-    """
-    recipe = recipe_name(recipe)
-    method = METHODS.canonical(method)
-    spec = METHODS.get(method)
-    article = recipe == "article"
-    hp = (ARTICLE_RECIPE if article else HParams()).update(**spec.defaults)
-    # `is None` inside: an explicit 0 is bad input for RunConfig to refuse, not the default
-    resolution = input_resolution(backbone, recipe, resolution)
-    overrides = dict(overrides or {})
-    hp = hp.update(**overrides)
-    if "steps" not in overrides:
-        n = labelled_count(data.train_y, fraction)
-        hp = hp.update(steps=article_recipe_steps(n, hp.batch_size) if article else step_budget(n, hp.batch_size))
-    needs_probe = spec.probe_init or spec.is_probe
-    if needs_probe and probe is None:
-        probe = ProbeSpec()
-    if spec.is_probe:
-        # The probe is solved (L-BFGS to a tolerance), not trained for S steps: no training
-        # hyperparameter applies, so none is part of its id (a budget or batch size asked for the
-        # whole grid is ignored; anything else is refused).
-        ignored = {"steps", "batch_size"} | ({"augment"} if overrides.get("augment") is False else set())
-        if set(overrides) - ignored:
-            names = sorted(set(overrides) - ignored)
-            raise UserError(
-                f"{method} has no training hyperparameters under protocol v{PROTOCOL} (it is a converged logistic "
-                f"regression), so {', '.join(names)} cannot be set; its settings are the probe's (--probe-set folds=..., l2=...)"
-            )
-        hp = HParams().update(**spec.defaults)
-    if precision == "auto":
-        precision = device_defaults(device).precision
-    return RunConfig(
-        backbone,
-        method,
-        float(fraction),
-        int(seed),
-        recipe,
-        hp,
-        int(resolution),
-        pretrained,
-        stage,
-        val_fraction,
-        precision,
-        device.type,
-        data.fingerprint,
-        probe if needs_probe else None,
-        cv_folds,
-        pool=tuple(int(s) for s in pool),
-    )
 
 
 def get_data(data_dir: str | Path, caches: Caches | None = None) -> Cifar10:
@@ -198,13 +50,14 @@ def build_model(cfg: RunConfig, num_classes: int, backbones: BackboneCache | Non
     bspec = get_backbone(cfg.backbone)
     feats, pretrained_head = (backbones.build if backbones is not None else build_backbone)(bspec, cfg.pretrained)
     mean, std = ARTICLE_NORMALISATION if cfg.recipe == "article" else (bspec.mean, bspec.std)
-    return build_net(cfg.method, feats, pretrained_head, bspec.feature_dim, num_classes, cfg.hp, mean, std, cfg.resolution)
+    backbone = Backbone(feats, pretrained_head, bspec.feature_dim)
+    return build_net(cfg.method, backbone, InputAdapter(mean, std, cfg.resolution), num_classes, cfg.hp)
 
 
 def trainable_parameters(net: torch.nn.Module, cfg: RunConfig) -> int:
     """Parameters the run trains: the head and branch, and the backbone's when the method trains it."""
     spec = METHODS.get(cfg.method)
-    backbone = sum(p.numel() for p in net.backbone.parameters()) if spec.train_backbone(cfg.hp) else 0
+    backbone = sum(p.numel() for p in net.backbone.parameters()) if spec.trains_backbone else 0
     rest = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("backbone."))
     return backbone + rest
 
@@ -246,20 +99,15 @@ class FoldResult:
     labels: torch.Tensor
     scores: Scores
     eval_seconds: float
+    n_train: int  # the images it trained on
 
 
-def run_fold(
-    cfg: RunConfig,
-    data: Cifar10,
-    device: torch.device,
-    fold: Fold,
-    progress: Callable[[dict], None] | None,
-    compile: bool | str,
-    caches: Caches,
-    meter: BackboneMeter | None = None,
-) -> FoldResult:
+def run_fold(cfg: RunConfig, data: Cifar10, fold: Fold, ctx: FitContext, device: torch.device) -> FoldResult:
     """Build the model, train it on the fold's training images, and score it on its validation
-    images (or on the test set: the only place a final run reads it)."""
+    images (or on the test set: the only place a final run reads it). `ctx` gives the caches (set),
+    progress, compile and meter; the fold's seed and the config's precision and probe go into it here."""
+    caches, meter = ctx.caches, ctx.meter
+    assert caches is not None, "a run's context has its caches"
     torch.manual_seed(fold.seed)
     net = build_model(cfg, data.num_classes, caches.backbones).to(device).to(memory_format=torch.channels_last)
     # the dataset is on the device once per owner; a fold's images are a gather there
@@ -269,21 +117,7 @@ def run_fold(
     x, y = resident.train_x[train_idx], resident.train_y[train_idx]
     val = None if val_idx is None else (resident.train_x[val_idx], resident.train_y[val_idx])
     spec = METHODS.get(cfg.method)
-    result = fit(
-        net,
-        spec,
-        cfg.hp,
-        x,
-        y,
-        seed=fold.seed,
-        precision=cfg.precision,
-        val=val,
-        on_progress=progress,
-        compile=compile,
-        probe=cfg.probe,
-        caches=caches,
-        meter=meter,
-    )
+    result = fit(net, spec, cfg.hp, FitData(x, y, val), replace(ctx, seed=fold.seed, precision=cfg.precision, probe=cfg.probe))
     t0 = time.perf_counter()
     if val is None:
         ex, ey = resident.test()  # counted on `data` (Cifar10.test)
@@ -298,63 +132,68 @@ def run_fold(
         result.feature_cache_hits += int(hit)
     probs = predict(net, ex, cfg.precision, feats=feats, meter=meter)
     seconds = time.perf_counter() - t0
-    return FoldResult(net, result, probs, ey, classification_metrics(probs, ey, data.num_classes), seconds)
+    scores = classification_metrics(probs, ey, data.num_classes)
+    return FoldResult(net, result, probs, ey, scores, seconds, len(fold.train))
 
 
 def execute(
     cfg: RunConfig,
     data: Cifar10,
     device: torch.device,
-    *,
-    on_progress: Callable[[dict], None] | None = None,
-    save_predictions: Path | None = None,
-    save_model: Path | None = None,
-    compile: bool | str = False,
-    caches: Caches | None = None,
-    meter: BackboneMeter | None = None,
+    ctx: FitContext | None = None,
+    save: SaveTo | None = None,
 ) -> RunRecord:
     """Train and evaluate one run; return its record.
 
-    `compile` (torch.compile for the end-to-end phase) changes speed, not the result, so
-    it is not part of the RunConfig or its run id. `caches`: the feature and probe caches
-    shared with the owner's other runs (a sweep's); default: fresh ones, private to this
-    run (the same record, less reuse). `meter`: counts the images through the backbone (the
-    record's `backbone_images`; pass one to read the count of a run that raises, as a pruned
-    trial does). Process settings (cuDNN's kernel search) are the
+    `ctx`: how it runs (its `on_progress`, `compile`, `caches`, `meter`; the seed, precision and probe
+    are the config's). `compile` (torch.compile for the end-to-end phase) changes speed, not the
+    result, so it is not part of the RunConfig or its run id. `caches`: the feature and probe caches
+    shared with the owner's other runs (a sweep's); default: fresh ones, private to this run (the
+    same record, less reuse). `meter`: counts the images through the backbone (the record's
+    `backbone_images`; pass one to read the count of a run that raises, as a pruned trial does).
+    `save`: where the predictions and the model go. Process settings (cuDNN's kernel search) are the
     entry point's (bench/cli/__init__.py, configure_runtime), not made here.
     """
     wall0 = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    caches = Caches() if caches is None else caches
-    meter = BackboneMeter() if meter is None else meter
+    ctx = ctx or FitContext()
+    meter = BackboneMeter() if ctx.meter is None else ctx.meter
+    ctx = replace(ctx, caches=Caches() if ctx.caches is None else ctx.caches, meter=meter)
     before, graphs = meter.images, graph_count()
     folds = run_folds(cfg, data)
     k = len(folds)
     done: list[FoldResult] = []
     for j, fold in enumerate(folds):
         # fold j's rows continue the step count of the folds before it: one axis for the pruner
-        progress = None if on_progress is None else _fold_rows(on_progress, j, k)
-        done.append(run_fold(cfg, data, device, fold, progress, compile, caches, meter))
-    record = _record(cfg, data, device, folds, done, time.perf_counter() - wall0)
+        progress = None if ctx.on_progress is None else _fold_rows(ctx.on_progress, j, k)
+        done.append(run_fold(cfg, data, fold, replace(ctx, on_progress=progress), device))
+    record = _record(cfg, data, device, done, time.perf_counter() - wall0)
     record = replace(record, backbone_images=meter.images - before, compiled_graphs=graph_count() - graphs)
     last = done[-1]
-    if save_predictions is not None:
-        write_predictions(save_predictions, last.probs, last.labels, data.classes)
-    if save_model is not None:
-        save_checkpoint(save_model, last.net, cfg, data.classes)
+    if save is not None and save.predictions is not None:
+        write_predictions(save.predictions, last.probs, last.labels, data.classes)
+    if save is not None and save.model is not None:
+        save_checkpoint(save.model, last.net, cfg, data.classes)
     return record
 
 
-def _record(
-    cfg: RunConfig, data: Cifar10, device: torch.device, folds: list[Fold], done: list[FoldResult], wall_seconds: float
-) -> RunRecord:
+@dataclass(frozen=True)
+class SaveTo:
+    """Where a run's outputs beside its record go (None: not written): its test predictions (CSV) and
+    its trained model (a checkpoint)."""
+
+    predictions: Path | None = None
+    model: Path | None = None
+
+
+def _record(cfg: RunConfig, data: Cifar10, device: torch.device, done: list[FoldResult], wall_seconds: float) -> RunRecord:
     """The run's record from its folds: metrics (a trial's averaged over folds), counts, timings, provenance."""
     k = len(done)
     spec = METHODS.get(cfg.method)
     # a final run is scored once, on the test set; a trial on its validation fold(s), averaged
     trial, scores = cfg.stage == "trial", [d.scores for d in done]
-    history = [dict(r, fold=j) if k > 1 else r for j, d in enumerate(done) for r in d.fit.history]
+    history = [(r.in_fold(j) if k > 1 else r).to_dict() for j, d in enumerate(done) for r in d.fit.history]
     result = done[-1].fit
     n_eval = len(done[-1].labels)
     train_seconds = sum(d.fit.train_seconds for d in done)
@@ -377,13 +216,13 @@ def _record(
         val_macro_f1=sum(s.macro_f1 for s in scores) / k if trial else None,
         fold_val_accuracy=[s.accuracy for s in scores] if trial and k > 1 else None,
         classes=list(data.classes),
-        n_train=len(folds[0].train),
+        n_train=done[0].n_train,
         n_eval=n_eval,
         steps=result.steps,
         probe_steps=result.probe_steps,
         min_steps=0 if spec.is_probe else MIN_STEPS,  # the probe has no step budget (protocol v3)
         augment=result.augmented,
-        bn=cfg.hp.bn if spec.trains_backbone else "frozen",
+        bn=str(cfg.hp.bn) if spec.trains_backbone else "frozen",
         probe_cache_hit=any(d.fit.probe_cache_hit for d in done),
         probe_l2=result.probe_l2,
         probe_converged=None if result.probe_converged is None else all(d.fit.probe_converged for d in done),
@@ -408,13 +247,14 @@ def save_checkpoint(path: Path, net: torch.nn.Module, cfg: RunConfig, classes: t
     atomic_write(path, lambda f: torch.save(blob, f))
 
 
-def _fold_rows(on_progress: Callable[[dict], None], fold: int, folds: int) -> Callable[[dict], None]:
+def _fold_rows(on_progress: Callable[[HistoryRow], None], fold: int, folds: int) -> Callable[[HistoryRow], None]:
     """`on_progress` for fold `fold`: its rows say their fold and count steps on from the folds before."""
     if folds == 1:
         return on_progress
 
-    def forward(row: dict) -> None:
-        on_progress({**row, "fold": fold, "step": fold * row["steps"] + row["step"], "steps": folds * row["steps"]})
+    def forward(row: HistoryRow) -> None:
+        assert row.step is not None and row.steps is not None, "progress rows count steps"
+        on_progress(replace(row, fold=fold, step=fold * row.steps + row.step, steps=folds * row.steps))
 
     return forward
 
@@ -437,8 +277,3 @@ def write_predictions(path: Path, probs: torch.Tensor, labels: torch.Tensor, cla
 def write_record(path: Path, record: RunRecord) -> None:
     """The run's JSON record, written whole or not at all."""
     atomic_write(path, lambda f: f.write(json.dumps(record.to_dict(), indent=2)), mode="w")
-
-
-def default_device(name: str = "auto") -> torch.device:
-    """The torch device for a name (auto: CUDA when there is one)."""
-    return resolve_device(name)

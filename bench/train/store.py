@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from bench.files import atomic_write, stale_temp, temp_owner
+from bench.history import HistoryRow
 
 STORE_FAULT_ENV = "SFT_BENCH_TEST_STORE_PAUSE"  # tests only: seconds to sleep with half a temporary file written
 STALE_TMP_SECONDS = 3600.0  # a temporary file this old is abandoned, whoever wrote it (another machine too)
@@ -137,7 +138,7 @@ class FeatureStore:
 
     # ------------------------------------------------------------ probes
 
-    def load_probe(self, key: str) -> tuple[dict[str, torch.Tensor], list[dict]] | None:
+    def load_probe(self, key: str) -> tuple[dict[str, torch.Tensor], list[HistoryRow]] | None:
         """(head state on CPU, history rows) stored under `key`, or None (absent or damaged)."""
         path = self.probe_path(key)
         if not path.is_file():
@@ -147,7 +148,7 @@ class FeatureStore:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             state, history = blob["state_dict"], blob["history"]
             ok = isinstance(state, dict) and isinstance(history, str) and blob["sha256"] == _probe_digest(state, history)
-            rows = json.loads(history) if ok else None
+            rows = [HistoryRow.from_dict(r) for r in json.loads(history)] if ok else None
         except Exception:  # noqa: BLE001  (any damage: zip, pickle, key or JSON errors alike are a miss)
             ok, rows = False, None
         if not ok or not isinstance(rows, list):
@@ -157,10 +158,10 @@ class FeatureStore:
         self.counts.hits += 1
         return state, rows
 
-    def save_probe(self, key: str, state: dict[str, torch.Tensor], history: list[dict]) -> None:
-        """Keep a fitted probe (its tensors on CPU) and its history rows under `key`."""
+    def save_probe(self, key: str, state: dict[str, torch.Tensor], history: list[HistoryRow]) -> None:
+        """Keep a fitted probe (its tensors on CPU) and its history rows (their JSON form) under `key`."""
         state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-        text = json.dumps(history)
+        text = json.dumps([r.to_dict() for r in history])
         buf = io.BytesIO()
         torch.save({"state_dict": state, "history": text, "sha256": _probe_digest(state, text)}, buf)
         self._write(self.probe_path(key), [buf.getbuffer()])
