@@ -54,9 +54,9 @@ def git_commit() -> str:
 
 def provenance(device: torch.device) -> dict:
     """Where and with what a run is computed: versions, commit, device, threads, host, and the process's
-    numerical settings (bench/train/device.py `Numerics`: whether CUDA kernels were deterministic, and
+    numerical settings (bench/numerics.py `Numerics`: whether CUDA kernels were deterministic, and
     whether fp32 could use TF32 there; a CPU has no TF32, so its runs record false)."""
-    from bench.train.device import Numerics
+    from bench.numerics import Numerics
 
     numerics = Numerics.current()
     versions = {}

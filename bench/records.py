@@ -66,7 +66,7 @@ class Provenance:
     # protocol v3: which copy of CIFAR-10 ("official": the md5 sums of the official files; "derived": another
     # copy, such as the shared JPEG-derived one, whose numbers are not comparable with published ones)
     data_copy: str = ""
-    # the process's numerical settings (bench/train/device.py Numerics; defaults: what every record written
+    # the process's numerical settings (bench/numerics.py Numerics; defaults: what every record written
     # before they were recorded ran with on a CPU): CUDA kernels deterministic (--deterministic), and fp32
     # allowed to use TF32 on CUDA (--tf32; a CPU run: false)
     deterministic: bool = False

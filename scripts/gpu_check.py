@@ -49,10 +49,11 @@ from bench.data import Cifar10, synthetic_data  # noqa: E402
 from bench.models.backbones import get_backbone, input_resolution  # noqa: E402
 from bench.models.hparams import HParams  # noqa: E402
 from bench.models.kinds import METHODS  # noqa: E402
+from bench.numerics import Numerics, configure_numerics  # noqa: E402
 from bench.train.caches import Caches  # noqa: E402
 from bench.train.compiling import compile_spec, graph_count  # noqa: E402
 from bench.train.context import FitContext, FitData  # noqa: E402
-from bench.train.device import Numerics, configure_numerics, sync  # noqa: E402
+from bench.train.device import sync  # noqa: E402
 
 NO_CUDA = "skipped: no CUDA device"
 SECTIONS = ("environment", "syncs", "determinism", "compile", "throughput", "trial", "workers")

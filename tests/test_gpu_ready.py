@@ -576,7 +576,7 @@ def restore_numerics() -> None:
     """Put the process's numerical settings back to the defaults after a test that changes them."""
     import os
 
-    from bench.train.device import Numerics, configure_numerics
+    from bench.numerics import Numerics, configure_numerics
 
     workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     yield
@@ -592,9 +592,9 @@ def test_deterministic_and_tf32_are_set_as_asked_and_recorded(synthetic_data, re
     import os
 
     import bench.provenance
+    from bench.numerics import Numerics, configure_numerics
     from bench.provenance import provenance
     from bench.records import RunRecord
-    from bench.train.device import Numerics, configure_numerics
 
     assert configure_numerics(Numerics()) == Numerics(False, False)
     assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()

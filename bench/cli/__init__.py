@@ -28,14 +28,14 @@ app = typer.Typer(
 def configure_runtime() -> None:
     """Process-wide settings, made at the entry point instead of as side effects of importing a library
     module: Optuna logs only warnings (its per-trial INFO lines would bury the sweep's own view),
-    CUDA's numerical defaults (bench/train/device.py `Numerics()`: cuDNN picks the fastest kernels for
+    CUDA's numerical defaults (bench/numerics.py `Numerics()`: cuDNN picks the fastest kernels for
     the fixed input shapes of a run, and fp32 is IEEE fp32, no TF32; `--deterministic` and `--tf32`
     of run, sweep and perf change them before training), and the CIFAR loader's md5 notice (printed
     once by the loader itself) is not repeated as a warning. Idempotent."""
     warnings.filterwarnings("ignore", message=".*md5 sums differ.*")
     import optuna
 
-    from bench.train.device import Numerics, configure_numerics
+    from bench.numerics import Numerics, configure_numerics
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     configure_numerics(Numerics())

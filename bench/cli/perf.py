@@ -134,8 +134,8 @@ def perf(
         kw.update({k: v for k, v in given.items() if v is not None})
         settings = P.PerfSettings.quick(**kw) if quick else P.PerfSettings(**kw)
         dev = resolve_device(device)
+        from bench.numerics import Numerics, configure_numerics
         from bench.train.caches import Caches
-        from bench.train.device import Numerics, configure_numerics
 
         configure_numerics(Numerics(deterministic=deterministic, tf32=tf32))  # perf.json's machine records them
         caches = Caches.from_env()  # SFT_BENCH_FEATURE_CACHE_MB is read here, at the entry point

@@ -360,8 +360,8 @@ def run(
 ) -> None:
     """Train and evaluate one (backbone, method, fraction, seed) run."""
     opts = RunOptions(**locals())  # first statement: locals() is exactly the options here
+    from bench.numerics import Numerics, configure_numerics
     from bench.train.caches import Caches
-    from bench.train.device import Numerics, configure_numerics
     from bench.train.run import write_record
 
     configure_numerics(Numerics(deterministic=opts.deterministic, tf32=opts.tf32))  # recorded in the provenance

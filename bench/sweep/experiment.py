@@ -123,7 +123,7 @@ class Experiment:
     precision: str = "auto"
     device: str = "auto"
     compile: bool | str = False  # torch.compile the end-to-end phase (speed only: not part of any run id)
-    deterministic: bool = False  # CUDA: deterministic kernels only (bench/train/device.py Numerics); recorded per run
+    deterministic: bool = False  # CUDA: deterministic kernels only (bench/numerics.py Numerics); recorded per run
     tf32: bool = False  # CUDA: fp32 may use TF32; recorded per run
     val_fraction: float = 0.2
     probe: ProbeSpec = field(default_factory=ProbeSpec)  # the linear probe (linear_probe, lp_ft, sft*)

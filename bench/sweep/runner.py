@@ -93,7 +93,7 @@ def run(
 
     exp = _experiment(experiment, config, results_dir, data_dir, device, overrides)
     checked = check(exp, download=download)
-    from bench.train.device import Numerics, configure_numerics
+    from bench.numerics import Numerics, configure_numerics
 
     # every worker reads them from config.toml; each run records them
     configure_numerics(Numerics(deterministic=exp.deterministic, tf32=exp.tf32))

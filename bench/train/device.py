@@ -1,7 +1,6 @@
 """What a training or an evaluation asks of its device: the batch of a feature pass, the
-autocast context of a precision, a sync that makes wall-clock timings mean something, and the
-process's numerical settings on CUDA (determinism, TF32), resolved from a `torch.device` and
-recorded in every run's provenance.
+autocast context of a precision and a sync that makes wall-clock timings mean something, resolved
+from a `torch.device` (the process's numerical settings, determinism and TF32, are bench/numerics.py).
 
 Every CUDA default is a function of a `torch.device` object (`device_defaults`), never of whether
 this machine has a GPU, so it is tested on a CPU with `torch.device("cuda")`
@@ -10,7 +9,6 @@ this machine has a GPU, so it is tested on a CPU with `torch.device("cuda")`
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +20,6 @@ EVAL_BATCH = 1024  # evaluation and feature batches on CUDA at 64 px (`cuda_eval
 CPU_EVAL_BATCH = 128
 EVAL_PIXELS = EVAL_BATCH * 64 * 64  # pixels per CUDA evaluation batch: 4096 images at 32 px, 1024 at 64, 256 at 128
 CUDA_EVAL_BATCH_RANGE = (128, 4096)
-CUBLAS_WORKSPACE = ":4096:8"  # what torch.use_deterministic_algorithms asks of cuBLAS (CUDA >= 10.2)
 
 
 def cuda_eval_batch(resolution: int) -> int:
@@ -75,50 +72,3 @@ def device_defaults(device: torch.device, resolution: int = 32) -> DeviceDefault
     CPU_EVAL_BATCH on a CPU. A function of the device object only (testable without a GPU)."""
     cuda = device.type == "cuda"
     return DeviceDefaults("bf16" if cuda else "fp32", eval_batch(device, resolution))
-
-
-@dataclass(frozen=True)
-class Numerics:
-    """The process's numerical settings on CUDA, as asked (`configure_numerics`) or found (`current`).
-
-    deterministic: cuDNN in deterministic mode without its kernel search (`benchmark` off),
-    `torch.use_deterministic_algorithms(True)` (an op without a deterministic kernel raises instead
-    of running a nondeterministic one) and cuBLAS's fixed workspace (CUBLAS_WORKSPACE_CONFIG). Off:
-    cuDNN's benchmark picks the fastest kernel per shape at run time, atomics may add in any order.
-    tf32: fp32 matmuls and convolutions may use TF32 tensor cores (10-bit mantissa inputs). Off (the
-    default): "fp32" is IEEE fp32 (torch otherwise lets cuDNN convolutions use TF32).
-    A CPU computes the same either way (its kernels are deterministic for a thread count; TF32 is a
-    CUDA format): the settings are recorded as they are, and only change CUDA results."""
-
-    deterministic: bool = False
-    tf32: bool = False
-
-    @classmethod
-    def current(cls) -> Numerics:
-        """The settings this process runs with now (what a record's provenance says)."""
-        precisions = (
-            torch.backends.cuda.matmul.fp32_precision,
-            torch.backends.cudnn.conv.fp32_precision,
-            torch.backends.cudnn.rnn.fp32_precision,
-        )
-        deterministic = torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
-        return cls(deterministic=bool(deterministic and not torch.backends.cudnn.benchmark), tf32="tf32" in precisions)
-
-
-def configure_numerics(numerics: Numerics) -> Numerics:
-    """Make `numerics` the process's settings (an entry point's job: bench/cli/__init__.py), and return them.
-
-    The cuBLAS workspace must be set before cuBLAS starts: at an entry point it is. The TF32 flags
-    are set through torch's per-backend `fp32_precision` (the API that replaces `allow_tf32`; the two
-    must not be mixed); oneDNN's CPU flag is left alone, so CPU results are what they were."""
-    det = numerics.deterministic
-    if det:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    torch.backends.cudnn.deterministic = det
-    torch.backends.cudnn.benchmark = not det
-    torch.use_deterministic_algorithms(det)
-    precision = "tf32" if numerics.tf32 else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = precision
-    torch.backends.cudnn.conv.fp32_precision = precision
-    torch.backends.cudnn.rnn.fp32_precision = precision
-    return Numerics.current()
