@@ -369,3 +369,17 @@ def test_recipe_seed_is_the_article_recipe_with_a_note(synthetic_dir: Path, tmp_
     assert old["run_id"] == new["run_id"] and old["config"] == new["config"]
     assert (old["recipe"], old["method"]) == ("article", "article_sft")
     assert old["test_accuracy"] == new["test_accuracy"]
+
+
+def test_methods_lists_each_methods_kind() -> None:
+    """`methods` says what kind each method is (whether B trains, where the head starts), not only a summary."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.models.kinds import METHODS
+
+    out = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    for name in METHODS:
+        line = next(ln for ln in out.output.splitlines() if f" {name} " in ln)
+        assert METHODS.get(name).kind.value.replace("_", " ") in line, line

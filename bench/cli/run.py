@@ -65,9 +65,11 @@ def methods() -> None:
 
     table = Table(title="methods")
     table.add_column("name")
+    table.add_column("kind")  # whether the backbone trains and where the head starts (MethodKind)
     table.add_column("model")
     for name in METHODS:
-        table.add_row(name, METHODS.get(name).summary)
+        spec = METHODS.get(name)
+        table.add_row(name, spec.kind.value.replace("_", " "), spec.summary)
     _console().print(table)
 
 
