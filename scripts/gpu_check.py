@@ -50,6 +50,7 @@ from bench.models.backbones import get_backbone, input_resolution  # noqa: E402
 from bench.models.hparams import HParams  # noqa: E402
 from bench.models.kinds import METHODS  # noqa: E402
 from bench.numerics import Numerics, configure_numerics  # noqa: E402
+from bench.run_config import RunConfig  # noqa: E402
 from bench.train.caches import Caches  # noqa: E402
 from bench.train.compiling import compile_spec, graph_count  # noqa: E402
 from bench.train.context import FitContext, FitData  # noqa: E402
@@ -95,6 +96,34 @@ class Check:
         """Pretrained weights where their package is installed, else scratch (the same speed)."""
         return get_backbone(backbone).available()[0]
 
+    def config(
+        self,
+        method: str,
+        fraction: float,
+        overrides: dict,
+        backbone: str | None = None,
+        resolution: int | None = None,
+        **more: Any,
+    ) -> RunConfig:
+        """The run config the suite would make (seed 0) on this check's device and data: one place for
+        the four measurements that each need one (default backbone: the check's; resolution: the
+        backbone's own for the tuned recipe)."""
+        from bench.run_config import make_config
+
+        b = backbone or self.backbone
+        return make_config(
+            backbone=b,
+            method=method,
+            fraction=fraction,
+            seed=0,
+            device=self.device,
+            data=self.data,
+            resolution=resolution or input_resolution(b, "tuned"),
+            pretrained=self.pretrained(b),
+            overrides=overrides,
+            **more,
+        )
+
 
 # ---------------------------------------------------------------- helpers
 
@@ -105,23 +134,13 @@ def fit_rates(
     """The suite's loop (`fit`, finetune, end to end, augmented, the suite's precision) for REPORTS history
     intervals: steady images/s (median of the intervals after the first), compile seconds and graphs,
     peak memory on CUDA."""
-    from bench.run_config import RunConfig, make_config
+    from bench.run_config import RunConfig
     from bench.train.fit import fit
     from bench.train.run import build_model
 
     k = steps_per_row or check.interval
     data = check.data
-    cfg = make_config(
-        backbone=backbone,
-        method="finetune",
-        fraction=1.0,
-        seed=0,
-        device=check.device,
-        data=data,
-        resolution=resolution,
-        pretrained=check.pretrained(backbone),
-        overrides={"steps": REPORTS * k, "batch_size": check.batch},
-    )
+    cfg = check.config("finetune", 1.0, {"steps": REPORTS * k, "batch_size": check.batch}, backbone, resolution)
     assert isinstance(cfg, RunConfig)
     torch.manual_seed(0)
     net = build_model(cfg, data.num_classes).to(check.device).to(memory_format=torch.channels_last)
@@ -251,7 +270,6 @@ def syncs(check: Check) -> dict:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from bench.budget import report_interval
-    from bench.run_config import make_config
     from bench.train.fit import fit
     from bench.train.loop import SYNCS_PER_STEP, syncs_per_row
     from bench.train.run import build_model
@@ -259,17 +277,7 @@ def syncs(check: Check) -> dict:
 
     data = check.data
     steps = 20
-    cfg = make_config(
-        backbone=check.backbone,
-        method="finetune",
-        fraction=1.0,
-        seed=0,
-        device=check.device,
-        data=data,
-        resolution=input_resolution(check.backbone, "tuned"),
-        pretrained=check.pretrained(check.backbone),
-        overrides={"steps": steps, "batch_size": check.batch},
-    )
+    cfg = check.config("finetune", 1.0, {"steps": steps, "batch_size": check.batch})
     torch.manual_seed(0)
     net = build_model(cfg, data.num_classes).to(check.device).to(memory_format=torch.channels_last)
     n = check.batch * 4
@@ -321,23 +329,12 @@ def determinism(check: Check) -> dict:
 
 
 def _determinism_child(spec: dict, check: Check) -> dict:
-    from bench.run_config import make_config
     from bench.train.run import run_fold, run_folds
 
     configure_numerics(Numerics(deterministic=spec["deterministic"]))
     data = check.data
     steps = 10 if check.quick else 60
-    cfg = make_config(
-        backbone=check.backbone,
-        method="finetune",
-        fraction=0.02,
-        seed=0,
-        device=check.device,
-        data=data,
-        resolution=input_resolution(check.backbone, "tuned"),
-        pretrained=check.pretrained(check.backbone),
-        overrides={"steps": steps, "batch_size": check.batch},
-    )
+    cfg = check.config("finetune", 0.02, {"steps": steps, "batch_size": check.batch})
     outs = []
     for _ in range(2):
         fold = run_folds(cfg, data)[0]
@@ -423,25 +420,12 @@ def throughput(check: Check) -> dict:
 
 def trial(check: Check) -> dict:
     """One 1% trial as the quick experiment runs it (pooled over 2 seeds, 32 px, batch 64)."""
-    from bench.run_config import make_config
     from bench.train.run import execute
 
     data = check.data
     backbone = check.backbone
     overrides = {"batch_size": 64} if not check.quick else {"batch_size": 32, "steps": 20}
-    cfg = make_config(
-        backbone=backbone,
-        method="sft",
-        fraction=0.01 if not check.quick else 0.05,
-        seed=0,
-        device=check.device,
-        data=data,
-        resolution=input_resolution(backbone, "tuned"),
-        pretrained=check.pretrained(backbone),
-        overrides=overrides,
-        stage="trial",
-        pool=(0, 1),
-    )
+    cfg = check.config("sft", 0.01 if not check.quick else 0.05, overrides, backbone, stage="trial", pool=(0, 1))
     rec = execute(cfg, data, check.device, FitContext(caches=Caches()))
     row = {
         "run": f"{backbone} sft, fraction {cfg.fraction:g}, trial pooled over seeds 0 and 1",
