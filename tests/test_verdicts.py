@@ -126,9 +126,9 @@ def test_sentences_say_what_the_verdicts_say_and_no_more() -> None:
     text = sentences(tests, df, plan)
     first = text[0]
     assert first.startswith("Against `finetune` at 1% of the labels (efficientnet_lite0, 64 px): ")
-    assert "`sft` is equivalent within ±1 point(s) (+0.20 points, 95% CI [-0.40, +0.80], 8 seeds)" in first
+    assert "`sft` is equivalent within ±1 point(s) (+0.20 points, 95% CI [-0.40, +0.80], TOST p (Holm) 0.010, 8 seeds)" in first
     assert "`sft-mlp` is inconclusive: neither a difference nor equivalence" in first and "[-3.40, +4.00]" in first
-    assert "`sft-side` is worse (-3.00 points" in first
+    assert "`sft-side` is worse (-3.00 points, 95% CI [-4.00, -2.00], p (Holm) 0.001, 8 seeds)" in first
     assert "lp_ft" not in first, "a secondary comparison is not part of the summary's claims"
     joined = " ".join(text)
     for overclaim in ("does not beat", "no difference", "same as", "matches"):
@@ -152,3 +152,33 @@ def test_family_power_uses_the_family_size() -> None:
     (prim, sec) = family_power(tests, StatsPlan())
     assert (prim.m, prim.n_pairs, sec.m) == (4, 8, 0)
     assert prim.mdd == pytest.approx(mdd(8, 0.02, 0.05 / 4))
+
+
+def test_a_ci_that_excludes_zero_beside_inconclusive_is_explained_and_named() -> None:
+    """The 32 px report said `sft-mlp` against `lp_ft` at 1% was inconclusive beside a CI of [-1.58, -0.03]:
+    true (Holm over 20 comparisons), but unexplained it reads as a contradiction."""
+    plan = StatsPlan()
+    row = dict(method="sft-mlp", baseline_method="lp_ft", family="primary", verdict="inconclusive", diff_mean=-0.008)
+    tests = _tests([{**row, "ci_low": -0.0158, "ci_high": -0.0003, "p_holm": 0.43, "p_tost_holm": 0.2}])
+    text = sentences(tests, pd.DataFrame({"backbone": ["efficientnet_lite0"], "resolution": [32]}), plan)
+    reading = next(s for s in text if s.startswith("Each 95% CI is its comparison's own (unadjusted)"))
+    assert "Holm-adjusted over the family's 1 tested comparisons" in reading
+    assert reading.endswith("Here: `sft-mlp` against `lp_ft` at 1% (p (Holm) 0.430).")
+    tests = _tests([{**row, "ci_low": -0.03, "ci_high": 0.01, "p_holm": 0.43, "p_tost_holm": 0.2}])
+    reading = next(s for s in sentences(tests, pd.DataFrame(), plan) if s.startswith("Each 95% CI"))
+    assert "Here:" not in reading
+
+
+def test_a_comparison_is_labelled_with_its_own_methods_resolution() -> None:
+    """study64 keeps the article's model at its 32 px beside 64 px rows: a 64 px comparison is not '32/64 px'."""
+    plan = StatsPlan()
+    row = dict(method="sft", baseline_method="finetune", family="primary", verdict="inconclusive", diff_mean=0.0)
+    tests = _tests([{**row, "ci_low": -0.03, "ci_high": 0.03, "p_holm": 0.9, "p_tost_holm": 0.3}])
+    df = pd.DataFrame(
+        {
+            "backbone": ["efficientnet_lite0"] * 3,
+            "method": ["sft", "finetune", "article_sft"],
+            "resolution": [64, 64, 32],
+        }
+    )
+    assert "(efficientnet_lite0, 64 px)" in sentences(tests, df, plan)[0]

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.schema import probe_caveat
-from bench.report.text import frac_label, margin_points, pct, points
+from bench.report.text import fmt_p, frac_label, margin_points, pct, points
 
 DEFAULT_PRIMARY = ("sft* vs finetune", "sft* vs lp_ft")
 DEFAULT_MARGIN = 0.01
@@ -234,9 +234,38 @@ def family_power(tests: pd.DataFrame, plan: StatsPlan) -> list[FamilyPower]:
 
 
 def _evidence(row: dict) -> str:
+    """The difference, its (unadjusted) 95% CI, the p the verdict was read from (Holm within the family, the
+    TOST one for an equivalence) and the pairs. Why the adjusted p beside the unadjusted CI: a CI that excludes
+    0 next to 'inconclusive' reads as a contradiction until the reader sees that the verdict's p is adjusted."""
+    p = row["p_tost_holm"] if row["verdict"] == "equivalent" else row["p_holm"]
+    which = "TOST p (Holm)" if row["verdict"] == "equivalent" else "p (Holm)"
     return (
-        f"{points(row['diff_mean'])} points, 95% CI [{points(row['ci_low'])}, {points(row['ci_high'])}], {row['n_pairs']} seeds"
+        f"{points(row['diff_mean'])} points, 95% CI [{points(row['ci_low'])}, {points(row['ci_high'])}], "
+        f"{which} {fmt_p(p)}, {row['n_pairs']} seeds"
     )
+
+
+def _ci_excludes_zero_yet_inconclusive(row: dict) -> bool:
+    return row["verdict"] == "inconclusive" and (row["ci_low"] > 0 or row["ci_high"] < 0)
+
+
+def reading(prim: pd.DataFrame, plan: StatsPlan) -> str:
+    """How the CIs and the verdicts fit together, naming the comparisons where they seem to disagree."""
+    m = int(np.isfinite(prim["p_holm"].astype(float)).sum())
+    text = (
+        f"Each 95% CI is its comparison's own (unadjusted); a verdict is read from p-values Holm-adjusted over the "
+        f"family's {m} tested comparisons (better or worse: the paired test's below {plan.alpha:g}; equivalent: the "
+        f"TOST's below {plan.alpha:g}), so a CI that excludes 0 can stand beside 'inconclusive'."
+    )
+    odd = [r for r in prim.to_dict("records") if _ci_excludes_zero_yet_inconclusive(r)]
+    if odd:
+        named = "; ".join(
+            f"`{r['method']}` against `{r['baseline_method']}` at {frac_label(float(r['fraction']))} "
+            f"(p (Holm) {fmt_p(r['p_holm'])})"
+            for r in odd
+        )
+        text += f" Here: {named}."
+    return text
 
 
 def _clause(row: dict, plan: StatsPlan) -> str:
@@ -268,12 +297,13 @@ def sentences(tests: pd.DataFrame, df: pd.DataFrame, plan: StatsPlan) -> list[st
             f"No comparison of the primary family ({', '.join(plan.primary)}) is in these runs: no such pair of methods has "
             "run at the same backbone and fraction, so the report draws no conclusion."
         ]
-    res = _resolutions(df)
     for (b, r, f, base), g in prim.groupby(["backbone", "recipe", "fraction", "baseline_method"], sort=True):
         rows = g.to_dict("records")
-        where = f"{b}, {res.get(b, '?')} px" + ("" if r == "tuned" else f", {r} recipe")
+        px = _resolution(df, b, {base, *g["method"]})
+        where = f"{b}, {px} px" + ("" if r == "tuned" else f", {r} recipe")
         clauses = "; ".join(_clause(row, plan) for row in rows)
         out.append(f"Against `{base}` at {frac_label(float(f))} of the labels ({where}): {clauses}.")
+    out.append(reading(prim, plan))
     caveat = probe_caveat(set(prim["method"]) | set(prim["baseline_method"]), "verdicts")
     if caveat:
         out.append(caveat)
@@ -288,12 +318,14 @@ def sentences(tests: pd.DataFrame, df: pd.DataFrame, plan: StatsPlan) -> list[st
     return out
 
 
-def _resolutions(df: pd.DataFrame) -> dict[str, str]:
-    """Each backbone's input resolution(s) as recorded by its runs."""
+def _resolution(df: pd.DataFrame, backbone: str, methods: set[str]) -> str:
+    """The input resolution(s) the compared methods' runs recorded on this backbone. Why per method: a study
+    keeps the article's own model at its 32 px beside 64 px rows (methods.md), and the backbone's resolutions
+    pooled would label a 64 px comparison '32/64 px'."""
     if "resolution" not in df.columns:
-        return {}
-    out = {}
-    for b, g in df.groupby("backbone"):
-        vals = sorted({int(v) for v in pd.to_numeric(g["resolution"], errors="coerce").dropna()})
-        out[str(b)] = "/".join(map(str, vals)) if vals else "?"
-    return out
+        return "?"
+    rows = df[df["backbone"] == backbone]
+    if "method" in rows.columns:
+        rows = rows[rows["method"].isin(methods)]
+    vals = sorted({int(v) for v in pd.to_numeric(rows["resolution"], errors="coerce").dropna()})
+    return "/".join(map(str, vals)) if vals else "?"
