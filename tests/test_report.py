@@ -1666,3 +1666,19 @@ def test_the_same_folder_reports_to_the_same_bytes(built: tuple) -> None:
     assert any("optuna_importance" in str(k) for k in first), "the fixture draws importances"
     differ = [str(k) for k in first if first[k] != second.get(k)]
     assert differ in ([], ["report.html"]), differ
+
+
+def test_the_input_resolution_is_stated_and_rows_at_another_named() -> None:
+    """Protocol v3 states the resolution; study64 keeps `article_sft` at the article's 32 px beside 64 px rows."""
+    base = dict(backbone="b", fraction=0.1, test_accuracy=0.5, protocol=3, steps=500, seed=0)
+    rows = [
+        base | dict(method="finetune", recipe="tuned", resolution=64),
+        base | dict(method="sft", recipe="tuned", resolution=64),
+        base | dict(method="sft", recipe="tuned", resolution=64, seed=1),
+        base | dict(method="article_sft", recipe="article", resolution=32),
+    ]
+    mixed = R.protocol_info(pd.DataFrame(rows))
+    assert "Input resolution: 64 px, except `article_sft` (article) at 32 px." in mixed.lines()
+    one = R.protocol_info(pd.DataFrame(rows[:3]))
+    assert "Input resolution: 64 px, every run." in one.lines()
+    assert R.protocol_info(pd.DataFrame(rows).drop(columns="resolution")).resolution_line() is None

@@ -7,7 +7,7 @@ budgets, one BatchNorm policy, per-seed or shared search) are not comparable, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -33,6 +33,19 @@ class ProtocolInfo:
     short: list[tuple[int, int, int]]  # (steps, floor, runs) below the floor
     n_runs: int
     has_steps: bool
+    resolutions: dict[int, list[str]] = field(default_factory=dict)  # px -> the "method (recipe)" rows run at it
+
+    def resolution_line(self) -> str | None:
+        """The input resolution, stated (protocol v3: it is part of the question), with the rows that differ from
+        the most common one named: a study keeps the article's model at its own 32 px beside 64 px rows."""
+        if not self.resolutions:
+            return None
+        by_size = sorted(self.resolutions.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        main, rest = by_size[0][0], by_size[1:]
+        if not rest:
+            return f"Input resolution: {main} px, every run."
+        others = "; ".join(f"{', '.join(rows)} at {px} px" for px, rows in rest)
+        return f"Input resolution: {main} px, except {others}."
 
     @property
     def v1(self) -> bool:
@@ -95,7 +108,8 @@ class ProtocolInfo:
                 f"{self.unsearched} run(s) have no search: a fixed recipe (defaults, article), or the linear probe, whose "
                 "one setting is cross-validated inside its fit (protocol v3)."
             )
-        return out + self.short_lines()
+        res = self.resolution_line()
+        return out + ([res] if res else []) + self.short_lines()
 
 
 def protocol_info(df: pd.DataFrame) -> ProtocolInfo:
@@ -126,4 +140,21 @@ def protocol_info(df: pd.DataFrame) -> ProtocolInfo:
             pairs = pd.DataFrame({"steps": steps[low].astype(int), "floor": floor[low].astype(int)})
             for (st_, fl), c in pairs.value_counts().sort_index().items():
                 short.append((int(st_), int(fl), int(c)))
-    return ProtocolInfo(versions, modes, unsearched, short, n, bool(has_steps))
+    return ProtocolInfo(versions, modes, unsearched, short, n, bool(has_steps), _resolutions(df))
+
+
+def _resolutions(df: pd.DataFrame) -> dict[int, list[str]]:
+    """Each recorded input resolution and the rows ("`method` (recipe)") run at it, in table order."""
+    if "resolution" not in df.columns or "method" not in df.columns:
+        return {}
+    px = pd.to_numeric(df["resolution"], errors="coerce")
+    recipe = df["recipe"].astype(str) if "recipe" in df.columns else pd.Series("", index=df.index)
+    out: dict[int, list[str]] = {}
+    for r, m, rc in zip(px, df["method"].astype(str), recipe, strict=True):
+        if pd.isna(r):
+            continue
+        row = f"`{m}` ({rc})" if rc else f"`{m}`"
+        rows = out.setdefault(int(r), [])
+        if row not in rows:
+            rows.append(row)
+    return out

@@ -13,8 +13,13 @@ import csv
 import os
 from pathlib import Path
 
+import optuna
+
 import bench.report
 import bench.sweep
+
+# Optuna logs every trial at INFO level; the CLI quiets it, a library does not touch a notebook's logging
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 results = os.environ.get("SFT_BENCH_EXAMPLE_RESULTS", "results")
 data = os.environ.get("SFT_BENCH_EXAMPLE_DATA", "data")
