@@ -1682,3 +1682,15 @@ def test_the_input_resolution_is_stated_and_rows_at_another_named() -> None:
     one = R.protocol_info(pd.DataFrame(rows[:3]))
     assert "Input resolution: 64 px, every run." in one.lines()
     assert R.protocol_info(pd.DataFrame(rows).drop(columns="resolution")).resolution_line() is None
+
+
+def test_a_final_run_at_chance_is_named_in_the_notes() -> None:
+    """The v3 quick grid's sft at 1% had one seed collapse to one class (10.00%): its cell read 41.17 ± 27.00
+    with nothing saying that one run, not a spread, made it."""
+    base = dict(backbone="b", method="sft", recipe="tuned", fraction=0.01, protocol=3, steps=500)
+    rows = [base | dict(seed=s, test_accuracy=a) for s, a in enumerate([0.5649, 0.1000, 0.5703])]
+    info = R.protocol_info(pd.DataFrame(rows))
+    assert info.at_chance == ["`sft` (tuned) at 1%, seed 1 (b): 10.00%"]
+    assert any(ln.startswith("1 final run(s) ended at or below chance level") for ln in info.lines())
+    healthy = R.protocol_info(pd.DataFrame(rows).assign(test_accuracy=0.111))  # just above chance + 1 point
+    assert healthy.at_chance == [] and healthy.chance_line() is None

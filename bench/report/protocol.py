@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from bench.report.text import frac_label, pct
+
 DEFAULT_MIN_STEPS = 500  # the protocol's floor on the optimiser-step budget (methods.md, version 2)
 SEARCH_MODE_TEXT = {
     "pooled": "pooled search (protocol v3): one choice per cell, each candidate scored by its mean validation accuracy "
@@ -34,6 +36,18 @@ class ProtocolInfo:
     n_runs: int
     has_steps: bool
     resolutions: dict[int, list[str]] = field(default_factory=dict)  # px -> the "method (recipe)" rows run at it
+    at_chance: list[str] = field(default_factory=list)  # final runs that ended at chance level, named
+
+    def chance_line(self) -> str | None:
+        """The final runs whose test accuracy is at chance (a collapsed run: one class predicted, or a diverged
+        loss), named. Why say it: such a seed stays in its cell's mean and in every paired comparison, as the
+        protocol has it, and a reader of a mean ± sd must be able to see that one run, not a spread, made it."""
+        if not self.at_chance:
+            return None
+        return (
+            f"{len(self.at_chance)} final run(s) ended at or below chance level (test accuracy at most 1 point above "
+            f"1 / classes): {'; '.join(self.at_chance)}. They count in their cells' means and in the paired comparisons."
+        )
 
     def resolution_line(self) -> str | None:
         """The input resolution, stated (protocol v3: it is part of the question), with the rows that differ from
@@ -108,8 +122,8 @@ class ProtocolInfo:
                 f"{self.unsearched} run(s) have no search: a fixed recipe (defaults, article), or the linear probe, whose "
                 "one setting is cross-validated inside its fit (protocol v3)."
             )
-        res = self.resolution_line()
-        return out + ([res] if res else []) + self.short_lines()
+        extra = [line for line in (self.resolution_line(), self.chance_line()) if line]
+        return out + extra + self.short_lines()
 
 
 def protocol_info(df: pd.DataFrame) -> ProtocolInfo:
@@ -140,7 +154,21 @@ def protocol_info(df: pd.DataFrame) -> ProtocolInfo:
             pairs = pd.DataFrame({"steps": steps[low].astype(int), "floor": floor[low].astype(int)})
             for (st_, fl), c in pairs.value_counts().sort_index().items():
                 short.append((int(st_), int(fl), int(c)))
-    return ProtocolInfo(versions, modes, unsearched, short, n, bool(has_steps), _resolutions(df))
+    return ProtocolInfo(versions, modes, unsearched, short, n, bool(has_steps), _resolutions(df), _at_chance(df))
+
+
+def _at_chance(df: pd.DataFrame) -> list[str]:
+    """The final runs at chance level, as "`method` (recipe) at 1%, seed 1 (backbone): 10.00%"."""
+    if "test_accuracy" not in df.columns or not len(df):
+        return []
+    classes = sum(c.startswith("acc_") for c in df.columns) or 10  # per-class columns, else CIFAR-10's
+    acc = pd.to_numeric(df["test_accuracy"], errors="coerce")
+    out = []
+    for _, r in df[acc <= 1 / classes + 0.01].iterrows():
+        recipe = f" ({r['recipe']})" if "recipe" in df.columns else ""
+        where = f"{frac_label(float(r['fraction']))}, seed {r['seed']}" if {"fraction", "seed"} <= set(df.columns) else ""
+        out.append(f"`{r.get('method', '?')}`{recipe} at {where} ({r.get('backbone', '?')}): {pct(float(r['test_accuracy']))}%")
+    return out
 
 
 def _resolutions(df: pd.DataFrame) -> dict[int, list[str]]:

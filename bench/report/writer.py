@@ -255,6 +255,8 @@ def write_report(
     eff = label_efficiency(df, stats)
     tables = build_tables(name, df, stats, tests, eff, test, alpha, best, info, tuning_gain(df, test))
     summary = sentences(tests, df, plan)
+    if info.chance_line():
+        summary.append(info.chance_line() or "")
     notes[:0] = info.lines()
     notes += _data_notes(df, eff, tests)
     if tables.sft_missing():
