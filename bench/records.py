@@ -364,6 +364,7 @@ class SearchStatus:
     best_value: float | None = None
     best_hparams: dict | None = None
     trial_seconds: list[float] = field(default_factory=list)
+    trial_ends: list[float] = field(default_factory=list)  # when each of those finished (epoch seconds)
     can_ask: bool = False
     failed: str = ""
 
@@ -399,6 +400,10 @@ class CellStatus:
     @property
     def trial_seconds(self) -> list[float]:
         return [t for s in self.searches.values() for t in s.trial_seconds]
+
+    @property
+    def trial_ends(self) -> list[float]:
+        return [t for s in self.searches.values() for t in s.trial_ends]
 
     @property
     def search_done(self) -> bool:

@@ -132,3 +132,20 @@ def test_a_cpu_rate_measured_under_much_more_load_than_now_is_measured_again() -
     busy = Rates("tiny", 32, 64, 10.0, 50.0, load=5.0)
     assert busier_then(busy, 0.5) and not busier_then(busy, 4.5)
     assert not busier_then(replace(busy, load=-1.0), 0.0) and not busier_then(replace(busy, load=0.2), 0.0)
+
+
+def test_after_a_resume_the_eta_is_paced_by_items_finished_since_the_start() -> None:
+    """Items timed in an earlier session (other threads, other load) no longer pace a resumed sweep's ETA."""
+    import datetime as dt
+    from dataclasses import replace
+
+    costs = {Cell("tiny", "finetune", "tuned", 0.1): ItemCost(final=10.0, trial=5.0)}
+    status = _status(done_trial=20.0, done_final=10.0)  # the trial took 4x its projection, the final run 1x
+    status.cells[0].searches[0].trial_ends = [1000.0]  # long before this start
+    final = status.cells[0].finals[0]
+    status.cells[0].finals[0] = replace(final, finished_at=dt.datetime.fromtimestamp(5000.0, dt.UTC).isoformat())
+    left = 3 * 5.0 + 2 * 10.0
+    seconds, basis = eta(status, costs, since=4000.0)  # only the final run finished since
+    assert seconds == pytest.approx(1.0 * left) and basis == "projected × 1.00 as measured since this start"
+    seconds, basis = eta(status, costs, since=6000.0)  # nothing since: every finished item, as before
+    assert seconds == pytest.approx((30.0 / 15.0) * left) and basis.endswith("as measured so far")

@@ -13,6 +13,7 @@ deterministic function of the images it is fitted on, so every run fits (or reus
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ class Grid:
         self.cells = exp.cells()
         self._found: dict[str, int] = {}  # study name -> id, once seen (ids never change)
         self.costs: dict[Cell, ItemCost] | None = None  # the projection's per-item seconds (the live ETA's start)
+        self.started = time.time()  # items finished since then pace the ETA (see eta)
         self._resolution: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------ studies, read-only
@@ -123,7 +125,7 @@ class Grid:
         running: list[Claim] = []
         cells = [self._survey_cell(cell, now, running) for cell in self.cells]
         status = GridStatus(cells, running)
-        status.eta_seconds, status.eta_basis = eta(status, self.costs)
+        status.eta_seconds, status.eta_basis = eta(status, self.costs, self.started)
         return status
 
     def _survey_cell(self, cell: Cell, now: float, running: list[Claim]) -> CellStatus:
@@ -150,9 +152,9 @@ class Grid:
         ss.done = len(finished)
         ss.pruned = sum(t.state == TrialState.PRUNED for t in counted)
         ss.diverged = sum("pruned_reason" in t.user_attrs for t in counted)
-        ss.trial_seconds = [
-            (t.datetime_complete - t.datetime_start).total_seconds() for t in finished if t.datetime_complete and t.datetime_start
-        ]
+        timed = [t for t in finished if t.datetime_complete and t.datetime_start]
+        ss.trial_seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in timed]
+        ss.trial_ends = [t.datetime_complete.timestamp() for t in timed]
         nxt = next_slot(trials, {trial_id(t) for t in live}, ss.budget)
         ss.can_ask = not ss.complete and len(finished) + len(live) < ss.budget and nxt is not None
         if ss.can_ask and nxt is not None and not ready(nxt, trials, self.independent_slots()):
@@ -210,29 +212,45 @@ class Grid:
 # ---------------------------------------------------------------- ETA
 
 
-def eta(status: GridStatus, costs: dict[Cell, ItemCost] | None = None) -> tuple[float | None, str]:
+def eta(status: GridStatus, costs: dict[Cell, ItemCost] | None = None, since: float | None = None) -> tuple[float | None, str]:
     """(remaining seconds, what they are based on).
 
     With the projection's per-item costs (bench/sweep/projection.py, measured rates of this device): the
     remaining items' projected seconds, scaled by how long the finished items really took against their
     projection. So the first estimate is the projection `--dry-run` prints, and it moves smoothly as items
-    finish instead of jumping with each one. Without costs: from the finished items alone (as before)."""
+    finish instead of jumping with each one. Which finished items: those finished since `since` (this
+    process's start) once there is one. Why: a resumed sweep often runs otherwise than before (other
+    `--parallel` or `--threads`, a machine no longer shared), and items timed in earlier sessions would
+    pace it by the old conditions. Without costs: from the finished items alone (as before)."""
     workers = max(1, len({r.worker for r in status.running}))
     if costs:
-        left = projected_done = measured = 0.0
+        left = 0.0
+        items: list[tuple[float, float, float]] = []  # (measured, projected, finished at) of each finished item
         for cs in status.cells:
             cost = costs.get(cs.cell)
             if cost is None:
                 return _eta_from_items(status), "finished items"
             if not cs.done:
                 left += max(0, cs.trials_budget - cs.trials_done) * cost.trial + (cs.finals_total - cs.finals_done) * cost.final
-            projected_done += len(cs.trial_seconds) * cost.trial + len(cs.finals) * cost.final
-            measured += sum(cs.trial_seconds) + sum(r.wall_seconds for r in cs.finals.values())
+            ends = cs.trial_ends + [0.0] * (len(cs.trial_seconds) - len(cs.trial_ends))  # unknown: long ago
+            items += [(s, cost.trial, end) for s, end in zip(cs.trial_seconds, ends, strict=True)]
+            items += [(r.wall_seconds, cost.final, _timestamp(r.finished_at)) for r in cs.finals.values()]
+        recent = [i for i in items if since is not None and i[2] >= since]
+        used, when = (recent, "since this start") if recent else (items, "so far")
+        projected_done = sum(i[1] for i in used)
         if projected_done <= 0:
             return left / workers, "projected"
-        ratio = measured / projected_done
-        return left * ratio / workers, f"projected × {ratio:.2f} as measured so far"
+        ratio = sum(i[0] for i in used) / projected_done
+        return left * ratio / workers, f"projected × {ratio:.2f} as measured {when}"
     return _eta_from_items(status), "finished items"
+
+
+def _timestamp(iso: str) -> float:
+    """A record's `finished_at` in epoch seconds; 0 (long ago) where absent or unreadable."""
+    try:
+        return dt.datetime.fromisoformat(iso).timestamp() if iso else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _eta_from_items(status: GridStatus) -> float | None:
