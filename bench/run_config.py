@@ -123,6 +123,8 @@ class RunConfig:
         """The config as plain data (nested hyperparameters as dicts, modes as their strings)."""
         out = asdict(self)
         out["stage"], out["precision"] = str(self.stage), str(self.precision)
+        if self.probe is not None:
+            out["probe"] = self.probe.as_data()
         return out
 
 

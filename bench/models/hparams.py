@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -135,6 +135,11 @@ class ProbeSpec:
     tol: float = 1e-5
     max_iter: int = 500
     fallback_l2: float = 1e-3  # when a class has fewer than 2 images, cross-validation is impossible
+    # Each feature is standardised by max(its std, std_floor x the median std of the non-constant features).
+    # Why a floor: the head on raw features divides each weight by that std, and at 32 px EfficientNet-Lite0
+    # has nearly-constant features (std 1e-4 against a median of 0.02) that get raw weights in the hundreds,
+    # fragile once the backbone trains (docs/protocol.md). 0: plain standardisation (protocol v3 as run).
+    std_floor: float = 0.0
 
     def __post_init__(self) -> None:
         grid = tuple(float(v) for v in self.l2_grid)
@@ -149,8 +154,19 @@ class ProbeSpec:
             raise UserError(f"probe max_iter must be a positive integer, got {self.max_iter!r}")
         if not (isinstance(self.fallback_l2, int | float) and self.fallback_l2 > 0):
             raise UserError(f"probe fallback_l2 must be positive, got {self.fallback_l2!r}")
+        if not (isinstance(self.std_floor, int | float) and not isinstance(self.std_floor, bool) and 0 <= self.std_floor <= 1):
+            raise UserError(f"probe std_floor must be in [0, 1] (a fraction of the median std), got {self.std_floor!r}")
         object.__setattr__(self, "tol", float(self.tol))
         object.__setattr__(self, "fallback_l2", float(self.fallback_l2))
+        object.__setattr__(self, "std_floor", float(self.std_floor))
+
+    def as_data(self) -> dict[str, Any]:
+        """The settings as plain data, for run ids, cache keys and records. `std_floor` at 0 is left out, so
+        every probe fitted before the floor existed keeps its run id and cache key (it is the same probe)."""
+        out = asdict(self)
+        if out["std_floor"] == 0.0:
+            del out["std_floor"]
+        return out
 
     def update(self, **changes: Any) -> ProbeSpec:
         known = {f.name for f in fields(self)}

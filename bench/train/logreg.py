@@ -131,7 +131,7 @@ def fit_logreg(
     return LogRegFit(w.detach().clone(), b.detach().clone(), iterations, grad_max <= spec.tol, grad_max, float(loss.detach()))
 
 
-def standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def standardise(x: torch.Tensor, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x - mean) / std per feature, in float64, with the mean and std (a constant feature: std 1).
 
     Why: raw backbone features differ in scale by orders of magnitude, which makes the problem
@@ -141,6 +141,8 @@ def standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     x64 = x.detach().to(torch.float64)
     mean = x64.mean(0)
     std = x64.std(0, unbiased=False)
+    if floor > 0 and bool((std > 0).any()):
+        std = torch.clamp(std, min=floor * float(std[std > 0].median()))  # ProbeSpec.std_floor: why
     std = torch.where(std > 0, std, torch.ones_like(std))
     return (x64 - mean) / std, mean, std
 
@@ -198,7 +200,7 @@ def choose_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, spec: Probe
         keep = torch.ones(len(y), dtype=torch.bool, device=y.device)
         keep[val] = False
         train = everything[keep]
-        xs, mean, std = standardise(x[train])
+        xs, mean, std = standardise(x[train], spec.std_floor)
         for i, fit in enumerate(_path(xs, y[train], num_classes, spec)):
             scores[i] += accuracy(to_raw(fit, mean, std), x[val], y[val]) / k
             iters += fit.iterations
@@ -209,7 +211,7 @@ def choose_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, spec: Probe
 
 
 def _fit_raw(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, spec: ProbeSpec) -> LogRegFit:
-    xs, mean, std = standardise(x)
+    xs, mean, std = standardise(x, spec.std_floor)
     return to_raw(fit_logreg(xs, y, num_classes, l2, spec), mean, std)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import torch
@@ -48,7 +47,7 @@ class ProbeCache:
     def key(feats: torch.Tensor, y: torch.Tensor, spec: ProbeSpec, num_classes: int) -> str:
         """What a fitted probe depends on: its features, labels, settings and class count."""
         h = hashlib.sha256(usedforsecurity=False)
-        h.update(json.dumps(["logreg-v3", asdict(spec), num_classes, str(feats.device)], sort_keys=True).encode())
+        h.update(json.dumps(["logreg-v3", spec.as_data(), num_classes, str(feats.device)], sort_keys=True).encode())
         fingerprint_all(h, [feats, y])  # on a GPU: digested there, one 16-byte transfer
         return h.hexdigest()
 

@@ -208,7 +208,7 @@ def _record(cfg: RunConfig, data: Cifar10, device: torch.device, done: list[Fold
         **{key: v for key, v in config.items() if key not in ("hp", "probe", "pool")},
         pool=list(cfg.pool),
         hparams=asdict(cfg.hp),
-        probe_hparams=None if cfg.probe is None else asdict(cfg.probe),
+        probe_hparams=None if cfg.probe is None else cfg.probe.as_data(),
         test_accuracy=None if trial else scores[0].accuracy,
         macro_f1=None if trial else scores[0].macro_f1,
         per_class_accuracy=None if trial else scores[0].per_class,
