@@ -103,6 +103,8 @@ class RunConfig:
             raise UserError(f"resolution {self.resolution} is outside 8..1024 pixels")
         spec = METHODS.get(self.method)
         check_fit(spec, self.hp)
+        if isinstance(self.probe, dict):  # a stored config (a record's, a checkpoint's): its probe as data
+            object.__setattr__(self, "probe", ProbeSpec.from_dict(self.probe))
         if spec.kind.fits_probe and self.probe is None:
             object.__setattr__(self, "probe", ProbeSpec())  # the default probe: the same run id as naming it
         if not spec.kind.fits_probe and self.probe is not None:

@@ -342,14 +342,16 @@ def test_numbers_are_normalised_so_equal_settings_share_a_run_id() -> None:
     assert ProbeSpec(l2_grid=(1, 0.1)) == ProbeSpec(l2_grid=(1.0, 0.1))
 
 
-def test_the_probe_std_floor_is_part_of_the_id_only_when_set() -> None:
+def test_the_probe_std_floor_is_part_of_the_id_except_at_0() -> None:
     """std_floor 0 is the probe every earlier run fitted: same run id, cache key and record as before the
-    setting existed; any other floor is another probe, so another id."""
+    setting existed; any other floor (the default, 1, included) is another probe, so another id."""
     run = lambda probe: RunConfig(backbone="tiny", method="sft", fraction=0.1, seed=0, probe=probe).run_id  # noqa: E731
-    assert "std_floor" not in ProbeSpec().as_data() and ProbeSpec(std_floor=0).as_data() == ProbeSpec().as_data()
-    assert run(ProbeSpec(std_floor=0.0)) == run(ProbeSpec())
+    assert "std_floor" not in ProbeSpec(std_floor=0).as_data() and ProbeSpec().as_data()["std_floor"] == 1.0
+    assert run(ProbeSpec(std_floor=0.0)) != run(ProbeSpec()) and run(ProbeSpec(std_floor=1)) == run(ProbeSpec())
     assert run(ProbeSpec(std_floor=0.3)) != run(ProbeSpec()) and ProbeSpec(std_floor=0.3).as_data()["std_floor"] == 0.3
-    assert ProbeSpec.from_dict(ProbeSpec(std_floor=0.3).as_data()) == ProbeSpec(std_floor=0.3)
+    for floor in (0.0, 0.3, 1.0):  # a record's probe_hparams read back as the probe that was fitted
+        assert ProbeSpec.from_dict(ProbeSpec(std_floor=floor).as_data()) == ProbeSpec(std_floor=floor)
+    assert ProbeSpec.from_table({"folds": 3}) == ProbeSpec(folds=3) and ProbeSpec().std_floor == 1.0
     for bad in (-0.1, 1.5, True):
         with pytest.raises(UserError, match="std_floor"):
             ProbeSpec(std_floor=bad)
@@ -365,7 +367,7 @@ def test_a_std_floor_bounds_the_raw_weight_of_a_nearly_constant_feature() -> Non
     y = torch.arange(200) % 4
     x = torch.randn(200, 16, generator=g) + torch.nn.functional.one_hot(y, 16).float()  # 4 informative, 12 noise features
     x[:, 15] = 1e-4 * (y == 0).float() + 1e-5 * torch.randn(200, generator=g)  # informative, nearly constant
-    spec = ProbeSpec(folds=2, l2_grid=(0.01,))
+    spec = ProbeSpec(folds=2, l2_grid=(0.01,), std_floor=0)
     plain = choose_probe(x, y, 4, spec).fit.weight[:, 15].abs().max()
     floored = choose_probe(x, y, 4, spec.update(std_floor=1.0)).fit.weight[:, 15].abs().max()
     assert plain > 100 and floored < plain / 100

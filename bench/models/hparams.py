@@ -135,11 +135,13 @@ class ProbeSpec:
     tol: float = 1e-5
     max_iter: int = 500
     fallback_l2: float = 1e-3  # when a class has fewer than 2 images, cross-validation is impossible
-    # Each feature is standardised by max(its std, std_floor x the median std of the non-constant features).
-    # Why a floor: the head on raw features divides each weight by that std, and at 32 px EfficientNet-Lite0
-    # has nearly-constant features (std 1e-4 against a median of 0.02) that get raw weights in the hundreds,
-    # fragile once the backbone trains (docs/protocol.md). 0: plain standardisation (protocol v3 as run).
-    std_floor: float = 0.0
+    # Each feature is standardised by max(its std, std_floor x the median std of the non-constant features):
+    # at 1, no feature is scaled up beyond the median one. Why a floor: the head on raw features divides each
+    # weight by that std, and at 32 px EfficientNet-Lite0 has nearly-constant features (std 1e-4 against a
+    # median of 0.02) that got raw weights up to 849; fine-tuning from such a head lost it within 50 steps and
+    # diverged on one seed of two (results/probe_floor/, docs/protocol.md). 0: plain standardisation, the
+    # probe of the 64 px study (experiments/study64.toml pins it).
+    std_floor: float = 1.0
 
     def __post_init__(self) -> None:
         grid = tuple(float(v) for v in self.l2_grid)
@@ -162,7 +164,8 @@ class ProbeSpec:
 
     def as_data(self) -> dict[str, Any]:
         """The settings as plain data, for run ids, cache keys and records. `std_floor` at 0 is left out, so
-        every probe fitted before the floor existed keeps its run id and cache key (it is the same probe)."""
+        every probe fitted before the floor existed keeps its run id and cache key (it is the same probe).
+        So a record's `probe_hparams` without `std_floor` means 0, not today's default."""
         out = asdict(self)
         if out["std_floor"] == 0.0:
             del out["std_floor"]
@@ -177,7 +180,14 @@ class ProbeSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProbeSpec:
-        return cls(**{**d, "l2_grid": tuple(d.get("l2_grid", _l2_grid()))})
+        """From `as_data`'s output (a record's `probe_hparams`, a config): there a missing `std_floor` means 0,
+        the probe before the floor existed. An experiment's [probe] table is settings instead: `from_table`."""
+        return cls(**{"std_floor": 0.0, **d, "l2_grid": tuple(d.get("l2_grid", _l2_grid()))})
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any]) -> ProbeSpec:
+        """From an experiment's [probe] table: what it leaves out takes today's defaults."""
+        return cls(**{**table, "l2_grid": tuple(table.get("l2_grid", _l2_grid()))})
 
 
 # The article's example (../shared/seed/): batch 100, SGD lr 0.001 momentum 0.9,

@@ -17,7 +17,7 @@ checks themselves are in bench/sweep/validate.py; `resolve` calls them in readin
     resolution = 32                     # or { efficientnet_lite0 = 64 }; default: the backbone's
 
     [search]                            # mode (pooled | per_seed | shared), pool, candidates, pruner, BN-policy search
-    [probe]                             # the linear probe: l2_grid, folds, tol, max_iter (protocol v3)
+    [probe]                             # the linear probe: l2_grid, folds, tol, max_iter, std_floor (protocol v3)
     [stats]                             # primary = ["sft* vs finetune", ...], margin = 0.01 (TOST), alpha
     [hparams]                           # fixed hyperparameters (all methods, or [hparams.<method>])
     [space]                             # replace or add search distributions ([space.<method>])
@@ -237,7 +237,7 @@ class Experiment:
             "steps": self.steps,
             "cv_folds": self.cv_folds,
             "search": asdict(self.search),
-            "probe": asdict(self.probe),
+            "probe": self.probe.as_data(),  # std_floor 0 left out: the settings of searches from before it
             "hparams": self.fixed_hparams(cell.method),
             "space": self.space_for(cell.method),
         }

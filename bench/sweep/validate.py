@@ -350,7 +350,7 @@ def check_probe(raw: dict[str, Any], source: str) -> Any:
     if "l2_grid" in table and not isinstance(table["l2_grid"], list):
         raise UserError(f"{source}: probe.l2_grid must be a list of positive numbers")
     try:
-        return ProbeSpec.from_dict(table)
+        return ProbeSpec.from_table(table)
     except (UserError, TypeError, ValueError) as exc:
         raise UserError(f"{source}: [probe]: {exc}") from None
 
