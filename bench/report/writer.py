@@ -255,8 +255,8 @@ def write_report(
     eff = label_efficiency(df, stats)
     tables = build_tables(name, df, stats, tests, eff, test, alpha, best, info, tuning_gain(df, test))
     summary = sentences(tests, df, plan)
-    if info.chance_line():
-        summary.append(info.chance_line() or "")
+    if chance := info.chance_line():
+        summary.append(chance)
     notes[:0] = info.lines()
     notes += _data_notes(df, eff, tests)
     if tables.sft_missing():
