@@ -120,6 +120,15 @@ def test_every_sweep_prints_its_projection_and_a_second_dry_run_takes_seconds(tm
     run = CliRunner().invoke(cli.app, [*args, "--quiet", "--no-report"], env=env)
     assert run.exit_code == 0, run.output
     assert run.output.index("projected wall time on cpu:") < run.output.index("start trial 1")  # before anything trains
+    # a dry run of a half-done grid says what is finished and what the rest projects to, and writes nothing
+    assert "already done" not in first.output  # nothing was finished then
+    files = {p: p.read_bytes() for p in sorted((tmp_path / "r").rglob("*")) if p.is_file()}
+    half = CliRunner().invoke(cli.app, [*args, "--fractions", "0.1,0.2", "--dry-run"], env=env)
+    assert half.exit_code == 0, half.output
+    text = " ".join(half.output.split())  # the console wraps long lines
+    line = text[text.index("already done in") :]
+    assert ": 1/2 final runs and 1/2 trials; the rest projects to " in line and "with one worker (projected ×" in line
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "r").rglob("*")) if p.is_file()} == files
 
 
 def test_a_cpu_rate_measured_under_much_more_load_than_now_is_measured_again() -> None:

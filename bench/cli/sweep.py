@@ -83,6 +83,13 @@ def _print_projection(e: E.Projected, console: Console) -> None:
         f"lower: every prunable trial stopped at {exp.search.pruner_warmup:g} of its budget; load moves both)",
         highlight=False,
     )
+    if e.done is not None:
+        d = e.done
+        rest = "" if d.seconds is None else f"; the rest projects to {hours(d.seconds)} with one worker ({d.basis})"
+        console.print(
+            f"already done in {exp.out_dir}: {d.finals[0]}/{d.finals[1]} final runs and {d.trials[0]}/{d.trials[1]} trials{rest}",
+            highlight=False,
+        )
     if e.advice is not None:
         warning_line(e.advice)
 

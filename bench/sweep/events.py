@@ -42,14 +42,27 @@ class Projecting:
 
 
 @dataclass(frozen=True)
+class AlreadyDone:
+    """What a resumed grid's storage already holds, and what the rest projects to for one worker
+    (bench/sweep/status.py `remaining`: the projection scaled by what the finished items took)."""
+
+    trials: tuple[int, int]  # (done, total)
+    finals: tuple[int, int]
+    seconds: float | None  # None: a cell has no projected cost
+    basis: str
+
+
+@dataclass(frozen=True)
 class Projected:
-    """The grid's projected cost here, for `parallel` workers; `advice` names cheaper ways beyond a day."""
+    """The grid's projected cost here, for `parallel` workers; `advice` names cheaper ways beyond a day;
+    `done`: a resumed grid's finished part (None: nothing is finished yet)."""
 
     experiment: Experiment
     projection: Projection
     device: torch.device
     parallel: int
     advice: str | None
+    done: AlreadyDone | None = None
 
 
 @dataclass(frozen=True)

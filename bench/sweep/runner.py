@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.registry import UserError
 from bench.sweep.events import (
+    AlreadyDone,
     CellBudget,
     DryRun,
     Finished,
@@ -165,8 +166,25 @@ def _project(exp: Experiment, data: Cifar10, dev: torch.device, parallel: int, e
     emit(Projecting(dev, cache.path))
     p = project(exp, monitor, dev, cache)
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    emit(Projected(exp, p, dev, parallel, advice(exp, p, dev, cuda)))
+    emit(Projected(exp, p, dev, parallel, advice(exp, p, dev, cuda), _already_done(exp, data, dev, p)))
     return p
+
+
+def _already_done(exp: Experiment, data: Cifar10, dev: torch.device, p: Projection) -> AlreadyDone | None:
+    """A resumed grid's finished part and what the rest projects to, read from its storage without writing
+    (None where the storage holds no finished item). Why: the projection is of the whole grid; a user
+    resuming a grid that is mostly done needs to know what is left, before and without starting it."""
+    from bench.sweep.status import remaining
+    from bench.sweep.storage import open_storage, storage_exists
+    from bench.sweep.worker import Sweep
+
+    if not storage_exists(exp):
+        return None
+    status = Sweep(exp, data, dev, read_only=True, storage=open_storage(exp, read_only=True)).survey()
+    if status.trials[0] == 0 and status.runs[0] == 0:
+        return None
+    left = remaining(status, p.costs)
+    return AlreadyDone(status.trials, status.runs, None if left is None else left[0], "" if left is None else left[1])
 
 
 def _budgets(exp: Experiment, data: Cifar10, dev: torch.device) -> list[CellBudget]:

@@ -213,7 +213,19 @@ class Grid:
 
 
 def eta(status: GridStatus, costs: dict[Cell, ItemCost] | None = None, since: float | None = None) -> tuple[float | None, str]:
-    """(remaining seconds, what they are based on).
+    """(remaining seconds, what they are based on): `remaining`'s work, split between the workers running now.
+
+    Without costs, or for a cell the projection does not cover: from the finished items alone (as before)."""
+    workers = max(1, len({r.worker for r in status.running}))
+    left = remaining(status, costs, since) if costs else None
+    if left is None:
+        return _eta_from_items(status), "finished items"
+    seconds, basis = left
+    return seconds / workers, basis
+
+
+def remaining(status: GridStatus, costs: dict[Cell, ItemCost], since: float | None = None) -> tuple[float, str] | None:
+    """(seconds of the work left for one worker, what they are based on); None: a cell has no projected cost.
 
     With the projection's per-item costs (bench/sweep/projection.py, measured rates of this device): the
     remaining items' projected seconds, scaled by how long the finished items really took against their
@@ -221,28 +233,25 @@ def eta(status: GridStatus, costs: dict[Cell, ItemCost] | None = None, since: fl
     finish instead of jumping with each one. Which finished items: those finished since `since` (this
     process's start) once there is one. Why: a resumed sweep often runs otherwise than before (other
     `--parallel` or `--threads`, a machine no longer shared), and items timed in earlier sessions would
-    pace it by the old conditions. Without costs: from the finished items alone (as before)."""
-    workers = max(1, len({r.worker for r in status.running}))
-    if costs:
-        left = 0.0
-        items: list[tuple[float, float, float]] = []  # (measured, projected, finished at) of each finished item
-        for cs in status.cells:
-            cost = costs.get(cs.cell)
-            if cost is None:
-                return _eta_from_items(status), "finished items"
-            if not cs.done:
-                left += max(0, cs.trials_budget - cs.trials_done) * cost.trial + (cs.finals_total - cs.finals_done) * cost.final
-            ends = cs.trial_ends + [0.0] * (len(cs.trial_seconds) - len(cs.trial_ends))  # unknown: long ago
-            items += [(s, cost.trial, end) for s, end in zip(cs.trial_seconds, ends, strict=True)]
-            items += [(r.wall_seconds, cost.final, _timestamp(r.finished_at)) for r in cs.finals.values()]
-        recent = [i for i in items if since is not None and i[2] >= since]
-        used, when = (recent, "since this start") if recent else (items, "so far")
-        projected_done = sum(i[1] for i in used)
-        if projected_done <= 0:
-            return left / workers, "projected"
-        ratio = sum(i[0] for i in used) / projected_done
-        return left * ratio / workers, f"projected × {ratio:.2f} as measured {when}"
-    return _eta_from_items(status), "finished items"
+    pace it by the old conditions. A dry run of a half-done grid prints the same figure (no `since`)."""
+    left = 0.0
+    items: list[tuple[float, float, float]] = []  # (measured, projected, finished at) of each finished item
+    for cs in status.cells:
+        cost = costs.get(cs.cell)
+        if cost is None:
+            return None
+        if not cs.done:
+            left += max(0, cs.trials_budget - cs.trials_done) * cost.trial + (cs.finals_total - cs.finals_done) * cost.final
+        ends = cs.trial_ends + [0.0] * (len(cs.trial_seconds) - len(cs.trial_ends))  # unknown: long ago
+        items += [(s, cost.trial, end) for s, end in zip(cs.trial_seconds, ends, strict=True)]
+        items += [(r.wall_seconds, cost.final, _timestamp(r.finished_at)) for r in cs.finals.values()]
+    recent = [i for i in items if since is not None and i[2] >= since]
+    used, when = (recent, "since this start") if recent else (items, "so far")
+    projected_done = sum(i[1] for i in used)
+    if projected_done <= 0:
+        return left, "projected"
+    ratio = sum(i[0] for i in used) / projected_done
+    return left * ratio, f"projected × {ratio:.2f} as measured {when}"
 
 
 def _timestamp(iso: str) -> float:
