@@ -186,7 +186,7 @@ def test_shipped_experiments_resolve() -> None:
 
     names = ("quick", "default", "paper", "study", "study64", "quick-halving")
     quick, default, paper, study, study64, halving = (resolve(read_toml(find_config(None, n))) for n in names)
-    assert quick.backbones == ("efficientnet_lite0",) and set(quick.fractions) == {0.01, 0.1}
+    assert quick.backbones == ("efficientnet_lite0",) and quick.fractions == (0.01,)  # ~20 min on 2 cores
     assert quick.search.mode == "pooled" and quick.steps is None  # the protocol's step rule, a pooled search
     assert halving.search.pruner == "halving" and halving.trials > halving.pruning_floor(halving.trials)
     # the v3 study: 64 px, 8 paired seeds, pooled over 3 with the defaults and a gentle backbone, every method
