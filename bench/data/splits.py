@@ -12,6 +12,7 @@ import torch
 
 from bench.registry import UserError
 from bench.run_config import check_fraction
+from bench.subsets import val_count
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def label_split(labels: torch.Tensor, fraction: float, seed: int, val_fraction: 
                 "(one to train, one to validate): use a larger fraction"
             )
         kept = order[:k]
-        n_val = min(k - 1, max(1, int(round(val_fraction * k))))  # at least one image on each side
+        n_val = val_count(k, val_fraction)  # at least one image on each side
         labelled.append(kept)
         train.append(kept[: k - n_val])
         val.append(kept[k - n_val :])

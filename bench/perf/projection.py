@@ -14,6 +14,7 @@ from bench.models.kinds import METHODS
 from bench.names import RECIPE_ALIASES
 from bench.perf.rows import PerfRow
 from bench.records import Cell
+from bench.subsets import split_sizes
 
 if TYPE_CHECKING:
     from bench.sweep.experiment import Experiment
@@ -61,7 +62,7 @@ def _grid_run(exp: Experiment, cell: Cell) -> GridRun:
     # as make_config resolves them: recipe, the method's defaults, then the grid's fixed values
     base = ARTICLE_RECIPE if article else HParams()
     hp = base.update(**spec.defaults).update(**({} if article else exp.fixed_hparams(cell.method)))
-    n = sum(_labelled_counts(cell.fraction, exp.val_fraction))
+    n = sum(split_sizes(cell.fraction, exp.val_fraction))
     if exp.steps is not None:
         steps = exp.steps
     else:
@@ -83,13 +84,6 @@ def _grid_run(exp: Experiment, cell: Cell) -> GridRun:
         spec.probe_init or not spec.trains_backbone,
         float(exp.search.pruner_warmup),
     )
-
-
-def _labelled_counts(fraction: float, val_fraction: float = 0.2, per_class: int = 5000, classes: int = 10) -> tuple[int, int]:
-    """(train, val) images of a trial at this label fraction, as `label_split` draws them."""
-    k = int(round(fraction * per_class))
-    n_val = max(1, int(round(val_fraction * k)))
-    return (k - n_val) * classes, n_val * classes
 
 
 @dataclass(frozen=True)
@@ -139,7 +133,7 @@ def project_grid(
     for g in runs:
         t = speed.get((g.backbone, g.resolution), {})
         t_train, t_eval = t.get("b_suite_train"), t.get("e_suite_eval")
-        n_train, n_val = _labelled_counts(g.fraction, exp.val_fraction)
+        n_train, n_val = split_sizes(g.fraction, exp.val_fraction)
         n = n_train + n_val
         v = n_val if g.folds == 1 else n / g.folds  # validation images of one training of a trial
         run = 0 if g.frozen else g.steps * g.batch_size  # training images of one run (or fold of a trial)

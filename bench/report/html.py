@@ -246,6 +246,7 @@ def render_html(
         _significance(tests),
         "<h2>Plots</h2>",
         *(_figure(f) for f in figs),
+        *(["<h2>How firmly each search chose</h2>", to_html(tables.selection)] if tables.selection is not None else []),
         "<h2>Notes</h2>",
         "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else "<p>None.</p>",
         "</body></html>\n",

@@ -42,6 +42,7 @@ class Tables:
     n_best_tests: int = 0  # tested comparisons with the column's best (the Holm family behind †)
     protocol: ProtocolInfo | None = None
     gain: pd.DataFrame = field(default_factory=pd.DataFrame)  # tuned - defaults (stats.tuning_gain)
+    selection: TableModel | None = None  # how firmly each search chose (selection.py; set once the studies are read)
 
     @property
     def has_gain(self) -> bool:
@@ -61,6 +62,7 @@ class Tables:
             self.efficiency(),
             *([self.sft_vs_baselines()] if self.sft_missing() is None else []),
             *([self.tuning_gain()] if self.has_gain else []),
+            *([self.selection] if self.selection is not None else []),
         ]
 
     # -- what the search added

@@ -22,6 +22,7 @@ import pandas as pd
 
 from bench.files import TMP_SUFFIX, atomic_write_bytes, stale_temp, temp_path, write_new
 from bench.registry import UserError
+from bench.report import selection
 from bench.report.compute import compute_table
 from bench.report.figure import Figure
 from bench.report.grid import Completeness, completeness
@@ -268,6 +269,10 @@ def write_report(
         return f"{m} ({r})" if multi else m
 
     studies = load_studies(exp_dir, name, storage, notes)
+    if found := selection.choices(studies, exp_dir):
+        tables.selection = selection.table(found, name)
+        if close := selection.summary_line(found, tests):
+            summary.append(close)
     figs = make_plots(exp_dir, df, tests, studies, labeler, notes, info.step_unit)
     notes += [f"Figure {f.name}: {p}." for f in figs for p in f.problems]
     wtl = win_tie_loss(tests)
