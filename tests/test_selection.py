@@ -87,6 +87,8 @@ def test_the_summary_names_the_coin_flips_and_the_primary_comparisons_they_enter
     same = selection.choices([_study("lp_ft", 0.01, [(0, 0.64, DEFAULTS), (1, 0.63, GENTLE)]),
                               _study("sft", 0.01, [(0, 0.63, DEFAULTS), (1, 0.61333, GENTLE)])], tmp_path)  # fmt: skip
     assert "Primary comparisons" not in (selection.summary_line(same, _tests("sft", "lp_ft")) or "")
+    one = selection.choices([_study("sft", 0.01, [(0, 0.63, DEFAULTS), (1, 0.61333, GENTLE)])], tmp_path)
+    assert (selection.summary_line(one) or "").startswith("1 of 1 search choices was within one standard error")
     # every choice decided: no line
     decided = selection.choices([_study("sft", 0.1, [(0, 0.81, DEFAULTS), (1, 0.772, GENTLE)])], tmp_path)
     assert selection.summary_line(decided, _tests("sft", "lp_ft", 0.1)) is None

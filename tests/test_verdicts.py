@@ -162,7 +162,7 @@ def test_a_ci_that_excludes_zero_beside_inconclusive_is_explained_and_named() ->
     tests = _tests([{**row, "ci_low": -0.0158, "ci_high": -0.0003, "p_holm": 0.43, "p_tost_holm": 0.2}])
     text = sentences(tests, pd.DataFrame({"backbone": ["efficientnet_lite0"], "resolution": [32]}), plan)
     reading = next(s for s in text if s.startswith("Each 95% CI is its comparison's own (unadjusted)"))
-    assert "Holm-adjusted over the family's 1 tested comparisons" in reading
+    assert "Holm-adjusted over the family's 1 tested comparison (better" in reading
     assert reading.endswith("Here: `sft-mlp` against `lp_ft` at 1% (p (Holm) 0.430).")
     tests = _tests([{**row, "ci_low": -0.03, "ci_high": 0.01, "p_holm": 0.43, "p_tost_holm": 0.2}])
     reading = next(s for s in sentences(tests, pd.DataFrame(), plan) if s.startswith("Each 95% CI"))

@@ -187,7 +187,8 @@ def summary_line(found: list[Choice], tests: pd.DataFrame | None = None) -> str 
     more = f"; and {len(close) - MAX_NAMED} more" if len(close) > MAX_NAMED else ""
     yardstick = _yardstick(close)
     line = (
-        f"{len(close)} of {len(found)} search choices were within one standard error of the runner-up candidate "
+        f"{len(close)} of {len(found)} search choices {'was' if len(close) == 1 else 'were'} within one standard error of "
+        "the runner-up candidate "
         f"(tables/selection.md): {'; '.join(named)}{more} (one standard error: {yardstick}). {_where(found)}"
     )
     return line + _mixed(found, tests, nb)

@@ -208,8 +208,9 @@ class FamilyPower:
     def sentence(self, alpha: float) -> str:
         if self.m == 0:
             return f"The {self.family} family has no tested comparison."
+        plural = "" if self.m == 1 else "s"
         return (
-            f"Power of the {self.family} family ({self.m} tested comparisons, median {self.n_pairs} paired seeds, median "
+            f"Power of the {self.family} family ({self.m} tested comparison{plural}, median {self.n_pairs} paired seeds, median "
             f"spread of the paired differences {pct(self.sd)} points): a difference of {pct(self.mdd)} points "
             f"is detected with 80% power at α / m = {alpha / self.m:.2g} (Holm's first threshold); smaller ones "
             "may go undetected."
@@ -252,9 +253,10 @@ def _ci_excludes_zero_yet_inconclusive(row: dict) -> bool:
 def reading(prim: pd.DataFrame, plan: StatsPlan) -> str:
     """How the CIs and the verdicts fit together, naming the comparisons where they seem to disagree."""
     m = int(np.isfinite(prim["p_holm"].astype(float)).sum())
+    plural = "" if m == 1 else "s"
     text = (
         f"Each 95% CI is its comparison's own (unadjusted); a verdict is read from p-values Holm-adjusted over the "
-        f"family's {m} tested comparisons (better or worse: the paired test's below {plan.alpha:g}; equivalent: the "
+        f"family's {m} tested comparison{plural} (better or worse: the paired test's below {plan.alpha:g}; equivalent: the "
         f"TOST's below {plan.alpha:g}), so a CI that excludes 0 can stand beside 'inconclusive'."
     )
     odd = [r for r in prim.to_dict("records") if _ci_excludes_zero_yet_inconclusive(r)]
