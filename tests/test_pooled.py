@@ -102,6 +102,26 @@ def test_every_seed_retrains_the_one_choice_of_its_cell(pooled) -> None:  # noqa
     assert status.cells[0].finals[2].hparams == {**status.cells[0].finals[0].hparams}
 
 
+def test_the_reports_selection_table_keeps_what_the_sweep_retrained(pooled) -> None:  # noqa: ANN001
+    """bench/report/selection.py reads each search's choice back from the storage with its own tie rule; it must
+    be the one the sweep retrained every seed with (here 4-step trials of a tiny net, where ties happen)."""
+    from bench.report import selection
+    from bench.report.load import load_studies
+    from bench.subsets import split_sizes
+
+    exp, data, sweep, status = pooled
+    found = {c.method: c for c in selection.choices(load_studies(exp.out_dir, exp.name, None, []), exp.out_dir)}
+    searched = [cs for cs in status.cells if cs.searches]
+    assert set(found) == {cs.cell.method for cs in searched}
+    for cs in searched:
+        ss, c = cs.searches[0], found[cs.cell.method]
+        assert c.best == ss.best_value and c.candidates == 3 and c.seeds == (0, 1)
+        assert c.images == 2 * split_sizes(0.2, exp.val_fraction, per_class=300)[1]  # as recorded: synthetic has 300 a class
+        study = optuna.load_study(study_name=f"p/tiny/{cs.cell.method}/tuned/0.2", storage=sweep.storage)
+        defaults = next(t for t in study.trials if t.user_attrs["slot"] == 0).user_attrs["hparams"]
+        assert (c.kept == "defaults") == (ss.best_hparams == defaults), (c.kept, ss.best_hparams)
+
+
 def test_nothing_is_pruned_against_fewer_than_the_floor(tmp_path: Path, synthetic_dir: Path) -> None:
     from bench.sweep.search import FloorPruner, pruner
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.data.splits import label_split
+from bench.data.splits import label_split, scored_images
 from bench.report import selection
 from bench.report.load import StudyInfo
 from bench.subsets import split_sizes
@@ -29,6 +29,9 @@ def test_split_sizes_are_what_label_split_draws_from_cifar10s_balanced_classes(f
     labels = torch.arange(10).repeat_interleave(5000)
     split = label_split(labels, fraction, seed=3)
     assert split_sizes(fraction) == (len(split.train), len(split.val))
+    # what a trial records: the pooled seeds' validation images, or every labelled image under k-fold scoring
+    assert scored_images(labels, fraction, (0, 1, 2)) == 3 * len(split.val)
+    assert scored_images(labels, fraction, (0,), folds=5) == len(split.labelled)
 
 
 def _study(method: str, fraction: float, scores: list[tuple[int, float, dict]], pool: tuple[int, ...] = (0, 1, 2)) -> StudyInfo:

@@ -64,6 +64,17 @@ def labelled_count(labels: torch.Tensor, fraction: float) -> int:
     return int(sum(int(round(fraction * int(n))) for n in counts if n > 0))
 
 
+def scored_images(
+    labels: torch.Tensor, fraction: float, seeds: tuple[int, ...], val_fraction: float = 0.2, folds: int = 1
+) -> int:
+    """Validation images behind one trial's score: each seed's validation split (k-fold: every labelled image
+    once), summed over the seeds it pools. The same for every seed: the counts per class do not depend on the draw."""
+    counts = torch.bincount(labels.cpu().long())
+    ks = [int(round(fraction * int(n))) for n in counts if n > 0]
+    per_seed = sum(ks) if folds > 1 else sum(val_count(k, val_fraction) for k in ks)
+    return per_seed * max(1, len(seeds))
+
+
 def cv_folds(labels: torch.Tensor, fraction: float, seed: int, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """k stratified folds of the labelled subset: (train, val) index pairs.
 

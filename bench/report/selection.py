@@ -129,6 +129,7 @@ def choices(studies: list[StudyInfo], experiment_dir: Path) -> list[Choice]:
             seeds = tuple(int(x) for x in attrs["pool"])
         else:
             seeds = (int(s.seed if s.seed is not None else attrs.get("seed", 0)),)
+        # as the trial recorded them; before it did (study64's code), CIFAR-10's balanced classes give the count
         train, val = split_sizes(s.fraction, val_fraction)
         per_seed = train + val if folds > 1 else val  # k-fold: every labelled image is scored once
         zero = next((t for t in finished if slot(t) == 0), None) if first_defaults else None
@@ -138,7 +139,8 @@ def choices(studies: list[StudyInfo], experiment_dir: Path) -> list[Choice]:
             Choice(
                 s.backbone, s.method, s.recipe, s.fraction, seeds, len(complete), len(counted) - len(complete),
                 _label(dict(kept.user_attrs.get("hparams") or kept.params), defaults, kept.number),
-                float(kept.value), float(ranked[1].value) if len(ranked) > 1 else math.nan, per_seed * len(seeds),
+                float(kept.value), float(ranked[1].value) if len(ranked) > 1 else math.nan,
+                int(kept.user_attrs.get("val_images") or per_seed * len(seeds)),
             )
         )  # fmt: skip
     return sorted(out, key=lambda c: (row_sort_key((c.backbone, c.recipe, c.method)), c.fraction, c.seeds))

@@ -37,6 +37,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from bench.data import Cifar10
+from bench.data.splits import scored_images
 from bench.files import atomic_write, temp_path
 from bench.history import HistoryRow
 from bench.records import CacheCounts, Cell, GridStatus, RunRecord
@@ -300,7 +301,7 @@ class Sweep(Grid):
             # not retried at every start forever, and the worker goes on: this configuration does not fit here
             reason = out_of_memory(exc)
         else:
-            self._tell_complete(item, study, trial, rec, before)
+            self._tell_complete(item, study, trial, rec, before, cfg)
             return
         release_memory(self.device)  # outside the handler: the traceback's frames, and the tensors they held, are gone
         self._tell_pruned(item, study, trial, meter, before, ("pruned_reason", reason), f"pruned: {reason}")
@@ -327,16 +328,20 @@ class Sweep(Grid):
         self.progress.item_end(item, outcome)
 
     def _tell_complete(
-        self, item: WorkItem, study: optuna.Study, trial: optuna.Trial, rec: RunRecord, before: CacheCounts
+        self, item: WorkItem, study: optuna.Study, trial: optuna.Trial, rec: RunRecord, before: CacheCounts, cfg: RunConfig
     ) -> None:
-        """Tell Optuna the trial's validation accuracy, with what it cost."""
+        """Tell Optuna the trial's validation accuracy, with what it cost and how many validation images score it
+        (the report's selection table weighs a choice by them: bench/report/selection.py)."""
         value = rec.val_accuracy
+        seeds = cfg.pool or (cfg.seed,)
+        images = scored_images(self.data.train_y, cfg.fraction, seeds, cfg.val_fraction, cfg.cv_folds)
         self.heartbeat.check()  # trained to the end, but the claim may have been lost meanwhile
         with signals_deferred(), contextlib.suppress(UpdateFinishedTrialError):
             trial.set_user_attr("wall_seconds", rec.wall_seconds)
             trial.set_user_attr("backbone_images", rec.backbone_images)
             trial.set_user_attr("cache", (self.caches.counts() - before).to_attr())
             trial.set_user_attr("result_value", value)
+            trial.set_user_attr("val_images", images)
             self.heartbeat.detach()
             study.tell(trial, value)
         self.progress.item_end(item, f"val acc {value:.4f}")
