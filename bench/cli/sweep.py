@@ -242,7 +242,10 @@ def sweep(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of the live view.")] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate and print the grid; train nothing, write nothing.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Print the grid, its projected cost and what is left of it; train nothing, write nothing."
+        ),
     ] = False,
     download: Annotated[bool, typer.Option("--download/--no-download", help="Download CIFAR-10 when it is missing.")] = True,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report at the end.")] = True,
