@@ -399,6 +399,9 @@ def test_projection_from_measured_throughputs(tmp_path: Path) -> None:
     text = perf.projection_markdown(proj)
     assert "not measured" in text and "resnet18 @ 32" in text
     assert "2 search seed(s), search mode per_seed" in text and "the protocol's rule" in text
+    # per backbone: finetune and sft searched, article_sft the article's recipe, linear_probe no search (it was
+    # counted as the article's before)
+    assert "4 searched with 3 trials" in text and "1 with the article's fixed recipe; 2 without a search" in text
 
 
 def test_projection_fixed_steps_shared_search_and_folds(tmp_path: Path) -> None:

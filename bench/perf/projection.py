@@ -158,10 +158,12 @@ def project_grid(
     folds = f", {exp.cv_folds}-fold cross-validated trials" if exp.cv_folds > 1 else ""
     budget = f"the grid's fixed steps = {exp.steps}" if exp.steps is not None else "the protocol's rule"
     source = pruned_source or ("measured on the --sweep folder" if pruned_fraction is not None else "no sweep given")
+    article = sum(RECIPE_ALIASES.get(g.recipe, g.recipe) == "article" for g in runs if not g.trials)
+    pooled = f", each trial trained on {len(exp.pool_seeds)} pooled seeds" if exp.search.mode == "pooled" and tuned else ""
     notes = [
-        f"grid {path}: {len(runs)} cells ({len(tuned)} tuned with {per_search if tuned else 0} trials per search x "
-        f"{searches}{folds}; {len(runs) - len(tuned)} with the article's fixed recipe), "
-        f"{runs[0].final_runs if runs else 0} final run(s) per cell",
+        f"grid {path}: {len(runs)} cells ({len(tuned)} searched with {per_search if tuned else 0} trials per search x "
+        f"{searches}{folds}{pooled}; {article} with the article's fixed recipe; {len(runs) - len(tuned) - article} without "
+        f"a search: the linear probe, the defaults recipe), {runs[0].final_runs if runs else 0} final run(s) per cell",
         f"steps: each cell's step budget S ({budget}: max(500, ceil(10 n / batch)) for n labelled images, "
         "10 epochs at batch 100 for the article recipe); every trial and final run that trains the backbone "
         "sees S x batch images, and a trial validates every S/10 steps (10 passes over its validation images)",
