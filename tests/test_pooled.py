@@ -120,6 +120,12 @@ def test_the_reports_selection_table_keeps_what_the_sweep_retrained(pooled) -> N
         study = optuna.load_study(study_name=f"p/tiny/{cs.cell.method}/tuned/0.2", storage=sweep.storage)
         defaults = next(t for t in study.trials if t.user_attrs["slot"] == 0).user_attrs["hparams"]
         assert (c.kept == "defaults") == (ss.best_hparams == defaults), (c.kept, ss.best_hparams)
+        # each pooled seed's score is recorded beside their mean, and the table counts where the kept one led
+        for t in study.trials:
+            if t.state == TrialState.COMPLETE:
+                assert len(t.user_attrs["fold_val_accuracy"]) == 2
+                assert math.isclose(sum(t.user_attrs["fold_val_accuracy"]) / 2, t.value, abs_tol=1e-12)
+        assert c.ahead is not None and c.ahead[1] == 2
 
 
 def test_nothing_is_pruned_against_fewer_than_the_floor(tmp_path: Path, synthetic_dir: Path) -> None:

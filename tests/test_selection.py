@@ -117,3 +117,20 @@ def test_a_pruned_search_with_one_finished_candidate_says_so(tmp_path: Path) -> 
     info = StudyInfo(info.name, "b", "finetune", "tuned", 0.01, info.study.trials, info.study, None, "pooled")
     (c,) = selection.choices([info], tmp_path)
     assert c.reading == "one completed candidate (1 pruned)" and math.isnan(c.gap)
+
+
+def test_where_trials_record_each_seeds_score_the_table_counts_where_the_kept_one_led(tmp_path: Path) -> None:
+    study = _study("lp_ft", 0.01, [])
+    for slot, folds, hp in [(0, [0.60, 0.64, 0.64], DEFAULTS), (1, [0.66, 0.62, 0.63], GENTLE)]:
+        attrs = {"slot": slot, "hparams": hp, "fold_val_accuracy": folds}
+        study.study.add_trial(optuna.trial.create_trial(value=sum(folds) / 3, user_attrs=attrs))
+    info = StudyInfo(study.name, "b", "lp_ft", "tuned", 0.01, study.study.trials, study.study, None, "pooled")
+    (c,) = selection.choices([info], tmp_path)
+    # kept by its mean (0.6367 against 0.6267), yet ahead on one seed of three
+    assert c.kept == "backbone_lr_mult=0.1" and c.ahead == (1, 3)
+    model = selection.table([c], "e")
+    assert "kept ahead on" in model.head and "1 of 3" in model.rows[0][1]
+    assert model.tex_align == "rrrrl" and list(model.frame["ahead"]) == [1]
+    # trials from before the record (study64's code): no column
+    old = selection.table(selection.choices([_study("lp_ft", 0.01, [(0, 0.6, DEFAULTS), (1, 0.61, GENTLE)])], tmp_path), "e")
+    assert "kept ahead on" not in old.head and old.tex_align == "rrrl"

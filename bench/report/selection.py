@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from bench.report.load import StudyInfo
 from bench.report.render import Cell, TableModel
@@ -49,6 +49,7 @@ class Choice:
     best: float
     runner_up: float  # nan: a single completed candidate
     images: int  # validation images behind one score
+    ahead: tuple[int, int] | None = None  # (pooled seeds or folds where the kept candidate scored higher, of how many)
 
     @property
     def se(self) -> float:
@@ -135,15 +136,25 @@ def choices(studies: list[StudyInfo], experiment_dir: Path) -> list[Choice]:
         zero = next((t for t in finished if slot(t) == 0), None) if first_defaults else None
         defaults = None if zero is None else dict(zero.user_attrs.get("hparams") or zero.params)
         kept = ranked[0]
+        ahead = _ahead(kept, ranked[1]) if len(ranked) > 1 else None
         out.append(
             Choice(
                 s.backbone, s.method, s.recipe, s.fraction, seeds, len(complete), len(counted) - len(complete),
                 _label(dict(kept.user_attrs.get("hparams") or kept.params), defaults, kept.number),
                 float(kept.value), float(ranked[1].value) if len(ranked) > 1 else math.nan,
-                int(kept.user_attrs.get("val_images") or per_seed * len(seeds)),
+                int(kept.user_attrs.get("val_images") or per_seed * len(seeds)), ahead,
             )
         )  # fmt: skip
     return sorted(out, key=lambda c: (row_sort_key((c.backbone, c.recipe, c.method)), c.fraction, c.seeds))
+
+
+def _ahead(kept: FrozenTrial, other: FrozenTrial) -> tuple[int, int] | None:
+    """On how many of the pooled seeds (or folds) the kept candidate scored above the runner-up: recorded by
+    trials since `fold_val_accuracy` was (None before, and for a single split)."""
+    a, b = kept.user_attrs.get("fold_val_accuracy"), other.user_attrs.get("fold_val_accuracy")
+    if not a or not b or len(a) != len(b):
+        return None
+    return sum(float(x) > float(y) for x, y in zip(a, b, strict=True)), len(a)
 
 
 def _short(c: Choice, backbones: int, recipes: int) -> str:
@@ -242,6 +253,9 @@ def table(found: list[Choice], experiment: str) -> TableModel:
     """tables/selection.*: one row per search."""
     head = ["backbone", "method", "recipe", "fraction", "scored on", "kept", "val. %: kept / runner-up",
             "gap: points (images)", "1 SE (points)", "reading"]  # fmt: skip
+    per_seed = any(c.ahead is not None for c in found)  # recorded by newer trials only: the column where it is
+    if per_seed:
+        head.insert(-1, "kept ahead on")
     rows = []
     for c in found:
         seeds = ",".join(map(str, c.seeds))
@@ -251,6 +265,7 @@ def table(found: list[Choice], experiment: str) -> TableModel:
             f"{pct(c.best)} / {pct(c.runner_up)}" if two else f"{pct(c.best)} / –",
             f"{points(c.gap)} ({c.gap_images:.0f} of {c.images})" if two else "–",
             pct(c.se),
+            *([f"{c.ahead[0]} of {c.ahead[1]}" if c.ahead else "–"] if per_seed else []),
             c.reading,
         ]
         rows.append(([c.backbone, c.method, c.recipe, frac_label(c.fraction), scored, c.kept], vals))
@@ -262,7 +277,9 @@ def table(found: list[Choice], experiment: str) -> TableModel:
         "differently. A per-seed search's flips are in the spread.",
         "Candidates scored on the same images err together, so their difference is often known better than one SE: "
         "a warning, not a test.",
-    ]
+        *(["Kept ahead on: on how many of the pooled seeds (or folds) the kept candidate scored above the runner-up."]
+          if per_seed else []),
+    ]  # fmt: skip
     frame = pd.DataFrame(
         [
             dict(
@@ -279,6 +296,8 @@ def table(found: list[Choice], experiment: str) -> TableModel:
                 gap=c.gap,
                 validation_images=c.images,
                 se=c.se,
+                ahead=None if c.ahead is None else c.ahead[0],
+                ahead_of=None if c.ahead is None else c.ahead[1],
                 gap_se=c.gap_se,
                 reading=c.reading,
             )
@@ -295,7 +314,7 @@ def table(found: list[Choice], experiment: str) -> TableModel:
         caption=f"How firmly each search of experiment {tex_escape(experiment)} chose: the kept candidate's and the "
         "runner-up's validation accuracy, their gap, and one binomial standard error of the kept score.",
         tex_label=f"tab:selection-{slug(experiment)}",
-        tex_align="r" * 3 + "l",
+        tex_align="r" * (len(head) - 7) + "l",  # 6 label columns, the reading last
         md_right=False,
         frame=frame,
     )

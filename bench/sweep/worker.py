@@ -342,6 +342,8 @@ class Sweep(Grid):
             trial.set_user_attr("cache", (self.caches.counts() - before).to_attr())
             trial.set_user_attr("result_value", value)
             trial.set_user_attr("val_images", images)
+            if rec.fold_val_accuracy is not None:  # each pooled seed's (or fold's) score, not only their mean
+                trial.set_user_attr("fold_val_accuracy", rec.fold_val_accuracy)
             self.heartbeat.detach()
             study.tell(trial, value)
         self.progress.item_end(item, f"val acc {value:.4f}")
