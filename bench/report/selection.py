@@ -79,11 +79,6 @@ class Choice:
             return "1 to 2 standard errors"
         return "decided"
 
-    @property
-    def cell(self) -> str:
-        seeds = f"seed {self.seeds[0]}" if len(self.seeds) == 1 else f"seeds {','.join(map(str, self.seeds))}"
-        return f"`{self.method}` ({self.recipe}) at {frac_label(self.fraction)}, {seeds} ({self.backbone})"
-
 
 def _config(experiment_dir: Path) -> dict:
     path = Path(experiment_dir) / "config.toml"
