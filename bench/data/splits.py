@@ -69,9 +69,11 @@ def scored_images(
 ) -> int:
     """Validation images behind one trial's score: each seed's validation split (k-fold: every labelled image
     once), summed over the seeds it pools. The same for every seed: the counts per class do not depend on the draw."""
-    counts = torch.bincount(labels.cpu().long())
-    ks = [int(round(fraction * int(n))) for n in counts if n > 0]
-    per_seed = sum(ks) if folds > 1 else sum(val_count(k, val_fraction) for k in ks)
+    if folds > 1:
+        per_seed = labelled_count(labels, fraction)
+    else:
+        counts = torch.bincount(labels.cpu().long())
+        per_seed = sum(val_count(int(round(fraction * int(n))), val_fraction) for n in counts if n > 0)
     return per_seed * max(1, len(seeds))
 
 

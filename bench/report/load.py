@@ -206,19 +206,21 @@ class StudyInfo:
 SEED_PART = re.compile(r"^seed(-?\d+)$")
 
 
+def read_config(experiment_dir: Path) -> dict[str, Any]:
+    """The folder's config.toml (written by the sweep) as data; {} where it is absent or unreadable, so that each
+    reader falls back to its default (a report never fails on it; grid.py says when it cannot check the grid)."""
+    path = Path(experiment_dir) / "config.toml"
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
+        return {}
+
+
 def storage_location(experiment_dir: Path, storage: str | None) -> str:
     """`storage` argument, else the `storage` of the experiment's config.toml, else R/E/optuna.journal."""
     if storage:
         return storage
-    cfg = Path(experiment_dir) / "config.toml"
-    if cfg.is_file():
-        try:
-            loc = str(tomllib.loads(cfg.read_text()).get("storage", "") or "")
-        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
-            loc = ""
-        if loc:
-            return loc
-    return str(Path(experiment_dir) / JOURNAL)
+    return str(read_config(experiment_dir).get("storage", "") or "") or str(Path(experiment_dir) / JOURNAL)
 
 
 def load_studies(experiment_dir: Path, experiment: str, storage: str | None, notes: list[str]) -> list[StudyInfo]:

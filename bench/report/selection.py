@@ -18,14 +18,13 @@ so "within one standard error" is a warning, not a test; the gap is also given i
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.report.load import StudyInfo
+from bench.report.load import StudyInfo, read_config
 from bench.report.render import Cell, TableModel
 from bench.report.schema import row_sort_key
 from bench.report.text import frac_label, pct, points, slug, tex_escape
@@ -80,14 +79,6 @@ class Choice:
         return "decided"
 
 
-def _config(experiment_dir: Path) -> dict:
-    path = Path(experiment_dir) / "config.toml"
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
-        return {}
-
-
 def _label(hparams: dict, defaults: dict | None, number: int) -> str:
     """A candidate's name: "defaults" (the first trial of a search that starts from them), else what differs
     from the defaults ("backbone_lr_mult=0.1"), else its trial number."""
@@ -103,7 +94,7 @@ def _label(hparams: dict, defaults: dict | None, number: int) -> str:
 def choices(studies: list[StudyInfo], experiment_dir: Path) -> list[Choice]:
     """Every search's choice, as the sweep made it: the first `trials` finished trials count, the best completed
     one is kept, a tie goes to the lowest slot (bench/sweep/status.py)."""
-    cfg = _config(experiment_dir)
+    cfg = read_config(experiment_dir)
     trials, search = cfg.get("trials"), cfg.get("search")
     budget = trials if isinstance(trials, int) and trials > 0 else None
     # older folders wrote `search = "per_seed"` (a mode, not a table); their first trial was the defaults too

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bench.report.load import read_config
 from bench.report.schema import probe_caveat
 from bench.report.text import fmt_p, frac_label, margin_points, pct, points
 
@@ -69,11 +69,7 @@ class StatsPlan:
 
 def read_plan(experiment_dir: Path) -> StatsPlan:
     """The [stats] table of the folder's config.toml (written by the sweep), else the defaults."""
-    path = Path(experiment_dir) / "config.toml"
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8")).get("stats") if path.is_file() else None
-    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
-        raw = None
+    raw = read_config(experiment_dir).get("stats")
     if not isinstance(raw, dict):
         return StatsPlan()
     return StatsPlan(
