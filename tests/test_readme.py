@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -24,23 +26,39 @@ def _figures(text: str) -> list[str]:
     return [m.replace("\u2212", "-") for m in re.findall(r"[+\u2212-]\d+\.\d+", text)]
 
 
-def test_every_figure_of_the_32px_answer_is_in_the_study_summary() -> None:
+# Each answer paragraph of the README (its bold lead) and the committed study whose summary it is copied from.
+PARAGRAPHS = {
+    "**At 32 px**": "study",
+    "**At 64 px**": "study64",
+}
+
+
+def _paragraph(lead: str) -> str:
     answer = _answer((REPO / "README.md").read_text())
-    paragraph = answer[answer.index("**At 32 px**") : answer.index("**At 64 px**")]
-    summary = (REPO / "results/examples/study/tables/summary.md").read_text()
+    start = answer.index(lead)
+    ends = [answer.index(other, start) for other in PARAGRAPHS if other != lead and other in answer[start:]]
+    return answer[start : min(ends, default=len(answer))]
+
+
+@pytest.mark.parametrize("lead", PARAGRAPHS)
+def test_every_figure_of_an_answer_paragraph_is_in_its_study_summary(lead: str) -> None:
+    paragraph = _paragraph(lead)
+    summary = (REPO / "results/examples" / PARAGRAPHS[lead] / "tables/summary.md").read_text()
     figures = _figures(paragraph)
-    assert len(figures) >= 8, figures
+    assert len(figures) >= 2, figures
     missing = [f for f in figures if f not in _figures(summary)]
-    assert not missing, f"README figures not in results/examples/study/tables/summary.md: {missing}"
-    mdd = re.search(r"a difference under (\d+\.\d+) points", paragraph)
-    assert mdd and f"a difference of {mdd.group(1)} points" in summary
+    assert not missing, f"README figures not in results/examples/{PARAGRAPHS[lead]}/tables/summary.md: {missing}"
+    for mdd in re.findall(r"a difference under (\d+\.\d+) points", paragraph):
+        assert f"a difference of {mdd} points" in summary
 
 
-def test_every_verdict_word_of_the_32px_answer_is_the_summarys() -> None:
-    answer = _answer((REPO / "README.md").read_text())
-    summary = (REPO / "results/examples/study/tables/summary.md").read_text()
-    for word in re.findall(r"\*\*(inconclusive|equivalent|better|worse)\*\*", answer):
-        assert f"is {word}" in summary
+@pytest.mark.parametrize("lead", PARAGRAPHS)
+def test_every_verdict_word_of_an_answer_paragraph_is_its_summarys(lead: str) -> None:
+    paragraph = _paragraph(lead)
+    summary = (REPO / "results/examples" / PARAGRAPHS[lead] / "tables/summary.md").read_text()
+    words = re.findall(r"\*\*(inconclusive|equivalent|better|worse)\*\*", paragraph)
+    assert words, f"{lead} states no verdict"
+    assert [w for w in words if f"is {w}" not in summary] == []
 
 
 def test_every_page_the_readme_links_exists() -> None:
