@@ -30,6 +30,7 @@ def _figures(text: str) -> list[str]:
 PARAGRAPHS = {
     "**At 32 px**": "study",
     "**At 64 px**": "study64",
+    "**A control, post hoc**": "study64-defaults",
 }
 
 

@@ -1096,7 +1096,7 @@ def test_no_figure_of_a_report_has_overlapping_text(built: tuple, v1_example: tu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["quick", "study", "study64"])
+@pytest.mark.parametrize("name", ["quick", "study", "study64", "study64-defaults"])
 def test_committed_examples_have_no_text_problems(name: str, tmp_path: Path) -> None:
     """The committed example reports, reported afresh from a copy: every figure readable. The study's importance
     panels had titles running past the figure's right edge beside their long parameter names."""
